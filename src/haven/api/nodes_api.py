@@ -1,0 +1,119 @@
+"""Node routes: RAPI ``/2/nodes`` and the node-to-node ``/haven/node/*`` calls."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from haven.api.http import HttpError, Request, Router
+from haven.api.views import ROLE_NAMES, node_view
+from haven.errors import InvalidInput
+from haven.master import state
+
+if TYPE_CHECKING:
+    from haven.daemon.noded import NodeDaemon
+
+ROLE_FLAGS = {  # RAPI role -> OP_NODE_SET_PARAMS flags
+    "master-candidate": {"master_candidate": True, "offline": False, "drained": False},
+    "regular": {"master_candidate": False, "offline": False, "drained": False},
+    "drained": {"drained": True, "master_candidate": False},
+    "offline": {"offline": True, "master_candidate": False},
+}
+
+
+def install(r: Router, d: NodeDaemon) -> None:
+    from haven.api.routes import submit
+    from haven.daemon import membership
+
+    r.add("GET", "/2/nodes", lambda q: list_nodes(d, q))
+    r.add("GET", "/2/nodes/{name}", lambda q: one_node(d, q.params["name"]))
+    r.add("GET", "/2/nodes/{name}/role", lambda q: ROLE_NAMES[
+        one_node(d, q.params["name"])["role"]])
+    r.add("PUT", "/2/nodes/{name}/role", lambda q: submit(d, [set_role_op(q)]), write=True)
+    r.add("POST", "/2/nodes/{name}/modify", lambda q: submit(d, [{
+        "OP_ID": "OP_NODE_SET_PARAMS", "node_name": q.params["name"],
+        **_body(q)}]), write=True)
+    # Node daemon calls
+    r.add("GET", "/haven/node/info", lambda _q: node_info(d))
+    r.add("POST", "/haven/node/init", lambda q: local_init(d, q))
+    r.add("POST", "/haven/node/join", lambda q: membership.join(d, _body(q)))
+    r.add("POST", "/haven/node/leave", lambda _q: membership.leave(d), write=True)
+    r.add("POST", "/haven/node/redist", lambda _q: redist(d), write=True)
+    r.add("GET", "/haven/client-config", lambda _q: membership.write_client_config(d),
+          write=True)
+    r.add("POST", "/haven/master-failover", lambda q: membership.master_failover(
+        d, bool(_body(q).get("no_voting"))), write=True)
+    r.add("POST", "/haven/node/master-failover-local", lambda q: _local_only(
+        d, q, lambda: membership.master_failover(d, bool(_body(q).get("no_voting")))))
+    r.add("POST", "/haven/cluster/destroy", lambda _q: membership.destroy(d), write=True)
+
+
+def _body(q: Request) -> dict[str, Any]:
+    if q.body is None:
+        return {}
+    if not isinstance(q.body, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    return q.body
+
+
+def list_nodes(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+    store = d.store()
+    nodes = state.nodes(store)
+    if not q.qbool("bulk"):
+        return [{"id": n.name, "uri": f"/2/nodes/{n.name}"} for n in nodes]
+    facts = state.facts(store)
+    alive = state.alive(store)
+    master = state.master(store)
+    return [node_view(n, facts.get(n.name), master, n.name in alive) for n in nodes]
+
+
+def one_node(d: NodeDaemon, name: str) -> dict[str, Any]:
+    store = d.store()
+    n = state.node(store, name)
+    facts = state.facts(store)
+    return node_view(n, facts.get(name), state.master(store), name in state.alive(store))
+
+
+def set_role_op(q: Request) -> dict[str, Any]:
+    role = q.qstr("role") or (q.body if isinstance(q.body, str) else None)
+    if role not in ROLE_FLAGS:
+        raise InvalidInput(f"Role {role!r} is not valid; use one of "
+                           f"{', '.join(ROLE_FLAGS)}.")
+    return {"OP_ID": "OP_NODE_SET_PARAMS", "node_name": q.params["name"],
+            **ROLE_FLAGS[role], "force": q.qbool("force")}
+
+
+def node_info(d: NodeDaemon) -> dict[str, Any]:
+    js = d.local.joined()
+    return {"name": d.name, "address": d.settings.address, "port": d.settings.api_port,
+            "cluster": js.cluster_name if js else None, "etcd_member": d.member.running()}
+
+
+def _local_only(d: NodeDaemon, q: Request, fn: Any) -> Any:
+    # Calls that make this node a cluster or its master without credentials are
+    # accepted only from this machine (the admin's shell on the node itself).
+    if q.peer not in (d.settings.address, "127.0.0.1", "::1"):
+        raise HttpError(403, f"This call is only accepted from node {d.name} itself.",
+                        "environment_error")
+    return fn()
+
+
+def local_init(d: NodeDaemon, q: Request) -> dict[str, Any]:
+    from haven.daemon import membership
+
+    body = _body(q)
+    return _local_only(d, q, lambda: membership.init(
+        d, str(body.get("cluster_name", "")), list(body.get("etcd_endpoints") or []),
+        int(body.get("lease_ttl", 5)), bool(body.get("vm_capable", True))))
+
+
+def redist(d: NodeDaemon) -> dict[str, Any]:
+    from haven.daemon import membership
+
+    cluster = state.cluster(d.store())
+    written = d.local.save_cert(cluster.cert_pem, cluster.key_pem)
+    before = d.local.client_file.read_text() if d.local.client_file.exists() else ""
+    membership.write_client_config(d)
+    if d.local.client_file.read_text() != before:
+        written.append(str(d.local.client_file))
+    d._use_certificate()
+    return {"node": d.name, "written": written}

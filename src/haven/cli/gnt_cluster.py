@@ -1,0 +1,202 @@
+"""``gnt-cluster``: init, info, verify, getmaster, master-failover, redist-conf,
+destroy, version."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import time
+from typing import Any
+
+from haven import __version__, clientconf
+from haven.cli.client import Client, local_daemon
+from haven.cli.common import ArgParser, run, submit_and_wait
+from haven.errors import EXIT_FAILURE, ConfirmationError, InvalidInput, NotClusterError
+
+
+def cmd_init(args: Any) -> int:
+    from haven.cli import local
+
+    name = args.node_name or socket.gethostname().split(".")[0]
+    try:
+        address = args.primary_ip or socket.gethostbyname(name)
+    except OSError as exc:
+        raise InvalidInput(f"Cannot resolve this node's name {name!r}; give its address "
+                           f"with --primary-ip.") from exc
+    client = local.start_daemon(name, address, local.data_dir(), args.api_port)
+    endpoints = [e for e in (args.etcd_endpoints or "").split(",") if e]
+    conf = client.post("/haven/node/init", {
+        "cluster_name": args.cluster_name, "etcd_endpoints": endpoints,
+        "lease_ttl": args.lease_ttl, "vm_capable": args.vm_capable}, timeout=90)
+    path = clientconf.save(conf)
+    print(f"Cluster {args.cluster_name} initialised; master is {name}. "
+          f"Client config written to {path}.")
+    return 0
+
+
+def cmd_info(_args: Any) -> int:
+    i = Client.from_config().get("/2/info")
+    ctime = time.ctime(i["ctime"])
+    mtime = time.ctime(i["mtime"])
+    print(f"Cluster name: {i['name']}")
+    print(f"Cluster UUID: {i['uuid']}")
+    print(f"Creation time: {ctime}")
+    print(f"Modification time: {mtime}")
+    print(f"Master node: {i['master']}")
+    print(f"Architecture (this node): {i['architecture'][0]} ({i['architecture'][1]})")
+    print("Tags: (none)")
+    print(f"Default hypervisor: {i['default_hypervisor']}")
+    print(f"Enabled hypervisors: {', '.join(i['enabled_hypervisors'])}")
+    print(f"Enabled disk templates: {', '.join(i['enabled_disk_templates'])}")
+    print("Cluster parameters:")
+    print(f"  candidate pool size: {i['candidate_pool_size']}")
+    print(f"  maximal number of jobs running simultaneously: {i['max_running_jobs']}")
+    print(f"  mac prefix: {i['mac_prefix']}")
+    print(f"  file storage path: {i['file_storage_dir']}")
+    print(f"  shared file storage path: {i['shared_file_storage_dir']}")
+    print(f"  default instance allocator: {i['default_iallocator']}")
+    print("Coordination store:")
+    kind = "managed (one member per master candidate)" if i["etcd_managed"] else "external"
+    print(f"  etcd: {kind}")
+    if i["etcd_endpoints"]:
+        print(f"  endpoints: {', '.join(i['etcd_endpoints'])}")
+    print(f"  node lease TTL: {i['lease_ttl']} s")
+    return 0
+
+
+def cmd_getmaster(_args: Any) -> int:
+    master = Client.from_config().get("/haven/master")
+    if master is None:
+        print("No master is elected right now (a failover may be in progress).",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(master)
+    return 0
+
+
+def cmd_verify(args: Any) -> int:
+    print(f"{time.ctime()} * Verifying cluster (job submitted)", flush=True)
+    res = submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_CLUSTER_VERIFY", "verbose": args.verbose,
+        "error_codes": args.error_codes}])
+    for line in res.get("checked", []):
+        print(f"{time.ctime()} * Verified {line}")
+    for w in res.get("warnings", []):
+        print(f"{time.ctime()}   - WARNING: {w}")
+    for e in res.get("errors", []):
+        print(f"{time.ctime()}   - ERROR: {e}")
+    return 0 if res.get("ok") else EXIT_FAILURE
+
+
+def cmd_master_failover(args: Any) -> int:
+    if args.no_voting and not args.yes_do_it:
+        raise ConfirmationError(
+            "--no-voting recovers the cluster's etcd from this node's member alone and "
+            "can lose the last writes of the other members if they are still alive. "
+            "Make sure they are down for good, then add --yes-do-it.")
+    body = {"no_voting": args.no_voting}
+    if args.target:
+        c = Client.from_config()
+        node = c.get(f"/2/nodes/{args.target}")
+        target = Client.for_address(node["pip"], node.get("api_port") or 5080)
+        res = target.post("/haven/master-failover", body, timeout=120)
+    else:
+        where = local_daemon()
+        if where is None:
+            raise NotClusterError("No node daemon runs on this machine; run the command "
+                                  "on the node that should become master, or name it "
+                                  "with --target.")
+        target = Client.for_address(*where, verify=False)
+        res = target.post("/haven/node/master-failover-local", body, timeout=120)
+    if res.get("changed") is False:
+        print(f"Node {res['master']} is already the master.")
+    else:
+        print(f"Master role moved to {res['master']}"
+              + (f" (from {res['previous']})" if res.get("previous") else "")
+              + (" after recovering etcd from its member alone" if res.get("recovered")
+                 else "") + ".")
+    # The master moved: put it first in this machine's client config.
+    with contextlib.suppress(NotClusterError):
+        Client.from_config().refresh_config()
+    return 0
+
+
+def cmd_redist(args: Any) -> int:
+    res = submit_and_wait(Client.from_config(), [{"OP_ID": "OP_CLUSTER_REDIST_CONF"}],
+                          args.submit)
+    if res:
+        for node, written in sorted(res.items()):
+            if isinstance(written, list):
+                print(f"{node}: {len(written)} file(s) updated"
+                      + (f" ({', '.join(written)})" if written else " (all up to date)"))
+            else:
+                print(f"{node}: {written}")
+    return 0
+
+
+def cmd_destroy(args: Any) -> int:
+    if not args.yes_do_it:
+        raise ConfirmationError("Destroying a cluster is irreversible; confirm with "
+                                "--yes-do-it.")
+    c = Client.from_config()
+    master = c.get("/haven/master")
+    node = c.get(f"/2/nodes/{master}")
+    res = Client.for_address(node["pip"], node.get("api_port") or 5080).post(
+        "/haven/cluster/destroy", timeout=60)
+    print(f"Cluster {res['destroyed']} destroyed.")
+    return 0
+
+
+def cmd_version(_args: Any) -> int:
+    print(f"Software version: {__version__}")
+    print("Internode protocol: 2040000")
+    print("Configuration format: 3000000")
+    print("OS api version: 20")
+    print("Export interface: 0")
+    print(f"VCS version: haven-{__version__}")
+    return 0
+
+
+def build_parser(prog: str = "gnt-cluster") -> ArgParser:
+    p = ArgParser(prog=prog, description="Manage the cluster")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgParser)
+    ip = sub.add_parser("init", help="create a cluster on this node")
+    ip.add_argument("--etcd-endpoints", help="use this external etcd (comma-separated "
+                    "URLs) instead of a managed member")
+    ip.add_argument("--lease-ttl", type=int, default=5)
+    ip.add_argument("--node-name", help="this node's name (default: short host name)")
+    ip.add_argument("--primary-ip", help="this node's address (default: resolve name)")
+    ip.add_argument("--api-port", type=int, default=5080)
+    ip.add_argument("--vm-capable", default=True, type=lambda v: v == "yes")
+    ip.add_argument("cluster_name")
+    ip.set_defaults(fn=cmd_init)
+    sub.add_parser("info").set_defaults(fn=cmd_info)
+    sub.add_parser("getmaster").set_defaults(fn=cmd_getmaster)
+    vp = sub.add_parser("verify")
+    vp.add_argument("--verbose", action="store_true")
+    vp.add_argument("--error-codes", action="store_true")
+    vp.set_defaults(fn=cmd_verify)
+    mp = sub.add_parser("master-failover", help="make this node (or --target) master")
+    mp.add_argument("--no-voting", action="store_true",
+                    help="recover etcd from this node's member alone (quorum lost)")
+    mp.add_argument("--yes-do-it", action="store_true")
+    mp.add_argument("--target", help="the node to make master (default: this node)")
+    mp.set_defaults(fn=cmd_master_failover)
+    rp = sub.add_parser("redist-conf")
+    rp.add_argument("--submit", action="store_true")
+    rp.set_defaults(fn=cmd_redist)
+    dp = sub.add_parser("destroy")
+    dp.add_argument("--yes-do-it", action="store_true")
+    dp.set_defaults(fn=cmd_destroy)
+    sub.add_parser("version").set_defaults(fn=cmd_version)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "gnt-cluster") -> int:
+    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    return run(lambda: int(args.fn(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""``gnt-node``: add, list, info, remove, modify, list-fields."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from haven.cli.client import Client
+from haven.cli.common import (
+    ArgParser,
+    format_unit,
+    parse_fields,
+    render_table,
+    run,
+    submit_and_wait,
+    yes_no,
+)
+
+# field -> (header, numeric, formatter)
+FIELDS: dict[str, tuple[str, bool, Any]] = {
+    "name": ("Node", False, None),
+    "dtotal": ("DTotal", True, format_unit), "dfree": ("DFree", True, format_unit),
+    "mtotal": ("MTotal", True, format_unit), "mnode": ("MNode", True, format_unit),
+    "mfree": ("MFree", True, format_unit),
+    "pinst_cnt": ("Pinst", True, None), "sinst_cnt": ("Sinst", True, None),
+    "pinst_list": ("PriInstances", False, None), "sinst_list": ("SecInstances", False, None),
+    "pip": ("PrimaryIP", False, None), "sip": ("SecondaryIP", False, None),
+    "master": ("IsMaster", False, None), "master_candidate": ("MasterC", False, None),
+    "master_capable": ("MasterCapable", False, None),
+    "vm_capable": ("VMCapable", False, None), "drained": ("Drained", False, None),
+    "offline": ("Offline", False, None), "role": ("Role", False, None),
+    "ctotal": ("CTotal", True, None), "group": ("Group", False, None),
+    "uuid": ("UUID", False, None), "serial_no": ("SerialNo", True, None),
+    "tags": ("Tags", False, None), "alive": ("Alive", False, None),
+    "accel": ("Accel", False, None), "version": ("Version", False, None),
+}
+DEFAULT_FIELDS = ["name", "dtotal", "dfree", "mtotal", "mnode", "mfree", "pinst_cnt",
+                  "sinst_cnt"]
+
+
+def cmd_list(args: Any) -> int:
+    fields = parse_fields(args.output, DEFAULT_FIELDS, FIELDS)
+    nodes = Client.from_config().get("/2/nodes?bulk=1")
+    if args.names:
+        missing = set(args.names) - {n["name"] for n in nodes}
+        if missing:
+            from haven.errors import NotFoundError
+            raise NotFoundError(f"Node(s) {', '.join(sorted(missing))} not known; see "
+                                f"gnt-node list.")
+        nodes = [n for n in nodes if n["name"] in args.names]
+    rows = []
+    for n in sorted(nodes, key=lambda n: n["name"]):
+        row = []
+        for f in fields:
+            v = n.get(f)
+            fmt = FIELDS[f][2]
+            row.append(fmt(v) if fmt and v is not None and not args.units else v)
+        rows.append(row)
+    out = render_table([FIELDS[f][0] for f in fields], rows, args.separator,
+                       args.no_headers, [FIELDS[f][1] for f in fields])
+    if out:
+        print(out)
+    return 0
+
+
+def cmd_list_fields(_args: Any) -> int:
+    print(render_table(["Name", "Title"], [[k, v[0]] for k, v in FIELDS.items()]))
+    return 0
+
+
+def cmd_info(args: Any) -> int:
+    c = Client.from_config()
+    nodes = [c.get(f"/2/nodes/{n}") for n in args.names] if args.names else \
+        c.get("/2/nodes?bulk=1")
+    for n in nodes:
+        print(f"Node name: {n['name']}")
+        print(f"  primary ip: {n['pip']}")
+        print(f"  secondary ip: {n['sip']}")
+        print(f"  master candidate: {n['master_candidate']}")
+        print(f"  drained: {n['drained']}")
+        print(f"  offline: {n['offline']}")
+        print(f"  master_capable: {n['master_capable']}")
+        print(f"  vm_capable: {n['vm_capable']}")
+        print(f"  role: {n['role']}{' (master)' if n['master'] else ''}")
+        print(f"  alive: {n['alive']}")
+        print(f"  etcd member: {n.get('etcd_member_id') or '(none)'}")
+        print(f"  hypervisors: {', '.join(n.get('hypervisors') or []) or '?'}")
+        print(f"  accelerator: {n.get('accel') or '?'}")
+        print(f"  memory: total {format_unit(n.get('mtotal'))}, free "
+              f"{format_unit(n.get('mfree'))}")
+        print(f"  storage: total {format_unit(n.get('dtotal'))}, free "
+              f"{format_unit(n.get('dfree'))}")
+        print(f"  cpus: {n.get('ctotal') or '?'}")
+        print(f"  software version: {n.get('version') or '?'}")
+        print(f"  primary for instances: {', '.join(n.get('pinst_list') or []) or '-'}")
+        print(f"  secondary for instances: {', '.join(n.get('sinst_list') or []) or '-'}")
+    return 0
+
+
+def cmd_add(args: Any) -> int:
+    c = Client.from_config()
+    op = {"OP_ID": "OP_NODE_ADD", "node_name": args.name,
+          "master_capable": args.master_capable, "vm_capable": args.vm_capable,
+          "primary_ip": args.primary_ip or "", "secondary_ip": args.secondary_ip or "",
+          "readd": args.readd}
+    if args.api_port:
+        op["api_port"] = args.api_port
+    submit_and_wait(c, [op], args.submit)
+    c.refresh_config()
+    return 0
+
+
+def cmd_remove(args: Any) -> int:
+    c = Client.from_config()
+    submit_and_wait(c, [{"OP_ID": "OP_NODE_REMOVE", "node_name": args.name}], args.submit)
+    c.refresh_config()
+    return 0
+
+
+def cmd_modify(args: Any) -> int:
+    op: dict[str, Any] = {"OP_ID": "OP_NODE_SET_PARAMS", "node_name": args.name,
+                          "force": args.force}
+    for key, val in (("master_candidate", args.master_candidate), ("drained", args.drained),
+                     ("offline", args.offline), ("master_capable", args.master_capable),
+                     ("vm_capable", args.vm_capable)):
+        if val is not None:
+            op[key] = val
+    result = submit_and_wait(Client.from_config(), [op], args.submit)
+    if result:
+        print(f"Modified node {args.name}")
+        for key, val in result:
+            print(f" - {key} -> {val}")
+    return 0
+
+
+def build_parser(prog: str = "gnt-node") -> ArgParser:
+    p = ArgParser(prog=prog, description="Manage the cluster's nodes")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgParser)
+    lp = sub.add_parser("list", help="list nodes")
+    lp.add_argument("-o", "--output", help="fields to show (or +fields to add)")
+    lp.add_argument("--separator")
+    lp.add_argument("--no-headers", action="store_true")
+    lp.add_argument("--units", help="size units (only raw MiB with 'm')")
+    lp.add_argument("-v", "--verbose", action="store_true")
+    lp.add_argument("names", nargs="*")
+    lp.set_defaults(fn=cmd_list)
+    sub.add_parser("list-fields").set_defaults(fn=cmd_list_fields)
+    ip = sub.add_parser("info", help="show node details")
+    ip.add_argument("names", nargs="*")
+    ip.set_defaults(fn=cmd_info)
+    ap = sub.add_parser("add", help="add a node (its haven-noded must be running)")
+    ap.add_argument("--master-capable", type=yes_no, default=True, metavar="yes|no")
+    ap.add_argument("--vm-capable", type=yes_no, default=True, metavar="yes|no")
+    ap.add_argument("--primary-ip", help="the node's address if its name does not resolve")
+    ap.add_argument("-s", "--secondary-ip", help="address for replication traffic")
+    ap.add_argument("--api-port", type=int)
+    ap.add_argument("--readd", action="store_true")
+    ap.add_argument("--submit", action="store_true")
+    ap.add_argument("name")
+    ap.set_defaults(fn=cmd_add)
+    rp = sub.add_parser("remove", help="remove a node")
+    rp.add_argument("--submit", action="store_true")
+    rp.add_argument("name")
+    rp.set_defaults(fn=cmd_remove)
+    mp = sub.add_parser("modify", help="change a node's flags")
+    mp.add_argument("-C", "--master-candidate", type=yes_no, metavar="yes|no")
+    mp.add_argument("-D", "--drained", type=yes_no, metavar="yes|no")
+    mp.add_argument("-O", "--offline", type=yes_no, metavar="yes|no")
+    mp.add_argument("--master-capable", type=yes_no, metavar="yes|no")
+    mp.add_argument("--vm-capable", type=yes_no, metavar="yes|no")
+    mp.add_argument("-f", "--force", action="store_true")
+    mp.add_argument("--submit", action="store_true")
+    mp.add_argument("name")
+    mp.set_defaults(fn=cmd_modify)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "gnt-node") -> int:
+    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    return run(lambda: int(args.fn(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""``haven``: the local cluster (up, down, status, kill, start) and the ``gnt-*``
+families under one command (``haven cluster info`` = ``gnt-cluster info``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from haven.cli.common import ArgParser, render_table, run
+
+FAMILIES = {"cluster": "gnt_cluster", "node": "gnt_node", "job": "gnt_job",
+            "debug": "gnt_debug"}
+
+
+def cmd_up(args: Any) -> int:
+    from haven.sim import cluster
+
+    layout = cluster.up(args.base_dir, args.nodes, args.subnet, args.name, args.lease_ttl)
+    master = cluster.wait_master(layout)
+    print(f"Cluster {layout.cluster}: {len(layout.nodes)} node(s), master {master}.")
+    print(f"Client config: {cluster.clientconf.config_path()}")
+    return 0
+
+
+def cmd_down(args: Any) -> int:
+    from haven.sim import cluster
+
+    if args.destroy:
+        cluster.destroy(args.base_dir)
+        print("Local cluster stopped and its files deleted.")
+        return 0
+    layout = cluster.down(args.base_dir)
+    print("No local cluster." if layout is None else
+          f"Local cluster {layout.cluster} stopped; its data is kept for 'haven up'.")
+    return 0
+
+
+def cmd_status(args: Any) -> int:
+    from haven.sim import cluster
+
+    rows = cluster.status(args.base_dir)
+    if not rows:
+        print("No local cluster; create one with 'haven up'.")
+        return 1
+    print(render_table(["Node", "Address", "Daemon", "etcd", "Master", "Role"],
+                       [[r["node"], r["address"], r["noded"] or "down", r["etcd"] or "down",
+                         r["master"], r["role"] or "-"] for r in rows]))
+    return 0
+
+
+def cmd_kill(args: Any) -> int:
+    from haven.sim import cluster
+
+    layout = _layout(args.base_dir)
+    pids = cluster.kill_node(layout.node(args.node))
+    print(f"Killed {len(pids)} process(es) of {args.node}: {' '.join(map(str, pids))}")
+    return 0
+
+
+def cmd_start(args: Any) -> int:
+    from haven.sim import cluster
+
+    layout = _layout(args.base_dir)
+    cluster.start_node(layout.node(args.node))
+    print(f"Started {args.node}.")
+    return 0
+
+
+def _layout(base: Path) -> Any:
+    from haven.errors import NotClusterError
+    from haven.sim import cluster
+
+    layout = cluster.load_layout(base)
+    if layout is None:
+        raise NotClusterError(f"No local cluster in {base}; create one with 'haven up'.")
+    return layout
+
+
+def build_parser() -> ArgParser:
+    from haven.sim.cluster import DEFAULT_BASE
+
+    p = ArgParser(prog="haven", description="Haven: HA virtualization cluster manager")
+    p.add_argument("--base-dir", type=Path, default=DEFAULT_BASE,
+                   help="where the local cluster lives (default %(default)s)")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgParser)
+    up = sub.add_parser("up", help="start a whole cluster on this machine")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--subnet", default="127.0.10", help="loopback prefix for node IPs")
+    up.add_argument("--name", default="haven-local", help="cluster name")
+    up.add_argument("--lease-ttl", type=int, default=5)
+    up.set_defaults(fn=cmd_up)
+    down = sub.add_parser("down", help="stop the local cluster (data is kept)")
+    down.add_argument("--destroy", action="store_true", help="also delete its files")
+    down.set_defaults(fn=cmd_down)
+    sub.add_parser("status", help="processes of the local cluster").set_defaults(
+        fn=cmd_status)
+    k = sub.add_parser("kill", help="SIGKILL every process of one node")
+    k.add_argument("node")
+    k.set_defaults(fn=cmd_kill)
+    s = sub.add_parser("start", help="start a killed or stopped node again")
+    s.add_argument("node")
+    s.set_defaults(fn=cmd_start)
+    for fam in FAMILIES:
+        sub.add_parser(fam, help=f"same as gnt-{fam}", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # "haven node list" is "gnt-node list": hand the rest of the line over unparsed.
+    for i, word in enumerate(argv):
+        if word.startswith("-"):
+            continue
+        if word in FAMILIES:
+            import importlib
+
+            mod = importlib.import_module(f"haven.cli.{FAMILIES[word]}")
+            return int(mod.main(argv[i + 1:], prog=f"haven {word}"))
+        break
+    args = build_parser().parse_args(argv)
+    return run(lambda: int(args.fn(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

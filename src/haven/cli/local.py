@@ -1,0 +1,47 @@
+"""This machine's own node daemon: find it, or start it (``gnt-cluster init``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from haven.cli.client import Client
+from haven.errors import HavenError, NodeSetupError
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("HAVEN_DATA_DIR", "/var/lib/haven"))
+
+
+def start_daemon(name: str, address: str, directory: Path, port: int,
+                 timeout: float = 15.0) -> Client:
+    """Start ``haven-noded`` detached for ``directory`` unless it runs; wait until it
+    answers; return a client for it (unverified TLS: it may not be joined yet)."""
+    from haven.daemon import procs
+
+    directory.mkdir(parents=True, exist_ok=True)
+    pid_file = directory / "noded.pid"
+    if procs.running_pid(pid_file, "haven.daemon.main") is None:
+        procs.spawn_detached(
+            [sys.executable, "-m", "haven.daemon.main", "--name", name, "--address",
+             address, "--data-dir", str(directory), "--port", str(port)],
+            directory / "logs" / "noded.log", pid_file)
+    client = Client([f"{address}:{port}"], None, None, None)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = client.get("/haven/node/info", timeout=2)
+            if info.get("name") != name:
+                raise NodeSetupError(f"Another node daemon ({info.get('name')}) already "
+                                     f"listens on {address}:{port}.")
+            return client
+        except NodeSetupError:
+            raise
+        except HavenError as exc:
+            if time.monotonic() > deadline:
+                raise NodeSetupError(
+                    f"Node daemon {name} did not start on {address}:{port}; see "
+                    f"{directory / 'logs' / 'noded.log'}.") from exc
+            time.sleep(0.1)

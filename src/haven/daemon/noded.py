@@ -1,0 +1,292 @@
+"""``haven-noded``: one per node.
+
+Always: serves the API, and once the node is part of a cluster, holds the node's lease
+(``alive/<node>``), publishes its facts, supervises its etcd member, and (on master
+candidates) runs the master role.  A node that is not part of a cluster yet waits in
+*standby* for ``gnt-cluster init`` or for a master's ``gnt-node add``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from haven.api.http import ApiServer, Router, hash_password
+from haven.daemon import facts as node_facts
+from haven.daemon.etcd_member import EtcdMember
+from haven.daemon.hub import EventHub
+from haven.daemon.localstate import JoinedState, LocalState, write_private
+from haven.daemon.role import MasterRole
+from haven.daemon.settings import DaemonSettings
+from haven.errors import HavenError, NodeSetupError
+from haven.master import state
+from haven.master.lu import MasterContext
+from haven.model.cluster import Cluster
+from haven.model.keys import CLUSTER, NODES, Keys, store_prefix
+from haven.model.node import Node
+from haven.noderpc import HttpsNodeRpc
+from haven.store.base import Guard
+from haven.store.errors import StoreError
+from haven.store.etcd import EtcdStore
+from haven.store.lease import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+NODE_USER = "haven-node"  # the user node daemons authenticate to each other with
+
+
+class Joined:
+    """Everything that exists only while the node is part of a cluster."""
+
+    def __init__(self, store: EtcdStore, lease: LeaseKeeper, hub: EventHub,
+                 cluster: Cluster) -> None:
+        self.store = store
+        self.lease = lease
+        self.hub = hub
+        self.cluster = cluster
+        self.role: MasterRole | None = None
+
+
+class NodeDaemon:
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.local = LocalState(settings.data_dir)
+        self.member = EtcdMember(settings.data_dir)
+        self.router = Router()
+        self.api: ApiServer | None = None
+        self.joined: Joined | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._last_facts = 0.0
+        self._alive_lease = 0
+        self.started = time.time()
+
+    # -- process lifecycle -----------------------------------------------------------
+    def run(self) -> None:
+        from haven.api import routes
+
+        self.local.ensure_dirs()
+        self.local.ensure_provisional_cert()
+        routes.install(self.router, self)
+        self.api = ApiServer(self.settings.address, self.settings.api_port, self.router)
+        self._use_certificate()
+        self.api.start()
+        write_private(self.local.daemon_file, json.dumps({
+            "name": self.name, "address": self.settings.address,
+            "port": self.settings.api_port, "pid": os.getpid()}))
+        log.info("node daemon %s listening on %s:%s", self.name, self.settings.address,
+                 self.settings.api_port)
+        if self.local.joined() is not None:
+            self._activate_with_retry()
+        while not self._stop.is_set():
+            try:
+                self.supervise()
+            except HavenError as exc:
+                log.warning("supervision: %s", exc.message)
+            self._stop.wait(self.settings.supervise_period)
+        self.shutdown()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._deactivate(revoke=True)
+        if self.api is not None:
+            self.api.stop()
+
+    def _use_certificate(self) -> None:
+        assert self.api is not None
+        if self.local.cert_file.exists() and self.local.joined() is not None:
+            self.api.use_certificate(str(self.local.cert_file), str(self.local.key_file))
+        else:
+            self.api.use_certificate(str(self.local.provisional_cert),
+                                     str(self.local.provisional_key))
+
+    # -- joined state ------------------------------------------------------------------
+    def _activate_with_retry(self) -> None:
+        try:
+            self.activate()
+        except HavenError as exc:
+            log.warning("cannot reach the cluster yet: %s (retrying)", exc.message)
+
+    def activate(self) -> None:
+        """Connect to the store and start everything a cluster node runs."""
+        with self._lock:
+            if self.joined is not None:
+                return
+            js = self.local.joined()
+            if js is None:
+                raise NodeSetupError(f"Node {self.name} is not part of a cluster.")
+            if js.etcd_member:
+                self.member.start()
+                self._rejoin_if_removed(js)
+            store = EtcdStore(self._endpoints(js), store_prefix(js.cluster_name))
+            cluster = state.cluster(store)
+            lease = LeaseKeeper(store, cluster.lease_ttl, margin=1.0)
+            hub = EventHub(store)
+            joined = Joined(store, lease, hub, cluster)
+            self.joined = joined
+            self._refresh_auth(cluster)
+            self._put_alive()
+            self.publish_facts()
+            hub.subscribe(CLUSTER, lambda _k: self._on_cluster_change())
+            role = MasterRole(self.name, store, lease, self._is_candidate,
+                              self._master_context)
+            lease.on_lost(lambda _reason: role.on_lease_lost())
+            hub.subscribe("master", lambda _k: role.wake.set())
+            hub.subscribe("handover", lambda _k: role.wake.set())
+            joined.role = role
+            hub.start()
+            role.start()
+            log.info("joined cluster %s", js.cluster_name)
+
+    def _deactivate(self, revoke: bool) -> None:
+        joined, self.joined = self.joined, None
+        if joined is None:
+            return
+        if joined.role is not None:
+            joined.role.stop(resign=revoke)
+        joined.hub.stop()
+        with contextlib.suppress(StoreError):
+            joined.lease.stop(revoke=revoke)
+        joined.store.close()
+
+    def _endpoints(self, js: JoinedState) -> list[str]:
+        eps = list(js.etcd_endpoints)
+        if js.etcd_member:
+            own = self.settings.etcd_client_url
+            eps = [own] + [e for e in eps if e != own]
+        return eps
+
+    def _is_candidate(self) -> bool:
+        joined = self.joined
+        if joined is None:
+            return False
+        try:
+            node = state.node(joined.store, self.name)
+        except HavenError:
+            return False
+        return node.master_candidate and not node.offline
+
+    def _master_context(self, guard: Any) -> MasterContext:
+        joined = self.joined
+        assert joined is not None
+        return MasterContext(
+            store=joined.store, guard=guard, master_node=self.name, rpc=self.rpc(),
+            etcd_admin=joined.store if joined.cluster.etcd_managed else None,
+            extras={"daemon": self})
+
+    def rpc(self) -> HttpsNodeRpc:
+        import base64
+
+        joined = self.joined
+        secret = joined.cluster.uuid if joined else ""
+        header = "Basic " + base64.b64encode(f"{NODE_USER}:{secret}".encode()).decode()
+        cert = str(self.local.cert_file) if self.local.cert_file.exists() else None
+        return HttpsNodeRpc(cert, header)
+
+    def _refresh_auth(self, cluster: Cluster) -> None:
+        assert self.api is not None
+        users = dict(cluster.rapi_users)
+        # Node daemons authenticate to each other with the cluster's secret uuid.
+        users[NODE_USER] = {"salt": "node", "password": hash_password(cluster.uuid, "node"),
+                            "write": True}
+        self.api.auth.users = users
+
+    def _on_cluster_change(self) -> None:
+        joined = self.joined
+        if joined is None:
+            return
+        try:
+            joined.cluster = state.cluster(joined.store)
+        except HavenError:
+            return
+        self._refresh_auth(joined.cluster)
+
+    # -- periodic work -------------------------------------------------------------------
+    def supervise(self) -> str:
+        """One supervision pass; returns what it did, in one line."""
+        js = self.local.joined()
+        if js is None:
+            return "standby"
+        done = []
+        if js.etcd_member and not self.member.running() and self.member.config():
+            self.member.start()
+            done.append("restarted etcd member")
+        joined = self.joined
+        if joined is None:
+            self._activate_with_retry()
+            return "activating"
+        if not joined.lease.valid() or joined.lease.lease_id != self._alive_lease:
+            joined.lease.restart()
+            self._put_alive()
+            done.append("renewed lease")
+        if time.monotonic() - self._last_facts > self.settings.facts_period:
+            self.publish_facts()
+            self._refresh_endpoints(js)
+        return ", ".join(done) or "ok"
+
+    def _put_alive(self) -> None:
+        joined = self.joined
+        if joined is None or not joined.lease.valid():
+            return
+        value = json.dumps({"node": self.name, "pid": os.getpid(), "since": self.started,
+                            "api": f"{self.settings.address}:{self.settings.api_port}"})
+        joined.store.put(Keys.alive(self.name), value.encode(), lease=joined.lease.lease_id)
+        self._alive_lease = joined.lease.lease_id
+
+    def publish_facts(self) -> None:
+        joined = self.joined
+        if joined is None:
+            return
+        f = node_facts.collect(self.name, self.settings.storage_dir,
+                               joined.cluster.enabled_hypervisors)
+        joined.store.put(Keys.facts(self.name), state.dumps(f.to_json()))
+        self._last_facts = time.monotonic()
+
+    def _refresh_endpoints(self, js: JoinedState) -> None:
+        """Keep the cached etcd endpoints in step with the members in the store."""
+        joined = self.joined
+        if joined is None:
+            return
+        urls = tuple(sorted(n.etcd_client_url for n in state.nodes(joined.store)
+                            if n.etcd_client_url))
+        if js.etcd_managed and urls and urls != tuple(sorted(js.etcd_endpoints)):
+            self.local.save_joined(JoinedState(**{**js.__dict__, "etcd_endpoints": urls}))
+
+    def _rejoin_if_removed(self, js: JoinedState) -> None:
+        from haven.daemon import membership
+
+        membership.rejoin_if_removed(self, js)
+
+    # -- what the API asks ---------------------------------------------------------------
+    def store(self) -> EtcdStore:
+        joined = self.joined
+        if joined is None:
+            raise NodeSetupError(f"Node {self.name} is not part of a cluster (or cannot "
+                                 f"reach etcd right now).")
+        return joined.store
+
+    def guard(self) -> Guard | None:
+        joined = self.joined
+        if joined is None or joined.role is None:
+            return None
+        return joined.role.guard()
+
+    def node_record(self) -> Node | None:
+        try:
+            return state.node(self.store(), self.name)
+        except HavenError:
+            return None
+
+    def other_nodes(self) -> list[Node]:
+        kvs, _ = self.store().list(NODES)
+        return [n for n in (Node.from_json(json.loads(kv.value)) for kv in kvs)
+                if n.name != self.name]

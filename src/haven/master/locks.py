@@ -1,0 +1,36 @@
+"""Job locks kept in the store (``locks/<resource>`` -> job id), so a new master sees
+which jobs held what.  Exclusive only; every write is guarded by the master token."""
+
+from __future__ import annotations
+
+from haven.model.keys import LOCKS, Keys
+from haven.store.base import Compare, Guard, Put, Store
+
+
+def try_acquire(store: Store, job_id: int, names: list[str], guard: Guard) -> bool:
+    """Take every lock in ``names`` in one transaction, or none of them."""
+    if not names:
+        return True
+    mine = str(job_id).encode()
+    # A lock already ours (re-acquired after a requeue) counts as free.
+    compares = []
+    for n in names:
+        kv = store.get(Keys.lock(n))
+        if kv is not None and kv.value != mine:
+            return False
+        compares.append(Compare(Keys.lock(n), "mod", "=", kv.mod_revision if kv else 0))
+    compares.append(Compare(guard.key, "create", "=", guard.create_revision))
+    res = store.txn(compares, [Put(Keys.lock(n), mine) for n in names])
+    return res.succeeded
+
+
+def release(store: Store, job_id: int, names: list[str], guard: Guard | None) -> None:
+    for n in names:
+        kv = store.get(Keys.lock(n))
+        if kv is not None and kv.value == str(job_id).encode():
+            store.delete(Keys.lock(n), kv.mod_revision, guard=guard)
+
+
+def held(store: Store) -> dict[str, int]:
+    kvs, _ = store.list(LOCKS)
+    return {kv.key[len(LOCKS):]: int(kv.value) for kv in kvs}

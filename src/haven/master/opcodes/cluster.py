@@ -1,0 +1,175 @@
+"""Cluster-wide opcodes: test delay, verify, redistribute config."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from haven.errors import HavenError
+from haven.master import locks, state
+from haven.master.lu import LogicalUnit, register
+from haven.model.job import JobStatus
+
+
+@register
+class TestDelay(LogicalUnit):
+    """``gnt-debug delay``: sleep on the master; the trivial job of latency benchmarks."""
+
+    OP_ID = "OP_TEST_DELAY"
+    RESUMABLE = True
+    PARAMS = {"duration": (float, 0.0), "on_master": (bool, True),
+              "on_nodes": (list, []), "repeat": (int, 0), "no_locks": (bool, True)}
+
+    def check_arguments(self) -> None:
+        super().check_arguments()
+        if not 0 <= self.op["duration"] <= 3600:
+            from haven.errors import InvalidInput
+            raise InvalidInput(f"Delay {self.op['duration']} s is out of range (0-3600).")
+
+    def exec(self) -> Any:
+        if self.op["duration"] > 0:
+            end = time.monotonic() + self.op["duration"]
+            while time.monotonic() < end:
+                time.sleep(min(0.1, end - time.monotonic()))
+                self.require_guard()
+        return None
+
+
+@register
+class ClusterVerify(LogicalUnit):
+    """``gnt-cluster verify``: checks configuration against what is observed.
+
+    Returns ``{"ok": bool, "errors": [...], "warnings": [...], "checked": [...]}``;
+    each message names the object it is about and, where there is one, the fix.
+    """
+
+    OP_ID = "OP_CLUSTER_VERIFY"
+    PARAMS = {"skip_checks": (list, []), "error_codes": (bool, False),
+              "verbose": (bool, False), "debug_simulate_errors": (bool, False),
+              "ignore_errors": (list, [])}
+
+    def exec(self) -> Any:
+        store = self.c.store
+        errors: list[str] = []
+        warnings: list[str] = []
+        checked: list[str] = []
+        cluster = state.cluster(store)
+        nodes = state.nodes(store)
+        facts = state.facts(store)
+        alive = state.alive(store)
+        master = state.master(store)
+        now = self.c.clock()
+        checked.append(f"cluster {cluster.name}: {len(nodes)} node(s), master {master}")
+        if master is None:
+            errors.append("cluster: no master is elected; check that a master candidate "
+                          "runs haven-noded")
+        for n in nodes:
+            if n.offline:
+                warnings.append(f"node {n.name}: marked offline, not checked")
+                continue
+            if n.name not in alive:
+                errors.append(f"node {n.name}: its daemon holds no lease (down or cut "
+                              f"off); start it with 'haven start {n.name}' or mark it "
+                              f"offline with 'gnt-node modify -O yes {n.name}'")
+                continue
+            f = facts.get(n.name)
+            if f is None or now - f.updated > 60:
+                warnings.append(f"node {n.name}: facts are stale or missing")
+            elif f.version != facts.get(master or "", f).version:
+                warnings.append(f"node {n.name}: runs Haven {f.version}, the master "
+                                f"runs {facts[master or ''].version}")
+            if f is not None and f.storage_free < 1024:
+                warnings.append(f"node {n.name}: less than 1 GiB free storage")
+            checked.append(f"node {n.name}: alive")
+        candidates = [n for n in nodes if n.master_candidate and not n.offline]
+        if not candidates:
+            errors.append("cluster: no master candidate; make one with "
+                          "'gnt-node modify -C yes NODE'")
+        if cluster.etcd_managed and self.c.etcd_admin is not None:
+            self._verify_etcd(nodes, errors, warnings, checked)
+        if not (cluster.etcd_managed and len(candidates) >= 3) and len(nodes) > 1:
+            warnings.append(f"cluster: {len(candidates)} etcd voter(s); a node loss "
+                            f"{'stops' if len(candidates) == 2 else 'may stop'} "
+                            f"the cluster's writes (3 or 5 voters tolerate one or two)")
+        held = locks.held(store)
+        if held:
+            from haven.master import jobqueue
+            for name, job_id in held.items():
+                try:
+                    job, _ = jobqueue.read(store, job_id)
+                    if job.status.finalized:
+                        errors.append(f"lock {name}: held by finished job {job_id}")
+                except HavenError:
+                    errors.append(f"lock {name}: held by missing job {job_id}")
+        from haven.master import jobqueue
+        for j in jobqueue.list_jobs(store):
+            if j.status == JobStatus.RUNNING and j.master and j.master != master:
+                errors.append(f"job {j.id}: still marked running by former master "
+                              f"{j.master}; fail over the master role to adopt it")
+        return {"ok": not errors, "errors": errors, "warnings": warnings,
+                "checked": checked}
+
+    def _verify_etcd(self, nodes: list[Any], errors: list[str], warnings: list[str],
+                     checked: list[str]) -> None:
+        admin = self.c.etcd_admin
+        try:
+            members = admin.member_list()
+        except HavenError as exc:
+            errors.append(f"etcd: cannot list members: {exc.message}")
+            return
+        by_peer = {m.peer_urls[0]: m for m in members if m.peer_urls}
+        for n in nodes:
+            if n.etcd_peer_url and n.etcd_peer_url not in by_peer and n.master_candidate:
+                errors.append(f"node {n.name}: its etcd member is not in the cluster; it "
+                              f"rejoins when its daemon restarts ('haven start {n.name}')")
+        known = {n.etcd_peer_url for n in nodes}
+        for peer, m in by_peer.items():
+            if peer not in known:
+                warnings.append(f"etcd: member {m.name or hex(m.id)} ({peer}) belongs to "
+                                f"no node")
+        for m in members:
+            url = m.client_urls[0] if m.client_urls else None
+            if url is None:
+                errors.append(f"etcd: member {m.name or hex(m.id)} has not started")
+                continue
+            try:
+                st = admin.status(url)
+                size = int(st.get("dbSize", 0))
+                if size > 1024**3:
+                    warnings.append(f"etcd: member {m.name} database is {size >> 20} MiB")
+                checked.append(f"etcd member {m.name}: healthy")
+            except HavenError as exc:
+                errors.append(f"etcd: member {m.name} does not answer: {exc.message}")
+        try:
+            alarms = admin.alarm_list()
+        except HavenError:
+            alarms = []
+        for alarm in alarms:
+            errors.append(f"etcd: alarm {alarm}; the database must be compacted, "
+                          f"defragmented and the alarm disarmed")
+
+
+@register
+class RedistConf(LogicalUnit):
+    """``gnt-cluster redist-conf``: every node re-caches what it keeps from the store."""
+
+    OP_ID = "OP_CLUSTER_REDIST_CONF"
+    RESUMABLE = True
+
+    def exec(self) -> Any:
+        report: dict[str, Any] = {}
+        alive = state.alive(self.c.store)
+        for n in state.nodes(self.c.store):
+            if n.offline or n.name not in alive:
+                report[n.name] = "skipped: node is offline or down"
+                self.feedback(f"Skipping node {n.name}: offline or down")
+                continue
+            try:
+                res = self.c.rpc.call(n.primary_ip, n.api_port, "POST", "/haven/node/redist")
+                written = res.get("written", [])
+                report[n.name] = written
+                self.feedback(f"Node {n.name}: {len(written)} file(s) updated")
+            except HavenError as exc:
+                report[n.name] = f"failed: {exc.message}"
+                self.feedback(f"Node {n.name}: failed: {exc.message}")
+        return report

@@ -1,0 +1,235 @@
+"""Node opcodes: add, remove, modify."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from typing import Any
+
+from haven.errors import ExistsError, HavenError, InvalidInput, NodeSetupError, OpPrereqError
+from haven.master import state
+from haven.master.lu import REQUIRED, LogicalUnit, register
+from haven.model.keys import Keys
+from haven.model.node import Node
+from haven.store import members as members_mod
+
+NODE_NAME = (str, REQUIRED)
+
+
+def resolve(name: str) -> str:
+    try:
+        return socket.gethostbyname(name)
+    except OSError as exc:
+        raise OpPrereqError(f"Cannot resolve node name {name!r}; add it to DNS or "
+                            f"/etc/hosts, or give its address with --primary-ip.",
+                            "resolver_error") from exc
+
+
+@register
+class NodeAdd(LogicalUnit):
+    """``gnt-node add``: the node's daemon must already run (in standby)."""
+
+    OP_ID = "OP_NODE_ADD"
+    PARAMS = {"node_name": NODE_NAME, "primary_ip": (str, ""), "secondary_ip": (str, ""),
+              "master_capable": (bool, True), "vm_capable": (bool, True),
+              "readd": (bool, False), "api_port": (int, 0), "group": (str, "")}
+
+    def lock_names(self) -> list[str]:
+        return ["cluster-membership", f"node/{self.op['node_name']}"]
+
+    def check_prereq(self) -> None:
+        name = self.op["node_name"]
+        if self.c.store.get(Keys.node(name)) is not None:
+            raise ExistsError(f"Node {name} is already in the cluster; see gnt-node list.")
+        ip = self.op["primary_ip"] or resolve(name)
+        self.op["primary_ip"] = ip
+        for n in state.nodes(self.c.store):
+            if ip in (n.primary_ip, n.secondary_ip):
+                raise ExistsError(f"Address {ip} of node {name} is already used by node "
+                                  f"{n.name}.")
+        cluster = self.cluster()
+        self.port = self.op["api_port"] or cluster.api_port
+        info = self.c.rpc.call(ip, self.port, "GET", "/haven/node/info", timeout=5,
+                               verify=False)
+        if info.get("name") != name:
+            raise OpPrereqError(f"The daemon at {ip}:{self.port} is node "
+                                f"{info.get('name')!r}, not {name!r}; check the address.")
+        if info.get("cluster"):
+            raise ExistsError(f"Node {name} already belongs to cluster {info['cluster']}; "
+                              f"remove it there first.")
+
+    def exec(self) -> Any:
+        name, ip = self.op["node_name"], self.op["primary_ip"]
+        cluster = self.cluster()
+        guard = self.require_guard()
+        now = self.c.clock()
+        member = cluster.etcd_managed and self.op["master_capable"]
+        node = Node(name=name, uuid=str(uuid.uuid4()), primary_ip=ip,
+                    secondary_ip=self.op["secondary_ip"] or ip, api_port=self.port,
+                    master_capable=self.op["master_capable"],
+                    master_candidate=self.op["master_capable"],
+                    vm_capable=self.op["vm_capable"],
+                    etcd_client_url=f"http://{ip}:2379" if member else "",
+                    etcd_peer_url=f"http://{ip}:2380" if member else "",
+                    ctime=now, mtime=now)
+        if self.c.store.create(Keys.node(name), state.dumps(node.to_json()), guard=guard) \
+                is None:
+            raise ExistsError(f"Node {name} was added concurrently.")
+        member_id = 0
+        try:
+            join: dict[str, Any] = {
+                "cluster_name": cluster.name, "cert_pem": cluster.cert_pem,
+                "key_pem": cluster.key_pem, "etcd_managed": cluster.etcd_managed,
+                "etcd_endpoints": self._endpoints(cluster), "node_uuid": node.uuid,
+                "member": None}
+            if member:
+                self.feedback(f"Adding etcd member for {name}")
+                new, members = members_mod.add_member(self.c.etcd_admin, node.etcd_peer_url)
+                member_id = new.id
+                join["member"] = {
+                    "initial_cluster": members_mod.initial_cluster(members, new.id, name),
+                    "token": self._token()}
+            self.feedback(f"Joining node {name} at {ip}")
+            self.c.rpc.call(ip, self.port, "POST", "/haven/node/join", join, timeout=60,
+                            verify=False)
+            if member_id:
+                self.feedback(f"Promoting the etcd member of {name} to a voter")
+                members_mod.promote_member(self.c.etcd_admin, member_id)
+        except HavenError:
+            self._rollback(name, member_id)
+            raise
+        if member_id:
+            cur, rev = state.node_rev(self.c.store, name)
+            self.c.store.cas(Keys.node(name), state.dumps(
+                cur.modified(self.c.clock(), etcd_member_id=member_id).to_json()), rev,
+                guard=self.require_guard())
+        return {"node": name, "etcd_member": f"{member_id:x}" if member_id else None}
+
+    def _endpoints(self, cluster: Any) -> list[str]:
+        if not cluster.etcd_managed:
+            return list(cluster.etcd_endpoints)
+        urls = [n.etcd_client_url for n in state.nodes(self.c.store) if n.etcd_client_url]
+        return sorted(set(urls))
+
+    def _token(self) -> str:
+        daemon = self.c.extras.get("daemon")
+        conf = daemon.member.config() if daemon is not None else None
+        return conf.cluster_token if conf else "haven"
+
+    def _rollback(self, name: str, member_id: int) -> None:
+        if member_id:
+            try:
+                members_mod.remove_member(self.c.etcd_admin, member_id, timeout=10)
+            except HavenError as exc:
+                self.feedback(f"Could not remove the etcd member again: {exc.message}")
+        self.c.store.delete(Keys.node(name), guard=self.c.guard())
+
+
+@register
+class NodeRemove(LogicalUnit):
+    OP_ID = "OP_NODE_REMOVE"
+    PARAMS = {"node_name": NODE_NAME}
+
+    def lock_names(self) -> list[str]:
+        return ["cluster-membership", f"node/{self.op['node_name']}"]
+
+    def check_prereq(self) -> None:
+        name = self.op["node_name"]
+        self.target = self.node(name)
+        master = state.master(self.c.store)
+        if name == master:
+            raise OpPrereqError(f"Node {name} is the master and cannot be removed; move "
+                                f"the master role first with 'gnt-cluster "
+                                f"master-failover' on another node.")
+        nodes = state.nodes(self.c.store)
+        if self.target.master_candidate and \
+                sum(1 for n in nodes if n.master_candidate) <= 1:
+            raise OpPrereqError(f"Node {name} is the last master candidate.")
+
+    def exec(self) -> Any:
+        name = self.target.name
+        alive = name in state.alive(self.c.store)
+        if self.target.etcd_member_id and self.c.etcd_admin is not None:
+            self.feedback(f"Removing etcd member {self.target.etcd_member_id:x} of {name}")
+            members_mod.remove_member(self.c.etcd_admin, self.target.etcd_member_id)
+        if alive:
+            try:
+                self.c.rpc.call(self.target.primary_ip, self.target.api_port, "POST",
+                                "/haven/node/leave", timeout=30)
+            except HavenError as exc:
+                self.feedback(f"Node {name} did not answer ({exc.message}); clean it up "
+                              f"by hand if it comes back")
+        else:
+            self.feedback(f"Node {name} is down; it is removed from the configuration "
+                          f"only")
+        guard = self.require_guard()
+        for key in (Keys.node(name), Keys.facts(name), Keys.alive(name)):
+            self.c.store.delete(key, guard=guard)
+        return {"node": name, "removed": True}
+
+
+@register
+class NodeSetParams(LogicalUnit):
+    """``gnt-node modify``: -C (master candidate), -D (drained), -O (offline),
+    --master-capable, --vm-capable."""
+
+    OP_ID = "OP_NODE_SET_PARAMS"
+    PARAMS = {"node_name": NODE_NAME, "master_candidate": ((bool, type(None)), None),
+              "drained": ((bool, type(None)), None), "offline": ((bool, type(None)), None),
+              "master_capable": ((bool, type(None)), None),
+              "vm_capable": ((bool, type(None)), None), "force": (bool, False),
+              "auto_promote": (bool, False)}
+    FLAGS = ("master_candidate", "drained", "offline", "master_capable", "vm_capable")
+
+    def check_arguments(self) -> None:
+        super().check_arguments()
+        changes = {k: self.op[k] for k in self.FLAGS if self.op[k] is not None}
+        if not changes:
+            raise InvalidInput("Please give at least one of the parameters to change "
+                               "(-C, -D, -O, --master-capable, --vm-capable).")
+        if sum(1 for k in ("master_candidate", "drained", "offline")
+               if changes.get(k) is True) > 1:
+            raise InvalidInput("A node can be only one of master candidate, drained or "
+                               "offline.")
+        self.changes = changes
+
+    def lock_names(self) -> list[str]:
+        return [f"node/{self.op['node_name']}"]
+
+    def check_prereq(self) -> None:
+        name = self.op["node_name"]
+        self.target = self.node(name)
+        master = state.master(self.c.store)
+        demote = self.changes.get("master_candidate") is False or \
+            self.changes.get("offline") is True or self.changes.get("drained") is True \
+            or self.changes.get("master_capable") is False
+        if name == master and demote:
+            raise OpPrereqError(f"Node {name} is the master; move the master role first "
+                                f"with 'gnt-cluster master-failover' on another node.")
+        if self.changes.get("master_candidate") and not self.target.master_capable and \
+                not self.changes.get("master_capable"):
+            raise OpPrereqError(f"Node {name} is not master capable; set "
+                                f"--master-capable=yes first.")
+        if self.changes.get("master_candidate") and not self.target.etcd_peer_url and \
+                self.cluster().etcd_managed:
+            raise OpPrereqError(f"Node {name} has no etcd member; only nodes added with "
+                                f"--master-capable=yes can be master candidates.")
+
+    def exec(self) -> Any:
+        ch = dict(self.changes)
+        # Ganeti: making a node offline or drained also removes its candidacy.
+        if ch.get("offline") or ch.get("drained") or ch.get("master_capable") is False:
+            ch["master_candidate"] = False
+        if ch.get("master_candidate"):
+            ch.setdefault("offline", False)
+            ch.setdefault("drained", False)
+        cur, rev = state.node_rev(self.c.store, self.target.name)
+        new = cur.modified(self.c.clock(), **ch)
+        if self.c.store.cas(Keys.node(cur.name), state.dumps(new.to_json()), rev,
+                            guard=self.require_guard()) is None:
+            raise NodeSetupError(f"Node {cur.name} changed concurrently; retry.")
+        return [[k, v] for k, v in ch.items() if getattr(cur, k) != v]
+
+
+__all__ = ["NodeAdd", "NodeRemove", "NodeSetParams", "time"]

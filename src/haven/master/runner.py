@@ -1,0 +1,279 @@
+"""The master's job runner: picks queued jobs, runs their opcodes in phases.
+
+Jobs with disjoint locks run in parallel threads.  Every status write is guarded by the
+master's fencing token, so a deposed master's runner cannot change anything; it stops
+at its next write.  A new master first adopts what the old one left (``takeover``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from haven.errors import HavenError
+from haven.master import jobqueue, locks
+from haven.master.lu import LogicalUnit, MasterContext, lu_class
+from haven.model.job import Job, JobStatus, OpStatus
+from haven.model.keys import JOBS
+from haven.store.base import Guard, Store, WatchEvent
+from haven.store.errors import FencedOut, StoreError
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_AFTER = 6 * 3600.0  # Ganeti's watcher archives jobs older than 6 hours
+LOCK_POLL = 0.05
+
+
+class JobRunner:
+    def __init__(self, ctx: MasterContext, max_parallel: int = 25) -> None:
+        self.ctx = ctx
+        self.store: Store = ctx.store
+        self.max_parallel = max_parallel
+        self._running: dict[int, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watcher: Any = None
+        self._last_archive = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        from haven.store.watcher import Watcher
+
+        self.takeover()
+        self._watcher = Watcher(self.store, JOBS, self._on_event,
+                                lambda _kvs, _rev: self._wake.set())
+        self._watcher.start()
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self, wait: float = 0.0) -> None:
+        """Take no new jobs; wait up to ``wait`` seconds for running ones to finish."""
+        self._stopping.set()
+        self._wake.set()
+        if self._watcher is not None:
+            self._watcher.stop()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and self.busy():
+            time.sleep(0.05)
+
+    def busy(self) -> bool:
+        with self._lock:
+            return any(t.is_alive() for t in self._running.values())
+
+    # -- takeover --------------------------------------------------------------------
+    def takeover(self) -> str:
+        """Adopt the jobs a previous master left running; clear its locks."""
+        guard = self.ctx.guard()
+        if guard is None:
+            return "not master"
+        now = self.ctx.clock()
+        requeued, failed = [], []
+        for job in jobqueue.list_jobs(self.store):
+            if job.status not in (JobStatus.RUNNING, JobStatus.WAITING, JobStatus.CANCELING):
+                continue
+            if job.master == self.ctx.master_node and self.busy():
+                continue
+            if job.status != JobStatus.CANCELING and _resumable(job):
+                jobqueue.update(self.store, job.id, lambda j: _requeue(j), guard)
+                requeued.append(job.id)
+            else:
+                old = job.master or "the previous master"
+                idx = next((i for i, s in enumerate(job.opstatus)
+                            if s != OpStatus.SUCCESS), 0)
+                msg = (f"The master node {old} stopped while this job was running "
+                       f"opcode {idx} ({job.ops[idx].get('OP_ID')}); it was not resumed "
+                       f"because that opcode is not safe to repeat. Check the cluster "
+                       f"with 'gnt-cluster verify' and resubmit.")
+                if job.status == JobStatus.CANCELING:
+                    jobqueue.update(self.store, job.id, lambda j: jobqueue.finish(
+                        j, JobStatus.CANCELED, "Job canceled by request", now), guard)
+                else:
+                    jobqueue.update(self.store, job.id, lambda j, m=msg: jobqueue.finish(
+                        j, JobStatus.ERROR, m, now), guard)
+                failed.append(job.id)
+        for name, job_id in locks.held(self.store).items():
+            locks.release(self.store, job_id, [name], guard)
+        summary = f"takeover: requeued {requeued or 'none'}, failed {failed or 'none'}"
+        log.info(summary)
+        return summary
+
+    # -- scheduling ------------------------------------------------------------------
+    def _on_event(self, ev: WatchEvent) -> None:
+        if ev.type != "PUT":
+            return
+        try:
+            data = json.loads(ev.kv.value)
+        except ValueError:
+            return
+        if data.get("status") == JobStatus.QUEUED:
+            self._start_job(int(data["id"]))
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(2.0)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._scan()
+            except HavenError as exc:
+                log.warning("job scan failed: %s", exc)
+
+    def _scan(self) -> None:
+        now = self.ctx.clock()
+        archive = now - self._last_archive > 600
+        for job in jobqueue.list_jobs(self.store):
+            if job.status == JobStatus.QUEUED:
+                self._start_job(job.id)
+            elif archive and job.status.finalized and job.end_ts \
+                    and now - job.end_ts > ARCHIVE_AFTER:
+                self.store.delete(f"{JOBS}{job.id:012d}", guard=self.ctx.guard())
+        if archive:
+            self._last_archive = now
+
+    def _start_job(self, job_id: int) -> None:
+        if self._stopping.is_set():
+            return
+        with self._lock:
+            if job_id in self._running and self._running[job_id].is_alive():
+                return
+            self._running = {k: t for k, t in self._running.items() if t.is_alive()}
+            if len(self._running) >= self.max_parallel:
+                return
+            t = threading.Thread(target=self._run_job, args=(job_id,),
+                                 name=f"job-{job_id}", daemon=True)
+            self._running[job_id] = t
+        t.start()
+
+    # -- execution -------------------------------------------------------------------
+    def _run_job(self, job_id: int) -> None:
+        try:
+            self._execute(job_id)
+        except FencedOut:
+            log.warning("job %s: no longer master, leaving it to the next one", job_id)
+        except StoreError as exc:
+            log.warning("job %s: store unavailable (%s); the next master resumes it",
+                        job_id, exc)
+        except Exception:
+            log.exception("job %s: internal error", job_id)
+
+    def _execute(self, job_id: int) -> None:
+        guard = self._guard()
+        now = self.ctx.clock
+
+        def claim(j: Job) -> Job:
+            if j.status != JobStatus.QUEUED:
+                return j
+            return replace(j, status=JobStatus.WAITING, master=self.ctx.master_node,
+                           start_ts=j.start_ts or now())
+
+        job = jobqueue.update(self.store, job_id, claim, guard)
+        if job.status != JobStatus.WAITING or job.master != self.ctx.master_node:
+            return
+        log.info("job %s: started %s", job_id, ", ".join(job.summary))
+        for idx, op in enumerate(job.ops):
+            if job.opstatus[idx] == OpStatus.SUCCESS:
+                continue  # done before a takeover
+            job = self._run_op(job, idx, op)
+            if job.status.finalized:
+                log.info("job %s: %s", job_id, job.status)
+                return
+        job = jobqueue.update(self.store, job_id, lambda j: replace(
+            j, status=JobStatus.SUCCESS, end_ts=now()), self._guard())
+        log.info("job %s: success", job_id)
+
+    def _run_op(self, job: Job, idx: int, op: dict[str, Any]) -> Job:
+        now = self.ctx.clock
+        job_id = job.id
+
+        def feedback(msg: str) -> None:
+            jobqueue.update(self.store, job_id, lambda j: j.with_log(idx, msg, now()),
+                            self._guard())
+
+        lu: LogicalUnit | None = None
+        names: list[str] = []
+        try:
+            lu = lu_class(op)(self.ctx, op, feedback)
+            lu.check_arguments()
+            names = sorted(set(lu.lock_names()))
+            job = jobqueue.update(self.store, job_id, lambda j: replace(
+                j.with_op(idx, OpStatus.WAITING),
+                status=JobStatus.WAITING if names else j.status), self._guard())
+            while not locks.try_acquire(self.store, job_id, names, self._guard()):
+                job, _ = jobqueue.read(self.store, job_id)
+                if job.status == JobStatus.CANCELING:
+                    return self._cancel(job)
+                time.sleep(LOCK_POLL)
+            job = jobqueue.update(self.store, job_id, lambda j: _running(j, idx),
+                                  self._guard())
+            if job.status == JobStatus.CANCELING:
+                return self._cancel(job)
+            lu.check_prereq()
+            result = lu.exec()
+        except FencedOut:
+            raise
+        except HavenError as exc:
+            msg = exc.message
+            err = [type(exc).__name__, [msg, exc.ecode]]
+            return jobqueue.update(self.store, job_id, lambda j: replace(
+                jobqueue.finish(j.with_op(idx, OpStatus.ERROR, err), JobStatus.ERROR,
+                                msg, now()), opresult=_set(j.opresult, idx, err)),
+                self._guard())
+        finally:
+            if names:
+                locks.release(self.store, job_id, names, self.ctx.guard())
+        return jobqueue.update(self.store, job_id, lambda j: _op_done(j, idx, result),
+                               self._guard())
+
+    def _cancel(self, job: Job) -> Job:
+        return jobqueue.update(self.store, job.id, lambda j: jobqueue.finish(
+            j, JobStatus.CANCELED, "Job canceled by request", self.ctx.clock()),
+            self._guard())
+
+    def _guard(self) -> Guard:
+        guard = self.ctx.guard()
+        if guard is None:
+            raise FencedOut("This node is no longer master.")
+        return guard
+
+
+def _running(j: Job, idx: int) -> Job:
+    status = JobStatus.CANCELING if j.status == JobStatus.CANCELING else JobStatus.RUNNING
+    return replace(j.with_op(idx, OpStatus.RUNNING), status=status)
+
+
+def _op_done(j: Job, idx: int, result: Any) -> Job:
+    out = j.with_op(idx, OpStatus.SUCCESS, result)
+    if out.status == JobStatus.CANCELING and idx + 1 < len(out.ops):
+        return out  # canceled before its next opcode
+    return out
+
+
+def _set(values: tuple[Any, ...], idx: int, value: Any) -> tuple[Any, ...]:
+    out = list(values)
+    out[idx] = value
+    return tuple(out)
+
+
+def _resumable(job: Job) -> bool:
+    try:
+        return all(lu_class(op).RESUMABLE for op, st in zip(job.ops, job.opstatus, strict=True)
+                   if st != OpStatus.SUCCESS)
+    except HavenError:
+        return False
+
+
+def _requeue(job: Job) -> Job:
+    opstatus = tuple(s if s == OpStatus.SUCCESS else OpStatus.QUEUED for s in job.opstatus)
+    return replace(job, status=JobStatus.QUEUED, opstatus=opstatus, master="")
+
+
+def stopped_callback(runner: JobRunner) -> Callable[[], None]:
+    return lambda: runner.stop()

@@ -1,0 +1,53 @@
+"""Where each object lives in the store (keys relative to ``/haven/<cluster>/``)."""
+
+from __future__ import annotations
+
+# Plain constants and functions, so that every layer spells the keys the same way.
+CLUSTER = "cluster"
+MASTER = "master"
+HANDOVER = "handover"
+NODES = "nodes/"
+FACTS = "facts/"
+ALIVE = "alive/"
+JOBS = "jobs/"
+LOCKS = "locks/"
+EVENTS = "events/"
+COUNTERS = "counters/"
+
+
+class Keys:
+    """Key builders; ``Keys.node("node01") == "nodes/node01"``."""
+
+    cluster = CLUSTER
+    master = MASTER
+    handover = HANDOVER
+
+    @staticmethod
+    def node(name: str) -> str:
+        return NODES + name
+
+    @staticmethod
+    def facts(name: str) -> str:
+        return FACTS + name
+
+    @staticmethod
+    def alive(name: str) -> str:
+        return ALIVE + name
+
+    @staticmethod
+    def job(job_id: int) -> str:
+        # Zero-padded so that a prefix listing is in id order.
+        return f"{JOBS}{job_id:012d}"
+
+    @staticmethod
+    def lock(resource: str) -> str:
+        return LOCKS + resource
+
+    @staticmethod
+    def counter(name: str) -> str:
+        return COUNTERS + name
+
+
+def store_prefix(cluster_name: str) -> str:
+    """The etcd prefix under which a cluster keeps everything."""
+    return f"/haven/{cluster_name}/"

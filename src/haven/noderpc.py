@@ -1,0 +1,68 @@
+"""Calls from one node daemon to another over the cluster's HTTPS API.
+
+Nodes already in the cluster are reached with the cluster certificate pinned; a node
+being added still has its provisional certificate, so the join call encrypts but does
+not verify (like the first SSH contact of Ganeti's ``gnt-node add``; see README).
+"""
+
+from __future__ import annotations
+
+import abc
+import http.client
+import json
+import ssl
+from typing import Any
+
+from haven.errors import HavenError, NodeSetupError, from_json
+
+
+class NodeRpc(abc.ABC):
+    """What the master asks of other nodes' daemons."""
+
+    @abc.abstractmethod
+    def call(self, address: str, port: int, method: str, path: str,
+             body: Any = None, timeout: float = 10.0, verify: bool = True) -> Any:
+        """One request; returns the decoded JSON answer or raises a HavenError."""
+
+
+class HttpsNodeRpc(NodeRpc):
+    def __init__(self, cert_file: str | None, auth_header: str | None = None) -> None:
+        self._verified: ssl.SSLContext | None = None
+        if cert_file:
+            self._verified = ssl.create_default_context(cafile=cert_file)
+            # Nodes are addressed by IP; the pinned self-signed cluster certificate
+            # is the identity, not a host name.
+            self._verified.check_hostname = False
+        self._unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._unverified.check_hostname = False
+        self._unverified.verify_mode = ssl.CERT_NONE
+        self.auth_header = auth_header
+
+    def call(self, address: str, port: int, method: str, path: str,
+             body: Any = None, timeout: float = 10.0, verify: bool = True) -> Any:
+        ctx = self._verified if verify and self._verified else self._unverified
+        conn = http.client.HTTPSConnection(address, port, timeout=timeout, context=ctx)
+        headers = {"Content-Type": "application/json"}
+        if self.auth_header:
+            headers["Authorization"] = self.auth_header
+        try:
+            conn.request(method, path, json.dumps(body) if body is not None else None,
+                         headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise NodeSetupError(
+                f"Node daemon at {address}:{port} does not answer ({exc}); check that "
+                f"haven-noded runs there.") from exc
+        finally:
+            conn.close()
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError as exc:
+            raise NodeSetupError(f"Node daemon at {address}:{port} sent invalid JSON.") \
+                from exc
+        if resp.status >= 400:
+            if isinstance(decoded, dict):
+                raise from_json(decoded)
+            raise HavenError(f"Node daemon at {address}:{port} answered {resp.status}.")
+        return decoded

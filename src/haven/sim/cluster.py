@@ -1,0 +1,241 @@
+"""A whole cluster on one machine: ``haven up/down/status/kill/start``.
+
+Each node gets its own loopback address (``127.0.10.N``), data directory, etcd member
+and ``haven-noded``, all started detached with logs in the node's directory; the
+layout is recorded in ``<base>/sim.json`` so the other commands find it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from haven import clientconf
+from haven.cli.client import Client
+from haven.cli.local import start_daemon
+from haven.daemon import procs
+from haven.errors import HavenError, InvalidInput, NotFoundError
+
+DEFAULT_BASE = Path(os.environ.get("HAVEN_SIM_DIR", "/var/lib/haven/sim"))
+API_PORT = 5080
+
+
+@dataclass(frozen=True)
+class SimNode:
+    name: str
+    address: str
+    data_dir: str
+    port: int = API_PORT
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.data_dir)
+
+
+@dataclass(frozen=True)
+class SimLayout:
+    cluster: str
+    nodes: tuple[SimNode, ...]
+
+    def node(self, name: str) -> SimNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise NotFoundError(f"Node {name!r} is not part of this local cluster; its nodes "
+                            f"are {', '.join(n.name for n in self.nodes)}.")
+
+
+def layout_path(base: Path) -> Path:
+    return base / "sim.json"
+
+
+def load_layout(base: Path) -> SimLayout | None:
+    try:
+        data = json.loads(layout_path(base).read_text())
+    except (OSError, ValueError):
+        return None
+    return SimLayout(data["cluster"], tuple(SimNode(**n) for n in data["nodes"]))
+
+
+def save_layout(base: Path, layout: SimLayout) -> None:
+    base.mkdir(parents=True, exist_ok=True)
+    layout_path(base).write_text(json.dumps(
+        {"cluster": layout.cluster, "nodes": [asdict(n) for n in layout.nodes]}, indent=1))
+
+
+def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
+       cluster: str = "haven-local", lease_ttl: int = 5, log: Any = print) -> SimLayout:
+    """Create (or restart) the local cluster; returns its layout."""
+    existing = load_layout(base)
+    if existing is not None:
+        for n in existing.nodes:
+            start_node(n)
+        wait_master(existing)
+        _publish_client_config(base, existing)
+        log(f"Local cluster {existing.cluster} is up ({len(existing.nodes)} nodes).")
+        return existing
+    if not 1 <= nodes <= 9:
+        raise InvalidInput(f"--nodes {nodes} is out of range; use 1 to 9.")
+    layout = SimLayout(cluster, tuple(
+        SimNode(f"node{i:02d}", f"{subnet}.{i}", str(base / f"node{i:02d}"))
+        for i in range(1, nodes + 1)))
+    save_layout(base, layout)
+    t0 = time.monotonic()
+    for n in layout.nodes:
+        start_daemon(n.name, n.address, n.dir, n.port)
+    first = layout.nodes[0]
+    local = Client([f"{first.address}:{first.port}"], None, None, None)
+    conf = local.post("/haven/node/init", {"cluster_name": cluster, "lease_ttl": lease_ttl},
+                      timeout=90)
+    clientconf.save(conf, base / "client.json")
+    log(f"{time.monotonic() - t0:5.1f}s cluster {cluster} initialised on {first.name}")
+    client = Client(conf["endpoints"], conf["cert"], conf["user"], conf["password"])
+    from haven.cli.common import submit_and_wait
+
+    for n in layout.nodes[1:]:
+        submit_and_wait(client, [{"OP_ID": "OP_NODE_ADD", "node_name": n.name,
+                                  "primary_ip": n.address, "master_capable": True}],
+                        quiet=True)
+        log(f"{time.monotonic() - t0:5.1f}s added {n.name} ({n.address})")
+    _publish_client_config(base, layout)
+    return layout
+
+
+def _publish_client_config(base: Path, layout: SimLayout) -> None:
+    conf = None
+    for n in layout.nodes:
+        conf = clientconf.load(n.dir / "client.json")
+        if conf is not None:
+            break
+    if conf is None:
+        return
+    client = Client(conf["endpoints"], conf["cert"], conf["user"], conf["password"])
+    with contextlib.suppress(HavenError):
+        conf = client.get("/haven/client-config")
+    clientconf.save(conf, base / "client.json")
+    clientconf.save(conf)
+
+
+def wait_master(layout: SimLayout, timeout: float = 60.0) -> str | None:
+    conf = None
+    for n in layout.nodes:
+        conf = clientconf.load(n.dir / "client.json") or conf
+    if conf is None:
+        return None
+    client = Client([f"{n.address}:{n.port}" for n in layout.nodes], conf["cert"],
+                    conf["user"], conf["password"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            master = client.get("/haven/master", timeout=2)
+            if master:
+                return str(master)
+        except HavenError:
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def start_node(n: SimNode) -> None:
+    start_daemon(n.name, n.address, n.dir, n.port)
+
+
+def node_pids(n: SimNode) -> dict[str, int]:
+    """Every process that belongs to node ``n``: found through its pid files and, so
+    that nothing escapes, every process whose command line names its directory."""
+    pids: dict[str, int] = {}
+    for label, pid_file, expect in (("noded", "noded.pid", "haven.daemon.main"),
+                                    ("etcd", "etcd.pid", "etcd")):
+        pid = procs.running_pid(n.dir / pid_file, expect)
+        if pid is not None:
+            pids[label] = pid
+    marker = str(n.dir)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if (f"{marker} " in cmd or cmd.rstrip().endswith(marker) or f"{marker}/" in cmd) \
+                and pid not in pids.values() and pid != os.getpid():
+            pids[f"pid{pid}"] = pid
+    return pids
+
+
+def kill_node(n: SimNode) -> list[int]:
+    """SIGKILL every process of the node at once, as a power cut would."""
+    pids = list(node_pids(n).values())
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        procs.terminate(pid, timeout=2, sig=0)
+    return pids
+
+
+def stop_node(n: SimNode, stop_etcd: bool = True) -> None:
+    pid = procs.running_pid(n.dir / "noded.pid", "haven.daemon.main")
+    if pid is not None:
+        procs.terminate(pid, timeout=15)
+    if stop_etcd:
+        pid = procs.running_pid(n.dir / "etcd.pid", "etcd")
+        if pid is not None:
+            procs.terminate(pid, timeout=15)
+
+
+def down(base: Path = DEFAULT_BASE) -> SimLayout | None:
+    """Stop everything the local cluster runs, keeping its data for the next ``up``.
+
+    Daemons stop first (each hands back its lease), then the etcd members together.
+    """
+    layout = load_layout(base)
+    if layout is None:
+        return None
+    for n in layout.nodes:
+        stop_node(n, stop_etcd=False)
+    for n in layout.nodes:
+        stop_node(n, stop_etcd=True)
+    return layout
+
+
+def destroy(base: Path = DEFAULT_BASE) -> None:
+    """``down`` and delete every file of the local cluster."""
+    import shutil
+
+    down(base)
+    layout = load_layout(base)
+    if layout is not None:
+        for n in layout.nodes:
+            kill_node(n)
+    if base.exists():
+        shutil.rmtree(base)
+
+
+def status(base: Path = DEFAULT_BASE) -> list[dict[str, Any]]:
+    layout = load_layout(base)
+    if layout is None:
+        return []
+    out = []
+    for n in layout.nodes:
+        pids = node_pids(n)
+        row: dict[str, Any] = {"node": n.name, "address": n.address,
+                               "noded": pids.get("noded"), "etcd": pids.get("etcd"),
+                               "role": None, "master": False}
+        if "noded" in pids:
+            try:
+                st = Client([f"{n.address}:{n.port}"], None, None, None).get(
+                    "/haven/status", timeout=2)
+                row["role"] = st.get("role")
+                row["master"] = bool(st.get("is_master"))
+            except HavenError:
+                row["role"] = "not answering"
+        out.append(row)
+    return out

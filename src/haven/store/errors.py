@@ -1,0 +1,36 @@
+"""Errors raised by the store layer (a subtree of :class:`haven.errors.HavenError`).
+
+    StoreError
+    ├── StoreUnavailable    no endpoint answered, or etcd has no leader / no quorum
+    ├── Compacted           a watch asked for history etcd has already compacted
+    ├── LeaseExpired        a keepalive found the lease gone (or past its local deadline)
+    └── FencedOut           a guarded write was refused: the caller is no longer master
+"""
+
+from __future__ import annotations
+
+from haven.errors import ECODE_ENVIRON, ECODE_STATE, EXIT_NOTCLUSTER, HavenError
+
+
+class StoreError(HavenError):
+    ecode = ECODE_ENVIRON
+    http_status = 503
+
+
+class StoreUnavailable(StoreError):
+    exit_code = EXIT_NOTCLUSTER
+
+
+class Compacted(StoreError):
+    def __init__(self, message: str, compact_revision: int) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class LeaseExpired(StoreError):
+    ecode = ECODE_STATE
+
+
+class FencedOut(StoreError):
+    ecode = ECODE_STATE
+    http_status = 409

@@ -1,0 +1,528 @@
+"""The store contract over etcd's v3 JSON gateway (``/v3/...`` on the client port).
+
+No gRPC: plain ``httpx`` POSTs of JSON whose bytes are base64 and whose 64-bit
+integers are strings (absent fields mean 0 / false).  Every request is one etcd RPC,
+so each method inherits that RPC's atomicity (see :mod:`haven.store.base`).
+
+Endpoint rotation.  A request goes to the endpoint that answered last; when it cannot
+be delivered (connection refused, connect timeout) or etcd refuses it before acting
+("no leader", a learner, a stopping server) the next endpoint is tried.  After a
+*write* whose outcome is unknown (the reply timed out, "request timed out", "leader
+changed") nothing is resent: a resent compare-and-swap could fail against our own
+first attempt and report a conflict that is not one.  The caller gets
+:class:`StoreUnavailable` and re-reads, as after any outage.  That is the rule of
+etcd's own Go client.  Reads, keepalives and revokes are resent freely.
+
+Every ``httpx`` exception is mapped here; none escapes this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import httpx
+
+from haven.store.base import (
+    Compare,
+    Delete,
+    Get,
+    KeyValue,
+    Member,
+    Op,
+    Put,
+    Store,
+    TxnResult,
+    Watch,
+    WatchEvent,
+)
+from haven.store.errors import Compacted, LeaseExpired, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+Members = list[Member]  # an alias: inside EtcdStore, ``list`` is the method
+
+# Refused before anything was proposed to raft: safe to resend anywhere.
+_NOT_APPLIED = (
+    "etcdserver: no leader",
+    "etcdserver: not capable",
+    "etcdserver: rpc not supported for learner",
+    "etcdserver: server stopped",
+    "etcdserver: too many requests",
+)
+# The proposal may still commit: resend only idempotent requests.
+_MAYBE_APPLIED = (
+    "etcdserver: request timed out",
+    "etcdserver: leader changed",
+    "context deadline exceeded",
+)
+_GRPC_UNAVAILABLE = 14
+
+# Detect a peer that vanished without closing (power loss, partition) on idle watch
+# connections within ~11 s instead of the kernel's two hours.
+_SOCKET_OPTIONS = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+]
+_TARGETS = {"mod": ("MOD", "mod_revision"), "create": ("CREATE", "create_revision"),
+            "version": ("VERSION", "version"), "value": ("VALUE", "value")}
+_RESULTS = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
+
+
+class EndpointStatus(TypedDict):
+    """``/v3/maintenance/status`` of one member, integers decoded."""
+
+    endpoint: str
+    version: str
+    member_id: int
+    leader: int  # 0: this member knows no leader
+    raft_term: int
+    raft_index: int
+    db_size: int
+    db_size_in_use: int
+    is_learner: bool
+    errors: list[str]
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A raised etcd alarm, e.g. ``NOSPACE`` (the cluster is read-only until disarmed)."""
+
+    member_id: int
+    alarm: str
+
+
+Alarms = list[Alarm]
+
+
+class _Refused(StoreError):
+    """etcd answered with an error we do not retry; ``text`` is etcd's message."""
+
+    def __init__(self, message: str, text: str, code: int) -> None:
+        super().__init__(message)
+        self.text = text
+        self.code = code
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def _int(value: object) -> int:
+    return int(str(value)) if value else 0
+
+
+def prefix_end(key: bytes) -> bytes:
+    """The ``range_end`` that selects every key starting with ``key``."""
+    trimmed = key.rstrip(b"\xff")
+    if not trimmed:
+        return b"\0"  # etcd: "\0" as range_end means "to the end of the keyspace"
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _url(endpoint: str) -> str:
+    endpoint = endpoint.strip().rstrip("/")
+    return endpoint if "://" in endpoint else f"http://{endpoint}"
+
+
+def _error_of(data: Json, status: int) -> tuple[str, int]:
+    err = data.get("error")
+    if isinstance(err, dict):  # streaming endpoints: {"error": {"grpc_code", "message"}}
+        return str(err.get("message", "")), _int(err.get("grpc_code"))
+    return str(data.get("message") or err or f"HTTP status {status}"), _int(data.get("code"))
+
+
+def _member(d: Json) -> Member:
+    return Member(id=_int(d.get("ID")), name=str(d.get("name", "")),
+                  peer_urls=tuple(d.get("peerURLs", ())),
+                  client_urls=tuple(d.get("clientURLs", ())),
+                  is_learner=bool(d.get("isLearner", False)))
+
+
+class EtcdStore(Store):
+    """:class:`Store` on etcd 3.4+ through its JSON gateway.  Thread-safe."""
+
+    def __init__(self, endpoints: Sequence[str], prefix: str, timeout: float = 2.0) -> None:
+        if not endpoints:
+            raise ValueError("EtcdStore needs at least one endpoint")
+        self._endpoints = [_url(e) for e in endpoints]
+        self._prefix = prefix
+        self._pfx = prefix.encode()
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._current = 0  # index of the endpoint that answered last
+        # trust_env=False: an HTTP(S)_PROXY meant for the outside world must not
+        # capture traffic to etcd.
+        self._client = httpx.Client(
+            timeout=timeout, trust_env=False,
+            transport=httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS))
+        # Watches block in reads for as long as nothing changes: no read timeout, and
+        # no pooling of their connections (close() shuts their sockets down).
+        self._watch_client = httpx.Client(
+            timeout=httpx.Timeout(timeout, read=None), trust_env=False,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+            transport=httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS))
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._endpoints)
+
+    # -- transport -----------------------------------------------------------------
+    def _order(self) -> list[int]:
+        with self._lock:
+            start = self._current
+        n = len(self._endpoints)
+        return [(start + i) % n for i in range(n)]
+
+    def _worked(self, idx: int) -> None:
+        with self._lock:
+            self._current = idx
+
+    def _unavailable(self, path: str, errors: list[str]) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"No etcd endpoint answered {path} ({'; '.join(errors)}); check that etcd is "
+            f"running and reachable at {', '.join(self._endpoints)}."
+        )
+
+    def _post(self, path: str, body: Json, *, idempotent: bool) -> Json:
+        """POST to the endpoints in turn (see the module docstring for when)."""
+        errors: list[str] = []
+        last: Exception | None = None
+        for idx in self._order():
+            ep = self._endpoints[idx]
+            try:
+                resp = self._client.post(ep + path, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+                    httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                errors.append(f"{ep}: {_why(exc)}")
+                last = exc
+                continue
+            except httpx.HTTPError as exc:
+                errors.append(f"{ep}: {_why(exc)}")
+                last = exc
+                if idempotent:
+                    continue
+                self._worked((idx + 1) % len(self._endpoints))
+                raise StoreUnavailable(
+                    f"etcd at {ep} did not answer {path} ({_why(exc)}); "
+                    "the write may or may not have been applied: re-read before retrying."
+                ) from exc
+            try:
+                data = resp.json()
+            except ValueError:
+                data = None
+            if not isinstance(data, dict):
+                raise StoreError(f"etcd at {ep} sent a malformed answer to {path}.")
+            if resp.status_code == 200 and "error" not in data:
+                self._worked(idx)
+                return data
+            text, code = _error_of(data, resp.status_code)
+            log.debug("etcd %s%s: %s (code %s)", ep, path, text, code)
+            errors.append(f"{ep}: {text}")
+            if text.startswith(_NOT_APPLIED) or (
+                    idempotent and (text.startswith(_MAYBE_APPLIED) or code == _GRPC_UNAVAILABLE)):
+                continue
+            if text.startswith(_MAYBE_APPLIED):
+                self._worked((idx + 1) % len(self._endpoints))
+                raise StoreUnavailable(
+                    f"etcd at {ep} answered {path} with {text!r}; the write may or may not "
+                    "have been applied: re-read before retrying."
+                )
+            if code == _GRPC_UNAVAILABLE:
+                raise StoreUnavailable(f"etcd at {ep} cannot serve {path} now: {text}.")
+            if "lease not found" in text:
+                raise LeaseExpired(f"etcd no longer knows the lease used by {path} ({text}).")
+            raise _Refused(f"etcd at {ep} refused {path}: {text}.", text, code)
+        raise self._unavailable(path, errors) from last
+
+    def _post_one(self, endpoint: str, path: str, body: Json, timeout: float) -> Json:
+        # One named endpoint, no rotation: status and defragment are per member.
+        ep = _url(endpoint)
+        try:
+            resp = self._client.post(ep + path, json=body, timeout=timeout)
+            data = resp.json()
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            raise StoreUnavailable(
+                f"etcd at {ep} did not answer {path} ({_why(exc)}); check "
+                "that this member is running."
+            ) from exc
+        if not isinstance(data, dict):
+            raise StoreUnavailable(f"etcd at {ep} sent a malformed answer to {path}.")
+        if resp.status_code != 200 or "error" in data:
+            text, _ = _error_of(data, resp.status_code)
+            raise StoreUnavailable(f"etcd at {ep} refused {path}: {text}.")
+        return data
+
+    # -- encoding ------------------------------------------------------------------
+    def _key(self, key: str) -> bytes:
+        return self._pfx + key.encode()
+
+    def _range(self, key: str, prefix: bool) -> Json:
+        k = self._key(key)
+        if not prefix:
+            return {"key": _b64(k)}
+        if not k:
+            return {"key": _b64(b"\0"), "range_end": _b64(b"\0")}
+        return {"key": _b64(k), "range_end": _b64(prefix_end(k))}
+
+    def _kv(self, d: Json) -> KeyValue:
+        key = _unb64(d.get("key"))
+        if key.startswith(self._pfx):
+            key = key[len(self._pfx):]
+        return KeyValue(key=key.decode("utf-8", "replace"), value=_unb64(d.get("value")),
+                        create_revision=_int(d.get("create_revision")),
+                        mod_revision=_int(d.get("mod_revision")),
+                        version=_int(d.get("version")), lease=_int(d.get("lease")))
+
+    def _compare(self, c: Compare) -> Json:
+        target, field = _TARGETS[c.target]
+        operand = _b64(c.operand) if isinstance(c.operand, bytes) else str(c.operand)
+        return {"key": _b64(self._key(c.key)), "target": target,
+                "result": _RESULTS[c.op], field: operand}
+
+    def _op(self, op: Op) -> Json:
+        if isinstance(op, Put):
+            put: Json = {"key": _b64(self._key(op.key)), "value": _b64(op.value)}
+            if op.lease:
+                put["lease"] = str(op.lease)
+            return {"request_put": put}
+        if isinstance(op, Delete):
+            return {"request_delete_range": self._range(op.key, op.prefix)}
+        return {"request_range": self._range(op.key, op.prefix)}
+
+    # -- the contract --------------------------------------------------------------
+    def get(self, key: str) -> KeyValue | None:
+        """One linearizable range request."""
+        data = self._post("/v3/kv/range", self._range(key, False), idempotent=True)
+        kvs = data.get("kvs") or []
+        return self._kv(kvs[0]) if kvs else None
+
+    def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """One linearizable range request; the revision is the one it was served at."""
+        data = self._post("/v3/kv/range", self._range(prefix, True), idempotent=True)
+        kvs = [self._kv(d) for d in data.get("kvs") or []]
+        return kvs, _int(data.get("header", {}).get("revision"))
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op],
+            failure: Sequence[Op] = ()) -> TxnResult:
+        """One etcd transaction (``/v3/kv/txn``): atomic, one revision for all writes."""
+        body = {"compare": [self._compare(c) for c in compares],
+                "success": [self._op(o) for o in success],
+                "failure": [self._op(o) for o in failure]}
+        read_only = all(isinstance(o, Get) for o in (*success, *failure))
+        data = self._post("/v3/kv/txn", body, idempotent=read_only)
+        responses: list[list[KeyValue] | int | None] = []
+        for r in data.get("responses") or []:
+            if "response_range" in r:
+                responses.append([self._kv(d) for d in r["response_range"].get("kvs") or []])
+            elif "response_delete_range" in r:
+                responses.append(_int(r["response_delete_range"].get("deleted")))
+            else:
+                responses.append(None)
+        return TxnResult(bool(data.get("succeeded")),
+                         _int(data.get("header", {}).get("revision")), tuple(responses))
+
+    def lease_grant(self, ttl: int) -> tuple[int, int]:
+        """A new lease; resent on failure (an orphaned lease just expires)."""
+        data = self._post("/v3/lease/grant", {"TTL": int(ttl), "ID": 0}, idempotent=True)
+        if data.get("error"):
+            raise StoreError(f"etcd refused a lease of {ttl} s: {data['error']}.")
+        return _int(data.get("ID")), _int(data.get("TTL"))
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        """One keepalive round trip; ``0`` when etcd no longer knows the lease."""
+        data = self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, idempotent=True)
+        return _int(data.get("result", {}).get("TTL"))
+
+    def lease_revoke(self, lease_id: int) -> None:
+        """Revoke; the lease's keys are deleted in the same revision."""
+        with contextlib.suppress(LeaseExpired):
+            self._post("/v3/lease/revoke", {"ID": str(lease_id)}, idempotent=True)
+
+    def watch(self, prefix: str, start_revision: int) -> Watch:
+        """A streamed ``/v3/watch``; the request is sent when iteration starts."""
+        body = {"create_request": {**self._range(prefix, True),
+                                   "start_revision": str(max(start_revision, 0))}}
+        return _EtcdWatch(self, body)
+
+    def compact(self, revision: int) -> None:
+        """Compact the whole keyspace (etcd has one history); repeating it is harmless."""
+        try:
+            self._post("/v3/kv/compaction", {"revision": str(revision)}, idempotent=True)
+        except _Refused as exc:
+            if "has been compacted" not in exc.text:
+                raise
+
+    def revision(self) -> int:
+        data = self._post("/v3/kv/range", {**self._range("", True), "count_only": True},
+                          idempotent=True)
+        return _int(data.get("header", {}).get("revision"))
+
+    def close(self) -> None:
+        self._client.close()
+        self._watch_client.close()
+
+    # -- cluster membership and maintenance (managed etcd) -------------------------
+    def member_list(self) -> Members:
+        """The members as the answering member knows them (not linearizable in 3.4)."""
+        data = self._post("/v3/cluster/member/list", {}, idempotent=True)
+        return [_member(d) for d in data.get("members") or []]
+
+    def member_add(self, peer_urls: Sequence[str],
+                   is_learner: bool = False) -> tuple[Member, Members]:
+        """Add a member; returns it and the new member list.  Never resent.
+
+        etcd refuses this for a few seconds after a join ("unhealthy cluster"): that
+        raises :class:`StoreUnavailable`, and the caller retries.
+        """
+        data = self._post("/v3/cluster/member/add",
+                          {"peerURLs": list(peer_urls), "isLearner": is_learner},
+                          idempotent=False)
+        return (_member(data.get("member") or {}),
+                [_member(d) for d in data.get("members") or []])
+
+    def member_promote(self, member_id: int) -> Members:
+        """Make a learner a voting member (once it has caught up).  Never resent."""
+        data = self._post("/v3/cluster/member/promote", {"ID": str(member_id)},
+                          idempotent=False)
+        return [_member(d) for d in data.get("members") or []]
+
+    def member_remove(self, member_id: int) -> Members:
+        """Remove a member; returns the remaining members.  Never resent."""
+        data = self._post("/v3/cluster/member/remove", {"ID": str(member_id)},
+                          idempotent=False)
+        return [_member(d) for d in data.get("members") or []]
+
+    def status(self, endpoint: str) -> EndpointStatus:
+        """That one member's view: its leader (0 if none), raft term/index, db size."""
+        d = self._post_one(endpoint, "/v3/maintenance/status", {}, self._timeout)
+        return EndpointStatus(
+            endpoint=endpoint, version=str(d.get("version", "")),
+            member_id=_int(d.get("header", {}).get("member_id")),
+            leader=_int(d.get("leader")), raft_term=_int(d.get("raftTerm")),
+            raft_index=_int(d.get("raftIndex")), db_size=_int(d.get("dbSize")),
+            db_size_in_use=_int(d.get("dbSizeInUse")),
+            is_learner=bool(d.get("isLearner", False)),
+            errors=[str(e) for e in d.get("errors") or []])
+
+    def alarm_list(self) -> Alarms:
+        """Raised alarms (``NOSPACE`` makes the cluster read-only)."""
+        data = self._post("/v3/maintenance/alarm", {"action": "GET"}, idempotent=True)
+        return [Alarm(_int(a.get("memberID")), str(a.get("alarm", "NONE")))
+                for a in data.get("alarms") or []]
+
+    def defragment(self, endpoint: str) -> None:
+        """Defragment one member (it blocks that member while it runs)."""
+        self._post_one(endpoint, "/v3/maintenance/defragment", {}, max(self._timeout, 60.0))
+
+
+class _EtcdWatch(Watch):
+    """One ``/v3/watch`` stream; ``close()`` shuts its socket to wake a blocked read."""
+
+    def __init__(self, store: EtcdStore, body: Json) -> None:
+        self._store = store
+        self._body = body
+        self._lock = threading.Lock()
+        self._closed = False
+        self._resp: httpx.Response | None = None
+
+    def _open(self) -> tuple[httpx.Response, str] | None:
+        st = self._store
+        errors: list[str] = []
+        last: Exception | None = None
+        for idx in st._order():
+            ep = st._endpoints[idx]
+            try:
+                req = st._watch_client.build_request("POST", ep + "/v3/watch", json=self._body)
+                resp = st._watch_client.send(req, stream=True)
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                errors.append(f"{ep}: {_why(exc)}")
+                last = exc
+                continue
+            if resp.status_code != 200:
+                resp.close()
+                errors.append(f"{ep}: HTTP status {resp.status_code}")
+                continue
+            st._worked(idx)
+            with self._lock:
+                if self._closed:
+                    resp.close()
+                    return None
+                self._resp = resp
+            return resp, ep
+        raise st._unavailable("/v3/watch", errors) from last
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        opened = self._open()
+        if opened is None:
+            return
+        resp, ep = opened
+        try:
+            for line in resp.iter_lines():
+                if not line.strip():
+                    continue
+                msg = json.loads(line)
+                if "error" in msg:
+                    text, _ = _error_of(msg, 200)
+                    raise StoreUnavailable(f"etcd at {ep} ended a watch: {text}.")
+                result = msg.get("result", {})
+                compact_rev = _int(result.get("compact_revision"))
+                if compact_rev:
+                    raise Compacted(
+                        f"etcd at {ep} has compacted the history this watch needs (up to "
+                        f"revision {compact_rev}); re-list and watch again.", compact_rev)
+                if result.get("canceled"):
+                    reason = result.get("cancel_reason") or "no reason given"
+                    raise StoreUnavailable(f"etcd at {ep} canceled a watch: {reason}.")
+                for ev in result.get("events") or []:
+                    kv = self._store._kv(ev.get("kv", {}))
+                    yield WatchEvent("DELETE" if ev.get("type") == "DELETE" else "PUT", kv)
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            if self._closed:
+                return
+            raise StoreUnavailable(
+                f"The watch connection to etcd at {ep} broke ({_why(exc)}); "
+                "resume from the last revision seen + 1."
+            ) from exc
+        except ValueError as exc:
+            if self._closed:
+                return
+            raise StoreError(f"etcd at {ep} sent a malformed watch response.") from exc
+        finally:
+            resp.close()
+        if not self._closed:
+            raise StoreUnavailable(
+                f"etcd at {ep} ended a watch stream; resume from the last revision seen + 1."
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            resp = self._resp
+        if resp is None:
+            return
+        # Closing the socket from another thread does not wake a read blocked on it;
+        # shutdown() does (the reader sees EOF, notices _closed and returns).
+        stream = resp.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
