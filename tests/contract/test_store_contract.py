@@ -250,8 +250,10 @@ def test_watch_from_a_compacted_revision_raises_compacted(backend):
     assert [e.kv.value for e in events] == [b"3"]
 
 
-def test_close_ends_a_watch_blocked_in_another_thread(backend):
-    w = backend.store.watch("idle/", backend.store.revision() + 1)
+@pytest.mark.parametrize("closer", ["watch", "store"])
+def test_close_ends_a_watch_blocked_in_another_thread(backend, closer):
+    store = backend.other()
+    w = store.watch("idle/", store.revision() + 1)
     done = threading.Event()
 
     def run() -> None:
@@ -262,7 +264,7 @@ def test_close_ends_a_watch_blocked_in_another_thread(backend):
     threading.Thread(target=run, daemon=True).start()
     time.sleep(0.2)  # let it block
     t0 = time.monotonic()
-    w.close()
+    (w if closer == "watch" else store).close()
     assert done.wait(2.0)
     assert time.monotonic() - t0 < 1.0
 
@@ -367,3 +369,23 @@ class _silent_listener:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_open_store_picks_the_implementation_and_stays_lazy():
+    import subprocess
+    import sys
+
+    from haven.store import MemoryStore, open_store
+
+    assert isinstance(open_store("memory://", "/p/"), MemoryStore)
+    s = open_store("http://127.0.0.1:1, 127.0.0.2:2", "/p/")
+    assert isinstance(s, EtcdStore)
+    assert s.endpoints == ["http://127.0.0.1:1", "http://127.0.0.2:2"]
+    s.close()
+    with pytest.raises(ValueError):
+        open_store(["memory://", "http://127.0.0.1:1"], "/p/")
+    # The daemon imports haven.store; httpx is loaded only with EtcdStore.
+    out = subprocess.run([sys.executable, "-c",
+                          "import sys, haven.store; print('httpx' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -131,6 +131,9 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, addr = super().get_request()
+        # Responses are written as headers then body: without NODELAY, Nagle's
+        # algorithm and the client's delayed ACK add 40 ms to every call.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = self.api.ssl_context
         if ctx is None:
             return sock, addr

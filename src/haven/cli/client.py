@@ -11,6 +11,7 @@ import base64
 import http.client
 import json
 import os
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -74,6 +75,7 @@ class Client:
             try:
                 conn.connect()
                 assert conn.sock is not None
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.sock.settimeout(timeout)
                 headers = {"Content-Type": "application/json"}
                 if self.auth:

@@ -35,7 +35,7 @@ from haven.model.node import Node
 from haven.store.base import Compare, Put
 from haven.store.errors import StoreError
 from haven.store.etcd import EtcdStore
-from haven.store.members import add_member, initial_cluster
+from haven.store.members import add_member, initial_cluster, promote_member
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
@@ -260,6 +260,7 @@ def rejoin_if_removed(d: NodeDaemon, js: JoinedState) -> None:
             if not d.member.wait_healthy(30):
                 raise NodeSetupError(f"etcd member of {d.name} did not rejoin; see "
                                      f"{d.member.log_path}.")
+            promote_member(other, new.id)
             node, rev = state.node_rev(other, d.name)
             other.cas(Keys.node(d.name), state.dumps(node.modified(
                 time.time(), etcd_member_id=new.id).to_json()), rev)

@@ -137,6 +137,9 @@ class NodeDaemon:
             self._put_alive()
             self.publish_facts()
             hub.subscribe(CLUSTER, lambda _k: self._on_cluster_change())
+            # The cached etcd endpoints must follow membership at once: a node that
+            # dies right after a join must still find the others when it returns.
+            hub.subscribe(NODES, lambda _k: self._refresh_endpoints())
             role = MasterRole(self.name, store, lease, self._is_candidate,
                               self._master_context)
             lease.on_lost(lambda _reason: role.on_lease_lost())
@@ -230,7 +233,7 @@ class NodeDaemon:
             done.append("renewed lease")
         if time.monotonic() - self._last_facts > self.settings.facts_period:
             self.publish_facts()
-            self._refresh_endpoints(js)
+            self._refresh_endpoints()
         return ", ".join(done) or "ok"
 
     def _put_alive(self) -> None:
@@ -251,10 +254,11 @@ class NodeDaemon:
         joined.store.put(Keys.facts(self.name), state.dumps(f.to_json()))
         self._last_facts = time.monotonic()
 
-    def _refresh_endpoints(self, js: JoinedState) -> None:
+    def _refresh_endpoints(self) -> None:
         """Keep the cached etcd endpoints in step with the members in the store."""
         joined = self.joined
-        if joined is None:
+        js = self.local.joined()
+        if joined is None or js is None:
             return
         urls = tuple(sorted(n.etcd_client_url for n in state.nodes(joined.store)
                             if n.etcd_client_url))

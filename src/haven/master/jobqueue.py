@@ -18,7 +18,7 @@ from haven.store.base import Guard, Store
 from haven.store.errors import StoreError
 
 
-def _dumps(data: Any) -> bytes:
+def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
@@ -37,7 +37,7 @@ def submit(store: Store, ops: list[dict[str, Any]], now: float | None = None) ->
     """Store a new queued job and return its id."""
     job_id = next_id(store)
     job = Job.new(job_id, ops, time.time() if now is None else now)
-    if store.create(Keys.job(job_id), _dumps(job.to_json())) is None:
+    if store.create(Keys.job(job_id), dumps(job.to_json())) is None:
         raise StoreError(f"Job {job_id} already exists; the job counter was reset.")
     return job_id
 
@@ -62,7 +62,7 @@ def update(store: Store, job_id: int, fn: Callable[[Job], Job],
         new = fn(job)
         if new == job:
             return job
-        if store.cas(Keys.job(job_id), _dumps(new.to_json()), rev, guard=guard) is not None:
+        if store.cas(Keys.job(job_id), dumps(new.to_json()), rev, guard=guard) is not None:
             return new
     raise StoreError(f"Could not update job {job_id}: too many concurrent writers.")
 

@@ -19,7 +19,7 @@ from haven.errors import HavenError
 from haven.master import jobqueue, locks
 from haven.master.lu import LogicalUnit, MasterContext, lu_class
 from haven.model.job import Job, JobStatus, OpStatus
-from haven.model.keys import JOBS
+from haven.model.keys import JOBS, Keys
 from haven.store.base import Guard, Store, WatchEvent
 from haven.store.errors import FencedOut, StoreError
 
@@ -165,56 +165,53 @@ class JobRunner:
             log.exception("job %s: internal error", job_id)
 
     def _execute(self, job_id: int) -> None:
-        guard = self._guard()
-        now = self.ctx.clock
-
-        def claim(j: Job) -> Job:
-            if j.status != JobStatus.QUEUED:
-                return j
-            return replace(j, status=JobStatus.WAITING, master=self.ctx.master_node,
-                           start_ts=j.start_ts or now())
-
-        job = jobqueue.update(self.store, job_id, claim, guard)
-        if job.status != JobStatus.WAITING or job.master != self.ctx.master_node:
+        job, rev = jobqueue.read(self.store, job_id)
+        if job.status != JobStatus.QUEUED:
             return
-        log.info("job %s: started %s", job_id, ", ".join(job.summary))
-        for idx, op in enumerate(job.ops):
-            if job.opstatus[idx] == OpStatus.SUCCESS:
+        tracked = _Tracked(self, job, rev)
+        if not tracked.commit(lambda j: replace(
+                j, master=self.ctx.master_node, start_ts=j.start_ts or self.ctx.clock())
+                if j.status == JobStatus.QUEUED else j):
+            return
+        if tracked.job.status != JobStatus.QUEUED:
+            return  # canceled, or claimed by someone else, in the meantime
+        log.info("job %s: started %s", job_id, ", ".join(tracked.job.summary))
+        for idx, op in enumerate(tracked.job.ops):
+            if tracked.job.opstatus[idx] == OpStatus.SUCCESS:
                 continue  # done before a takeover
-            job = self._run_op(job, idx, op)
-            if job.status.finalized:
-                log.info("job %s: %s", job_id, job.status)
+            last = idx == len(tracked.job.ops) - 1
+            self._run_op(tracked, idx, op, last)
+            if tracked.job.status.finalized:
+                log.info("job %s: %s", job_id, tracked.job.status)
                 return
-        job = jobqueue.update(self.store, job_id, lambda j: replace(
-            j, status=JobStatus.SUCCESS, end_ts=now()), self._guard())
-        log.info("job %s: success", job_id)
+            if tracked.job.status == JobStatus.CANCELING:
+                tracked.commit(lambda j: jobqueue.finish(
+                    j, JobStatus.CANCELED, "Job canceled by request", self.ctx.clock()))
+                return
 
-    def _run_op(self, job: Job, idx: int, op: dict[str, Any]) -> Job:
+    def _run_op(self, t: _Tracked, idx: int, op: dict[str, Any], last: bool) -> None:
         now = self.ctx.clock
-        job_id = job.id
+        job_id = t.job.id
 
         def feedback(msg: str) -> None:
-            jobqueue.update(self.store, job_id, lambda j: j.with_log(idx, msg, now()),
-                            self._guard())
+            t.commit(lambda j: j.with_log(idx, msg, now()))
 
-        lu: LogicalUnit | None = None
         names: list[str] = []
         try:
             lu = lu_class(op)(self.ctx, op, feedback)
             lu.check_arguments()
             names = sorted(set(lu.lock_names()))
-            job = jobqueue.update(self.store, job_id, lambda j: replace(
-                j.with_op(idx, OpStatus.WAITING),
-                status=JobStatus.WAITING if names else j.status), self._guard())
-            while not locks.try_acquire(self.store, job_id, names, self._guard()):
-                job, _ = jobqueue.read(self.store, job_id)
-                if job.status == JobStatus.CANCELING:
-                    return self._cancel(job)
-                time.sleep(LOCK_POLL)
-            job = jobqueue.update(self.store, job_id, lambda j: _running(j, idx),
-                                  self._guard())
-            if job.status == JobStatus.CANCELING:
-                return self._cancel(job)
+            if names and not locks.try_acquire(self.store, job_id, names, self._guard()):
+                t.commit(lambda j: _waiting(j, idx))
+                while not locks.try_acquire(self.store, job_id, names, self._guard()):
+                    t.refresh()
+                    if t.job.status == JobStatus.CANCELING:
+                        names = []  # none taken
+                        return
+                    time.sleep(LOCK_POLL)
+            t.commit(lambda j: _running(j, idx))
+            if t.job.status == JobStatus.CANCELING:
+                return
             lu.check_prereq()
             result = lu.exec()
         except FencedOut:
@@ -222,20 +219,14 @@ class JobRunner:
         except HavenError as exc:
             msg = exc.message
             err = [type(exc).__name__, [msg, exc.ecode]]
-            return jobqueue.update(self.store, job_id, lambda j: replace(
+            t.commit(lambda j: replace(
                 jobqueue.finish(j.with_op(idx, OpStatus.ERROR, err), JobStatus.ERROR,
-                                msg, now()), opresult=_set(j.opresult, idx, err)),
-                self._guard())
+                                msg, now()), opresult=_set(j.opresult, idx, err)))
+            return
         finally:
             if names:
                 locks.release(self.store, job_id, names, self.ctx.guard())
-        return jobqueue.update(self.store, job_id, lambda j: _op_done(j, idx, result),
-                               self._guard())
-
-    def _cancel(self, job: Job) -> Job:
-        return jobqueue.update(self.store, job.id, lambda j: jobqueue.finish(
-            j, JobStatus.CANCELED, "Job canceled by request", self.ctx.clock()),
-            self._guard())
+        t.commit(lambda j: _op_done(j, idx, result, last, now()))
 
     def _guard(self) -> Guard:
         guard = self.ctx.guard()
@@ -244,15 +235,47 @@ class JobRunner:
         return guard
 
 
+class _Tracked:
+    """A job being run, with the revision we last wrote: every change is one
+    compare-and-swap, re-read only when someone else (a cancel) wrote in between."""
+
+    def __init__(self, runner: JobRunner, job: Job, rev: int) -> None:
+        self.runner = runner
+        self.job = job
+        self.rev = rev
+
+    def refresh(self) -> None:
+        self.job, self.rev = jobqueue.read(self.runner.store, self.job.id)
+
+    def commit(self, fn: Callable[[Job], Job]) -> bool:
+        store = self.runner.store
+        for _ in range(50):
+            new = fn(self.job)
+            if new == self.job:
+                return True
+            rev = store.cas(Keys.job(new.id), jobqueue.dumps(new.to_json()), self.rev,
+                            guard=self.runner._guard())
+            if rev is not None:
+                self.job, self.rev = new, rev
+                return True
+            self.refresh()
+        raise StoreError(f"Could not update job {self.job.id}: too many concurrent writers.")
+
+
+def _waiting(j: Job, idx: int) -> Job:
+    status = JobStatus.CANCELING if j.status == JobStatus.CANCELING else JobStatus.WAITING
+    return replace(j.with_op(idx, OpStatus.WAITING), status=status)
+
+
 def _running(j: Job, idx: int) -> Job:
     status = JobStatus.CANCELING if j.status == JobStatus.CANCELING else JobStatus.RUNNING
     return replace(j.with_op(idx, OpStatus.RUNNING), status=status)
 
 
-def _op_done(j: Job, idx: int, result: Any) -> Job:
+def _op_done(j: Job, idx: int, result: Any, last: bool, now: float) -> Job:
     out = j.with_op(idx, OpStatus.SUCCESS, result)
-    if out.status == JobStatus.CANCELING and idx + 1 < len(out.ops):
-        return out  # canceled before its next opcode
+    if last:  # the last opcode's success is the job's, in the same write
+        return replace(out, status=JobStatus.SUCCESS, end_ts=now)
     return out
 
 
@@ -273,7 +296,3 @@ def _resumable(job: Job) -> bool:
 def _requeue(job: Job) -> Job:
     opstatus = tuple(s if s == OpStatus.SUCCESS else OpStatus.QUEUED for s in job.opstatus)
     return replace(job, status=JobStatus.QUEUED, opstatus=opstatus, master="")
-
-
-def stopped_callback(runner: JobRunner) -> Callable[[], None]:
-    return lambda: runner.stop()

@@ -24,6 +24,7 @@ import json
 import logging
 import socket
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -169,6 +170,7 @@ class EtcdStore(Store):
         self._timeout = timeout
         self._lock = threading.Lock()
         self._current = 0  # index of the endpoint that answered last
+        self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
         # trust_env=False: an HTTP(S)_PROXY meant for the outside world must not
         # capture traffic to etcd.
         self._client = httpx.Client(
@@ -361,7 +363,10 @@ class EtcdStore(Store):
         """A streamed ``/v3/watch``; the request is sent when iteration starts."""
         body = {"create_request": {**self._range(prefix, True),
                                    "start_revision": str(max(start_revision, 0))}}
-        return _EtcdWatch(self, body)
+        w = _EtcdWatch(self, body)
+        with self._lock:
+            self._watches.add(w)
+        return w
 
     def compact(self, revision: int) -> None:
         """Compact the whole keyspace (etcd has one history); repeating it is harmless."""
@@ -377,6 +382,11 @@ class EtcdStore(Store):
         return _int(data.get("header", {}).get("revision"))
 
     def close(self) -> None:
+        """End every open watch (blocked readers return), then drop the connections."""
+        with self._lock:
+            watches = list(self._watches)
+        for w in watches:
+            w.close()
         self._client.close()
         self._watch_client.close()
 

@@ -204,5 +204,10 @@ class LeaseKeeper:
                 self._report_lost()
                 delay = None  # idle until restart() or stop() wakes us
                 continue
+            try:
+                ok = self.renew_once()
+            except Exception:  # a bug must not silently end the renewals
+                log.exception("Renewing lease %x failed unexpectedly", self.lease_id)
+                ok = False
             # After a failed attempt retry sooner, but never busy-loop.
-            delay = None if self.renew_once() else min(interval, 0.5)
+            delay = None if ok else min(interval, 0.5)
