@@ -112,8 +112,10 @@ class NotClusterError(HavenError):
 
 
 class NodeSetupError(HavenError):
+    """A node (daemon, etcd member) could not be reached or set up.  Exits 1 like
+    Ganeti's failed jobs; ``EXIT_NODESETUP_ERROR`` is for node-daemon setup tools."""
+
     ecode = ECODE_ENVIRON
-    exit_code = EXIT_NODESETUP_ERROR
     http_status = 502
 
 

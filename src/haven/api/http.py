@@ -51,7 +51,8 @@ class Request:
         return self.query.get(name, ["0"])[-1] in ("1", "true", "yes")
 
     def qstr(self, name: str, default: str | None = None) -> str | None:
-        return self.query.get(name, [default])[-1]  # type: ignore[list-item]
+        values = self.query.get(name)
+        return values[-1] if values else default
 
 
 @dataclass

@@ -101,9 +101,10 @@ def local_init(d: NodeDaemon, q: Request) -> dict[str, Any]:
     from haven.daemon import membership
 
     body = _body(q)
-    return _local_only(d, q, lambda: membership.init(
+    result: dict[str, Any] = _local_only(d, q, lambda: membership.init(
         d, str(body.get("cluster_name", "")), list(body.get("etcd_endpoints") or []),
         int(body.get("lease_ttl", 5)), bool(body.get("vm_capable", True))))
+    return result
 
 
 def redist(d: NodeDaemon) -> dict[str, Any]:

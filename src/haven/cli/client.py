@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from haven import clientconf
-from haven.errors import (ApiUnavailable, HavenError, NotClusterError, TemporaryError,
-                          from_json)
+from haven.errors import ApiUnavailable, HavenError, NotClusterError, TemporaryError, from_json
 
 CONNECT_TIMEOUT = 1.5
 UNAVAILABLE_PATIENCE = 60.0  # seconds a job is followed through an outage

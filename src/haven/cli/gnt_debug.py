@@ -11,7 +11,8 @@ from haven.cli.common import ArgParser, run, submit_and_wait
 
 def cmd_delay(args: Any) -> int:
     op = {"OP_ID": "OP_TEST_DELAY", "duration": args.duration,
-          "on_master": not args.no_master, "repeat": args.repeat}
+          "on_master": not args.no_master, "repeat": args.repeat,
+          "no_resume": args.no_resume}
     submit_and_wait(Client.from_config(), [op], args.submit)
     return 0
 
@@ -23,6 +24,8 @@ def build_parser(prog: str = "gnt-debug") -> ArgParser:
     dp.add_argument("--no-master", action="store_true")
     dp.add_argument("-r", "--repeat", type=int, default=0)
     dp.add_argument("--submit", action="store_true")
+    dp.add_argument("--no-resume", action="store_true",
+                    help="a new master fails the job instead of running it again")
     dp.add_argument("duration", type=float)
     dp.set_defaults(fn=cmd_delay)
     return p

@@ -19,7 +19,9 @@ def cmd_up(args: Any) -> int:
     layout = cluster.up(args.base_dir, args.nodes, args.subnet, args.name, args.lease_ttl)
     master = cluster.wait_master(layout)
     print(f"Cluster {layout.cluster}: {len(layout.nodes)} node(s), master {master}.")
-    print(f"Client config: {cluster.clientconf.config_path()}")
+    from haven import clientconf
+
+    print(f"Client config: {clientconf.config_path()}")
     return 0
 
 
@@ -67,6 +69,12 @@ def cmd_start(args: Any) -> int:
     return 0
 
 
+def cmd_demo(_args: Any) -> int:
+    from haven.sim import demo
+
+    return demo.main()
+
+
 def _layout(base: Path) -> Any:
     from haven.errors import NotClusterError
     from haven.sim import cluster
@@ -101,6 +109,8 @@ def build_parser() -> ArgParser:
     s = sub.add_parser("start", help="start a killed or stopped node again")
     s.add_argument("node")
     s.set_defaults(fn=cmd_start)
+    sub.add_parser("demo", help="local cluster and a tour, with measured times"
+                   ).set_defaults(fn=cmd_demo)
     for fam in FAMILIES:
         sub.add_parser(fam, help=f"same as gnt-{fam}", add_help=False)
     return p
@@ -109,8 +119,10 @@ def build_parser() -> ArgParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # "haven node list" is "gnt-node list": hand the rest of the line over unparsed.
+    skip = False
     for i, word in enumerate(argv):
-        if word.startswith("-"):
+        if skip or word.startswith("-"):
+            skip = word == "--base-dir"  # the only global option with a value
             continue
         if word in FAMILIES:
             import importlib

@@ -74,6 +74,11 @@ class LogicalUnit:
                 raise InvalidInput(f"Parameter {name!r} of {self.OP_ID} has the wrong "
                                    f"type: {value!r}.")
 
+    @classmethod
+    def resumable(cls, op: dict[str, Any]) -> bool:
+        """Whether a new master may run this opcode again from the start."""
+        return cls.RESUMABLE
+
     def lock_names(self) -> list[str]:
         return []
 

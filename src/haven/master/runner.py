@@ -17,7 +17,7 @@ from typing import Any
 
 from haven.errors import HavenError
 from haven.master import jobqueue, locks
-from haven.master.lu import LogicalUnit, MasterContext, lu_class
+from haven.master.lu import MasterContext, lu_class
 from haven.model.job import Job, JobStatus, OpStatus
 from haven.model.keys import JOBS, Keys
 from haven.store.base import Guard, Store, WatchEvent
@@ -92,11 +92,10 @@ class JobRunner:
                        f"because that opcode is not safe to repeat. Check the cluster "
                        f"with 'gnt-cluster verify' and resubmit.")
                 if job.status == JobStatus.CANCELING:
-                    jobqueue.update(self.store, job.id, lambda j: jobqueue.finish(
-                        j, JobStatus.CANCELED, "Job canceled by request", now), guard)
+                    final, why = JobStatus.CANCELED, "Job canceled by request"
                 else:
-                    jobqueue.update(self.store, job.id, lambda j, m=msg: jobqueue.finish(
-                        j, JobStatus.ERROR, m, now), guard)
+                    final, why = JobStatus.ERROR, msg
+                jobqueue.update(self.store, job.id, _finisher(final, why, now), guard)
                 failed.append(job.id)
         for name, job_id in locks.held(self.store).items():
             locks.release(self.store, job_id, [name], guard)
@@ -173,7 +172,7 @@ class JobRunner:
                 j, master=self.ctx.master_node, start_ts=j.start_ts or self.ctx.clock())
                 if j.status == JobStatus.QUEUED else j):
             return
-        if tracked.job.status != JobStatus.QUEUED:
+        if tracked.status() != JobStatus.QUEUED:
             return  # canceled, or claimed by someone else, in the meantime
         log.info("job %s: started %s", job_id, ", ".join(tracked.job.summary))
         for idx, op in enumerate(tracked.job.ops):
@@ -181,10 +180,10 @@ class JobRunner:
                 continue  # done before a takeover
             last = idx == len(tracked.job.ops) - 1
             self._run_op(tracked, idx, op, last)
-            if tracked.job.status.finalized:
-                log.info("job %s: %s", job_id, tracked.job.status)
+            if tracked.status().finalized:
+                log.info("job %s: %s", job_id, tracked.status())
                 return
-            if tracked.job.status == JobStatus.CANCELING:
+            if tracked.status() == JobStatus.CANCELING:
                 tracked.commit(lambda j: jobqueue.finish(
                     j, JobStatus.CANCELED, "Job canceled by request", self.ctx.clock()))
                 return
@@ -244,6 +243,9 @@ class _Tracked:
         self.job = job
         self.rev = rev
 
+    def status(self) -> JobStatus:
+        return self.job.status
+
     def refresh(self) -> None:
         self.job, self.rev = jobqueue.read(self.runner.store, self.job.id)
 
@@ -260,6 +262,10 @@ class _Tracked:
                 return True
             self.refresh()
         raise StoreError(f"Could not update job {self.job.id}: too many concurrent writers.")
+
+
+def _finisher(status: JobStatus, message: str, now: float) -> Callable[[Job], Job]:
+    return lambda j: jobqueue.finish(j, status, message, now)
 
 
 def _waiting(j: Job, idx: int) -> Job:
@@ -287,7 +293,7 @@ def _set(values: tuple[Any, ...], idx: int, value: Any) -> tuple[Any, ...]:
 
 def _resumable(job: Job) -> bool:
     try:
-        return all(lu_class(op).RESUMABLE for op, st in zip(job.ops, job.opstatus, strict=True)
+        return all(lu_class(op).resumable(op) for op, st in zip(job.ops, job.opstatus, strict=True)
                    if st != OpStatus.SUCCESS)
     except HavenError:
         return False

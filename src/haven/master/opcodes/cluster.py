@@ -18,7 +18,14 @@ class TestDelay(LogicalUnit):
     OP_ID = "OP_TEST_DELAY"
     RESUMABLE = True
     PARAMS = {"duration": (float, 0.0), "on_master": (bool, True),
-              "on_nodes": (list, []), "repeat": (int, 0), "no_locks": (bool, True)}
+              "on_nodes": (list, []), "repeat": (int, 0), "no_locks": (bool, True),
+              "no_resume": (bool, False)}
+
+    @classmethod
+    def resumable(cls, op: dict[str, Any]) -> bool:
+        # ``no_resume`` lets tests see how a master takeover fails a job that is not
+        # safe to repeat.
+        return not op.get("no_resume", False)
 
     def check_arguments(self) -> None:
         super().check_arguments()

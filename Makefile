@@ -1,0 +1,48 @@
+# Haven: two commands on a fresh Debian 12 machine, as root.
+#   make demo   set up, then start a local cluster and tour the commands
+#   make test   set up, then run the whole test suite
+SHELL := /bin/bash
+APT_PACKAGES := etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static cpio openssl iproute2 procps
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.local/bin:$(PATH)
+
+.PHONY: setup apt venv test unit integration e2e lint demo bench clean
+
+setup: apt venv
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv:
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q --root-user-action=ignore uv
+	@uv sync --frozen -q
+
+lint: setup
+	uv run ruff check src tests bench
+	uv run mypy
+
+test: setup lint
+	uv run pytest -q -p no:cacheprovider tests
+
+unit: setup
+	uv run pytest -q tests/unit tests/contract -m "not integration"
+
+e2e: setup
+	uv run pytest -q tests/e2e
+
+demo: setup
+	uv run python -m haven.sim.demo
+
+bench: setup
+	uv run python bench/job_latency.py
+	uv run python bench/master_failover.py
+
+clean:
+	-$(VENV)/bin/haven down --destroy 2>/dev/null
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
