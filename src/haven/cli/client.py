@@ -8,7 +8,7 @@ client config.
 from __future__ import annotations
 
 import base64
-import http.client
+import contextlib
 import json
 import os
 import socket
@@ -38,6 +38,9 @@ class Client:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             self.ctx.check_hostname = False
             self.ctx.verify_mode = ssl.CERT_NONE
+        self._conns: dict[str, ssl.SSLSocket] = {}
+        self._files: dict[str, Any] = {}
+        self._reused = False
         self.auth = None
         if user and password is not None:
             self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -65,35 +68,69 @@ class Client:
 
     def request(self, method: str, path: str, body: Any = None,
                 timeout: float = 30.0) -> Any:
-        """One API call; the first endpoint that answers serves it."""
+        """One API call; the first endpoint that answers serves it.
+
+        The connection is kept open for the next call (a job's submit, wait and
+        result share one TLS session).
+        """
         errors = []
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = (f"{method} {path} HTTP/1.1\r\nHost: haven\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                + (f"Authorization: {self.auth}\r\n" if self.auth else "") + "\r\n")
+        request = head.encode() + payload
         for i, ep in enumerate(self.endpoints):
-            host, _, port = ep.rpartition(":")
-            conn = http.client.HTTPSConnection(host, int(port), timeout=CONNECT_TIMEOUT,
-                                               context=self.ctx)
-            try:
-                conn.connect()
-                assert conn.sock is not None
-                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.sock.settimeout(timeout)
-                headers = {"Content-Type": "application/json"}
-                if self.auth:
-                    headers["Authorization"] = self.auth
-                conn.request(method, path, json.dumps(body) if body is not None else None,
-                             headers)
-                resp = conn.getresponse()
-                data = resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                errors.append(f"{ep}: {exc}")
-                conn.close()
+            for attempt in (0, 1):
+                try:
+                    conn = self._connection(ep)
+                    conn.settimeout(timeout)
+                    status, data = _exchange(conn, self._files[ep], request)
+                    break
+                except (OSError, ValueError) as exc:
+                    self._drop(ep)
+                    # A kept-alive connection the server has closed fails at once:
+                    # retry once on a new one before trying the next node.
+                    if attempt or not self._reused:
+                        errors.append(f"{ep}: {exc}")
+                        status = -1
+                        break
+            if status < 0:
                 continue
-            conn.close()
             if i:  # remember the endpoint that answered for the next call
                 self.endpoints.insert(0, self.endpoints.pop(i))
-            return self._decode(resp.status, data, ep)
+            return self._decode(status, data, ep)
         raise ApiUnavailable(
             "No node of the cluster answered (" + "; ".join(errors) + "). Check that "
             "haven-noded runs on the nodes ('haven status' for a local cluster).")
+
+    def _connection(self, ep: str) -> ssl.SSLSocket:
+        conn = self._conns.get(ep)
+        self._reused = conn is not None
+        if conn is not None:
+            return conn
+        host, _, port = ep.rpartition(":")
+        raw = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            conn = self.ctx.wrap_socket(raw)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            raise
+        self._conns[ep] = conn
+        self._files[ep] = conn.makefile("rb")
+        return conn
+
+    def _drop(self, ep: str) -> None:
+        conn = self._conns.pop(ep, None)
+        f = self._files.pop(ep, None)
+        for closable in (f, conn):
+            if closable is not None:
+                with contextlib.suppress(OSError):
+                    closable.close()
+
+    def close(self) -> None:
+        for ep in list(self._conns):
+            self._drop(ep)
 
     def _decode(self, status: int, data: bytes, ep: str) -> Any:
         try:
@@ -179,3 +216,27 @@ def local_daemon() -> tuple[str, int] | None:
         return None
 
 
+
+
+def _exchange(conn: ssl.SSLSocket, rfile: Any, request: bytes) -> tuple[int, bytes]:
+    """Send one request and read one response (status line, headers, sized body)."""
+    conn.sendall(request)
+    status_line = rfile.readline(65537)
+    if not status_line:
+        raise ConnectionResetError("connection closed by the node")
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+        raise ValueError(f"bad status line {status_line[:40]!r}")
+    status = int(parts[1])
+    length = 0
+    while True:
+        line = rfile.readline(65537)
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    body = rfile.read(length) if length else b""
+    if len(body) != length:
+        raise ConnectionResetError("connection closed in the middle of a response")
+    return status, body

@@ -41,6 +41,7 @@ class JobRunner:
         self._thread: threading.Thread | None = None
         self._watcher: Any = None
         self._last_archive = 0.0
+        self._last_raft_check = -1e9
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -127,6 +128,7 @@ class JobRunner:
 
     def _scan(self) -> None:
         now = self.ctx.clock()
+        self._raft_leader_check(now)
         archive = now - self._last_archive > 600
         for job in jobqueue.list_jobs(self.store):
             if job.status == JobStatus.QUEUED:
@@ -136,6 +138,19 @@ class JobRunner:
                 self.store.delete(f"{JOBS}{job.id:012d}", guard=self.ctx.guard())
         if archive:
             self._last_archive = now
+
+    def _raft_leader_check(self, now: float) -> None:
+        if self.ctx.etcd_admin is None or now - self._last_raft_check < 10:
+            return
+        self._last_raft_check = now
+        from haven.master import raftleader, state
+
+        try:
+            me = state.node(self.store, self.ctx.master_node)
+        except HavenError:
+            return
+        summary = raftleader.keep_leader_away(self.ctx.etcd_admin, me)
+        log.debug("raft leader: %s", summary)
 
     def _start_job(self, job_id: int) -> None:
         if self._stopping.is_set():

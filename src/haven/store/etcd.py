@@ -433,6 +433,11 @@ class EtcdStore(Store):
             is_learner=bool(d.get("isLearner", False)),
             errors=[str(e) for e in d.get("errors") or []])
 
+    def move_leader(self, leader_endpoint: str, target_id: int) -> None:
+        """Hand raft leadership to member ``target_id``; sent to the current leader."""
+        self._post_one(leader_endpoint, "/v3/maintenance/transfer-leadership",
+                       {"targetID": str(target_id)}, max(self._timeout, 5.0))
+
     def alarm_list(self) -> Alarms:
         """Raised alarms (``NOSPACE`` makes the cluster read-only)."""
         data = self._post("/v3/maintenance/alarm", {"action": "GET"}, idempotent=True)
