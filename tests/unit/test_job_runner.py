@@ -357,8 +357,11 @@ def test_cancel_of_a_queued_job_gives_canceled_and_it_never_runs(master: Master)
     assert master.wait_final(sentinel).status == JobStatus.SUCCESS
     assert master.job(job_id).status == JobStatus.CANCELED
     assert master.rec.ran == ["sentinel"]
-    with pytest.raises(OpPrereqError, match=f"Job {job_id} is already canceled"):
-        jobqueue.cancel(master.store, job_id)
+    # Canceling again is idempotent; a finished job cannot be canceled.
+    assert jobqueue.cancel(master.store, job_id) == (True, f"Job {job_id} canceled")
+    with pytest.raises(OpPrereqError) as err:
+        jobqueue.cancel(master.store, sentinel)
+    assert err.value.message == f"Job {sentinel} is already success and cannot be canceled."
 
 
 def _blocked_waiter(master: Master) -> tuple[int, int]:
