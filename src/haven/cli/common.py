@@ -113,7 +113,10 @@ def job_error(job: dict[str, Any]) -> HavenError:
     """The error of a failed job, rebuilt from its opresult."""
     from haven import errors
 
-    for res in job.get("opresult", []):
+    statuses = job.get("opstatus") or []
+    for i, res in enumerate(job.get("opresult", [])):
+        if i < len(statuses) and statuses[i] != "error":
+            continue  # a successful opcode's result is data, not an error
         if isinstance(res, list) and len(res) == 2 and isinstance(res[1], list):
             kind, args = res
             cls = getattr(errors, str(kind), errors.OpExecError)

@@ -49,15 +49,23 @@ class RoleView:
     def leader_name(self) -> str | None:
         if self.leader is None:
             return None
-        try:
-            return str(json.loads(self.leader.value).get("node"))
-        except ValueError:
-            return None
+        return _field(self.leader.value, "node")
 
     @property
     def holds_key(self) -> bool:
         return (self.token is not None and self.leader is not None
                 and self.leader.create_revision == self.token)
+
+
+def _field(raw: bytes, name: str) -> str | None:
+    """``name`` of a JSON object value; ``None`` for anything malformed (a corrupt
+    key must not crash the role loop)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    value = data.get(name) if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def plan(v: RoleView) -> tuple[RoleAction, str]:
@@ -150,12 +158,7 @@ class MasterRole:
     def observe(self) -> RoleView:
         leader = self.store.get(MASTER)
         handover = self.store.get(HANDOVER)
-        target = None
-        if handover is not None:
-            try:
-                target = str(json.loads(handover.value).get("target"))
-            except ValueError:
-                target = None
+        target = _field(handover.value, "target") if handover is not None else None
         return RoleView(me=self.me, lease_valid=self.lease.valid(),
                         candidate=self.is_candidate(), leader=leader,
                         handover_to=target, token=self.token)
@@ -190,7 +193,7 @@ class MasterRole:
         self.runner.start()
         # A handover addressed to us is complete.
         handover = self.store.get(HANDOVER)
-        if handover is not None and json.loads(handover.value).get("target") == self.me:
+        if handover is not None and _field(handover.value, "target") == self.me:
             self.store.delete(HANDOVER, handover.mod_revision)
         self.became_master.set()
 

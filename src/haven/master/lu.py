@@ -8,6 +8,7 @@ master after the old one died mid-way; the others are failed with a clear messag
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ class LogicalUnit:
             if name not in self.op or self.op[name] is None:
                 if default is REQUIRED:
                     raise InvalidInput(f"{self.OP_ID} needs the parameter {name!r}.")
-                self.op[name] = default
+                # A fresh copy: list and dict defaults must not be shared between jobs.
+                self.op[name] = copy.deepcopy(default)
                 continue
             value = self.op[name]
             if typ is float and isinstance(value, int) and not isinstance(value, bool):

@@ -135,7 +135,7 @@ class JobRunner:
                 self._start_job(job.id)
             elif archive and job.status.finalized and job.end_ts \
                     and now - job.end_ts > ARCHIVE_AFTER:
-                self.store.delete(f"{JOBS}{job.id:012d}", guard=self.ctx.guard())
+                self.store.delete(Keys.job(job.id), guard=self._guard())
         if archive:
             self._last_archive = now
 
@@ -198,7 +198,7 @@ class JobRunner:
             if tracked.status().finalized:
                 log.info("job %s: %s", job_id, tracked.status())
                 return
-            if tracked.status() == JobStatus.CANCELING:
+            if tracked.status() in _STOPPING:
                 tracked.commit(lambda j: jobqueue.finish(
                     j, JobStatus.CANCELED, "Job canceled by request", self.ctx.clock()))
                 return
@@ -219,27 +219,35 @@ class JobRunner:
                 t.commit(lambda j: _waiting(j, idx))
                 while not locks.try_acquire(self.store, job_id, names, self._guard()):
                     t.refresh()
-                    if t.job.status == JobStatus.CANCELING:
+                    if t.job.status in _STOPPING:
                         names = []  # none taken
                         return
                     time.sleep(LOCK_POLL)
             t.commit(lambda j: _running(j, idx))
-            if t.job.status == JobStatus.CANCELING:
+            if t.job.status in _STOPPING:
                 return
             lu.check_prereq()
             result = lu.exec()
         except FencedOut:
             raise
-        except HavenError as exc:
-            msg = exc.message
-            err = [type(exc).__name__, [msg, exc.ecode]]
+        except Exception as exc:
+            if isinstance(exc, HavenError):
+                msg, kind, ecode = exc.message, type(exc).__name__, exc.ecode
+            else:  # a bug in an opcode: the job still ends, and says so
+                log.exception("job %s: opcode %s crashed", job_id, op.get("OP_ID"))
+                msg = f"Internal error in {op.get('OP_ID')}: {type(exc).__name__}: {exc}"
+                kind, ecode = "OpExecError", "internal_error"
+            err = [kind, [msg, ecode]]
             t.commit(lambda j: replace(
                 jobqueue.finish(j.with_op(idx, OpStatus.ERROR, err), JobStatus.ERROR,
                                 msg, now()), opresult=_set(j.opresult, idx, err)))
             return
         finally:
-            if names:
-                locks.release(self.store, job_id, names, self.ctx.guard())
+            guard = self.ctx.guard()
+            # A deposed master releases nothing: the new master clears what the old
+            # one held, and may already have handed these locks to a requeued job.
+            if names and guard is not None:
+                locks.release(self.store, job_id, names, guard)
         t.commit(lambda j: _op_done(j, idx, result, last, now()))
 
     def _guard(self) -> Guard:
@@ -283,12 +291,19 @@ def _finisher(status: JobStatus, message: str, now: float) -> Callable[[Job], Jo
     return lambda j: jobqueue.finish(j, status, message, now)
 
 
+_STOPPING = (JobStatus.CANCELING, JobStatus.CANCELED)
+
+
 def _waiting(j: Job, idx: int) -> Job:
+    if j.status == JobStatus.CANCELED:
+        return j
     status = JobStatus.CANCELING if j.status == JobStatus.CANCELING else JobStatus.WAITING
     return replace(j.with_op(idx, OpStatus.WAITING), status=status)
 
 
 def _running(j: Job, idx: int) -> Job:
+    if j.status == JobStatus.CANCELED:
+        return j
     status = JobStatus.CANCELING if j.status == JobStatus.CANCELING else JobStatus.RUNNING
     return replace(j.with_op(idx, OpStatus.RUNNING), status=status)
 
