@@ -9,6 +9,7 @@ certificate to the cluster's without restarting its listener.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -63,6 +64,14 @@ class Response:
 
 
 Handler = Callable[[Request], Any]
+
+
+class Stream:
+    """A response that turns the connection into a raw byte stream (the console):
+    after the headers, ``pump(connection, rfile)`` owns the socket until it returns."""
+
+    def __init__(self, pump: Callable[[socket.socket, Any], None]) -> None:
+        self.pump = pump
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._send(api.dispatch(req))
 
     def _send(self, resp: Response) -> None:
+        if isinstance(resp.body, Stream):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.flush()
+            self.close_connection = True
+            # The other side going away simply ends the stream.
+            with contextlib.suppress(OSError):
+                resp.body.pump(self.connection, self.rfile)
+            return
         data = resp.body if isinstance(resp.body, bytes) else \
             json.dumps(resp.body).encode()
         self.send_response(resp.status)
@@ -237,6 +257,8 @@ class ApiServer:
             return _error(500, f"Internal error: {type(exc).__name__}: {exc}", "internal_error")
         if isinstance(result, Response):
             return result
+        if isinstance(result, Stream):
+            return Response(result)
         return Response(result)
 
 

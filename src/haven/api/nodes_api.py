@@ -103,7 +103,9 @@ def local_init(d: NodeDaemon, q: Request) -> dict[str, Any]:
     body = _body(q)
     result: dict[str, Any] = _local_only(d, q, lambda: membership.init(
         d, str(body.get("cluster_name", "")), list(body.get("etcd_endpoints") or []),
-        int(body.get("lease_ttl", 5)), bool(body.get("vm_capable", True))))
+        int(body.get("lease_ttl", 5)), bool(body.get("vm_capable", True)),
+        str(body.get("shared_file_storage_dir") or ""),
+        tuple(body.get("enabled_hypervisors") or ("kvm",))))
     return result
 
 

@@ -26,7 +26,7 @@ WAIT_TIMEOUT = 10.0  # Ganeti's RAPI job wait returns after at most this long
 
 def install(r: Router, d: NodeDaemon) -> None:
     """Register every route of the API against daemon ``d``."""
-    from haven.api import nodes_api
+    from haven.api import instances_api, nodes_api
 
     r.add("GET", "/", lambda _q: "Haven Remote API")
     r.add("GET", "/version", lambda _q: 2)
@@ -46,6 +46,7 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("GET", "/haven/master", lambda _q: state.master(d.store()))
     r.add("GET", "/haven/status", lambda _q: status(d))
     nodes_api.install(r, d)
+    instances_api.install(r, d)
 
 
 def info(d: NodeDaemon) -> dict[str, Any]:

@@ -10,13 +10,15 @@ from typing import Any
 from haven.cli.common import ArgParser, render_table, run
 
 FAMILIES = {"cluster": "gnt_cluster", "node": "gnt_node", "job": "gnt_job",
-            "debug": "gnt_debug"}
+            "debug": "gnt_debug", "instance": "gnt_instance", "os": "gnt_os",
+            "events": "events"}
 
 
 def cmd_up(args: Any) -> int:
     from haven.sim import cluster
 
-    layout = cluster.up(args.base_dir, args.nodes, args.subnet, args.name, args.lease_ttl)
+    layout = cluster.up(args.base_dir, args.nodes, args.subnet, args.name, args.lease_ttl,
+                        hypervisors=tuple(args.hypervisors.split(",")))
     master = cluster.wait_master(layout)
     print(f"Cluster {layout.cluster}: {len(layout.nodes)} node(s), master {master}.")
     from haven import clientconf
@@ -97,6 +99,8 @@ def build_parser() -> ArgParser:
     up.add_argument("--subnet", default="127.0.10", help="loopback prefix for node IPs")
     up.add_argument("--name", default="haven-local", help="cluster name")
     up.add_argument("--lease-ttl", type=int, default=5)
+    up.add_argument("--hypervisors", default="kvm",
+                    help="enabled hypervisors (kvm; 'kvm,fake' for benchmarks)")
     up.set_defaults(fn=cmd_up)
     down = sub.add_parser("down", help="stop the local cluster (data is kept)")
     down.add_argument("--destroy", action="store_true", help="also delete its files")

@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
-         vm_capable: bool = True) -> dict[str, Any]:
+         vm_capable: bool = True, shared_dir: str = "",
+         hypervisors: tuple[str, ...] = ("kvm",)) -> dict[str, Any]:
     """Make this node a one-node cluster (and its master)."""
     js = d.local.joined()
     if js is not None:
@@ -64,7 +65,10 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
         etcd_endpoints=tuple(etcd_endpoints), cert_pem=cert, key_pem=key,
         rapi_users={"haven-admin": {"salt": salt, "write": True,
                                     "password": hash_password(password, salt)}},
-        admin_password=password, lease_ttl=lease_ttl, api_port=d.settings.api_port)
+        admin_password=password, lease_ttl=lease_ttl, api_port=d.settings.api_port,
+        enabled_hypervisors=hypervisors)
+    if shared_dir:
+        cluster = replace(cluster, shared_file_storage_dir=shared_dir)
     s = d.settings
     if managed:
         d.member.configure(MemberConfig(d.name, s.etcd_client_url, s.etcd_peer_url,

@@ -16,10 +16,12 @@ import threading
 import time
 from typing import Any
 
+from haven.agent.loop import Agent
 from haven.api.http import ApiServer, Router, hash_password
 from haven.daemon import facts as node_facts
 from haven.daemon.etcd_member import EtcdMember
 from haven.daemon.hub import EventHub
+from haven.daemon.instances import NodeInstances
 from haven.daemon.localstate import JoinedState, LocalState, write_private
 from haven.daemon.role import MasterRole
 from haven.daemon.settings import DaemonSettings
@@ -27,7 +29,7 @@ from haven.errors import HavenError, NodeSetupError
 from haven.master import state
 from haven.master.lu import MasterContext
 from haven.model.cluster import Cluster
-from haven.model.keys import CLUSTER, NODES, Keys, store_prefix
+from haven.model.keys import CLUSTER, INSTANCES, LOCKS, NODES, OBSERVED, Keys, store_prefix
 from haven.model.node import Node
 from haven.noderpc import HttpsNodeRpc
 from haven.store.base import Guard
@@ -50,6 +52,7 @@ class Joined:
         self.hub = hub
         self.cluster = cluster
         self.role: MasterRole | None = None
+        self.agent: Agent | None = None
 
 
 class NodeDaemon:
@@ -66,6 +69,7 @@ class NodeDaemon:
         self._last_facts = 0.0
         self._alive_lease = 0
         self.started = time.time()
+        self.instances = NodeInstances(self)
 
     # -- process lifecycle -----------------------------------------------------------
     def run(self) -> None:
@@ -146,14 +150,21 @@ class NodeDaemon:
             hub.subscribe("master", lambda _k: role.wake.set())
             hub.subscribe("handover", lambda _k: role.wake.set())
             joined.role = role
+            agent = Agent(self)
+            joined.agent = agent
+            for prefix in (INSTANCES, OBSERVED, LOCKS):
+                hub.subscribe(prefix, lambda _k: agent.wake.set())
             hub.start()
             role.start()
+            agent.start()
             log.info("joined cluster %s", js.cluster_name)
 
     def _deactivate(self, revoke: bool) -> None:
         joined, self.joined = self.joined, None
         if joined is None:
             return
+        if joined.agent is not None:
+            joined.agent.stop()
         if joined.role is not None:
             joined.role.stop(resign=revoke)
         joined.hub.stop()

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 ARCHIVE_AFTER = 6 * 3600.0  # Ganeti's watcher archives jobs older than 6 hours
 LOCK_POLL = 0.05
+EVENTS_KEPT = 10000
+STORE_PATIENCE = 30.0  # seconds a job's status write is retried through an etcd hiccup
 
 
 class JobRunner:
@@ -52,6 +54,7 @@ class JobRunner:
                                 lambda _kvs, _rev: self._wake.set())
         self._watcher.start()
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+        self._wake.set()  # a first scan at once: queued jobs, raft leader placement
         self._thread.start()
 
     def stop(self, wait: float = 0.0) -> None:
@@ -79,30 +82,39 @@ class JobRunner:
         for job in jobqueue.list_jobs(self.store):
             if job.status not in (JobStatus.RUNNING, JobStatus.WAITING, JobStatus.CANCELING):
                 continue
-            if job.master == self.ctx.master_node and self.busy():
+            if job.master == self.ctx.master_node and self._alive(job.id):
                 continue
-            if job.status != JobStatus.CANCELING and _resumable(job):
-                jobqueue.update(self.store, job.id, lambda j: _requeue(j), guard)
+            if self._adopt(job, guard, now):
                 requeued.append(job.id)
             else:
-                old = job.master or "the previous master"
-                idx = next((i for i, s in enumerate(job.opstatus)
-                            if s != OpStatus.SUCCESS), 0)
-                msg = (f"The master node {old} stopped while this job was running "
-                       f"opcode {idx} ({job.ops[idx].get('OP_ID')}); it was not resumed "
-                       f"because that opcode is not safe to repeat. Check the cluster "
-                       f"with 'gnt-cluster verify' and resubmit.")
-                if job.status == JobStatus.CANCELING:
-                    final, why = JobStatus.CANCELED, "Job canceled by request"
-                else:
-                    final, why = JobStatus.ERROR, msg
-                jobqueue.update(self.store, job.id, _finisher(final, why, now), guard)
                 failed.append(job.id)
         for name, job_id in locks.held(self.store).items():
             locks.release(self.store, job_id, [name], guard)
         summary = f"takeover: requeued {requeued or 'none'}, failed {failed or 'none'}"
         log.info(summary)
         return summary
+
+    def _adopt(self, job: Job, guard: Guard, now: float) -> bool:
+        """Requeue a job nobody runs any more if it is safe to repeat (True), else
+        finish it with a message that says why (False).  Frees its locks."""
+        if job.status != JobStatus.CANCELING and _resumable(job):
+            jobqueue.update(self.store, job.id, _requeue, guard)
+            return True
+        old = job.master or "the previous master"
+        idx = next((i for i, s in enumerate(job.opstatus) if s != OpStatus.SUCCESS), 0)
+        msg = (f"The master node {old} stopped while this job was running opcode {idx} "
+               f"({job.ops[idx].get('OP_ID')}); it was not resumed because that opcode is "
+               f"not safe to repeat. Check the cluster with 'gnt-cluster verify' and "
+               f"resubmit.")
+        if job.status == JobStatus.CANCELING:
+            final, why = JobStatus.CANCELED, "Job canceled by request"
+        else:
+            final, why = JobStatus.ERROR, msg
+        jobqueue.update(self.store, job.id, _finisher(final, why, now), guard)
+        for name, holder in locks.held(self.store).items():
+            if holder == job.id:
+                locks.release(self.store, job.id, [name], guard)
+        return False
 
     # -- scheduling ------------------------------------------------------------------
     def _on_event(self, ev: WatchEvent) -> None:
@@ -133,11 +145,30 @@ class JobRunner:
         for job in jobqueue.list_jobs(self.store):
             if job.status == JobStatus.QUEUED:
                 self._start_job(job.id)
+            elif job.status in (JobStatus.RUNNING, JobStatus.WAITING, JobStatus.CANCELING) \
+                    and not self._alive(job.id):
+                # Its thread is gone (store outage mid-job) but we are still master:
+                # adopt it as a new master would.
+                self._adopt(job, self._guard(), now)
             elif archive and job.status.finalized and job.end_ts \
                     and now - job.end_ts > ARCHIVE_AFTER:
                 self.store.delete(Keys.job(job.id), guard=self._guard())
         if archive:
             self._last_archive = now
+            self._prune_events()
+
+    def _prune_events(self) -> None:
+        """Keep the newest ``EVENTS_KEPT`` events: etcd must never fill its quota."""
+        from haven.model.keys import EVENTS
+
+        kvs, _ = self.store.list(EVENTS)
+        for kv in kvs[:-EVENTS_KEPT] if len(kvs) > EVENTS_KEPT else []:
+            self.store.delete(kv.key, guard=self._guard())
+
+    def _alive(self, job_id: int) -> bool:
+        with self._lock:
+            t = self._running.get(job_id)
+            return t is not None and t.is_alive()
 
     def _raft_leader_check(self, now: float) -> None:
         if self.ctx.etcd_admin is None or now - self._last_raft_check < 10:
@@ -274,17 +305,39 @@ class _Tracked:
 
     def commit(self, fn: Callable[[Job], Job]) -> bool:
         store = self.runner.store
-        for _ in range(50):
+        deadline = time.monotonic() + STORE_PATIENCE
+        for _ in range(1000):
             new = fn(self.job)
             if new == self.job:
                 return True
-            rev = store.cas(Keys.job(new.id), jobqueue.dumps(new.to_json()), self.rev,
-                            guard=self.runner._guard())
+            try:
+                rev = store.cas(Keys.job(new.id), jobqueue.dumps(new.to_json()), self.rev,
+                                guard=self.runner._guard())
+            except FencedOut:
+                raise
+            except StoreError:
+                # etcd changing leader ("raft proposal dropped") or a write of unknown
+                # outcome: re-read and apply again; the change is idempotent.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                self._refresh_patiently(deadline)
+                continue
             if rev is not None:
                 self.job, self.rev = new, rev
                 return True
-            self.refresh()
+            self._refresh_patiently(deadline)
         raise StoreError(f"Could not update job {self.job.id}: too many concurrent writers.")
+
+    def _refresh_patiently(self, deadline: float) -> None:
+        while True:
+            try:
+                self.refresh()
+                return
+            except StoreError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 def _finisher(status: JobStatus, message: str, now: float) -> Callable[[Job], Job]:

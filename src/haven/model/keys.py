@@ -12,6 +12,8 @@ ALIVE = "alive/"
 JOBS = "jobs/"
 LOCKS = "locks/"
 EVENTS = "events/"
+INSTANCES = "instances/"
+OBSERVED = "observed/"
 COUNTERS = "counters/"
 
 
@@ -33,6 +35,14 @@ class Keys:
     @staticmethod
     def alive(name: str) -> str:
         return ALIVE + name
+
+    @staticmethod
+    def instance(name: str) -> str:
+        return INSTANCES + name
+
+    @staticmethod
+    def observed(name: str) -> str:
+        return OBSERVED + name
 
     @staticmethod
     def job(job_id: int) -> str:

@@ -70,7 +70,8 @@ def save_layout(base: Path, layout: SimLayout) -> None:
 
 
 def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
-       cluster: str = "haven-local", lease_ttl: int = 5, log: Any = print) -> SimLayout:
+       cluster: str = "haven-local", lease_ttl: int = 5, log: Any = print,
+       hypervisors: tuple[str, ...] = ("kvm",)) -> SimLayout:
     """Create (or restart) the local cluster; returns its layout."""
     existing = load_layout(base)
     if existing is not None:
@@ -91,8 +92,12 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
         start_daemon(n.name, n.address, n.dir, n.port)
     first = layout.nodes[0]
     local = Client([f"{first.address}:{first.port}"], None, None, None)
-    conf = local.post("/haven/node/init", {"cluster_name": cluster, "lease_ttl": lease_ttl},
-                      timeout=90)
+    # On one machine the "shared" storage every node sees is one folder.
+    (base / "shared").mkdir(parents=True, exist_ok=True)
+    conf = local.post("/haven/node/init", {
+        "cluster_name": cluster, "lease_ttl": lease_ttl,
+        "shared_file_storage_dir": str(base / "shared"),
+        "enabled_hypervisors": list(hypervisors)}, timeout=90)
     clientconf.save(conf, base / "client.json")
     log(f"{time.monotonic() - t0:5.1f}s cluster {cluster} initialised on {first.name}")
     client = Client(conf["endpoints"], conf["cert"], conf["user"], conf["password"])

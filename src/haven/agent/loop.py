@@ -1,0 +1,124 @@
+"""The node agent's loop: observe -> plan -> execute -> one summary line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from haven.agent.plan import Action, AgentView, plan, summary
+from haven.errors import HavenError
+from haven.model import event
+from haven.model.instance import Instance, Observed
+from haven.model.keys import INSTANCES, LOCKS, OBSERVED, Keys
+
+if TYPE_CHECKING:
+    from haven.daemon.noded import NodeDaemon
+
+log = logging.getLogger(__name__)
+
+PERIOD = 2.0  # seconds between cycles when nothing wakes the agent
+
+
+class Agent:
+    def __init__(self, daemon: NodeDaemon) -> None:
+        self.d = daemon
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_summary = ""
+        self._cycle_lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="agent", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                line = self.cycle()
+            except HavenError as exc:
+                line = f"cannot run a cycle: {exc.message}"
+            except Exception:  # the loop must survive a bug in one cycle
+                log.exception("agent cycle failed")
+                line = "cycle failed"
+            if line != self.last_summary:
+                log.info("agent: %s", line)
+                self.last_summary = line
+            self.wake.wait(PERIOD)
+            self.wake.clear()
+
+    def cycle(self) -> str:
+        with self._cycle_lock:
+            view = self.observe()
+            actions = plan(view)
+            for a in actions:
+                self.execute(a, view)
+            return summary(actions, sum(1 for i in view.instances.values()
+                                        if i.primary_node == view.node))
+
+    def observe(self) -> AgentView:
+        store = self.d.store()
+        kvs, _ = store.list(INSTANCES)
+        instances = {}
+        for kv in kvs:
+            inst = Instance.from_json(json.loads(kv.value))
+            instances[inst.name] = inst
+        okvs, _ = store.list(OBSERVED)
+        observed = {}
+        for kv in okvs:
+            obs = Observed.from_json(json.loads(kv.value))
+            observed[obs.name] = obs
+        lkvs, _ = store.list(LOCKS + "instance/")
+        locked = frozenset(kv.key[len(LOCKS + "instance/"):] for kv in lkvs)
+        node = self.d.node_record()
+        vms = {name: info for name, (_hv, info) in self.d.instances.all_vms().items()}
+        return AgentView(self.d.name, bool(node and node.offline), instances, observed,
+                         locked, vms)
+
+    def execute(self, a: Action, view: AgentView) -> None:
+        store = self.d.store()
+        if store.get(Keys.lock(f"instance/{a.name}")) is not None:
+            return  # a job took it since we looked
+        mgr = self.d.instances
+        inst = view.instances.get(a.name)
+        try:
+            if a.kind == "stop":
+                mgr.stop(a.name, timeout=30, reason=f"stopped ({a.reason})")
+                if inst is None:
+                    ev = event.new("stopped", f"instance/{a.name}", self.d.name,
+                                   f"Instance {a.name}: stopped on {self.d.name} "
+                                   f"({a.reason})", "warning")
+                    store.put(ev.key(), ev.encode())
+            elif a.kind == "start":
+                assert inst is not None
+                if a.reason == "crashed":
+                    mgr.emit("crashed", inst, f"its process on {self.d.name} died; "
+                             f"restarting ({a.restarts}/5)", "warning")
+                mgr.start(a.name, a.generation, reason="restarted", restarts=a.restarts)
+            elif a.kind == "give_up":
+                assert inst is not None
+                mgr.publish(inst, "failed", None, restarts=a.restarts,
+                            message=f"gave up after {a.restarts} restarts")
+                mgr.emit("gave-up", inst, f"gave up after {a.restarts} automatic restarts; "
+                         f"start it with gnt-instance startup {a.name}", "error")
+            elif a.kind == "publish":
+                assert inst is not None
+                info = view.vms.get(a.name)
+                mgr.publish(inst, a.state, info, restarts=a.restarts)
+                if a.state == "user_down":
+                    mgr.emit("stopped", inst, "the guest powered itself off (USER_down)")
+        except HavenError as exc:
+            log.warning("agent: %s %s failed: %s", a.kind, a.name, exc.message)
+            if a.kind == "start" and inst is not None:
+                # Count the failed attempt, so a VM that cannot start is given up on.
+                mgr.publish(inst, "stopped", None, restarts=a.restarts,
+                            message=exc.message)
+                mgr.emit("start-failed", inst, exc.message, "error")

@@ -1,0 +1,104 @@
+"""The agent's decisions: a pure function from one observation to actions.
+
+Level-triggered: every cycle recomputes from what the store says and what runs here,
+so a missed event or a daemon restart changes nothing.  Safety first: a VM that runs
+here but whose primary node is another (or that no longer exists) is stopped; an
+instance a job holds the lock of is never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from haven.hypervisor.base import VmInfo
+from haven.model.instance import MAX_RESTARTS, Instance, Observed
+
+ActionKind = Literal["start", "stop", "give_up", "publish"]
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """One observation of this node: the store's view and the local VM processes."""
+
+    node: str
+    node_offline: bool
+    instances: dict[str, Instance]
+    observed: dict[str, Observed]
+    locked: frozenset[str]
+    vms: dict[str, VmInfo]
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    name: str
+    reason: str
+    generation: int = 0
+    restarts: int = 0
+    state: str = ""  # for publish
+    pid: int = 0
+    kw: dict[str, str] = field(default_factory=dict)
+
+
+def plan(v: AgentView) -> list[Action]:
+    actions: list[Action] = []
+    names = sorted({n for n, i in v.instances.items() if i.primary_node == v.node}
+                   | set(v.vms))
+    for name in names:
+        if name in v.locked:
+            continue  # a job is working on it
+        act = _plan_one(v, name)
+        if act is not None:
+            actions.append(act)
+    return actions
+
+
+def _plan_one(v: AgentView, name: str) -> Action | None:
+    inst = v.instances.get(name)
+    vm = v.vms.get(name)
+    obs = v.observed.get(name)
+    if inst is None:
+        return Action("stop", name, "not in the cluster configuration") if vm else None
+    if inst.primary_node != v.node:
+        # Never two copies: the primary node is the only place it may run.
+        return Action("stop", name, f"its primary node is {inst.primary_node}") \
+            if vm else None
+    if v.node_offline:
+        return None
+    mine = obs is not None and obs.node == v.node and obs.generation == inst.generation
+    if inst.admin_state != "up":
+        if vm is not None:
+            return Action("stop", name, "it is administratively down")
+        if mine and obs is not None and obs.state not in ("stopped",):
+            return Action("publish", name, "not running", inst.generation, state="stopped")
+        return None
+    if vm is not None and vm.status in ("running", "paused", "incoming"):
+        if not mine or obs is None or obs.state != "running" or obs.pid != vm.pid:
+            return Action("publish", name, "running", inst.generation,
+                          obs.restarts if mine and obs else 0, "running", vm.pid)
+        return None
+    if vm is not None and vm.status == "shutdown":
+        if not mine or obs is None or obs.state != "user_down":
+            return Action("publish", name, "the guest powered itself off",
+                          inst.generation, obs.restarts if mine and obs else 0,
+                          "user_down", vm.pid)
+        return None
+    if vm is not None:
+        return None  # status unknown for now (monitor busy): look again next cycle
+    # Should run here and does not.
+    if mine and obs is not None and obs.state in ("failed", "user_down"):
+        return None  # gave up, or shut down from inside: the administrator decides
+    restarts = obs.restarts if mine and obs is not None else 0
+    if restarts >= MAX_RESTARTS:
+        return Action("give_up", name, f"it failed {restarts} automatic restarts",
+                      inst.generation, restarts)
+    crashed = mine and obs is not None and obs.state == "running"
+    reason = "crashed" if crashed else "not running"
+    return Action("start", name, reason, inst.generation, restarts + 1)
+
+
+def summary(actions: list[Action], n_instances: int) -> str:
+    if not actions:
+        return f"{n_instances} instance(s) as they should be"
+    return "; ".join(f"{a.kind} {a.name} ({a.reason})" for a in actions)

@@ -1,0 +1,242 @@
+"""Instance routes: RAPI ``/2/instances`` and ``/2/os``, Haven's console stream and
+events, and the node-to-node ``/haven/node/instance/*`` calls jobs make."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+
+from haven.api import console
+from haven.api.http import Request, Router, Stream
+from haven.errors import InvalidInput, NotFoundError, OpPrereqError
+from haven.master import state
+from haven.model.event import Event
+from haven.model.instance import Instance, Observed, ganeti_status
+from haven.model.keys import EVENTS, INSTANCES, OBSERVED, Keys
+
+if TYPE_CHECKING:
+    from haven.daemon.noded import NodeDaemon
+
+
+def install(r: Router, d: NodeDaemon) -> None:
+    from haven.api.routes import submit
+
+    r.add("GET", "/2/instances", lambda q: list_instances(d, q))
+    r.add("GET", "/2/instances/{name}", lambda q: one_instance(d, q.params["name"]))
+    r.add("POST", "/2/instances", lambda q: submit(d, [create_op(_body(q))]), write=True)
+    r.add("DELETE", "/2/instances/{name}", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_REMOVE", "instance_name": q.params["name"],
+        "shutdown_timeout": float(q.qstr("shutdown_timeout") or 120)}]), write=True)
+    r.add("PUT", "/2/instances/{name}/startup", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_STARTUP", "instance_name": q.params["name"],
+        "force": q.qbool("force")}]), write=True)
+    r.add("PUT", "/2/instances/{name}/shutdown", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_SHUTDOWN", "instance_name": q.params["name"],
+        "timeout": float(_body(q).get("timeout", q.qstr("timeout") or 120))}]), write=True)
+    r.add("POST", "/2/instances/{name}/reboot", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_REBOOT", "instance_name": q.params["name"],
+        "reboot_type": q.qstr("type") or "hard"}]), write=True)
+    r.add("PUT", "/2/instances/{name}/modify", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_SET_PARAMS", "instance_name": q.params["name"],
+        **_body(q)}]), write=True)
+    r.add("POST", "/2/instances/{name}/reinstall", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_REINSTALL", "instance_name": q.params["name"],
+        **({"os_type": q.qstr("os")} if q.qstr("os") else {})}]), write=True)
+    r.add("PUT", "/2/instances/{name}/rename", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_RENAME", "instance_name": q.params["name"],
+        "new_name": _body(q).get("new_name", "")}]), write=True)
+    r.add("GET", "/2/instances/{name}/console", lambda q: console_info(d, q.params["name"]),
+          write=True)
+    r.add("GET", "/haven/instances/{name}/console",
+          lambda q: console_stream(d, q.params["name"]), write=True)
+    r.add("GET", "/2/os", lambda _q: sorted({f"{o['name']}+{v}" if v else o["name"]
+                                              for o in os_diagnose() if o["valid"]
+                                              for v in (o["variants"] or [""])}))
+    r.add("GET", "/haven/os", lambda _q: os_diagnose())
+    r.add("GET", "/haven/events", lambda q: events(d, q))
+    # node-to-node calls, made by jobs on the master
+    base = "/haven/node/instance/{name}"
+    m = d.instances
+    r.add("POST", base + "/create-disks", lambda q: m.create_disks(
+        q.params["name"], _body(q).get("indices")), write=True)
+    r.add("POST", base + "/remove-disks", lambda q: m.remove_disks(
+        q.params["name"], _body(q).get("disks")), write=True)
+    r.add("POST", base + "/grow-disk", lambda q: m.grow_disk(
+        q.params["name"], int(_body(q)["index"]), int(_body(q)["size"])), write=True)
+    r.add("POST", base + "/os", lambda q: m.run_os(
+        q.params["name"], str(_body(q)["script"]), _body(q).get("os"),
+        _body(q).get("env") or {}), write=True)
+    r.add("POST", base + "/start", lambda q: m.start(
+        q.params["name"], _body(q).get("generation")), write=True)
+    r.add("POST", base + "/stop", lambda q: m.stop(
+        q.params["name"], float(_body(q).get("timeout", 120)),
+        bool(_body(q).get("force", False))), write=True)
+    r.add("POST", base + "/reboot", lambda q: m.reboot(q.params["name"]), write=True)
+    r.add("POST", base + "/kill", lambda q: m.kill(q.params["name"]), write=True)
+    r.add("GET", base + "/console", lambda q: Stream(console.pump_unix(
+        str(m.console_path(q.params["name"])))), write=True)
+    r.add("GET", base + "/console-path", lambda q: str(m.console_path(q.params["name"])),
+          write=True)
+    r.add("GET", "/haven/node/vms", lambda _q: {
+        n: {"hypervisor": hv, **info.__dict__} for n, (hv, info) in m.all_vms().items()})
+
+
+def _body(q: Request) -> dict[str, Any]:
+    if q.body is None:
+        return {}
+    if not isinstance(q.body, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    return q.body
+
+
+def create_op(body: dict[str, Any]) -> dict[str, Any]:
+    """RAPI's instance-create body (``__version__`` 1) as an OP_INSTANCE_CREATE."""
+    op = {k: v for k, v in body.items() if k not in ("__version__", "mode")}
+    op["OP_ID"] = "OP_INSTANCE_CREATE"
+    if "name" in op and "instance_name" not in op:
+        op["instance_name"] = op.pop("name")
+    return op
+
+
+def _instances(d: NodeDaemon) -> tuple[list[Instance], dict[str, Observed]]:
+    store = d.store()
+    kvs, _ = store.list(INSTANCES)
+    insts = [Instance.from_json(json.loads(kv.value)) for kv in kvs]
+    okvs, _ = store.list(OBSERVED)
+    obs = {}
+    for kv in okvs:
+        o = Observed.from_json(json.loads(kv.value))
+        obs[o.name] = o
+    return insts, obs
+
+
+def instance_view(inst: Instance, obs: Observed | None, alive: set[str],
+                  offline: set[str]) -> dict[str, Any]:
+    """An instance in RAPI's bulk shape (Ganeti's field names)."""
+    elsewhere = obs.node if obs is not None and obs.state == "running" and \
+        obs.node != inst.primary_node else None
+    status = ganeti_status(inst, obs, inst.primary_node in alive,
+                           inst.primary_node in offline, elsewhere)
+    running = status in ("running", "ERROR_up")
+    return {
+        "name": inst.name, "uuid": inst.uuid, "os": inst.os, "hypervisor": inst.hypervisor,
+        "pnode": inst.primary_node, "snodes": list(inst.secondary_nodes),
+        "disk_template": inst.disk_template, "admin_state": inst.admin_state,
+        "admin_up": inst.admin_state == "up", "status": status, "oper_state": running,
+        "oper_ram": inst.memory if running else None,
+        "oper_vcpus": inst.vcpus if running else None,
+        "beparams": inst.beparams, "hvparams": inst.hvparams, "osparams": inst.osparams,
+        "disk.sizes": [dk.size for dk in inst.disks],
+        "disk_usage": sum(dk.size for dk in inst.disks),
+        "disk.count": len(inst.disks),
+        "nic.macs": [n.mac for n in inst.nics], "nic.ips": [n.ip or None for n in inst.nics],
+        "nic.modes": [n.mode for n in inst.nics], "nic.links": [n.link for n in inst.nics],
+        "nic.count": len(inst.nics), "network_port": None, "tags": [],
+        "ctime": inst.ctime, "mtime": inst.mtime, "serial_no": inst.serial_no,
+        "generation": inst.generation,
+        "restarts": obs.restarts if obs else 0, "pid": obs.pid if obs and running else None,
+        "accel": obs.accel if obs and running else None,
+        "observed": obs.message if obs else "",
+        "disks": [dk.__dict__ for dk in inst.disks],
+        "nics": [n.__dict__ for n in inst.nics],
+    }
+
+
+def list_instances(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+    insts, obs = _instances(d)
+    if not q.qbool("bulk"):
+        return [{"id": i.name, "uri": f"/2/instances/{i.name}"} for i in insts]
+    store = d.store()
+    alive = set(state.alive(store))
+    offline = {n.name for n in state.nodes(store) if n.offline}
+    return [instance_view(i, obs.get(i.name), alive, offline) for i in insts]
+
+
+def one_instance(d: NodeDaemon, name: str) -> dict[str, Any]:
+    store = d.store()
+    kv = store.get(Keys.instance(name))
+    if kv is None:
+        raise NotFoundError(f"Instance {name!r} does not exist; see gnt-instance list.")
+    inst = Instance.from_json(json.loads(kv.value))
+    okv = store.get(Keys.observed(name))
+    obs = Observed.from_json(json.loads(okv.value)) if okv else None
+    alive = set(state.alive(store))
+    offline = {n.name for n in state.nodes(store) if n.offline}
+    return instance_view(inst, obs, alive, offline)
+
+
+def console_info(d: NodeDaemon, name: str) -> dict[str, Any]:
+    """RAPI's console description: the command to run on the primary node."""
+    inst = one_instance(d, name)
+    node = state.node(d.store(), inst["pnode"])
+    path = d.rpc().call(node.primary_ip, node.api_port, "GET",
+                        f"/haven/node/instance/{name}/console-path")
+    return {"instance": name, "kind": "ssh", "host": node.primary_ip, "node": node.name,
+            "command": ["socat", "STDIO,raw,echo=0,escape=0x1d", f"UNIX-CONNECT:{path}"],
+            "message": f"Serial console of {name} on {node.name}"}
+
+
+def console_stream(d: NodeDaemon, name: str) -> Stream:
+    inst = one_instance(d, name)
+    if inst["status"] != "running":
+        raise OpPrereqError(f"Instance {name} is not running ({inst['status']}); start it "
+                            f"with gnt-instance startup {name}.")
+    pnode = inst["pnode"]
+    if pnode == d.name:
+        return Stream(console.pump_unix(str(d.instances.console_path(name))))
+    node = state.node(d.store(), pnode)
+    rpc = d.rpc()
+
+    def open_upstream() -> tuple[socket.socket, bytes]:
+        ctx = ssl.create_default_context(cafile=str(d.local.cert_file))
+        ctx.check_hostname = False
+        raw = socket.create_connection((node.primary_ip, node.api_port), timeout=10)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = ctx.wrap_socket(raw)
+        sock.sendall((f"GET /haven/node/instance/{name}/console HTTP/1.1\r\nHost: haven\r\n"
+                      f"Authorization: {rpc.auth_header}\r\nContent-Length: 0\r\n\r\n"
+                      ).encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise OSError("the node closed the console stream")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n")[0]:
+            raise OSError(f"the node refused the console: {head[:80]!r}")
+        sock.settimeout(None)
+        return sock, rest
+
+    return Stream(console.pump_remote(open_upstream))
+
+
+def os_diagnose() -> list[dict[str, Any]]:
+    from haven.osdef import api as osapi
+
+    out = []
+    for o in osapi.list_os(osapi.search_path()):
+        out.append(osapi.describe(o))
+    return out
+
+
+def events(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+    """Events after the key ``after`` (all if absent); with ``wait`` long-poll up to
+    10 s for the next ones."""
+    store = d.store()
+    after = q.qstr("after") or ""
+    limit = int(q.qstr("limit") or 1000)
+    deadline = time.monotonic() + (10.0 if q.qbool("wait") else 0.0)
+    while True:
+        kvs, _ = store.list(EVENTS)
+        out = [{"key": kv.key, **Event.from_json(json.loads(kv.value)).to_json()}
+               for kv in kvs if kv.key > EVENTS + after.removeprefix(EVENTS)]
+        if out or time.monotonic() >= deadline:
+            return out[-limit:]
+        joined = d.joined
+        if joined is None:
+            return out
+        joined.hub.wait(min(1.0, deadline - time.monotonic()))

@@ -1,0 +1,355 @@
+"""``gnt-instance``: add, remove, list, info, startup, shutdown, reboot, console, modify,
+reinstall, rename, grow-disk."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from haven.cli import params
+from haven.cli.client import Client
+from haven.cli.common import (
+    ArgParser,
+    format_unit,
+    parse_fields,
+    render_table,
+    run,
+    submit_and_wait,
+)
+from haven.errors import ConfirmationError, InvalidInput, NotFoundError
+
+FIELDS: dict[str, tuple[str, bool, Any]] = {
+    "name": ("Instance", False, None), "hypervisor": ("Hypervisor", False, None),
+    "os": ("OS", False, None), "pnode": ("Primary_node", False, None),
+    "snodes": ("Secondary_Nodes", False, None), "status": ("Status", False, None),
+    "oper_ram": ("Memory", True, format_unit), "oper_vcpus": ("VCPUs", True, None),
+    "oper_state": ("Running", False, None), "admin_state": ("InstanceState", False, None),
+    "admin_up": ("Autostart", False, None), "disk_template": ("Disk_template", False, None),
+    "disk.sizes": ("Disk_sizes", False, None), "disk_usage": ("DiskUsage", True, format_unit),
+    "disk.count": ("Disks", True, None), "nic.count": ("NICs", True, None),
+    "nic.macs": ("NIC_MACs", False, None), "nic.ips": ("NIC_IPs", False, None),
+    "nic.modes": ("NIC_modes", False, None), "nic.links": ("NIC_links", False, None),
+    "uuid": ("UUID", False, None), "ctime": ("CTime", False, None),
+    "mtime": ("MTime", False, None), "serial_no": ("SerialNo", True, None),
+    "tags": ("Tags", False, None), "restarts": ("Restarts", True, None),
+    "accel": ("Accel", False, None), "generation": ("Generation", True, None),
+}
+DEFAULT_FIELDS = ["name", "hypervisor", "os", "pnode", "status", "oper_ram"]
+
+
+def _names(c: Client, args: Any) -> list[str]:
+    if getattr(args, "all", False):
+        if args.names:
+            raise InvalidInput("Give instance names or --all, not both.")
+        return [i["id"] for i in c.get("/2/instances")]
+    if not args.names:
+        raise InvalidInput("Name at least one instance, or use --all.")
+    return list(args.names)
+
+
+def cmd_add(args: Any) -> int:
+    if args.node and ":" in args.node:
+        pnode, snode = args.node.split(":", 1)
+    else:
+        pnode, snode = args.node or "", ""
+    op: dict[str, Any] = {
+        "OP_ID": "OP_INSTANCE_CREATE", "instance_name": args.name,
+        "disk_template": args.disk_template, "os_type": args.os or "",
+        "disks": params.disks(args.disk or []), "beparams": args.backend or {},
+        "hvparams": args.hypervisor_params or {}, "pnode": pnode, "snode": snode,
+        "start": not args.no_start, "no_install": args.no_install,
+        "nics": [p for _i, p in sorted(args.net or [], key=lambda x: int(x[0]))],
+        "hypervisor": args.hypervisor or "kvm", "osparams": args.os_parameters or {},
+    }
+    if args.disk_format:
+        op["disk_format"] = args.disk_format
+    submit_and_wait(Client.from_config(), [op], args.submit)
+    return 0
+
+
+def cmd_list(args: Any) -> int:
+    fields = parse_fields(args.output, DEFAULT_FIELDS, FIELDS)
+    insts = Client.from_config().get("/2/instances?bulk=1")
+    if args.names:
+        missing = set(args.names) - {i["name"] for i in insts}
+        if missing:
+            raise NotFoundError(f"Instance(s) {', '.join(sorted(missing))} not known; see "
+                                f"gnt-instance list.")
+        insts = [i for i in insts if i["name"] in args.names]
+    rows = []
+    for i in sorted(insts, key=lambda i: i["name"]):
+        row = []
+        for f in fields:
+            v = i.get(f)
+            fmt = FIELDS[f][2]
+            if v is None and f in ("oper_ram", "oper_vcpus"):
+                v = "-"
+            elif fmt and v is not None:
+                v = fmt(v)
+            row.append(v)
+        rows.append(row)
+    out = render_table([FIELDS[f][0] for f in fields], rows, args.separator,
+                       args.no_headers, [FIELDS[f][1] for f in fields])
+    if out:
+        print(out)
+    return 0
+
+
+def cmd_list_fields(_args: Any) -> int:
+    print(render_table(["Name", "Title"], [[k, v[0]] for k, v in FIELDS.items()]))
+    return 0
+
+
+def cmd_info(args: Any) -> int:
+    c = Client.from_config()
+    names = [i["id"] for i in c.get("/2/instances")] if args.all or not args.names \
+        else args.names
+    for name in names:
+        i = c.get(f"/2/instances/{name}")
+        print(f"Instance name: {i['name']}")
+        print(f"UUID: {i['uuid']}")
+        print(f"Serial number: {i['serial_no']}")
+        print(f"State: configured to be {i['admin_state']}, actual state is "
+              f"{'up' if i['oper_state'] else 'down'} ({i['status']})")
+        print("  Nodes:")
+        print(f"    - primary: {i['pnode']}")
+        print(f"    - secondaries: {', '.join(i['snodes']) or ''}")
+        print(f"  Operating system: {i['os']}")
+        print(f"  Generation: {i['generation']}; automatic restarts: {i['restarts']}")
+        if i.get("observed"):
+            print(f"  Last agent message: {i['observed']}")
+        print("  Hypervisor: " + i["hypervisor"]
+              + (f" (accelerator {i['accel']}, pid {i['pid']})" if i.get("pid") else ""))
+        for k, v in sorted(i["hvparams"].items()):
+            print(f"    {k}: {v}")
+        print("  Back-end parameters:")
+        for k, v in sorted(i["beparams"].items()):
+            print(f"    - {k}: {v}")
+        print("  NICs:")
+        for n in i["nics"]:
+            print(f"    - nic/{n['index']}: MAC: {n['mac']}, IP: {n['ip'] or 'None'}, "
+                  f"mode: {n['mode']}, link: {n['link'] or '-'}")
+        print(f"  Disk template: {i['disk_template']}")
+        print("  Disks:")
+        for dk in i["disks"]:
+            print(f"    - disk/{dk['index']}: {dk['format']}, size {format_unit(dk['size'])}"
+                  f", mode {dk['mode']}" + (f", {dk['path']}" if dk["path"] else ""))
+    return 0
+
+
+def _simple(opid: str, extra: dict[str, Any] | None = None) -> Any:
+    def cmd(args: Any) -> int:
+        c = Client.from_config()
+        names = _names(c, args)
+        for name in names:
+            op = {"OP_ID": opid, "instance_name": name, **(extra or {})}
+            for key in ("timeout", "reboot_type", "shutdown_timeout"):
+                if hasattr(args, key) and getattr(args, key) is not None:
+                    op[key] = getattr(args, key)
+            if hasattr(args, "force") and opid == "OP_INSTANCE_STARTUP":
+                op["force"] = args.force
+            submit_and_wait(c, [op], args.submit)
+        return 0
+    return cmd
+
+
+def _confirm(text: str, force: bool) -> None:
+    if force:
+        return
+    if not sys.stdin.isatty():
+        raise ConfirmationError(f"{text} Add --force to confirm when not on a terminal.")
+    answer = input(f"{text}\nContinue? y/[n]: ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise ConfirmationError("Aborted: not confirmed.")
+
+
+def cmd_remove(args: Any) -> int:
+    _confirm(f"This will remove the instance {args.name} and all the data on its disks.",
+             args.force)
+    submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_INSTANCE_REMOVE", "instance_name": args.name,
+        "shutdown_timeout": args.shutdown_timeout,
+        "ignore_failures": args.ignore_failures}], args.submit)
+    return 0
+
+
+def cmd_console(args: Any) -> int:
+    from haven.cli import console
+
+    c = Client.from_config()
+    if args.show_cmd:
+        info = c.get(f"/2/instances/{args.name}/console")
+        print(" ".join(info["command"]))
+        return 0
+    return console.attach(c, args.name)
+
+
+def cmd_modify(args: Any) -> int:
+    op: dict[str, Any] = {"OP_ID": "OP_INSTANCE_SET_PARAMS", "instance_name": args.name,
+                          "beparams": args.backend or {},
+                          "hvparams": args.hypervisor_params or {},
+                          "pnode": args.new_primary or "", "os_name": args.os or ""}
+    changes = []
+    for ident, p in args.disk or []:
+        if ident == "add":
+            changes.append(["add", -1, p])
+        elif p.get("remove") or ident == "remove":
+            changes.append(["remove", int(ident) if ident.isdigit() else -1, {}])
+        else:
+            raise InvalidInput(f"--disk {ident}:... is not understood; use --disk "
+                               f"add:size=1g or --disk N:remove.")
+    op["disks"] = changes
+    if args.offline:
+        op["offline"] = True
+    if args.online:
+        op["offline"] = False
+    result = submit_and_wait(Client.from_config(), [op], args.submit)
+    if result:
+        print(f"Modified instance {args.name}")
+        for k, v in result:
+            print(f" - {k} -> {v}")
+    return 0
+
+
+def cmd_reinstall(args: Any) -> int:
+    _confirm(f"This will reinstall the instance {args.name} and remove all its data.",
+             args.force)
+    op = {"OP_ID": "OP_INSTANCE_REINSTALL", "instance_name": args.name}
+    if args.os:
+        op["os_type"] = args.os
+    submit_and_wait(Client.from_config(), [op], args.submit)
+    return 0
+
+
+def cmd_rename(args: Any) -> int:
+    res = submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_INSTANCE_RENAME", "instance_name": args.name,
+        "new_name": args.new_name}], args.submit)
+    if res:
+        print(f"Instance '{res['old_name']}' renamed to '{res['instance']}'")
+    return 0
+
+
+def cmd_grow_disk(args: Any) -> int:
+    submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_INSTANCE_GROW_DISK", "instance_name": args.name,
+        "disk": args.disk_index, "amount": args.amount, "absolute": args.absolute}],
+        args.submit)
+    return 0
+
+
+def build_parser(prog: str = "gnt-instance") -> ArgParser:
+    p = ArgParser(prog=prog, description="Manage instances")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgParser)
+
+    a = sub.add_parser("add", help="create an instance")
+    a.add_argument("-t", "--disk-template", required=True)
+    a.add_argument("--disk", action="append", type=params.indexed, metavar="N:size=SIZE")
+    a.add_argument("-B", "--backend-parameters", dest="backend", type=params.kv_list)
+    a.add_argument("-H", "--hypervisor-parameters", dest="hypervisor_params",
+                   type=params.hv_params)
+    a.add_argument("-O", "--os-parameters", dest="os_parameters", type=params.kv_list)
+    a.add_argument("-o", "--os-type", dest="os")
+    a.add_argument("-n", "--node", help="primary node (or pnode:snode)")
+    a.add_argument("--net", action="append", type=params.indexed, metavar="N:mode=...")
+    a.add_argument("--no-start", action="store_true")
+    a.add_argument("--no-install", action="store_true")
+    a.add_argument("--hypervisor", help="kvm (default)")
+    a.add_argument("--disk-format", choices=["raw", "qcow2"])
+    a.add_argument("--no-ip-check", action="store_true")
+    a.add_argument("--no-name-check", action="store_true")
+    a.add_argument("-I", "--iallocator")
+    a.add_argument("--submit", action="store_true")
+    a.add_argument("name")
+    a.set_defaults(fn=cmd_add)
+
+    r = sub.add_parser("remove")
+    r.add_argument("-f", "--force", action="store_true")
+    r.add_argument("--shutdown-timeout", type=float, default=120.0)
+    r.add_argument("--ignore-failures", action="store_true")
+    r.add_argument("--submit", action="store_true")
+    r.add_argument("name")
+    r.set_defaults(fn=cmd_remove)
+
+    ls = sub.add_parser("list")
+    ls.add_argument("-o", "--output")
+    ls.add_argument("--separator")
+    ls.add_argument("--no-headers", action="store_true")
+    ls.add_argument("--units")
+    ls.add_argument("names", nargs="*")
+    ls.set_defaults(fn=cmd_list)
+    sub.add_parser("list-fields").set_defaults(fn=cmd_list_fields)
+
+    i = sub.add_parser("info")
+    i.add_argument("--all", action="store_true")
+    i.add_argument("names", nargs="*")
+    i.set_defaults(fn=cmd_info)
+
+    for name, opid, helptext in (("startup", "OP_INSTANCE_STARTUP", "start instances"),
+                                 ("start", "OP_INSTANCE_STARTUP", "start instances"),
+                                 ("shutdown", "OP_INSTANCE_SHUTDOWN", "stop instances"),
+                                 ("stop", "OP_INSTANCE_SHUTDOWN", "stop instances"),
+                                 ("reboot", "OP_INSTANCE_REBOOT", "reboot instances")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--all", action="store_true")
+        sp.add_argument("--submit", action="store_true")
+        if opid == "OP_INSTANCE_STARTUP":
+            sp.add_argument("-f", "--force", action="store_true")
+        if opid == "OP_INSTANCE_SHUTDOWN":
+            sp.add_argument("--timeout", type=float, default=None)
+        if opid == "OP_INSTANCE_REBOOT":
+            sp.add_argument("-t", "--type", dest="reboot_type",
+                            choices=["soft", "hard", "full"], default="hard")
+            sp.add_argument("--shutdown-timeout", type=float, default=None)
+        sp.add_argument("names", nargs="*")
+        sp.set_defaults(fn=_simple(opid))
+
+    co = sub.add_parser("console", help="attach to the serial console (escape: Ctrl-])")
+    co.add_argument("--show-cmd", action="store_true")
+    co.add_argument("name")
+    co.set_defaults(fn=cmd_console)
+
+    m = sub.add_parser("modify")
+    m.add_argument("-B", "--backend-parameters", dest="backend", type=params.kv_list)
+    m.add_argument("-H", "--hypervisor-parameters", dest="hypervisor_params",
+                   type=params.hv_params)
+    m.add_argument("--disk", action="append", type=params.indexed,
+                   metavar="add:size=SIZE|N:remove")
+    m.add_argument("--new-primary")
+    m.add_argument("-o", "--os-type", dest="os")
+    m.add_argument("--offline", action="store_true")
+    m.add_argument("--online", action="store_true")
+    m.add_argument("--submit", action="store_true")
+    m.add_argument("name")
+    m.set_defaults(fn=cmd_modify)
+
+    ri = sub.add_parser("reinstall")
+    ri.add_argument("-o", "--os-type", dest="os")
+    ri.add_argument("-f", "--force", action="store_true")
+    ri.add_argument("--submit", action="store_true")
+    ri.add_argument("name")
+    ri.set_defaults(fn=cmd_reinstall)
+
+    rn = sub.add_parser("rename")
+    rn.add_argument("--submit", action="store_true")
+    rn.add_argument("name")
+    rn.add_argument("new_name")
+    rn.set_defaults(fn=cmd_rename)
+
+    g = sub.add_parser("grow-disk")
+    g.add_argument("--absolute", action="store_true")
+    g.add_argument("--submit", action="store_true")
+    g.add_argument("name")
+    g.add_argument("disk_index", type=int)
+    g.add_argument("amount")
+    g.set_defaults(fn=cmd_grow_disk)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "gnt-instance") -> int:
+    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    return run(lambda: int(args.fn(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""This node's side of instance operations: disks, OS scripts, VM processes.
+
+Jobs on the master call these through the node API while they hold the instance's
+lock; the agent calls ``start``/``stop`` for what it reconciles.  Every successful
+start or stop is published as the instance's observed state (``observed/<name>``),
+written only by the node that runs the instance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from haven.errors import InvalidInput, NotFoundError, OpPrereqError
+from haven.hypervisor.base import Hypervisor, HypervisorError, NicSpec, VmInfo, VmSpec
+from haven.master import state
+from haven.model import event
+from haven.model.instance import Instance, Observed
+from haven.model.keys import Keys
+from haven.storage.base import DiskTemplate, StoragePaths, template
+
+if TYPE_CHECKING:
+    from haven.daemon.noded import NodeDaemon
+
+log = logging.getLogger(__name__)
+
+
+class NodeInstances:
+    def __init__(self, daemon: NodeDaemon) -> None:
+        self.d = daemon
+        self.run_dir = daemon.settings.data_dir / "run"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._hypervisors: dict[str, Hypervisor] = {}
+
+    # -- drivers -------------------------------------------------------------------
+    def hypervisor(self, name: str) -> Hypervisor:
+        hv = self._hypervisors.get(name)
+        if hv is None:
+            if name == "kvm":
+                from haven.hypervisor.qemu import QemuHypervisor
+
+                hv = QemuHypervisor(self.run_dir)
+            elif name == "fake":
+                from haven.hypervisor.fake import FakeHypervisor
+
+                hv = FakeHypervisor(self.run_dir / "fake")
+            else:
+                raise InvalidInput(f"Hypervisor {name!r} is not supported; use kvm.")
+            self._hypervisors[name] = hv
+        return hv
+
+    def all_vms(self) -> dict[str, tuple[str, VmInfo]]:
+        """Every VM process on this node: name -> (hypervisor, info)."""
+        out: dict[str, tuple[str, VmInfo]] = {}
+        for hv_name in ("kvm", "fake"):
+            try:
+                hv = self.hypervisor(hv_name)
+            except Exception:  # a driver that cannot load has no VMs here
+                continue
+            for name, info in hv.list().items():
+                out[name] = (hv_name, info)
+        return out
+
+    def storage_paths(self) -> StoragePaths:
+        cluster = state.cluster(self.d.store())
+        shared = Path(cluster.shared_file_storage_dir)
+        return StoragePaths(self.d.settings.storage_dir / "file", shared)
+
+    def disk_template(self, inst: Instance) -> DiskTemplate:
+        return template(inst.disk_template, self.storage_paths())
+
+    def instance(self, name: str) -> tuple[Instance, int]:
+        kv = self.d.store().get(Keys.instance(name))
+        if kv is None:
+            raise NotFoundError(f"Instance {name!r} does not exist; see gnt-instance list.")
+        return Instance.from_json(json.loads(kv.value)), kv.mod_revision
+
+    # -- disks and OS ------------------------------------------------------------------
+    def create_disks(self, name: str, indices: list[int] | None = None
+                     ) -> list[dict[str, Any]]:
+        """Create the instance's disks (or only those with ``indices``); all or none."""
+        inst, _ = self.instance(name)
+        tmpl = self.disk_template(inst)
+        created = []
+        try:
+            for disk in inst.disks:
+                if indices is not None and disk.index not in indices:
+                    continue
+                created.append(tmpl.create(inst, disk))
+        except Exception:
+            for disk in created:
+                tmpl.remove(inst, disk)
+            raise
+        return [d.__dict__ for d in created]
+
+    def remove_disks(self, name: str, disks: list[dict[str, Any]] | None = None) -> int:
+        from haven.model.instance import Disk
+
+        inst, _ = self.instance(name)
+        tmpl = self.disk_template(inst)
+        todo = [Disk.from_json(d) for d in disks] if disks is not None else list(inst.disks)
+        for disk in todo:
+            tmpl.remove(inst, disk)
+        return len(todo)
+
+    def grow_disk(self, name: str, index: int, size: int) -> None:
+        inst, _ = self.instance(name)
+        disk = next((d for d in inst.disks if d.index == index), None)
+        if disk is None:
+            raise NotFoundError(f"Instance {name} has no disk {index}.")
+        self.disk_template(inst).grow(inst, disk, size)
+
+    def run_os(self, name: str, script: str, variant_os: str | None = None,
+               extra: dict[str, str] | None = None, timeout: float = 1800) -> str:
+        """Run an OS script for the instance; returns the log path."""
+        from haven.osdef import api as osapi
+
+        inst, _ = self.instance(name)
+        os_def, variant = osapi.find_os(variant_os or inst.os, osapi.search_path())
+        disks = [str(s.path) for s in self.disk_template(inst).assemble(inst)]
+        env = osapi.os_environment(os_def, variant, inst.name, disks, inst.hypervisor,
+                                   self._os_extra(inst, extra or {}))
+        logs = self.d.settings.data_dir / "logs" / "os"
+        logs.mkdir(parents=True, exist_ok=True)
+        path = logs / f"{script}-{inst.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        osapi.run_os_script(os_def, script, env, path, timeout)  # type: ignore[arg-type]
+        return str(path)
+
+    def _os_extra(self, inst: Instance, extra: dict[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"nics": [n.__dict__ for n in inst.nics],
+                               "beparams": inst.beparams, "hvparams": inst.hvparams,
+                               "osparams": inst.osparams}
+        out.update(extra)
+        return out
+
+    # -- VM processes ------------------------------------------------------------------
+    def vm_spec(self, inst: Instance) -> VmSpec:
+        from haven.osdef import api as osapi
+
+        hv = inst.hvparams
+        boot: dict[str, Any] = {}
+        try:
+            os_def, _variant = osapi.find_os(inst.os, osapi.search_path())
+            boot = dict(os_def.boot)
+        except InvalidInput:
+            boot = {}
+        args = str(hv.get("kernel_args") or boot.get("kernel_args") or "console=ttyS0")
+        args += f" haven.hostname={inst.name}"
+        for nic in inst.nics[:1]:
+            if nic.ip:
+                ip = nic.ip if "/" in nic.ip else f"{nic.ip}/24"
+                args += f" haven.ip={ip}"
+        return VmSpec(
+            name=inst.name, uuid=inst.uuid, memory=inst.memory, vcpus=inst.vcpus,
+            disks=self.disk_template(inst).assemble(inst),
+            nics=tuple(NicSpec(n.index, n.mac, "bridged" if n.mode == "bridged" else "user",
+                               n.link, n.ip, f"tap-{inst.name[:6]}-{n.index}"
+                               if n.mode == "bridged" else "") for n in inst.nics),
+            kernel_path=str(hv.get("kernel_path") or boot.get("kernel_path") or ""),
+            initrd_path=str(hv.get("initrd_path") or boot.get("initrd_path") or ""),
+            kernel_args=args, serial_console=bool(hv.get("serial_console", True)),
+            accel=hv.get("accel") or "auto",  # type: ignore[arg-type]
+            machine=str(hv.get("machine_version") or "pc"),
+            cpu_model=str(hv.get("cpu_type") or "qemu64"))
+
+    def start(self, name: str, generation: int | None = None, reason: str = "started",
+              restarts: int = 0) -> dict[str, Any]:
+        inst, _ = self.instance(name)
+        if inst.primary_node != self.d.name:
+            raise OpPrereqError(f"Instance {name} has primary node {inst.primary_node}, "
+                                f"not {self.d.name}; it is not started here.")
+        if generation is not None and inst.generation != generation:
+            raise OpPrereqError(f"Instance {name} changed (generation {inst.generation}, "
+                                f"expected {generation}); not starting a stale copy.")
+        hv = self.hypervisor(inst.hypervisor)
+        vms = hv.list()
+        current = vms.get(name)
+        if current is not None and current.status in ("running", "paused"):
+            self.publish(inst, "running", current, restarts=restarts)
+            return {"pid": current.pid, "already": True}
+        if current is not None:  # powered off from inside: clear it first
+            hv.stop(name, timeout=5)
+        info = hv.start(self.vm_spec(inst))
+        self.publish(inst, "running", info, restarts=restarts)
+        self.emit(reason, inst, f"{reason} on {self.d.name} (pid {info.pid})")
+        return {"pid": info.pid, "accel": info.accel}
+
+    def stop(self, name: str, timeout: float = 120.0, force: bool = False,
+             reason: str = "stopped") -> dict[str, Any]:
+        inst: Instance | None
+        hv_name: str | None
+        try:
+            inst, _ = self.instance(name)
+            hv_name = inst.hypervisor
+        except NotFoundError:
+            inst, hv_name = None, self._running_hypervisor(name)
+        if hv_name is None:
+            return {"stopped": False}
+        hv = self.hypervisor(hv_name)
+        running = name in hv.list()
+        hv.stop(name, timeout=timeout, force=force)
+        hv.cleanup(name)
+        if inst is not None:
+            self.publish(inst, "stopped", None)
+            if running:
+                self.emit(reason, inst, f"{reason} on {self.d.name}")
+        return {"stopped": running}
+
+    def reboot(self, name: str) -> None:
+        inst, _ = self.instance(name)
+        hv = self.hypervisor(inst.hypervisor)
+        if name not in hv.list():
+            raise OpPrereqError(f"Instance {name} is not running on {self.d.name}; start it "
+                                f"with gnt-instance startup.")
+        hv.reboot(name)
+        self.emit("rebooted", inst, f"rebooted on {self.d.name}")
+
+    def kill(self, name: str) -> None:
+        hv_name = self._running_hypervisor(name)
+        if hv_name is not None:
+            self.hypervisor(hv_name).kill(name)
+
+    def _running_hypervisor(self, name: str) -> str | None:
+        entry = self.all_vms().get(name)
+        return entry[0] if entry else None
+
+    def console_path(self, name: str) -> Path:
+        inst, _ = self.instance(name)
+        hv = self.hypervisor(inst.hypervisor)
+        if name not in hv.list():
+            raise OpPrereqError(f"Instance {name} is not running; start it with "
+                                f"gnt-instance startup {name}.")
+        return hv.console_path(name)
+
+    # -- reporting ---------------------------------------------------------------------
+    def publish(self, inst: Instance, st: str, info: VmInfo | None, restarts: int = 0,
+                message: str = "") -> None:
+        now = time.time()
+        obs = Observed(name=inst.name, node=self.d.name, state=st,
+                       pid=info.pid if info else 0, generation=inst.generation,
+                       restarts=restarts, since=now, updated=now, message=message,
+                       accel=info.accel if info else "")
+        self.d.store().put(Keys.observed(inst.name), state.dumps(obs.to_json()))
+
+    def emit(self, kind: str, inst: Instance, message: str, severity: str = "info") -> None:
+        ev = event.new(kind, f"instance/{inst.name}", self.d.name,
+                       f"Instance {inst.name}: {message}", severity)
+        try:
+            self.d.store().put(ev.key(), ev.encode())
+        except Exception as exc:  # an event lost must not fail the operation itself
+            log.warning("could not record event %s: %s", kind, exc)
+
+
+__all__ = ["HypervisorError", "NodeInstances"]

@@ -1,0 +1,1 @@
+"""Hypervisor drivers: ``kvm`` (QEMU over QMP) and ``fake`` (unit tests only)."""

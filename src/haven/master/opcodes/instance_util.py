@@ -1,0 +1,152 @@
+"""What instance opcodes share: reading and writing instances, node calls, checks."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+from haven.errors import (
+    ExistsError,
+    InsufficientResources,
+    InvalidInput,
+    NotFoundError,
+    OpPrereqError,
+)
+from haven.master import state
+from haven.master.lu import LogicalUnit
+from haven.model.instance import Instance
+from haven.model.keys import INSTANCES, Keys
+from haven.model.node import Node
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9-]+)*$")
+UNITS = {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
+HYPERVISORS = ("kvm", "fake")
+
+
+def parse_size(value: Any, what: str) -> int:
+    """Ganeti's sizes: a number of MiB, or with a suffix m, g, t (``10g``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mgtMGT]?)[bB]?\s*", str(value))
+        if m is None:
+            raise InvalidInput(f"Invalid size {value!r} for {what}; use a number of MiB or "
+                               f"a number with a suffix m, g or t (e.g. 1g).")
+        size = int(float(m.group(1)) * UNITS[m.group(2).lower()])
+    if size <= 0:
+        raise InvalidInput(f"Size {value!r} for {what} must be positive.")
+    return size
+
+
+def check_name(name: str) -> None:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidInput(f"Instance name {name!r} is not valid; use a host name (lower "
+                           f"case letters, digits and dashes).")
+
+
+def read(lu: LogicalUnit, name: str) -> tuple[Instance, int]:
+    kv = lu.c.store.get(Keys.instance(name))
+    if kv is None:
+        raise NotFoundError(f"Instance {name!r} does not exist; see gnt-instance list.")
+    return Instance.from_json(json.loads(kv.value)), kv.mod_revision
+
+
+def all_instances(lu: LogicalUnit) -> list[Instance]:
+    kvs, _ = lu.c.store.list(INSTANCES)
+    return [Instance.from_json(json.loads(kv.value)) for kv in kvs]
+
+
+def write(lu: LogicalUnit, inst: Instance, rev: int) -> int:
+    new_rev = lu.c.store.cas(Keys.instance(inst.name), state.dumps(inst.to_json()), rev,
+                             guard=lu.require_guard())
+    if new_rev is None:
+        raise OpPrereqError(f"Instance {inst.name} changed while this job ran; retry.")
+    return new_rev
+
+
+def node_call(lu: LogicalUnit, node: str, action: str, name: str,
+              body: dict[str, Any] | None = None, timeout: float = 120.0) -> Any:
+    n = state.node(lu.c.store, node)
+    return lu.c.rpc.call(n.primary_ip, n.api_port, "POST",
+                         f"/haven/node/instance/{name}/{action}", body or {}, timeout=timeout)
+
+
+def usable_node(lu: LogicalUnit, name: str, for_what: str) -> Node:
+    node = lu.node(name)
+    if node.offline:
+        raise OpPrereqError(f"Node {name} is offline; {for_what} needs an online node "
+                            f"(gnt-node modify -O no {name}).")
+    if not node.vm_capable:
+        raise OpPrereqError(f"Node {name} is not vm_capable; pick another node.")
+    if name not in state.alive(lu.c.store):
+        raise OpPrereqError(f"Node {name} is down (its daemon holds no lease); start it or "
+                            f"pick another node.")
+    return node
+
+
+def free_memory(lu: LogicalUnit, exclude: str | None = None) -> dict[str, int]:
+    """MiB each node can still give: what it reports free, minus instances placed on it
+    that should run but do not yet."""
+    facts = state.facts(lu.c.store)
+    kvs, _ = lu.c.store.list("observed/")
+    running = set()
+    for kv in kvs:
+        o = json.loads(kv.value)
+        if o.get("state") == "running":
+            running.add((o.get("name"), o.get("node")))
+    free = {name: f.memory_free for name, f in facts.items()}
+    for inst in all_instances(lu):
+        if inst.name == exclude or inst.admin_state != "up":
+            continue
+        if (inst.name, inst.primary_node) not in running and inst.primary_node in free:
+            free[inst.primary_node] -= inst.memory
+    return free
+
+
+def check_memory(lu: LogicalUnit, node: str, memory: int, name: str) -> None:
+    free = free_memory(lu, exclude=name)
+    if free.get(node, 0) < memory:
+        best = max(free.items(), key=lambda kv: kv[1], default=(None, 0))
+        raise InsufficientResources(
+            f"Node {node} has {free.get(node, 0)} MiB of free memory, instance {name} needs "
+            f"{memory} MiB; lower -B memory or pick another node (most free: {best[0]}, "
+            f"{best[1]} MiB).")
+
+
+def allocate(lu: LogicalUnit, memory: int, name: str) -> str:
+    """Without ``-n``: the online, undrained, vm-capable live node with the most free
+    memory that fits."""
+    alive = set(state.alive(lu.c.store))
+    nodes = {n.name: n for n in state.nodes(lu.c.store)
+             if n.vm_capable and not n.offline and not n.drained and n.name in alive}
+    free = {k: v for k, v in free_memory(lu).items() if k in nodes}
+    if not free:
+        raise InsufficientResources(f"No node can take instance {name}: every node is "
+                                    f"down, offline, drained or not vm_capable.")
+    best, mib = max(free.items(), key=lambda kv: (kv[1], kv[0]))
+    if mib < memory:
+        raise InsufficientResources(
+            f"Instance {name} needs {memory} MiB of memory; the most any node has free is "
+            f"{mib} MiB (on {best}); lower -B memory.")
+    return best
+
+
+def new_mac(lu: LogicalUnit, prefix: str, taken: set[str]) -> str:
+    for _ in range(100):
+        mac = prefix + ":" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        if mac not in taken:
+            return mac
+    raise InsufficientResources("Could not find a free MAC address; change the cluster's "
+                                "mac prefix.")
+
+
+def macs_in_use(lu: LogicalUnit, exclude: str | None = None) -> set[str]:
+    return {n.mac for i in all_instances(lu) if i.name != exclude for n in i.nics}
+
+
+def check_unique_name(lu: LogicalUnit, name: str) -> None:
+    if lu.c.store.get(Keys.instance(name)) is not None:
+        raise ExistsError(f"Instance name {name} is already in use; pick another name or "
+                          f"remove the existing instance first.")
