@@ -18,14 +18,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @contextmanager
-def local_cluster(nodes: int, subnet: str) -> Iterator[tuple[Path, dict[str, str]]]:
+def local_cluster(nodes: int, subnet: str, hypervisors: str = "kvm"
+                  ) -> Iterator[tuple[Path, dict[str, str]]]:
     """A fresh ``haven up`` in a temporary directory, destroyed afterwards."""
     with tempfile.TemporaryDirectory(prefix="haven-bench-") as tmp:
         base = Path(tmp) / "sim"
         env = dict(os.environ, HAVEN_CLIENT_CONFIG=str(base / "client.json"))
         try:
             run(env, "haven", "--base-dir", str(base), "up", "--nodes", str(nodes),
-                "--subnet", subnet)
+                "--subnet", subnet, "--hypervisors", hypervisors)
             yield base, env
         finally:
             subprocess.run([str(BIN / "haven"), "--base-dir", str(base), "down",

@@ -53,7 +53,8 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("GET", "/haven/instances/{name}/console",
           lambda q: console_stream(d, q.params["name"]), write=True)
     r.add("GET", "/2/os", lambda _q: sorted({f"{o['name']}+{v}" if v else o["name"]
-                                              for o in os_diagnose() if o["valid"]
+                                              for o in os_diagnose()
+                                              if o["valid"] and not o["shadowed"]
                                               for v in (o["variants"] or [""])}))
     r.add("GET", "/haven/os", lambda _q: os_diagnose())
     r.add("GET", "/haven/events", lambda q: events(d, q))
@@ -215,11 +216,19 @@ def console_stream(d: NodeDaemon, name: str) -> Stream:
 
 
 def os_diagnose() -> list[dict[str, Any]]:
-    from haven.osdef import api as osapi
+    """Every OS directory in the search path, valid or not (``gnt-os diagnose``)."""
+    from haven import osdef
 
     out = []
-    for o in osapi.list_os(osapi.search_path()):
-        out.append(osapi.describe(o))
+    for st in osdef.diagnose_os():
+        d = st.definition
+        out.append({"name": st.name, "path": str(st.path), "valid": st.valid,
+                    "message": st.reason or ("shadowed by an earlier directory"
+                                             if st.shadowed else ""),
+                    "shadowed": st.shadowed,
+                    "variants": list(d.variants) if d else [],
+                    "api_versions": list(d.api_versions) if d else [],
+                    "parameters": [list(p) for p in d.parameters] if d else []})
     return out
 
 

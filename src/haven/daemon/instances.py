@@ -115,36 +115,40 @@ class NodeInstances:
 
     def run_os(self, name: str, script: str, variant_os: str | None = None,
                extra: dict[str, str] | None = None, timeout: float = 1800) -> str:
-        """Run an OS script for the instance; returns the log path."""
-        from haven.osdef import api as osapi
+        """Run an OS script for the instance; returns the log path (kept either way)."""
+        from haven import osdef
 
         inst, _ = self.instance(name)
-        os_def, variant = osapi.find_os(variant_os or inst.os, osapi.search_path())
-        disks = [str(s.path) for s in self.disk_template(inst).assemble(inst)]
-        env = osapi.os_environment(os_def, variant, inst.name, disks, inst.hypervisor,
-                                   self._os_extra(inst, extra or {}))
+        os_def, variant = osdef.find_os(variant_os or inst.os)
+        extra = dict(extra or {})
+        old_name = extra.pop("OLD_INSTANCE_NAME", None)
+        disks = [osdef.DiskEnv(str(s.path), "ro" if s.read_only else "rw",
+                               size_mib=d.size, uuid=d.uuid)
+                 for s, d in zip(self.disk_template(inst).assemble(inst), inst.disks,
+                                 strict=True)]
+        nics = [osdef.NicEnv(n.mac, n.ip, n.mode, n.link, name=n.name) for n in inst.nics]
+        env = osdef.os_environment(
+            os_def, variant, inst.name, disks, inst.hypervisor, extra, nics=nics,
+            osparams={k: str(v) for k, v in inst.osparams.items()},
+            beparams=inst.beparams, hvparams=inst.hvparams, instance_uuid=inst.uuid,
+            primary_node=inst.primary_node, secondary_nodes=inst.secondary_nodes,
+            old_name=old_name)
         logs = self.d.settings.data_dir / "logs" / "os"
         logs.mkdir(parents=True, exist_ok=True)
         path = logs / f"{script}-{inst.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        osapi.run_os_script(os_def, script, env, path, timeout)  # type: ignore[arg-type]
+        osdef.run_os_script(os_def, script, env, path, timeout)  # type: ignore[arg-type]
         return str(path)
-
-    def _os_extra(self, inst: Instance, extra: dict[str, str]) -> dict[str, Any]:
-        out: dict[str, Any] = {"nics": [n.__dict__ for n in inst.nics],
-                               "beparams": inst.beparams, "hvparams": inst.hvparams,
-                               "osparams": inst.osparams}
-        out.update(extra)
-        return out
 
     # -- VM processes ------------------------------------------------------------------
     def vm_spec(self, inst: Instance) -> VmSpec:
-        from haven.osdef import api as osapi
+        from haven import osdef
 
         hv = inst.hvparams
         boot: dict[str, Any] = {}
         try:
-            os_def, _variant = osapi.find_os(inst.os, osapi.search_path())
-            boot = dict(os_def.boot)
+            os_def, _variant = osdef.find_os(inst.os)
+            if os_def.boot is not None:
+                boot = dict(os_def.boot.__dict__)
         except InvalidInput:
             boot = {}
         args = str(hv.get("kernel_args") or boot.get("kernel_args") or "console=ttyS0")
@@ -162,7 +166,7 @@ class NodeInstances:
             kernel_path=str(hv.get("kernel_path") or boot.get("kernel_path") or ""),
             initrd_path=str(hv.get("initrd_path") or boot.get("initrd_path") or ""),
             kernel_args=args, serial_console=bool(hv.get("serial_console", True)),
-            accel=hv.get("accel") or "auto",  # type: ignore[arg-type]
+            accel=hv.get("accel") or "auto",
             machine=str(hv.get("machine_version") or "pc"),
             cpu_model=str(hv.get("cpu_type") or "qemu64"))
 

@@ -180,9 +180,9 @@ class InstanceCreate(InstanceLU):
             raise OpPrereqError(f"Disk template {tmpl} is not enabled in this cluster (enabled: "
                                 f"{', '.join(cluster.enabled_disk_templates)}).")
         if self.op["os_type"]:
-            from haven.osdef import api as osapi
+            from haven import osdef
 
-            osapi.find_os(self.op["os_type"], osapi.search_path())
+            osdef.find_os(self.op["os_type"])
         memory = int(self.op["beparams"].get("maxmem") or self.op["beparams"].get("memory")
                      or 128)
         self.memory = memory
@@ -382,9 +382,9 @@ class InstanceReinstall(InstanceLU):
         self.load()
         self.require_stopped("reinstalling")
         if self.op["os_type"]:
-            from haven.osdef import api as osapi
+            from haven import osdef
 
-            osapi.find_os(self.op["os_type"], osapi.search_path())
+            osdef.find_os(self.op["os_type"])
 
     def exec(self) -> Any:
         if self.op["os_type"] and self.op["os_type"] != self.inst.os:

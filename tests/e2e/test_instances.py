@@ -1,0 +1,260 @@
+"""Real VMs on a real local cluster: the instance lifecycle end to end, the serial
+console through the node daemons, crash restarts, daemon restarts that leave VMs alone,
+and refusals that leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Sim, make_sim
+
+pytestmark = pytest.mark.e2e
+
+BROKEN_CREATE = """#!/bin/sh
+echo "formatting $DISK_0_PATH for $INSTANCE_NAME"
+echo "mkfs: simulated failure on purpose" >&2
+exit 3
+"""
+
+
+@pytest.fixture(scope="module")
+def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
+    """A 3-node cluster whose daemons also see a deliberately broken OS."""
+    tmp = tmp_path_factory.mktemp("vms")
+    broken = tmp / "os" / "broken"
+    broken.mkdir(parents=True)
+    for script in ("create", "import", "export", "rename", "verify"):
+        (broken / script).write_text(BROKEN_CREATE if script == "create" else
+                                     "#!/bin/sh\nexit 0\n")
+        (broken / script).chmod(0o755)
+    (broken / "ganeti_api_version").write_text("20\n")
+    old = os.environ.get("HAVEN_OS_PATH")
+    os.environ["HAVEN_OS_PATH"] = str(tmp / "os")
+    try:
+        yield from make_sim(tmp, 3)
+    finally:
+        if old is None:
+            os.environ.pop("HAVEN_OS_PATH", None)
+        else:
+            os.environ["HAVEN_OS_PATH"] = old
+
+
+def status(sim: Sim, name: str) -> str:
+    p = sim.run("gnt-instance", "list", "--no-headers", "-o", "status", name)
+    return p.stdout.strip()
+
+
+def wait_status(sim: Sim, name: str, want: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = status(sim, name)
+        if got == want:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} is {got!r}, not {want!r} after {timeout} s")
+        time.sleep(0.3)
+
+
+def info(sim: Sim, name: str) -> dict[str, object]:
+    proc = sim.run("gnt-instance", "list", "--no-headers", "--separator=|", "-o",
+                   "status,pnode,restarts,oper_ram", name, check=True)
+    st, pnode, restarts, mem = proc.stdout.strip().split("|")
+    return {"status": st, "pnode": pnode, "restarts": int(restarts), "mem": mem}
+
+
+def qemu_pid(sim: Sim, node: str, name: str) -> int:
+    return int((sim.base / node / "run" / f"{name}.pid").read_text())
+
+
+def console(sim: Sim, name: str, command: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [str(sim_bin("gnt-instance")), "console", name],
+        input=command + "\n", capture_output=True, text=True, timeout=60,
+        env=env or sim.env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def sim_bin(name: str) -> Path:
+    from tests.e2e.conftest import BIN
+
+    return BIN / name
+
+
+def test_add_runs_a_real_vm_listed_with_ganeti_columns(vms: Sim) -> None:
+    p = vms.run("gnt-instance", "add", "-t", "file", "--disk", "0:size=64m", "-B",
+                "memory=128", "-o", "busybox", "-n", "node01", "vm1", timeout=180)
+    assert p.returncode == 0, p.stderr
+    listing = vms.run("gnt-instance", "list", check=True).stdout.splitlines()
+    assert listing[0].split() == ["Instance", "Hypervisor", "OS", "Primary_node", "Status",
+                                  "Memory"]
+    assert listing[1].split() == ["vm1", "kvm", "busybox", "node01", "running", "128M"]
+    pid = qemu_pid(vms, "node01", "vm1")
+    assert Path(f"/proc/{pid}").exists()
+    text = vms.run("gnt-instance", "info", "vm1", check=True).stdout
+    assert "accelerator tcg" in text or "accelerator kvm" in text
+
+
+def test_console_round_trip_through_another_node(vms: Sim) -> None:
+    out = console(vms, "vm1", "echo hello-$((6*7))")
+    assert "hello-42" in out
+    # Through node03's daemon only: it relays to node01, where vm1 runs.
+    conf = json.loads(Path(vms.env["HAVEN_CLIENT_CONFIG"]).read_text())
+    conf["endpoints"] = [f"{vms.address('node03')}:5080"]
+    other = vms.base / "client-node03.json"
+    other.write_text(json.dumps(conf))
+    env = dict(vms.env, HAVEN_CLIENT_CONFIG=str(other))
+    out = console(vms, "vm1", "cat /mnt/etc/hostname; uname -r", env)
+    assert "vm1" in out
+
+
+def test_shutdown_startup_reboot(vms: Sim) -> None:
+    vms.run("gnt-instance", "shutdown", "--timeout", "30", "vm1", check=True)
+    assert status(vms, "vm1") == "ADMIN_down"
+    assert not (vms.base / "node01" / "run" / "vm1.pid").exists() or \
+        not Path(f"/proc/{qemu_pid(vms, 'node01', 'vm1')}").exists()
+    vms.run("gnt-instance", "startup", "vm1", check=True)
+    assert status(vms, "vm1") == "running"
+    vms.run("gnt-instance", "reboot", "vm1", check=True)
+    assert status(vms, "vm1") == "running"
+    assert "hello-7" in console(vms, "vm1", "echo hello-$((3+4))")
+
+
+def test_a_killed_qemu_is_restarted_by_the_agent(vms: Sim) -> None:
+    pid = qemu_pid(vms, "node01", "vm1")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        i = info(vms, "vm1")
+        if i["status"] == "running" and i["restarts"] >= 1:
+            new = qemu_pid(vms, "node01", "vm1")
+            if new != pid:
+                break
+        assert time.monotonic() < deadline, f"not restarted: {i}"
+        time.sleep(0.3)
+    events = vms.run("haven", "events", "--object", "instance/vm1", check=True).stdout
+    assert "died; restarting (1/5)" in events
+    assert "restarted on node01" in events
+
+
+def test_restarting_the_node_daemon_leaves_the_vm_alone(vms: Sim) -> None:
+    pid = qemu_pid(vms, "node01", "vm1")
+    daemon = int((vms.base / "node01" / "noded.pid").read_text())
+    os.kill(daemon, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{daemon}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert Path(f"/proc/{pid}").exists(), "the VM died with its daemon"
+    vms.run("haven", "start", "node01", check=True)
+    vms.wait_master()
+    wait_status(vms, "vm1", "running")
+    assert qemu_pid(vms, "node01", "vm1") == pid
+    assert "hello-9" in console(vms, "vm1", "echo hello-$((4+5))")
+
+
+def test_reference_scenario_three_instances_one_left_down(vms: Sim) -> None:
+    for name in ("vm2", "vm3"):
+        argv = ["gnt-instance", "add", "-t", "file", "--disk", "0:size=32m", "-B",
+                "memory=256", "-o", "busybox", "-n", "node01", name]
+        if name == "vm3":
+            argv.insert(2, "--no-start")
+        p = vms.run(*argv, timeout=180)
+        assert p.returncode == 0, p.stderr
+    assert status(vms, "vm3") == "ADMIN_down"
+    vms.run("gnt-instance", "startup", "vm3", check=True)
+    rows = vms.run("gnt-instance", "list", "--no-headers", "-o", "name,status",
+                   check=True).stdout.split()
+    assert rows == ["vm1", "running", "vm2", "running", "vm3", "running"]
+    vms.run("gnt-instance", "shutdown", "--timeout", "20", "vm2", "vm3", check=True)
+
+
+def test_modify_rename_reinstall_remove(vms: Sim) -> None:
+    vms.run("gnt-instance", "shutdown", "--timeout", "20", "vm2", check=True)
+    p = vms.run("gnt-instance", "modify", "-B", "memory=192", "--disk", "add:size=16m",
+                "vm2", check=True)
+    assert "be/memory -> 192" in p.stdout
+    sizes = vms.run("gnt-instance", "list", "--no-headers", "-o", "disk.sizes",
+                    "vm2").stdout.strip()
+    assert sizes == "32,16"
+    vms.run("gnt-instance", "rename", "vm2", "vm2b", check=True)
+    names = vms.run("gnt-instance", "list", "--no-headers", "-o", "name").stdout.split()
+    assert "vm2b" in names and "vm2" not in names
+    vms.run("gnt-instance", "reinstall", "-f", "vm2b", check=True)
+    vms.run("gnt-instance", "startup", "vm2b", check=True)
+    assert "vm2b" in console(vms, "vm2b", "hostname")
+    files = vms.base / "node01" / "storage" / "file"
+    before = len(list(files.glob("*/disk*")))
+    vms.run("gnt-instance", "remove", "-f", "vm2b", check=True)
+    names = vms.run("gnt-instance", "list", "--no-headers", "-o", "name").stdout.split()
+    assert "vm2b" not in names
+    assert len(list(files.glob("*/disk*"))) == before - 2  # both of its disks are gone
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["-o", "nosuchos"], "nosuchos"),
+    (["-o", "busybox+nosuchvariant"], "nosuchvariant"),
+    (["-o", "busybox", "-B", "memory=900000g"], "memory"),
+    (["-o", "busybox", "--disk", "0:size=lots"], "Invalid size"),
+    (["-o", "busybox", "-t", "drbd"], "drbd"),
+    (["-o", "busybox", "-n", "nosuchnode"], "nosuchnode"),
+])
+def test_bad_instance_input_is_refused_and_nothing_stays(vms: Sim, argv: list[str],
+                                                          needle: str) -> None:
+    base = ["gnt-instance", "add", "--disk", "0:size=16m", "-B", "memory=64"]
+    if "-t" not in argv:
+        base += ["-t", "file"]
+    p = vms.run(*base, *argv, "vmbad")
+    assert p.returncode != 0
+    assert needle in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    names = vms.run("gnt-instance", "list", "--no-headers", "-o", "name").stdout.split()
+    assert "vmbad" not in names
+
+
+def test_name_in_use_is_refused(vms: Sim) -> None:
+    p = vms.run("gnt-instance", "add", "-t", "file", "--disk", "0:size=16m", "-o", "busybox",
+                "vm1")
+    assert p.returncode == 1 and "already in use" in p.stderr
+
+
+def test_failing_os_create_is_rolled_back_with_its_log(vms: Sim) -> None:
+    p = vms.run("gnt-instance", "add", "-t", "file", "--disk", "0:size=16m", "-B",
+                "memory=64", "-o", "broken", "-n", "node02", "vmbroken", timeout=120)
+    assert p.returncode == 1
+    assert "simulated failure on purpose" in p.stderr
+    names = vms.run("gnt-instance", "list", "--no-headers", "-o", "name").stdout.split()
+    assert "vmbroken" not in names
+    logs = list((vms.base / "node02" / "logs" / "os").glob("create-vmbroken-*.log"))
+    assert logs and "simulated failure" in logs[0].read_text()
+    leftovers = list((vms.base / "node02" / "storage" / "file").glob("*/*"))
+    assert leftovers == []
+
+
+def test_crash_loop_gives_up_after_five_restarts(vms: Sim) -> None:
+    # vm3 exists and is stopped; start it, then keep killing its QEMU.
+    vms.run("gnt-instance", "startup", "vm3", check=True)
+    deadline = time.monotonic() + 180
+    while True:
+        i = info(vms, "vm3")
+        if i["status"] == "ERROR_down":
+            break
+        assert time.monotonic() < deadline, f"never gave up: {i}"
+        try:
+            os.kill(qemu_pid(vms, "node01", "vm3"), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    assert info(vms, "vm3")["restarts"] == 5
+    events = vms.run("haven", "events", "--object", "instance/vm3", check=True).stdout
+    assert "gave up after 5 automatic restarts" in events
+    vms.run("gnt-instance", "startup", "vm3", check=True)
+    assert info(vms, "vm3") == {"status": "running", "pnode": "node01", "restarts": 0,
+                                "mem": "256M"}
