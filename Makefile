@@ -2,15 +2,16 @@
 #   make demo   set up, then start a local cluster and tour the commands
 #   make test   set up, then run the whole test suite
 SHELL := /bin/bash
-APT_PACKAGES := etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static cpio openssl iproute2 procps
+APT_PACKAGES := etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static cpio openssl iproute2 procps \
+	gcc libc6-dev e2fsprogs kmod
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.local/bin:$(PATH)
 
-.PHONY: setup apt venv test unit integration e2e lint demo bench clean
+.PHONY: setup apt venv guest test unit integration e2e lint demo bench clean
 
-setup: apt venv
+setup: apt venv guest
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -18,6 +19,10 @@ apt:
 		echo "Installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# The test guest (Debian cloud kernel + busybox initramfs) in /var/cache/haven/guest.
+guest: apt
+	@bash guest/build-guest.sh
 
 venv:
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q --root-user-action=ignore uv
@@ -42,6 +47,7 @@ demo: setup
 bench: setup
 	uv run python bench/job_latency.py
 	uv run python bench/master_failover.py
+	uv run python bench/instance_lifecycle.py
 
 clean:
 	-$(VENV)/bin/haven down --destroy 2>/dev/null

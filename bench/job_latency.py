@@ -14,9 +14,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import local_cluster, run, summary, write_json  # noqa: E402
-
-from haven.cli.client import Client  # noqa: E402
+from common import local_cluster, run, summary, write_json
+from haven.cli.client import Client
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ and refusals that leave nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +37,7 @@ def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
                                      "#!/bin/sh\nexit 0\n")
         (broken / script).chmod(0o755)
     (broken / "ganeti_api_version").write_text("20\n")
+    (broken / "parameters.list").write_text("")
     old = os.environ.get("HAVEN_OS_PATH")
     os.environ["HAVEN_OS_PATH"] = str(tmp / "os")
     try:
@@ -83,6 +85,17 @@ def console(sim: Sim, name: str, command: str, env: dict[str, str] | None = None
     return proc.stdout
 
 
+def console_until(sim: Sim, name: str, command: str, expect: str,
+                  env: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """The console answer once the guest's shell is up (it boots in a few seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = console(sim, name, command, env)
+        if expect in out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
 def sim_bin(name: str) -> Path:
     from tests.e2e.conftest import BIN
 
@@ -104,7 +117,7 @@ def test_add_runs_a_real_vm_listed_with_ganeti_columns(vms: Sim) -> None:
 
 
 def test_console_round_trip_through_another_node(vms: Sim) -> None:
-    out = console(vms, "vm1", "echo hello-$((6*7))")
+    out = console_until(vms, "vm1", "echo hello-$((6*7))", "hello-42")
     assert "hello-42" in out
     # Through node03's daemon only: it relays to node01, where vm1 runs.
     conf = json.loads(Path(vms.env["HAVEN_CLIENT_CONFIG"]).read_text())
@@ -112,7 +125,7 @@ def test_console_round_trip_through_another_node(vms: Sim) -> None:
     other = vms.base / "client-node03.json"
     other.write_text(json.dumps(conf))
     env = dict(vms.env, HAVEN_CLIENT_CONFIG=str(other))
-    out = console(vms, "vm1", "cat /mnt/etc/hostname; uname -r", env)
+    out = console_until(vms, "vm1", "cat /mnt/etc/hostname", "vm1", env)
     assert "vm1" in out
 
 
@@ -125,7 +138,7 @@ def test_shutdown_startup_reboot(vms: Sim) -> None:
     assert status(vms, "vm1") == "running"
     vms.run("gnt-instance", "reboot", "vm1", check=True)
     assert status(vms, "vm1") == "running"
-    assert "hello-7" in console(vms, "vm1", "echo hello-$((3+4))")
+    assert "hello-7" in console_until(vms, "vm1", "echo hello-$((3+4))", "hello-7")
 
 
 def test_a_killed_qemu_is_restarted_by_the_agent(vms: Sim) -> None:
@@ -157,7 +170,7 @@ def test_restarting_the_node_daemon_leaves_the_vm_alone(vms: Sim) -> None:
     vms.wait_master()
     wait_status(vms, "vm1", "running")
     assert qemu_pid(vms, "node01", "vm1") == pid
-    assert "hello-9" in console(vms, "vm1", "echo hello-$((4+5))")
+    assert "hello-9" in console_until(vms, "vm1", "echo hello-$((4+5))", "hello-9")
 
 
 def test_reference_scenario_three_instances_one_left_down(vms: Sim) -> None:
@@ -189,7 +202,7 @@ def test_modify_rename_reinstall_remove(vms: Sim) -> None:
     assert "vm2b" in names and "vm2" not in names
     vms.run("gnt-instance", "reinstall", "-f", "vm2b", check=True)
     vms.run("gnt-instance", "startup", "vm2b", check=True)
-    assert "vm2b" in console(vms, "vm2b", "hostname")
+    assert "vm2b" in console_until(vms, "vm2b", "hostname", "vm2b")
     files = vms.base / "node01" / "storage" / "file"
     before = len(list(files.glob("*/disk*")))
     vms.run("gnt-instance", "remove", "-f", "vm2b", check=True)
@@ -208,9 +221,13 @@ def test_modify_rename_reinstall_remove(vms: Sim) -> None:
 ])
 def test_bad_instance_input_is_refused_and_nothing_stays(vms: Sim, argv: list[str],
                                                           needle: str) -> None:
-    base = ["gnt-instance", "add", "--disk", "0:size=16m", "-B", "memory=64"]
+    base = ["gnt-instance", "add"]
     if "-t" not in argv:
         base += ["-t", "file"]
+    if "--disk" not in argv:
+        base += ["--disk", "0:size=16m"]
+    if "-B" not in argv:
+        base += ["-B", "memory=64"]
     p = vms.run(*base, *argv, "vmbad")
     assert p.returncode != 0
     assert needle in p.stderr, p.stderr
@@ -247,10 +264,8 @@ def test_crash_loop_gives_up_after_five_restarts(vms: Sim) -> None:
         if i["status"] == "ERROR_down":
             break
         assert time.monotonic() < deadline, f"never gave up: {i}"
-        try:
+        with contextlib.suppress(OSError, ValueError):
             os.kill(qemu_pid(vms, "node01", "vm3"), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
         time.sleep(0.5)
     assert info(vms, "vm3")["restarts"] == 5
     events = vms.run("haven", "events", "--object", "instance/vm3", check=True).stdout

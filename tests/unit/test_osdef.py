@@ -1,0 +1,343 @@
+"""OS definitions: search path, lookup, Ganeti's script environment, running scripts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from haven.errors import InvalidInput, OpExecError
+from haven.osdef import (
+    SYSTEM_OS_PATH,
+    BootHints,
+    DiskEnv,
+    NicEnv,
+    diagnose_os,
+    expand_vars,
+    find_os,
+    list_os,
+    os_core_environment,
+    os_environment,
+    run_os_script,
+    search_path,
+    split_name,
+)
+
+REPO_OS = Path(__file__).resolve().parents[2] / "share" / "os"
+OK_SCRIPT = "#!/bin/sh\nexit 0\n"
+
+
+def make_os(top: Path, name: str, *, api: str = "20\n", variants: str | None = "default\n",
+            parameters: str | None = "", scripts: dict[str, str] | None = None,
+            haven_json: str | None = None, skip: tuple[str, ...] = ()) -> Path:
+    d = top / name
+    d.mkdir(parents=True)
+    (d / "ganeti_api_version").write_text(api)
+    if variants is not None:
+        (d / "variants.list").write_text(variants)
+    if parameters is not None:
+        (d / "parameters.list").write_text(parameters)
+    for script in ("create", "import", "export", "rename", "verify"):
+        if script in skip:
+            continue
+        p = d / script
+        p.write_text((scripts or {}).get(script, OK_SCRIPT))
+        p.chmod(0o755)
+    if haven_json is not None:
+        (d / "haven.json").write_text(haven_json)
+    return d
+
+
+def test_search_path_is_extra_then_env_then_share_then_ganeti() -> None:
+    path = search_path(["/x/os"], environ={"HAVEN_OS_PATH": "/a/os::/b/os:/x/os"})
+    assert path[:3] == [Path("/x/os"), Path("/a/os"), Path("/b/os")]
+    assert path[3] == REPO_OS
+    assert path[4:] == [Path(p) for p in SYSTEM_OS_PATH]
+    assert path[4:] == [Path("/srv/ganeti/os"), Path("/usr/local/lib/ganeti/os"),
+                        Path("/usr/lib/ganeti/os"), Path("/usr/share/ganeti/os")]
+
+
+def test_search_path_without_haven_os_path_starts_with_haven_share() -> None:
+    assert search_path(environ={})[0] == REPO_OS
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("debootstrap+default", ("debootstrap", "default")),
+    ("debootstrap", ("debootstrap", None)),
+    ("debootstrap+", ("debootstrap", "")),
+    ("a+b+c", ("a", "b+c")),
+])
+def test_split_name_takes_the_variant_after_the_first_plus(
+        given: str, expected: tuple[str, str | None]) -> None:
+    assert split_name(given) == expected
+
+
+def test_find_os_returns_the_definition_and_the_variant(tmp_path: Path) -> None:
+    make_os(tmp_path, "deb", variants="# comment\n\nbookworm\ntrixie\n",
+            parameters="dhcp Whether to use dhcp\nroot_size\n")
+    os_def, variant = find_os("deb+trixie", [tmp_path])
+    assert variant == "trixie"
+    assert os_def.name == "deb" and os_def.path == tmp_path / "deb"
+    assert os_def.api_versions == (20,) and os_def.api_version == 20
+    assert os_def.variants == ("bookworm", "trixie")
+    assert os_def.parameters == (("dhcp", "Whether to use dhcp"), ("root_size", ""))
+    assert os_def.boot is None
+    assert find_os("deb", [tmp_path])[1] is None
+
+
+def test_first_directory_of_a_name_wins_even_when_invalid(tmp_path: Path) -> None:
+    make_os(tmp_path / "one", "deb", api="5\n")
+    make_os(tmp_path / "two", "deb")
+    with pytest.raises(InvalidInput, match=r"OS 'deb' in .*one is not usable: API version"):
+        find_os("deb", [tmp_path / "one", tmp_path / "two"])
+    status = diagnose_os([tmp_path / "one", tmp_path / "two"])
+    assert [(s.valid, s.shadowed) for s in status] == [(False, False), (True, True)]
+    assert list_os([tmp_path / "one", tmp_path / "two"]) == []
+
+
+def test_unknown_os_lists_what_exists_and_the_fix(tmp_path: Path) -> None:
+    make_os(tmp_path, "deb", variants="bookworm\ntrixie\n")
+    make_os(tmp_path, "plain", variants=None)
+    with pytest.raises(InvalidInput) as err:
+        find_os("centos+9", [tmp_path])
+    msg = err.value.message
+    assert "OS 'centos' was not found" in msg
+    assert "known OSes: deb+bookworm, deb+trixie, plain" in msg
+    assert "HAVEN_OS_PATH" in msg
+
+
+def test_unknown_variant_lists_the_variants(tmp_path: Path) -> None:
+    make_os(tmp_path, "deb", variants="bookworm\ntrixie\n")
+    with pytest.raises(InvalidInput, match=r"OS 'deb' has no variant 'sid'; its variants "
+                                           r"are bookworm, trixie; use e.g. 'deb\+bookworm'"):
+        find_os("deb+sid", [tmp_path])
+
+
+def test_variant_given_to_an_os_without_variants_is_refused(tmp_path: Path) -> None:
+    make_os(tmp_path, "plain", variants=None)
+    with pytest.raises(InvalidInput, match="does not support variants"):
+        find_os("plain+x", [tmp_path])
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({"skip": ("rename",)}, "file 'rename' is missing"),
+    ({"skip": ("verify",)}, "file 'verify' is missing"),
+    ({"parameters": None}, "file 'parameters.list' is missing"),
+    ({"api": "25\n"}, "API version mismatch"),
+    ({"api": "twenty\n"}, "cannot read the API version"),
+    ({"haven_json": "{nope"}, "haven.json is not valid JSON"),
+    ({"haven_json": '{"kernel_path": 3}'}, "string values"),
+])
+def test_diagnose_names_why_an_os_is_invalid(tmp_path: Path, kwargs: dict[str, object],
+                                             reason: str) -> None:
+    make_os(tmp_path, "bad", **kwargs)  # type: ignore[arg-type]
+    (status,) = diagnose_os([tmp_path])
+    assert not status.valid and reason in status.reason
+    with pytest.raises(InvalidInput, match=reason):
+        find_os("bad", [tmp_path])
+
+
+def test_non_executable_script_makes_the_os_invalid(tmp_path: Path) -> None:
+    d = make_os(tmp_path, "bad")
+    (d / "create").chmod(0o644)
+    (status,) = diagnose_os([tmp_path])
+    assert "script 'create'" in status.reason and "not executable" in status.reason
+
+
+def test_api_15_needs_neither_verify_nor_parameters(tmp_path: Path) -> None:
+    make_os(tmp_path, "old", api="15\n10\n", parameters=None, skip=("verify",))
+    (os_def,) = list_os([tmp_path])
+    assert os_def.api_version == 15
+
+
+def test_boot_hints_expand_variables_and_defaults(tmp_path: Path) -> None:
+    make_os(tmp_path, "bb", haven_json='{"kernel_path": "${GUEST:-/cache}/vmlinuz", '
+            '"initrd_path": "img/initrd.gz", "kernel_args": "console=ttyS0 x=$X"}')
+    os_def, _ = find_os("bb", [tmp_path], environ={"X": "1"})
+    assert os_def.boot == BootHints(kernel_path="/cache/vmlinuz",
+                                    initrd_path=str(tmp_path / "bb" / "img/initrd.gz"),
+                                    kernel_args="console=ttyS0 x=1")
+    os_def, _ = find_os("bb", [tmp_path], environ={"GUEST": "/g"})
+    assert os_def.boot is not None and os_def.boot.kernel_path == "/g/vmlinuz"
+
+
+def test_expand_vars_is_shell_like() -> None:
+    env = {"A": "a", "E": ""}
+    assert expand_vars("$A ${A} ${B:-d} ${E:-e} ${B} $B.", env) == "a a d e  ."
+
+
+def test_the_shipped_busybox_os_is_valid_and_boots_a_kernel() -> None:
+    os_def, variant = find_os("busybox+default", environ={"HAVEN_GUEST_DIR": "/g"})
+    assert variant == "default" and os_def.path == REPO_OS / "busybox"
+    assert os_def.boot == BootHints("/g/vmlinuz", "/g/initrd.gz", "console=ttyS0 quiet")
+    os_def, _ = find_os("busybox", environ={})
+    assert os_def.boot is not None
+    assert os_def.boot.kernel_path == "/var/cache/haven/guest/vmlinuz"
+
+
+def test_environment_has_ganeti_names_and_values(tmp_path: Path) -> None:
+    make_os(tmp_path, "deb", variants="bookworm\ntrixie\n")
+    os_def, _ = find_os("deb", [tmp_path])
+    env = os_environment(
+        os_def, None, "vm1.example.com",
+        ["/dev/vg/disk0", DiskEnv("/srv/d1.img", access="ro", uuid="u1", size_mib=512,
+                                  name="data", backend_type="file:loop")],
+        "kvm", {"EXTRA": "x"},
+        nics=[NicEnv("aa:00:00:00:00:01", ip="192.0.2.5", mode="bridged", link="br0",
+                     uuid="n0"), NicEnv("aa:00:00:00:00:02", mode="routed", link="100")],
+        osparams={"root-size": "8"}, beparams={"maxmem": 512, "auto_balance": True},
+        hvparams={"disk_type": "paravirtual", "nic_type": "paravirtual"},
+        instance_uuid="iu", primary_node="node01", secondary_nodes=["node02"], debug=1)
+    assert env == {
+        "OS_API_VERSION": "20", "OS_NAME": "deb", "OS_VARIANT": "bookworm",
+        "DEBUG_LEVEL": "1", "PATH": "/sbin:/bin:/usr/sbin:/usr/bin", "OSP_ROOT_SIZE": "8",
+        "INSTANCE_NAME": "vm1.example.com", "INSTANCE_OS": "deb+bookworm",
+        "INSTANCE_UUID": "iu", "INSTANCE_PRIMARY_NODE": "node01",
+        "INSTANCE_SECONDARY_NODES": "node02", "HYPERVISOR": "kvm",
+        "DISK_COUNT": "2", "NIC_COUNT": "2",
+        "DISK_0_ACCESS": "rw", "DISK_0_UUID": "", "DISK_0_PATH": "/dev/vg/disk0",
+        "DISK_0_FRONTEND_TYPE": "paravirtual", "DISK_0_BACKEND_TYPE": "file:loop",
+        "DISK_1_ACCESS": "ro", "DISK_1_UUID": "u1", "DISK_1_SIZE": "512",
+        "DISK_1_PATH": "/srv/d1.img", "DISK_1_NAME": "data",
+        "DISK_1_FRONTEND_TYPE": "paravirtual", "DISK_1_BACKEND_TYPE": "file:loop",
+        "NIC_0_MAC": "aa:00:00:00:00:01", "NIC_0_UUID": "n0", "NIC_0_IP": "192.0.2.5",
+        "NIC_0_MODE": "bridged", "NIC_0_BRIDGE": "br0", "NIC_0_LINK": "br0",
+        "NIC_0_FRONTEND_TYPE": "paravirtual",
+        "NIC_1_MAC": "aa:00:00:00:00:02", "NIC_1_UUID": "", "NIC_1_MODE": "routed",
+        "NIC_1_LINK": "100", "NIC_1_FRONTEND_TYPE": "paravirtual",
+        "INSTANCE_BE_maxmem": "512", "INSTANCE_BE_auto_balance": "True",
+        "INSTANCE_HV_disk_type": "paravirtual", "INSTANCE_HV_nic_type": "paravirtual",
+        "EXTRA": "x",
+    }
+
+
+def test_environment_for_rename_import_export_and_reinstall(tmp_path: Path) -> None:
+    make_os(tmp_path, "plain", variants=None)
+    os_def, _ = find_os("plain", [tmp_path])
+    disks = ["/d0", "/d1"]
+    env = os_environment(os_def, None, "new", disks, "kvm", old_name="old", reinstall=True)
+    assert env["OLD_INSTANCE_NAME"] == "old" and env["INSTANCE_REINSTALL"] == "1"
+    assert env["OS_VARIANT"] == "" and env["INSTANCE_OS"] == "plain"
+    env = os_environment(os_def, None, "vm", disks, "kvm", export_index=1)
+    assert (env["EXPORT_DEVICE"], env["EXPORT_DISK_PATH"], env["EXPORT_INDEX"]) == \
+        ("/d1", "/d1", "1")
+    env = os_environment(os_def, None, "vm", disks, "kvm", import_index=0)
+    assert (env["IMPORT_DEVICE"], env["IMPORT_DISK_PATH"], env["IMPORT_INDEX"]) == \
+        ("/d0", "/d0", "0")
+    assert "EXPORT_DEVICE" not in env and "OLD_INSTANCE_NAME" not in env
+
+
+def test_verify_gets_only_the_core_environment(tmp_path: Path) -> None:
+    make_os(tmp_path, "deb", variants="bookworm\n")
+    os_def, _ = find_os("deb", [tmp_path])
+    assert os_core_environment(os_def, "bookworm", {"dhcp": "no"}) == {
+        "OS_API_VERSION": "20", "OS_NAME": "deb", "OS_VARIANT": "bookworm",
+        "DEBUG_LEVEL": "0", "PATH": "/sbin:/bin:/usr/sbin:/usr/bin", "OSP_DHCP": "no"}
+
+
+ECHO_ENV = "#!/bin/sh\necho \"cwd=$(pwd) args=$* name=$INSTANCE_NAME home=${HOME:-unset}\"\n"
+
+
+def test_script_runs_with_exactly_the_environment_and_logs(tmp_path: Path) -> None:
+    d = make_os(tmp_path / "os", "t", scripts={"create": ECHO_ENV, "verify": ECHO_ENV})
+    os_def, _ = find_os("t", [tmp_path / "os"])
+    env = os_environment(os_def, None, "vm1", [], "kvm")
+    run_os_script(os_def, "create", env, tmp_path / "logs" / "create.log", timeout=10)
+    assert (tmp_path / "logs" / "create.log").read_text() == \
+        f"cwd={d} args= name=vm1 home=unset\n"
+    run_os_script(os_def, "verify", os_core_environment(os_def, None), tmp_path / "v.log", 10)
+    assert "args=parameters name= " in (tmp_path / "v.log").read_text()
+
+
+def test_failing_create_keeps_its_log_and_raises_with_the_last_lines(tmp_path: Path) -> None:
+    script = "#!/bin/sh\nfor i in $(seq 1 30); do echo line $i; done\necho oops >&2\nexit 3\n"
+    make_os(tmp_path / "os", "t", scripts={"create": script})
+    os_def, _ = find_os("t", [tmp_path / "os"])
+    log = tmp_path / "create.log"
+    with pytest.raises(OpExecError) as err:
+        run_os_script(os_def, "create", os_environment(os_def, None, "vm1", [], "kvm"),
+                      log, timeout=10)
+    msg = err.value.message
+    assert msg.startswith("OS 't' script 'create' for vm1 failed with exit code 3")
+    assert str(log) in msg
+    assert msg.endswith("last lines: line 22 | line 23 | line 24 | line 25 | line 26 | "
+                        "line 27 | line 28 | line 29 | line 30 | oops")
+    assert log.read_text().splitlines()[0] == "line 1"
+    assert log.read_text().splitlines()[-1] == "oops"
+
+
+def test_a_script_past_its_timeout_is_killed_with_its_children(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    make_os(tmp_path / "os", "t", scripts={
+        "rename": f"#!/bin/sh\necho started\nsleep 30 &\necho $! > {pidfile}\nwait\n"})
+    os_def, _ = find_os("t", [tmp_path / "os"])
+    with pytest.raises(OpExecError, match=r"script 'rename' timed out after 0.5 s and was "
+                                          r"killed .*last lines: started"):
+        run_os_script(os_def, "rename", {}, tmp_path / "r.log", timeout=0.5)
+    child = int(pidfile.read_text())
+    for _ in range(100):  # the killed child may linger a moment as a zombie of init
+        try:
+            os.kill(child, 0)
+            if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
+                break
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail(f"the script's child {child} survived the timeout")
+
+
+def test_export_stdout_is_the_data_and_import_reads_stdin(tmp_path: Path) -> None:
+    make_os(tmp_path / "os", "t", scripts={
+        "export": "#!/bin/sh\necho progress >&2\nprintf 'DATA'\n",
+        "import": "#!/bin/sh\ncat > \"$IMPORT_DEVICE\"\necho imported\n"})
+    os_def, _ = find_os("t", [tmp_path / "os"])
+    disk = tmp_path / "disk"
+    with (tmp_path / "out").open("wb") as out:
+        run_os_script(os_def, "export", {}, tmp_path / "e.log", 10, stdout=out)
+    assert (tmp_path / "out").read_bytes() == b"DATA"
+    assert (tmp_path / "e.log").read_text() == "progress\n"
+    env = os_environment(os_def, None, "vm", [str(disk)], "kvm", import_index=0)
+    with (tmp_path / "out").open("rb") as data:
+        run_os_script(os_def, "import", env, tmp_path / "i.log", 10, stdin=data)
+    assert disk.read_bytes() == b"DATA"
+
+
+def test_a_missing_script_is_reported_not_raised_raw(tmp_path: Path) -> None:
+    d = make_os(tmp_path / "os", "t")
+    os_def, _ = find_os("t", [tmp_path / "os"])
+    (d / "export").unlink()
+    with pytest.raises(OpExecError, match="script 'export' could not be started"):
+        run_os_script(os_def, "export", {}, tmp_path / "e.log", 10)
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None,
+                    reason="e2fsprogs (mkfs.ext4, debugfs) is not installed")
+def test_busybox_os_creates_renames_and_verifies(tmp_path: Path) -> None:
+    os_def, variant = find_os("busybox+default", environ={})
+    disk = tmp_path / "disk0"
+    with disk.open("wb") as f:
+        f.truncate(16 << 20)
+    env = os_environment(os_def, variant, "vm1.example.com", [str(disk)], "kvm")
+    run_os_script(os_def, "create", env, tmp_path / "create.log", timeout=60)
+    assert "formatting disk 0" in (tmp_path / "create.log").read_text()
+
+    def cat(path: str) -> str:
+        out = subprocess.run(["debugfs", "-R", f"cat {path}", str(disk)],
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    assert cat("/etc/hostname") == "vm1.example.com"
+    env = os_environment(os_def, variant, "vm2", [str(disk)], "kvm",
+                         old_name="vm1.example.com")
+    run_os_script(os_def, "rename", env, tmp_path / "rename.log", timeout=60)
+    assert cat("/etc/hostname") == "vm2"
+    run_os_script(os_def, "verify", os_core_environment(os_def, variant), tmp_path / "v.log",
+                  timeout=10)
+    with pytest.raises(OpExecError, match="has no parameters; remove: dhcp"):
+        run_os_script(os_def, "verify", os_core_environment(os_def, variant, {"dhcp": "no"}),
+                      tmp_path / "v.log", timeout=10)
