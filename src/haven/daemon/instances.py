@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from haven.daemon import netdev
 from haven.errors import InvalidInput, NotFoundError, OpPrereqError
 from haven.hypervisor.base import Hypervisor, HypervisorError, NicSpec, VmInfo, VmSpec
 from haven.master import state
@@ -161,7 +162,7 @@ class NodeInstances:
             name=inst.name, uuid=inst.uuid, memory=inst.memory, vcpus=inst.vcpus,
             disks=self.disk_template(inst).assemble(inst),
             nics=tuple(NicSpec(n.index, n.mac, "bridged" if n.mode == "bridged" else "user",
-                               n.link, n.ip, f"tap-{inst.name[:6]}-{n.index}"
+                               n.link, n.ip, netdev.tap_name(inst.uuid, n.index)
                                if n.mode == "bridged" else "") for n in inst.nics),
             kernel_path=str(hv.get("kernel_path") or boot.get("kernel_path") or ""),
             initrd_path=str(hv.get("initrd_path") or boot.get("initrd_path") or ""),
@@ -187,7 +188,11 @@ class NodeInstances:
             return {"pid": current.pid, "already": True}
         if current is not None:  # powered off from inside: clear it first
             hv.stop(name, timeout=5)
-        info = hv.start(self.vm_spec(inst))
+        spec = self.vm_spec(inst)
+        for nic in spec.nics:
+            if nic.mode == "bridged":
+                netdev.plug(nic.tap, nic.link, self.d.name)
+        info = hv.start(spec)
         self.publish(inst, "running", info, restarts=restarts)
         self.emit(reason, inst, f"{reason} on {self.d.name} (pid {info.pid})")
         return {"pid": info.pid, "accel": info.accel}
@@ -208,6 +213,9 @@ class NodeInstances:
         hv.stop(name, timeout=timeout, force=force)
         hv.cleanup(name)
         if inst is not None:
+            for nic in inst.nics:
+                if nic.mode == "bridged":
+                    netdev.unplug(netdev.tap_name(inst.uuid, nic.index))
             self.publish(inst, "stopped", None)
             if running:
                 self.emit(reason, inst, f"{reason} on {self.d.name}")

@@ -1,0 +1,99 @@
+"""The agent's pure plan: what a node does with each instance, from one observation."""
+
+from __future__ import annotations
+
+from haven.agent.plan import AgentView, plan, summary
+from haven.hypervisor.base import VmInfo
+from haven.model.instance import Instance, Observed
+
+
+def inst(name: str = "vm1", node: str = "node01", admin: str = "up", gen: int = 1
+         ) -> Instance:
+    return Instance(name=name, uuid=f"u-{name}", os="busybox", hypervisor="kvm",
+                    disk_template="file", primary_node=node, admin_state=admin,
+                    generation=gen)
+
+
+def obs(state: str, restarts: int = 0, node: str = "node01", gen: int = 1, pid: int = 10,
+        name: str = "vm1") -> Observed:
+    return Observed(name=name, node=node, state=state, pid=pid, generation=gen,
+                    restarts=restarts)
+
+
+def vm(status: str = "running", pid: int = 10, name: str = "vm1") -> VmInfo:
+    return VmInfo(name=name, pid=pid, status=status)  # type: ignore[arg-type]
+
+
+def view(instances: list[Instance], observed: list[Observed] = (),  # type: ignore[assignment]
+         vms: list[VmInfo] = (), locked: set[str] = frozenset(),  # type: ignore[assignment]
+         offline: bool = False) -> AgentView:
+    return AgentView("node01", offline, {i.name: i for i in instances},
+                     {o.name: o for o in observed}, frozenset(locked),
+                     {v.name: v for v in vms})
+
+
+def kinds(v: AgentView) -> list[tuple[str, str, str]]:
+    return [(a.kind, a.name, a.reason) for a in plan(v)]
+
+
+def test_a_running_instance_that_is_reported_needs_nothing() -> None:
+    v = view([inst()], [obs("running")], [vm()])
+    assert plan(v) == []
+    assert summary(plan(v), 1) == "1 instance(s) as they should be"
+
+
+def test_an_instance_that_should_run_and_does_not_is_started() -> None:
+    [a] = plan(view([inst()]))
+    assert (a.kind, a.reason, a.restarts, a.generation) == ("start", "not running", 1, 1)
+
+
+def test_a_crashed_instance_is_restarted_and_counted() -> None:
+    [a] = plan(view([inst()], [obs("running", restarts=2)]))
+    assert (a.kind, a.reason, a.restarts) == ("start", "crashed", 3)
+
+
+def test_after_five_restarts_the_agent_gives_up() -> None:
+    [a] = plan(view([inst()], [obs("stopped", restarts=5)]))
+    assert (a.kind, a.restarts) == ("give_up", 5)
+    assert plan(view([inst()], [obs("failed", restarts=5)])) == []
+
+
+def test_restart_counts_of_an_older_generation_do_not_count() -> None:
+    [a] = plan(view([inst(gen=2)], [obs("running", restarts=5, gen=1)]))
+    assert (a.kind, a.restarts) == ("start", 1)
+
+
+def test_an_administratively_down_instance_is_stopped() -> None:
+    assert kinds(view([inst(admin="down")], [obs("running")], [vm()])) == [
+        ("stop", "vm1", "it is administratively down")]
+
+
+def test_a_vm_whose_primary_is_another_node_is_stopped_never_two_copies() -> None:
+    assert kinds(view([inst(node="node02")], [], [vm()])) == [
+        ("stop", "vm1", "its primary node is node02")]
+
+
+def test_a_vm_unknown_to_the_cluster_is_stopped() -> None:
+    assert kinds(view([], [], [vm(name="ghost")])) == [
+        ("stop", "ghost", "not in the cluster configuration")]
+
+
+def test_a_locked_instance_is_never_touched() -> None:
+    assert plan(view([inst()], locked={"vm1"})) == []
+    assert plan(view([inst(node="node02")], [], [vm()], locked={"vm1"})) == []
+
+
+def test_a_guest_that_powered_off_is_reported_user_down_not_restarted() -> None:
+    [a] = plan(view([inst()], [obs("running")], [vm("shutdown")]))
+    assert (a.kind, a.state) == ("publish", "user_down")
+    assert plan(view([inst()], [obs("user_down")], [vm("shutdown")])) == []
+    assert plan(view([inst()], [obs("user_down")])) == []
+
+
+def test_a_new_pid_is_published() -> None:
+    [a] = plan(view([inst()], [obs("running", pid=10)], [vm(pid=11)]))
+    assert (a.kind, a.state, a.pid) == ("publish", "running", 11)
+
+
+def test_an_offline_node_starts_nothing() -> None:
+    assert plan(view([inst()], offline=True)) == []
