@@ -541,3 +541,30 @@ def test_a_deposed_runner_never_releases_a_lock(master: Master) -> None:
     master.rec.open("a")
     wait_for(lambda: not runner.busy(), what="the deposed job thread ended")
     assert locks.held(master.store) == {"node/node02": job_id}
+
+
+def test_a_stale_listing_never_rewrites_a_finished_job(master: Master) -> None:
+    """The orphan sweep lists jobs, then adopts those no thread of ours runs; a job that
+    finished between the listing and the adoption keeps its outcome."""
+    job_id = master.submit(step("done"))
+    r = master.runner()
+    done = master.wait_final(job_id)
+    assert done.status == JobStatus.SUCCESS
+    stale_view = replace(done, status=JobStatus.RUNNING, opstatus=(OpStatus.RUNNING,))
+    guard = master.ctx.guard()
+    assert guard is not None
+    r._adopt(stale_view, guard, master.clock())
+    assert master.job(job_id).status == JobStatus.SUCCESS
+
+
+def test_a_job_whose_thread_died_while_we_stay_master_is_adopted(master: Master) -> None:
+    """A store outage can end a job's thread mid-way; the next scan adopts the job as a
+    new master would (here: run again, being resumable)."""
+    job_id = master.left_by_dead_master([step("orphan")], [OpStatus.RUNNING])
+    jobqueue.update(master.store, job_id, lambda j: replace(j, master="node01"))
+    r = master.runner(start=False)
+    r._scan()  # adopts it: requeued
+    assert master.job(job_id).status == JobStatus.QUEUED
+    r._scan()  # and runs it
+    job = master.wait_final(job_id)
+    assert job.status == JobStatus.SUCCESS and master.rec.ran == ["orphan"]

@@ -37,6 +37,9 @@ class JobRunner:
         self.store: Store = ctx.store
         self.max_parallel = max_parallel
         self._running: dict[int, threading.Thread] = {}
+        # Jobs a thread of ours owns, from before it starts until after it ends: a
+        # job in here is never "orphaned", however its stored status looks.
+        self._handling: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -98,7 +101,7 @@ class JobRunner:
         """Requeue a job nobody runs any more if it is safe to repeat (True), else
         finish it with a message that says why (False).  Frees its locks."""
         if job.status != JobStatus.CANCELING and _resumable(job):
-            jobqueue.update(self.store, job.id, _requeue, guard)
+            jobqueue.update(self.store, job.id, _unless_final(_requeue), guard)
             return True
         old = job.master or "the previous master"
         idx = next((i for i, s in enumerate(job.opstatus) if s != OpStatus.SUCCESS), 0)
@@ -110,7 +113,7 @@ class JobRunner:
             final, why = JobStatus.CANCELED, "Job canceled by request"
         else:
             final, why = JobStatus.ERROR, msg
-        jobqueue.update(self.store, job.id, _finisher(final, why, now), guard)
+        jobqueue.update(self.store, job.id, _unless_final(_finisher(final, why, now)), guard)
         for name, holder in locks.held(self.store).items():
             if holder == job.id:
                 locks.release(self.store, job.id, [name], guard)
@@ -167,8 +170,7 @@ class JobRunner:
 
     def _alive(self, job_id: int) -> bool:
         with self._lock:
-            t = self._running.get(job_id)
-            return t is not None and t.is_alive()
+            return job_id in self._handling
 
     def _raft_leader_check(self, now: float) -> None:
         if self.ctx.etcd_admin is None or now - self._last_raft_check < 10:
@@ -195,6 +197,7 @@ class JobRunner:
             t = threading.Thread(target=self._run_job, args=(job_id,),
                                  name=f"job-{job_id}", daemon=True)
             self._running[job_id] = t
+            self._handling.add(job_id)
         t.start()
 
     # -- execution -------------------------------------------------------------------
@@ -204,10 +207,13 @@ class JobRunner:
         except FencedOut:
             log.warning("job %s: no longer master, leaving it to the next one", job_id)
         except StoreError as exc:
-            log.warning("job %s: store unavailable (%s); the next master resumes it",
+            log.warning("job %s: store unavailable (%s); adopted at the next scan",
                         job_id, exc)
         except Exception:
             log.exception("job %s: internal error", job_id)
+        finally:
+            with self._lock:
+                self._handling.discard(job_id)
 
     def _execute(self, job_id: int) -> None:
         job, rev = jobqueue.read(self.store, job_id)
@@ -338,6 +344,12 @@ class _Tracked:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+
+def _unless_final(fn: Callable[[Job], Job]) -> Callable[[Job], Job]:
+    """Apply ``fn`` only to a job that has not finished: a listing may be stale, and a
+    finished job's outcome is never rewritten."""
+    return lambda j: j if j.status.finalized else fn(j)
 
 
 def _finisher(status: JobStatus, message: str, now: float) -> Callable[[Job], Job]:
