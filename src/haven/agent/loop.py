@@ -61,8 +61,33 @@ class Agent:
             actions = plan(view)
             for a in actions:
                 self.execute(a, view)
-            return summary(actions, sum(1 for i in view.instances.values()
+            line = summary(actions, sum(1 for i in view.instances.values()
                                         if i.primary_node == view.node))
+            if any(i.disk_template == "drbd" for i in view.instances.values()):
+                line += self.replicate(view)
+            return line
+
+    def replicate(self, view: AgentView) -> str:
+        """The replication half of the cycle (drbd instances only)."""
+        from haven.agent.replan import RepView, plan_replication
+        from haven.master import state
+
+        rep = self.d.replication
+        running = frozenset(n for n, vm in view.vms.items()
+                            if vm.status in ("running", "paused"))
+        rview = RepView(view.node, view.instances, view.locked, running, rep.exported(),
+                        rep.mirrors(view.instances, running), rep.replicas(),
+                        frozenset(state.alive(self.d.store())))
+        done = []
+        for a in plan_replication(rview):
+            if self.d.store().get(Keys.lock(f"instance/{a.name}")) is not None:
+                continue
+            try:
+                rep.execute(a, view.instances.get(a.name))
+                done.append(f"{a.kind} {a.name}")
+            except HavenError as exc:
+                log.warning("agent: %s %s failed: %s", a.kind, a.name, exc.message)
+        return ("; " + ", ".join(done)) if done else ""
 
     def observe(self) -> AgentView:
         store = self.d.store()

@@ -15,7 +15,8 @@ from haven.errors import InvalidInput, NotFoundError, OpPrereqError
 from haven.master import state
 from haven.model.event import Event
 from haven.model.instance import Instance, Observed, ganeti_status
-from haven.model.keys import EVENTS, INSTANCES, OBSERVED, Keys
+from haven.model.keys import EVENTS, INSTANCES, OBSERVED, REPLICAS, Keys
+from haven.model.replica import Replicas
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
@@ -48,6 +49,22 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("PUT", "/2/instances/{name}/rename", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_RENAME", "instance_name": q.params["name"],
         "new_name": _body(q).get("new_name", "")}]), write=True)
+    r.add("PUT", "/2/instances/{name}/failover", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": q.params["name"],
+        **_body(q)}]), write=True)
+    r.add("PUT", "/2/instances/{name}/activate-disks", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_ACTIVATE_DISKS", "instance_name": q.params["name"]}]),
+          write=True)
+    r.add("PUT", "/2/instances/{name}/deactivate-disks", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_DEACTIVATE_DISKS", "instance_name": q.params["name"]}]),
+          write=True)
+    r.add("POST", "/2/instances/{name}/replace-disks", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_REPLACE_DISKS", "instance_name": q.params["name"],
+        "mode": q.qstr("mode") or "replace_auto", "remote_node": q.qstr("remote_node") or ""}]),
+          write=True)
+    r.add("POST", "/2/instances/{name}/disk/{idx}/grow", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_GROW_DISK", "instance_name": q.params["name"],
+        "disk": int(q.params["idx"]), **_body(q)}]), write=True)
     r.add("GET", "/2/instances/{name}/console", lambda q: console_info(d, q.params["name"]),
           write=True)
     r.add("GET", "/haven/instances/{name}/console",
@@ -71,7 +88,14 @@ def install(r: Router, d: NodeDaemon) -> None:
         q.params["name"], str(_body(q)["script"]), _body(q).get("os"),
         _body(q).get("env") or {}), write=True)
     r.add("POST", base + "/start", lambda q: m.start(
-        q.params["name"], _body(q).get("generation")), write=True)
+        q.params["name"], _body(q).get("generation"),
+        force=bool(_body(q).get("force", False))), write=True)
+    rep = d.replication
+    r.add("POST", base + "/export", lambda q: rep.export(m.instance(q.params["name"])[0]),
+          write=True)
+    r.add("POST", base + "/unexport", lambda q: rep.unexport(q.params["name"]), write=True)
+    r.add("POST", base + "/unprotect", lambda q: unprotect(d, q.params["name"]), write=True)
+    r.add("GET", "/haven/node/volumes", lambda _q: volumes(d), write=True)
     r.add("POST", base + "/stop", lambda q: m.stop(
         q.params["name"], float(_body(q).get("timeout", 120)),
         bool(_body(q).get("force", False))), write=True)
@@ -114,8 +138,17 @@ def _instances(d: NodeDaemon) -> tuple[list[Instance], dict[str, Observed]]:
     return insts, obs
 
 
+def _replicas(d: NodeDaemon) -> dict[str, Replicas]:
+    kvs, _ = d.store().list(REPLICAS)
+    out = {}
+    for kv in kvs:
+        r = Replicas.from_json(json.loads(kv.value))
+        out[r.instance] = r
+    return out
+
+
 def instance_view(inst: Instance, obs: Observed | None, alive: set[str],
-                  offline: set[str]) -> dict[str, Any]:
+                  offline: set[str], reps: Replicas | None = None) -> dict[str, Any]:
     """An instance in RAPI's bulk shape (Ganeti's field names)."""
     elsewhere = obs.node if obs is not None and obs.state == "running" and \
         obs.node != inst.primary_node else None
@@ -135,7 +168,7 @@ def instance_view(inst: Instance, obs: Observed | None, alive: set[str],
         "disk.count": len(inst.disks),
         "nic.macs": [n.mac for n in inst.nics], "nic.ips": [n.ip or None for n in inst.nics],
         "nic.modes": [n.mode for n in inst.nics], "nic.links": [n.link for n in inst.nics],
-        "nic.count": len(inst.nics), "network_port": None, "tags": [],
+        "nic.count": len(inst.nics), "tags": [],
         "ctime": inst.ctime, "mtime": inst.mtime, "serial_no": inst.serial_no,
         "generation": inst.generation,
         "restarts": obs.restarts if obs else 0, "pid": obs.pid if obs and running else None,
@@ -143,7 +176,22 @@ def instance_view(inst: Instance, obs: Observed | None, alive: set[str],
         "observed": obs.message if obs else "",
         "disks": [dk.__dict__ for dk in inst.disks],
         "nics": [n.__dict__ for n in inst.nics],
+        "network_port": inst.network_port or None,
+        "replicas": reps.to_json()["nodes"] if reps else {},
+        "replica_generation": reps.generation if reps else None,
+        "degraded": _degraded(inst, reps),
     }
+
+
+def _degraded(inst: Instance, reps: Replicas | None) -> list[str]:
+    if inst.disk_template != "drbd":
+        return []
+    if reps is None:
+        return ["no replica states yet"]
+    out = reps.degraded(len(inst.disks))
+    if reps.generation != inst.generation:
+        out.append(f"states from generation {reps.generation}")
+    return out
 
 
 def list_instances(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
@@ -153,7 +201,9 @@ def list_instances(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
     store = d.store()
     alive = set(state.alive(store))
     offline = {n.name for n in state.nodes(store) if n.offline}
-    return [instance_view(i, obs.get(i.name), alive, offline) for i in insts]
+    reps = _replicas(d)
+    return [instance_view(i, obs.get(i.name), alive, offline, reps.get(i.name))
+            for i in insts]
 
 
 def one_instance(d: NodeDaemon, name: str) -> dict[str, Any]:
@@ -166,7 +216,9 @@ def one_instance(d: NodeDaemon, name: str) -> dict[str, Any]:
     obs = Observed.from_json(json.loads(okv.value)) if okv else None
     alive = set(state.alive(store))
     offline = {n.name for n in state.nodes(store) if n.offline}
-    return instance_view(inst, obs, alive, offline)
+    rkv = store.get(Keys.replicas(name))
+    reps = Replicas.from_json(json.loads(rkv.value)) if rkv else None
+    return instance_view(inst, obs, alive, offline, reps)
 
 
 def console_info(d: NodeDaemon, name: str) -> dict[str, Any]:
@@ -249,3 +301,33 @@ def events(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
         if joined is None:
             return out
         joined.hub.wait(min(1.0, deadline - time.monotonic()))
+
+
+def unprotect(d: NodeDaemon, name: str) -> None:
+    """Stop mirroring the instance's disks (the agent protects again, to the current
+    secondary, once the job that asked for this releases the instance)."""
+    from haven.hypervisor.qemu import replication
+
+    inst, _ = d.instances.instance(name)
+    if name not in d.instances.all_vms():
+        return
+    qmp = d.replication._qmp(name)
+    for disk in inst.disks:
+        replication.unprotect(qmp, disk.index)
+
+
+def volumes(d: NodeDaemon) -> list[dict[str, Any]]:
+    """Every disk file this node holds, and the instance it belongs to."""
+    insts, _ = _instances(d)
+    by_uuid = {i.uuid: i for i in insts}
+    paths = d.instances.storage_paths()
+    out = []
+    for kind, root in (("file", paths.file), ("drbd", paths.file.parent / "drbd")):
+        if not root.exists():
+            continue
+        for f in sorted(root.glob("*/*")):
+            inst = by_uuid.get(f.parent.name)
+            out.append({"node": d.name, "phys": str(f), "vg": kind, "name": f.name,
+                        "size": f.stat().st_size // 2**20,
+                        "instance": inst.name if inst else "-"})
+    return out

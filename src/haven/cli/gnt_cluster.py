@@ -122,6 +122,20 @@ def cmd_master_failover(args: Any) -> int:
     return 0
 
 
+def cmd_verify_disks(_args: Any) -> int:
+    res = submit_and_wait(Client.from_config(), [{"OP_ID": "OP_CLUSTER_VERIFY_DISKS"}])
+    if not res:
+        print("All replicated disks are in sync.")
+        return 0
+    for item in res:
+        down = f" (down: {', '.join(item['nodes_down'])})" if item["nodes_down"] else \
+            " (resyncing: the agents copy what changed)"
+        print(f"Instance {item['instance']}{down}:")
+        for p in item["problems"]:
+            print(f"  - {p}")
+    return 0
+
+
 def cmd_redist(args: Any) -> int:
     res = submit_and_wait(Client.from_config(), [{"OP_ID": "OP_CLUSTER_REDIST_CONF"}],
                           args.submit)
@@ -183,6 +197,8 @@ def build_parser(prog: str = "gnt-cluster") -> ArgParser:
     mp.add_argument("--yes-do-it", action="store_true")
     mp.add_argument("--target", help="the node to make master (default: this node)")
     mp.set_defaults(fn=cmd_master_failover)
+    sub.add_parser("verify-disks", help="list degraded replicated disks").set_defaults(
+        fn=cmd_verify_disks)
     rp = sub.add_parser("redist-conf")
     rp.add_argument("--submit", action="store_true")
     rp.set_defaults(fn=cmd_redist)

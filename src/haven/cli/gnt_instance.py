@@ -33,6 +33,7 @@ FIELDS: dict[str, tuple[str, bool, Any]] = {
     "mtime": ("MTime", False, None), "serial_no": ("SerialNo", True, None),
     "tags": ("Tags", False, None), "restarts": ("Restarts", True, None),
     "accel": ("Accel", False, None), "generation": ("Generation", True, None),
+    "degraded": ("Degraded", False, None), "network_port": ("Network_port", True, None),
 }
 DEFAULT_FIELDS = ["name", "hypervisor", "os", "pnode", "status", "oper_ram"]
 
@@ -92,6 +93,11 @@ def cmd_list(args: Any) -> int:
                        args.no_headers, [FIELDS[f][1] for f in fields])
     if out:
         print(out)
+    # The table stays Ganeti's (scripts parse it); degraded disks are flagged aside.
+    for i in sorted(insts, key=lambda i: i["name"]):
+        if i.get("degraded"):
+            print(f"WARNING: {i['name']} has degraded disks: {'; '.join(i['degraded'])}",
+                  file=sys.stderr)
     return 0
 
 
@@ -134,6 +140,15 @@ def cmd_info(args: Any) -> int:
         for dk in i["disks"]:
             print(f"    - disk/{dk['index']}: {dk['format']}, size {format_unit(dk['size'])}"
                   f", mode {dk['mode']}" + (f", {dk['path']}" if dk["path"] else ""))
+            for node, disks in sorted(i.get("replicas", {}).items()):
+                r = disks.get(str(dk["index"]), {})
+                role = "primary" if node == i["pnode"] else "secondary"
+                pct = f" {r.get('percent', 0):.0f}%" if r.get("state") == "Inconsistent" else ""
+                msg = f" ({r['message']})" if r.get("message") else ""
+                print(f"      {role} {node}: {r.get('state', 'Unknown')}{pct}{msg}")
+        if i.get("replica_generation") is not None:
+            print(f"  Replica states at generation {i['replica_generation']}"
+                  + (f"; port {i['network_port']}" if i.get("network_port") else ""))
     return 0
 
 
@@ -238,6 +253,50 @@ def cmd_grow_disk(args: Any) -> int:
     return 0
 
 
+def cmd_failover(args: Any) -> int:
+    if not args.force and sys.stdin.isatty():
+        _confirm(f"Failover will stop instance {args.name} on its primary and start it on "
+                 f"the other node.", False)
+    res = submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": args.name,
+        "ignore_consistency": args.ignore_consistency,
+        "shutdown_timeout": args.shutdown_timeout, "target_node": args.node or ""}],
+        args.submit)
+    if res:
+        print(f"Instance {res['instance']} failed over from {res['from']} to {res['to']}.")
+    return 0
+
+
+def cmd_activate_disks(args: Any) -> int:
+    res = submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_INSTANCE_ACTIVATE_DISKS", "instance_name": args.name}], args.submit)
+    for node, disk, path in res or []:
+        print(f"{node}:{disk}:{path}")
+    return 0
+
+
+def cmd_deactivate_disks(args: Any) -> int:
+    submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_INSTANCE_DEACTIVATE_DISKS", "instance_name": args.name,
+        "force": args.force}], args.submit)
+    return 0
+
+
+def cmd_replace_disks(args: Any) -> int:
+    modes = [m for m, on in (("replace_on_secondary", args.on_secondary),
+                             ("replace_on_primary", args.on_primary),
+                             ("replace_new_secondary", bool(args.new_secondary)),
+                             ("replace_auto", args.auto)) if on]
+    if len(modes) != 1:
+        raise InvalidInput("Give exactly one of -s, -p, -n NODE or -a.")
+    res = submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_INSTANCE_REPLACE_DISKS", "instance_name": args.name,
+        "mode": modes[0], "remote_node": args.new_secondary or ""}], args.submit)
+    if res and not res.get("replaced", True):
+        print(f"Nothing to do: the replicas of {args.name} are {res.get('reason')}.")
+    return 0
+
+
 def build_parser(prog: str = "gnt-instance") -> ArgParser:
     p = ArgParser(prog=prog, description="Manage instances")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgParser)
@@ -335,6 +394,33 @@ def build_parser(prog: str = "gnt-instance") -> ArgParser:
     rn.add_argument("name")
     rn.add_argument("new_name")
     rn.set_defaults(fn=cmd_rename)
+
+    f = sub.add_parser("failover", help="restart an instance on its secondary node")
+    f.add_argument("--ignore-consistency", action="store_true",
+                   help="start even if the replica there is not UpToDate (loses writes)")
+    f.add_argument("--shutdown-timeout", type=float, default=120.0)
+    f.add_argument("-n", "--target-node", dest="node")
+    f.add_argument("-f", "--force", action="store_true")
+    f.add_argument("--submit", action="store_true")
+    f.add_argument("name")
+    f.set_defaults(fn=cmd_failover)
+    ad = sub.add_parser("activate-disks")
+    ad.add_argument("--submit", action="store_true")
+    ad.add_argument("name")
+    ad.set_defaults(fn=cmd_activate_disks)
+    dd = sub.add_parser("deactivate-disks")
+    dd.add_argument("-f", "--force", action="store_true")
+    dd.add_argument("--submit", action="store_true")
+    dd.add_argument("name")
+    dd.set_defaults(fn=cmd_deactivate_disks)
+    rd = sub.add_parser("replace-disks")
+    rd.add_argument("-s", "--on-secondary", action="store_true")
+    rd.add_argument("-p", "--on-primary", action="store_true")
+    rd.add_argument("-n", "--new-secondary")
+    rd.add_argument("-a", "--auto", action="store_true")
+    rd.add_argument("--submit", action="store_true")
+    rd.add_argument("name")
+    rd.set_defaults(fn=cmd_replace_disks)
 
     g = sub.add_parser("grow-disk")
     g.add_argument("--absolute", action="store_true")

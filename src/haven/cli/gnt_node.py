@@ -133,6 +133,34 @@ def cmd_modify(args: Any) -> int:
     return 0
 
 
+def cmd_volumes(args: Any) -> int:
+    c = Client.from_config()
+    nodes = args.names or [n["id"] for n in c.get("/2/nodes")]
+    rows = []
+    for name in nodes:
+        node = c.get(f"/2/nodes/{name}")
+        if not node.get("alive"):
+            print(f"Node {name} is down; its volumes are not listed.", file=sys.stderr)
+            continue
+        from haven.cli.client import Client as _C
+
+        rows += [[v["node"], v["phys"], v["vg"], v["name"], format_unit(v["size"]),
+                  v["instance"]] for v in _C([f"{node['pip']}:{node['api_port']}"],
+                                             *_creds(c)).get("/haven/node/volumes")]
+    out = render_table(["Node", "PhysDev", "VG", "Name", "Size", "Instance"], rows,
+                       args.separator, args.no_headers, [False, False, False, False, True])
+    if out:
+        print(out)
+    return 0
+
+
+def _creds(c: Client) -> tuple[Any, Any, Any]:
+    from haven import clientconf
+
+    conf = clientconf.load() or {}
+    return conf.get("cert"), conf.get("user"), conf.get("password")
+
+
 def build_parser(prog: str = "gnt-node") -> ArgParser:
     p = ArgParser(prog=prog, description="Manage the cluster's nodes")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgParser)
@@ -162,6 +190,11 @@ def build_parser(prog: str = "gnt-node") -> ArgParser:
     rp.add_argument("--submit", action="store_true")
     rp.add_argument("name")
     rp.set_defaults(fn=cmd_remove)
+    vp = sub.add_parser("volumes", help="disk files and replicas on the nodes")
+    vp.add_argument("--separator")
+    vp.add_argument("--no-headers", action="store_true")
+    vp.add_argument("names", nargs="*")
+    vp.set_defaults(fn=cmd_volumes)
     mp = sub.add_parser("modify", help="change a node's flags")
     mp.add_argument("-C", "--master-candidate", type=yes_no, metavar="yes|no")
     mp.add_argument("-D", "--drained", type=yes_no, metavar="yes|no")

@@ -172,7 +172,7 @@ class NodeInstances:
             cpu_model=str(hv.get("cpu_type") or "qemu64"))
 
     def start(self, name: str, generation: int | None = None, reason: str = "started",
-              restarts: int = 0) -> dict[str, Any]:
+              restarts: int = 0, force: bool = False) -> dict[str, Any]:
         inst, _ = self.instance(name)
         if inst.primary_node != self.d.name:
             raise OpPrereqError(f"Instance {name} has primary node {inst.primary_node}, "
@@ -180,6 +180,8 @@ class NodeInstances:
         if generation is not None and inst.generation != generation:
             raise OpPrereqError(f"Instance {name} changed (generation {inst.generation}, "
                                 f"expected {generation}); not starting a stale copy.")
+        if inst.disk_template == "drbd":
+            self._check_promotable(inst, force)
         hv = self.hypervisor(inst.hypervisor)
         vms = hv.list()
         current = vms.get(name)
@@ -220,6 +222,28 @@ class NodeInstances:
             if running:
                 self.emit(reason, inst, f"{reason} on {self.d.name}")
         return {"stopped": running}
+
+    def _check_promotable(self, inst: Instance, force: bool) -> None:
+        """The data rule: run on a replica only if the store says it is UpToDate at the
+        instance's current generation (or the administrator forced it)."""
+        import json as _json
+
+        from haven.model.replica import Replicas
+
+        kv = self.d.store().get(Keys.replicas(inst.name))
+        reps = Replicas.from_json(_json.loads(kv.value)) if kv else None
+        if reps is None or not reps.node_up_to_date(self.d.name, len(inst.disks),
+                                                    inst.generation):
+            what = ", ".join(reps.degraded(len(inst.disks))) if reps else "no replica states"
+            if not force:
+                raise OpPrereqError(
+                    f"The replica of {inst.name} on {self.d.name} is not known UpToDate at "
+                    f"generation {inst.generation} ({what}); starting it could lose "
+                    f"acknowledged writes. Use --ignore-consistency to force it.")
+            self.emit("forced", inst, f"started on {self.d.name} although its replica is "
+                      f"not known UpToDate ({what})", "warning")
+        # This node may have exported the replica as a secondary until now.
+        self.d.replication.unexport(inst.name)
 
     def reboot(self, name: str) -> None:
         inst, _ = self.instance(name)

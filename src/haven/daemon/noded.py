@@ -23,6 +23,7 @@ from haven.daemon.etcd_member import EtcdMember
 from haven.daemon.hub import EventHub
 from haven.daemon.instances import NodeInstances
 from haven.daemon.localstate import JoinedState, LocalState, write_private
+from haven.daemon.replication import NodeReplication
 from haven.daemon.role import MasterRole
 from haven.daemon.settings import DaemonSettings
 from haven.errors import HavenError, NodeSetupError
@@ -70,6 +71,7 @@ class NodeDaemon:
         self._alive_lease = 0
         self.started = time.time()
         self.instances = NodeInstances(self)
+        self.replication = NodeReplication(self)
 
     # -- process lifecycle -----------------------------------------------------------
     def run(self) -> None:
@@ -152,6 +154,7 @@ class NodeDaemon:
             joined.role = role
             agent = Agent(self)
             joined.agent = agent
+            # Not REPLICAS: the agent itself writes them while a sync progresses.
             for prefix in (INSTANCES, OBSERVED, LOCKS):
                 hub.subscribe(prefix, lambda _k: agent.wake.set())
             hub.start()

@@ -79,6 +79,7 @@ class Instance:
     osparams: dict[str, Any] = field(default_factory=dict)
     admin_state: str = "down"
     generation: int = 1
+    network_port: int = 0  # drbd: the port the secondary's replication export listens on
     ctime: float = 0.0
     mtime: float = 0.0
     serial_no: int = 1

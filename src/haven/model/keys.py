@@ -14,6 +14,7 @@ LOCKS = "locks/"
 EVENTS = "events/"
 INSTANCES = "instances/"
 OBSERVED = "observed/"
+REPLICAS = "replicas/"
 COUNTERS = "counters/"
 
 
@@ -43,6 +44,10 @@ class Keys:
     @staticmethod
     def observed(name: str) -> str:
         return OBSERVED + name
+
+    @staticmethod
+    def replicas(name: str) -> str:
+        return REPLICAS + name
 
     @staticmethod
     def job(job_id: int) -> str:

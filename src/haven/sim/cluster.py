@@ -160,6 +160,15 @@ def node_pids(n: SimNode) -> dict[str, int]:
         pid = procs.running_pid(n.dir / pid_file, expect)
         if pid is not None:
             pids[label] = pid
+    # VMs and storage daemons, by their pid files (their command lines may only hold
+    # paths relative to the run directory).
+    run = n.dir / "run"
+    for pid_file in (*run.glob("*.pid"), *run.glob("*/*.pid")):
+        pid = procs.read_pid(pid_file)
+        # A recycled pid must not be killed: the process must still look like ours.
+        if pid is not None and pid not in pids.values() and (
+                procs.pid_alive(pid, "qemu") or procs.pid_alive(pid, pid_file.stem)):
+            pids[pid_file.stem] = pid
     marker = str(n.dir)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

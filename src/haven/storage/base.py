@@ -36,6 +36,8 @@ class DiskTemplate(abc.ABC):
     SHARED: ClassVar[bool] = False
     #: The template needs no disks at all.
     DISKLESS: ClassVar[bool] = False
+    #: Two replicas on two nodes, kept in sync by the node agents.
+    REPLICATED: ClassVar[bool] = False
 
     def __init__(self, paths: StoragePaths) -> None:
         self.paths = paths
@@ -68,11 +70,12 @@ class DiskTemplate(abc.ABC):
 
 
 def template(name: str, paths: StoragePaths) -> DiskTemplate:
+    from haven.storage.drbd import DrbdTemplate
     from haven.storage.file import DisklessTemplate, FileTemplate, SharedFileTemplate
 
     table: dict[str, type[DiskTemplate]] = {
         "file": FileTemplate, "sharedfile": SharedFileTemplate,
-        "diskless": DisklessTemplate}
+        "diskless": DisklessTemplate, "drbd": DrbdTemplate}
     cls = table.get(name)
     if cls is None:
         raise InvalidInput(f"Disk template {name!r} is not supported; use one of "

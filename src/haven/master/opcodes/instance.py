@@ -173,9 +173,6 @@ class InstanceCreate(InstanceLU):
             raise OpPrereqError(f"Hypervisor {self.op['hypervisor']} is not enabled in this "
                                 f"cluster (enabled: {', '.join(cluster.enabled_hypervisors)}).")
         tmpl = self.op["disk_template"]
-        if tmpl == "drbd":
-            raise OpPrereqError(f"Disk template drbd is not available yet in this Haven; "
-                                f"create {name} with -t file or -t sharedfile.")
         if tmpl not in cluster.enabled_disk_templates:
             raise OpPrereqError(f"Disk template {tmpl} is not enabled in this cluster (enabled: "
                                 f"{', '.join(cluster.enabled_disk_templates)}).")
@@ -192,6 +189,13 @@ class InstanceCreate(InstanceLU):
             self.pnode = self.op["pnode"]
         else:
             self.pnode = iu.allocate(self, memory, name)
+        self.snode = ""
+        if tmpl == "drbd":
+            self.snode = iu.secondary_for(self, self.pnode, self.op["snode"], name,
+                                          sum(d["size"] for d in self.op["disks"]))
+        elif self.op["snode"]:
+            raise InvalidInput(f"A secondary node applies to the drbd template only; "
+                               f"drop ':{self.op['snode']}' from -n.")
         taken = iu.macs_in_use(self)
         self.nics = []
         for i, n in enumerate(self.op["nics"] or [{}]):
@@ -218,6 +222,8 @@ class InstanceCreate(InstanceLU):
             name=name, uuid=str(uuid.uuid4()), os=self.op["os_type"] or "none",
             hypervisor=self.op["hypervisor"], disk_template=self.op["disk_template"],
             primary_node=self.pnode,
+            secondary_nodes=(self.snode,) if self.snode else (),
+            network_port=iu.replication_port(self) if self.snode else 0,
             disks=tuple(Disk(str(uuid.uuid4()), i, d["size"], "", self.op["disk_format"],
                              d["mode"]) for i, d in enumerate(self.op["disks"])),
             nics=tuple(self.nics), beparams=be, hvparams=self.op["hvparams"],
@@ -233,6 +239,11 @@ class InstanceCreate(InstanceLU):
                 created = iu.node_call(self, self.pnode, "create-disks", name)
                 done.append("disks")
                 self.save(replace(self.inst, disks=tuple(Disk.from_json(d) for d in created)))
+            if self.snode:
+                self.feedback(f"* creating the replica(s) on {self.snode}")
+                iu.node_call(self, self.snode, "create-disks", name)
+                done.append("replicas")
+                iu.init_replicas(self, self.inst)
             if not self.op["no_install"]:
                 self.feedback(f"* running the instance OS create script ({inst.os})")
                 iu.node_call(self, self.pnode, "os", name, {"script": "create"},
@@ -263,10 +274,17 @@ class InstanceCreate(InstanceLU):
                 iu.node_call(self, self.pnode, "remove-disks", name)
             except HavenError as exc:
                 self.feedback(f"Could not remove the disks of {name}: {exc.message}")
+        if "replicas" in done:
+            try:
+                iu.node_call(self, self.snode, "unexport", name)
+                iu.node_call(self, self.snode, "remove-disks", name)
+            except HavenError as exc:
+                self.feedback(f"Could not remove the replicas of {name}: {exc.message}")
         guard = self.c.guard()
         if guard is not None:
             self.c.store.delete(Keys.instance(name), guard=guard)
             self.c.store.delete(Keys.observed(name), guard=guard)
+            self.c.store.delete(Keys.replicas(name), guard=guard)
 
 
 @register
@@ -285,6 +303,9 @@ class InstanceRemove(InstanceLU):
             iu.node_call(self, node, "stop", name, {"timeout": self.op["shutdown_timeout"]},
                          timeout=self.op["shutdown_timeout"] + 30)
             iu.node_call(self, node, "remove-disks", name)
+            for snode in self.inst.secondary_nodes:
+                iu.node_call(self, snode, "unexport", name)
+                iu.node_call(self, snode, "remove-disks", name)
         except HavenError as exc:
             if not self.op["ignore_failures"]:
                 raise OpPrereqError(f"Could not remove instance {name} from node {node}: "
@@ -294,6 +315,7 @@ class InstanceRemove(InstanceLU):
         guard = self.require_guard()
         self.c.store.delete(Keys.instance(name), guard=guard)
         self.c.store.delete(Keys.observed(name), guard=guard)
+        self.c.store.delete(Keys.replicas(name), guard=guard)
         emit(self, "removed", name, f"removed from {node}")
         return {"instance": name, "removed": True}
 
@@ -453,11 +475,15 @@ class InstanceGrowDisk(InstanceLU):
         if self.new_size <= disk.size:
             raise OpPrereqError(f"Disk {disk.index} of {self.inst.name} is {disk.size} MiB; "
                                 f"it can only grow, not shrink to {self.new_size} MiB.")
+        if self.inst.disk_template == "drbd":
+            # Both replicas must grow together; with a live mirror QEMU 7.2 cannot.
+            self.require_stopped("growing a replicated disk")
         self.disk = disk
 
     def exec(self) -> Any:
-        iu.node_call(self, self.inst.primary_node, "grow-disk", self.inst.name,
-                     {"index": self.disk.index, "size": self.new_size})
+        for node in (self.inst.primary_node, *self.inst.secondary_nodes):
+            iu.node_call(self, node, "grow-disk", self.inst.name,
+                         {"index": self.disk.index, "size": self.new_size})
         disks = tuple(replace(d, size=self.new_size) if d.index == self.disk.index else d
                       for d in self.inst.disks)
         self.save(self.inst.modified(self.c.clock(), disks=disks))

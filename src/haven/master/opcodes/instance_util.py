@@ -150,3 +150,50 @@ def check_unique_name(lu: LogicalUnit, name: str) -> None:
     if lu.c.store.get(Keys.instance(name)) is not None:
         raise ExistsError(f"Instance name {name} is already in use; pick another name or "
                           f"remove the existing instance first.")
+
+
+def secondary_for(lu: LogicalUnit, pnode: str, snode: str, name: str, size: int) -> str:
+    """The secondary node of a new ``drbd`` instance: the one given, checked, or the
+    live node other than ``pnode`` with the most free storage."""
+    if snode:
+        if snode == pnode:
+            raise OpPrereqError(f"The primary and secondary node of {name} are both "
+                                f"{pnode}; give two different nodes (-n {pnode}:OTHER).")
+        iu_node = usable_node(lu, snode, f"the replica of {name}")
+        sfacts = state.facts(lu.c.store).get(iu_node.name)
+        if sfacts is not None and sfacts.storage_free < size:
+            raise InsufficientResources(
+                f"Node {snode} has {sfacts.storage_free} MiB of free storage; the replica of "
+                f"{name} needs {size} MiB. Free space there or pick another secondary.")
+        return snode
+    alive = set(state.alive(lu.c.store))
+    facts = state.facts(lu.c.store)
+    options = [n.name for n in state.nodes(lu.c.store)
+               if n.name != pnode and n.vm_capable and not n.offline and not n.drained
+               and n.name in alive and facts.get(n.name) is not None
+               and facts[n.name].storage_free >= size]
+    if not options:
+        raise OpPrereqError(f"Instance {name} uses the drbd template, which needs a second "
+                            f"node for its replica, and no other node can take it; add one "
+                            f"with gnt-node add.")
+    return max(options, key=lambda n: (facts[n].storage_free, n))
+
+
+def replication_port(lu: LogicalUnit) -> int:
+    """A cluster-unique TCP port for a new instance's replication export."""
+    from haven.master import jobqueue
+
+    return 11000 + jobqueue.next_id(lu.c.store, "replication-port") % 20000
+
+
+def init_replicas(lu: LogicalUnit, inst: Instance) -> None:
+    """A new replicated instance: the primary's copy is the truth, the secondary has
+    nothing yet (its initial sync starts with the VM)."""
+    from haven.model.replica import INCONSISTENT, UP_TO_DATE, DiskReplica, Replicas
+
+    n = range(len(inst.disks))
+    reps = Replicas(inst.name, inst.generation, {
+        inst.primary_node: {i: DiskReplica(UP_TO_DATE) for i in n},
+        inst.secondary_nodes[0]: {i: DiskReplica(INCONSISTENT, 0.0) for i in n}})
+    lu.c.store.put(Keys.replicas(inst.name), state.dumps(reps.to_json()),
+                   guard=lu.require_guard())

@@ -1,0 +1,157 @@
+"""This node's part in keeping ``drbd`` replicas in sync: observe the exports and the
+mirrors, and carry out what :mod:`haven.agent.replan` decides.
+
+Reporting a peer ``Outdated`` follows DRBD's resource-and-stonith rule: the VM's I/O is
+frozen, the new state is written by compare-and-swap (which needs etcd quorum), and
+only then is the VM thawed.  A primary that cannot reach quorum stays frozen, and is
+fenced by losing its lease.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from haven.agent.replan import Mirror, RepAction
+from haven.errors import HavenError, OpExecError
+from haven.master import state
+from haven.model.instance import Instance
+from haven.model.keys import REPLICAS, Keys
+from haven.model.replica import OUTDATED, UP_TO_DATE, Replicas
+
+if TYPE_CHECKING:
+    from haven.daemon.noded import NodeDaemon
+    from haven.hypervisor.qemu.exports import ExportManager
+
+log = logging.getLogger(__name__)
+
+
+class NodeReplication:
+    def __init__(self, daemon: NodeDaemon) -> None:
+        self.d = daemon
+        self._exports: ExportManager | None = None
+
+    @property
+    def exports(self) -> ExportManager:
+        if self._exports is None:
+            from haven.hypervisor.qemu.exports import ExportManager
+
+            self._exports = ExportManager(self.d.instances.run_dir / "exports")
+        return self._exports
+
+    # -- observation ---------------------------------------------------------------
+    def exported(self) -> frozenset[str]:
+        return frozenset(self.exports.list())
+
+    def mirrors(self, instances: dict[str, Instance], running: frozenset[str]
+                ) -> dict[str, dict[int, Mirror]]:
+        from haven.hypervisor.qemu import replication
+
+        out: dict[str, dict[int, Mirror]] = {}
+        for name in running:
+            inst = instances.get(name)
+            if inst is None or inst.disk_template != "drbd" or inst.hypervisor != "kvm":
+                continue
+            try:
+                st = replication.status(self._qmp(name))
+            except HavenError as exc:
+                log.debug("mirror status of %s: %s", name, exc.message)
+                continue  # unknown this cycle: no decision is taken on it
+            out[name] = {i: Mirror(m.phase, 100.0 * m.offset / m.length if m.length else 0.0)
+                         for i, m in st.items()}
+        return out
+
+    def replicas(self) -> dict[str, Replicas]:
+        kvs, _ = self.d.store().list(REPLICAS)
+        out = {}
+        for kv in kvs:
+            r = Replicas.from_json(json.loads(kv.value))
+            out[r.instance] = r
+        return out
+
+    # -- actions -------------------------------------------------------------------
+    def execute(self, a: RepAction, inst: Instance | None) -> None:
+        if a.kind == "unexport":
+            self.unexport(a.name)
+            return
+        assert inst is not None
+        if a.kind == "export":
+            self.export(inst)
+        elif a.kind == "protect":
+            self._for_disks(inst, a.disks, "protect")
+        elif a.kind == "resync":
+            self._for_disks(inst, a.disks, "resync")
+        elif a.kind == "report":
+            self.report(inst, a)
+
+    def export(self, inst: Instance) -> None:
+        from haven.hypervisor.qemu.exports import ExportDisk
+
+        me = state.node(self.d.store(), self.d.name)
+        tmpl = self.d.instances.disk_template(inst)
+        disks = [ExportDisk(d.uuid, str(spec.path), spec.format)
+                 for d, spec in zip(inst.disks, tmpl.assemble(inst), strict=True)]
+        self.exports.ensure(inst.name, disks, me.secondary_ip, inst.network_port)
+        log.info("exporting the replicas of %s on %s:%s", inst.name, me.secondary_ip,
+                 inst.network_port)
+
+    def unexport(self, name: str) -> None:
+        """Stop the export and wait for its process to exit: its image lock is free."""
+        self.exports.stop(name)
+
+    def _for_disks(self, inst: Instance, disks: tuple[int, ...], what: str) -> None:
+        from haven.hypervisor.qemu import replication
+
+        snode = state.node(self.d.store(), inst.secondary_nodes[0])
+        for i in disks:
+            disk = next(d for d in inst.disks if d.index == i)
+            target = replication.NbdTarget(snode.secondary_ip, inst.network_port, disk.uuid)
+            if what == "protect":
+                replication.protect(self._qmp(inst.name), i, target)
+                log.info("protecting disk %d of %s to %s", i, inst.name, snode.name)
+            else:
+                res = replication.resync(self._qmp(inst.name), i, target)
+                log.info("resynced disk %d of %s to %s: %s", i, inst.name, snode.name, res)
+                self.d.instances.emit("resynced", inst, f"disk/{i} resynced to {snode.name} "
+                                      f"({res.mode}, {res.bytes_copied} bytes)")
+
+    def report(self, inst: Instance, a: RepAction) -> None:
+        store = self.d.store()
+        key = Keys.replicas(inst.name)
+        kv = store.get(key)
+        current = Replicas.from_json(json.loads(kv.value)) if kv else None
+        base = current if current and current.generation == inst.generation else \
+            Replicas(inst.name, inst.generation)
+        new = base
+        for node, disks in a.states.items():
+            new = new.with_node(node, {i: r.__class__(r.state, r.percent, time.time(),
+                                                      r.message) for i, r in disks.items()})
+        outdating = current is not None and any(
+            current.state(n, i).state == UP_TO_DATE and r.state == OUTDATED
+            for n, disks in a.states.items() for i, r in disks.items())
+        frozen = False
+        if outdating and inst.hypervisor == "kvm":
+            from haven.hypervisor.qemu import replication
+
+            replication.freeze(self._qmp(inst.name))
+            frozen = True
+        if store.cas(key, state.dumps(new.to_json()), kv.mod_revision if kv else 0) is None:
+            # Someone else wrote: plan again from what is there.  A frozen VM stays
+            # frozen until the next cycle manages the write.
+            raise OpExecError(f"Replica states of {inst.name} changed concurrently.")
+        if frozen:
+            from haven.hypervisor.qemu import replication
+
+            replication.thaw(self._qmp(inst.name))
+        if outdating:
+            self.d.instances.emit("degraded", inst, "its secondary stopped answering; "
+                                  "replica marked Outdated, running degraded", "warning")
+
+    def _qmp(self, name: str) -> str:
+        from haven.hypervisor.qemu import QemuHypervisor
+
+        hv = self.d.instances.hypervisor("kvm")
+        assert isinstance(hv, QemuHypervisor)
+        return str(hv.qmp_path(name))
