@@ -70,13 +70,8 @@ def _primary(v: RepView, inst: Instance, snode: str) -> list[RepAction]:
     name = inst.name
     n = len(inst.disks)
     mirrors = v.mirrors.get(name, {})
-    out: list[RepAction] = []
     missing = tuple(i for i in range(n) if mirrors.get(i, Mirror("none")).phase == "none")
     failed = tuple(i for i in range(n) if mirrors.get(i, Mirror("none")).phase == "failed")
-    if snode and snode in v.alive and missing:
-        out.append(RepAction("protect", name, f"no mirror to {snode}", missing))
-    if snode and snode in v.alive and failed:
-        out.append(RepAction("resync", name, f"{snode} is back", failed))
     states = {v.node: {i: DiskReplica(UP_TO_DATE) for i in range(n)}}
     if snode:
         sec: dict[int, DiskReplica] = {}
@@ -95,8 +90,15 @@ def _primary(v: RepView, inst: Instance, snode: str) -> list[RepAction]:
                 sec[i] = old if old.state != UP_TO_DATE else DiskReplica(
                     OUTDATED, 0.0, message="no mirror from the primary")
         states[snode] = sec
+    out: list[RepAction] = []
+    # Report first: a peer that stopped answering is marked Outdated before anything
+    # else is tried (a resync can take seconds).
     if _changed(v.replicas.get(name), inst.generation, states):
         out.append(RepAction("report", name, "replica states changed", states=states))
+    if snode and snode in v.alive and missing:
+        out.append(RepAction("protect", name, f"no mirror to {snode}", missing))
+    if snode and snode in v.alive and failed:
+        out.append(RepAction("resync", name, f"{snode} is back", failed))
     return out
 
 
@@ -107,6 +109,8 @@ def _changed(current: Replicas | None, generation: int,
     for node, disks in states.items():
         for i, r in disks.items():
             old = current.state(node, i)
-            if (old.state, round(old.percent)) != (r.state, round(r.percent)):
+            if old.state != r.state:
+                return True
+            if r.state == INCONSISTENT and round(old.percent) != round(r.percent):
                 return True
     return False

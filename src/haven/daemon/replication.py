@@ -93,7 +93,8 @@ class NodeReplication:
         tmpl = self.d.instances.disk_template(inst)
         disks = [ExportDisk(d.uuid, str(spec.path), spec.format)
                  for d, spec in zip(inst.disks, tmpl.assemble(inst), strict=True)]
-        self.exports.ensure(inst.name, disks, me.secondary_ip, inst.network_port)
+        self.exports.ensure(inst.name, disks, me.secondary_ip, inst.network_port,
+                            psk=inst.replication_secret or None)
         log.info("exporting the replicas of %s on %s:%s", inst.name, me.secondary_ip,
                  inst.network_port)
 
@@ -105,9 +106,11 @@ class NodeReplication:
         from haven.hypervisor.qemu import replication
 
         snode = state.node(self.d.store(), inst.secondary_nodes[0])
+        psk_dir = self._psk_dir(inst)
         for i in disks:
             disk = next(d for d in inst.disks if d.index == i)
-            target = replication.NbdTarget(snode.secondary_ip, inst.network_port, disk.uuid)
+            target = replication.NbdTarget(snode.secondary_ip, inst.network_port, disk.uuid,
+                                           psk_dir)
             if what == "protect":
                 replication.protect(self._qmp(inst.name), i, target)
                 log.info("protecting disk %d of %s to %s", i, inst.name, snode.name)
@@ -148,6 +151,16 @@ class NodeReplication:
         if outdating:
             self.d.instances.emit("degraded", inst, "its secondary stopped answering; "
                                   "replica marked Outdated, running degraded", "warning")
+
+    def _psk_dir(self, inst: Instance) -> str | None:
+        """The client side of the export's TLS-PSK, for the primary's QEMU."""
+        if not inst.replication_secret:
+            return None
+        from haven.hypervisor.qemu.exports import write_psk_dir
+
+        directory = self.d.instances.run_dir / f"{inst.name}.psk"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return str(write_psk_dir(directory, inst.replication_secret))
 
     def _qmp(self, name: str) -> str:
         from haven.hypervisor.qemu import QemuHypervisor

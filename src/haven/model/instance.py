@@ -80,6 +80,9 @@ class Instance:
     admin_state: str = "down"
     generation: int = 1
     network_port: int = 0  # drbd: the port the secondary's replication export listens on
+    # drbd: the pre-shared key only the two nodes' QEMUs know (NBD over TLS-PSK), so
+    # nobody else who reaches the port can read or write the replica.
+    replication_secret: str = ""
     ctime: float = 0.0
     mtime: float = 0.0
     serial_no: int = 1

@@ -155,9 +155,9 @@ def node_pids(n: SimNode) -> dict[str, int]:
     """Every process that belongs to node ``n``: found through its pid files and, so
     that nothing escapes, every process whose command line names its directory."""
     pids: dict[str, int] = {}
-    for label, pid_file, expect in (("noded", "noded.pid", "haven.daemon.main"),
-                                    ("etcd", "etcd.pid", "etcd")):
-        pid = procs.running_pid(n.dir / pid_file, expect)
+    for label, name, expect in (("noded", "noded.pid", "haven.daemon.main"),
+                                ("etcd", "etcd.pid", "etcd")):
+        pid = procs.running_pid(n.dir / name, expect)
         if pid is not None:
             pids[label] = pid
     # VMs and storage daemons, by their pid files (their command lines may only hold

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import socket
+import time
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -66,6 +67,9 @@ _MAYBE_APPLIED = (
     "context deadline exceeded",
 )
 _GRPC_UNAVAILABLE = 14
+# A raft leader election takes 1-2 s here: requests that are safe to repeat wait that
+# out instead of failing the caller.
+RETRY_PATIENCE = 3.0
 
 # Detect a peer that vanished without closing (power loss, partition) on idle watch
 # connections within ~11 s instead of the kernel's two hours.
@@ -104,6 +108,11 @@ class Alarm:
 
 
 Alarms = list[Alarm]
+
+
+class _AllFailed(StoreUnavailable):
+    """Every endpoint failed, nothing may have been applied, and at least one member
+    answered: etcd is electing a leader, worth a retry in a moment."""
 
 
 class _Refused(StoreError):
@@ -198,15 +207,30 @@ class EtcdStore(Store):
         with self._lock:
             self._current = idx
 
-    def _unavailable(self, path: str, errors: list[str]) -> StoreUnavailable:
-        return StoreUnavailable(
+    def _unavailable(self, path: str, errors: list[str], electing: bool = False
+                     ) -> StoreUnavailable:
+        cls = _AllFailed if electing else StoreUnavailable
+        return cls(
             f"No etcd endpoint answered {path} ({'; '.join(errors)}); check that etcd is "
             f"running and reachable at {', '.join(self._endpoints)}."
         )
 
     def _post(self, path: str, body: Json, *, idempotent: bool) -> Json:
-        """POST to the endpoints in turn (see the module docstring for when)."""
+        """POST to the endpoints in turn (see the module docstring for when); when every
+        endpoint failed in a way that is safe to retry (etcd electing a leader, members
+        restarting), try them all again for up to ``RETRY_PATIENCE`` seconds."""
+        deadline = time.monotonic() + RETRY_PATIENCE
+        while True:
+            try:
+                return self._post_round(path, body, idempotent=idempotent)
+            except _AllFailed:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _post_round(self, path: str, body: Json, *, idempotent: bool) -> Json:
         errors: list[str] = []
+        electing = False  # some member answered, but the cluster has no usable leader
         last: Exception | None = None
         for idx in self._order():
             ep = self._endpoints[idx]
@@ -241,6 +265,7 @@ class EtcdStore(Store):
             errors.append(f"{ep}: {text}")
             if text.startswith(_NOT_APPLIED) or (
                     idempotent and (text.startswith(_MAYBE_APPLIED) or code == _GRPC_UNAVAILABLE)):
+                electing = True
                 continue
             if text.startswith(_MAYBE_APPLIED):
                 self._worked((idx + 1) % len(self._endpoints))
@@ -253,7 +278,7 @@ class EtcdStore(Store):
             if "lease not found" in text:
                 raise LeaseExpired(f"etcd no longer knows the lease used by {path} ({text}).")
             raise _Refused(f"etcd at {ep} refused {path}: {text}.", text, code)
-        raise self._unavailable(path, errors) from last
+        raise self._unavailable(path, errors, electing) from last
 
     def _post_one(self, endpoint: str, path: str, body: Json, timeout: float) -> Json:
         # One named endpoint, no rotation: status and defragment are per member.

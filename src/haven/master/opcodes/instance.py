@@ -5,6 +5,7 @@ leave the instance alone; each failure undoes what the opcode did."""
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 import uuid
 from dataclasses import replace
@@ -224,6 +225,7 @@ class InstanceCreate(InstanceLU):
             primary_node=self.pnode,
             secondary_nodes=(self.snode,) if self.snode else (),
             network_port=iu.replication_port(self) if self.snode else 0,
+            replication_secret=secrets.token_hex(32) if self.snode else "",
             disks=tuple(Disk(str(uuid.uuid4()), i, d["size"], "", self.op["disk_format"],
                              d["mode"]) for i, d in enumerate(self.op["disks"])),
             nics=tuple(self.nics), beparams=be, hvparams=self.op["hvparams"],
@@ -244,6 +246,8 @@ class InstanceCreate(InstanceLU):
                 iu.node_call(self, self.snode, "create-disks", name)
                 done.append("replicas")
                 iu.init_replicas(self, self.inst)
+                # Export now, so the initial sync starts as soon as the VM runs.
+                iu.node_call(self, self.snode, "export", name)
             if not self.op["no_install"]:
                 self.feedback(f"* running the instance OS create script ({inst.os})")
                 iu.node_call(self, self.pnode, "os", name, {"script": "create"},
