@@ -23,8 +23,8 @@ import contextlib
 import json
 import logging
 import socket
-import time
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
