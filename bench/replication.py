@@ -84,7 +84,8 @@ class Bench:
                 f.write(os.urandom(1 << 20))
         self.replicas = {k: tmp / f"sec-{k}.raw" for k in ("plain", "tls")}
         for path in self.replicas.values():
-            os.truncate(path, DISK_MIB << 20)
+            with open(path, "wb") as f:
+                f.truncate(DISK_MIB << 20)
         self.psk = new_psk()
         self.psk_dir = str(write_psk_dir(tmp / "client-tls", self.psk))
         self.qmp = self.hv.qmp_path("bench")

@@ -102,3 +102,22 @@ def test_secondary_loss_degrades_refuses_unsafe_failover_and_resyncs(drbd: Sim) 
     p = drbd.run("gnt-instance", "failover", "-f", "vm2", timeout=180)
     assert p.returncode == 0, p.stderr
     assert "after-2" in console_until(drbd, "vm2", "cat /mnt/after", "after-2")
+
+
+def test_replace_disks_moves_the_secondary_while_running(drbd: Sim) -> None:
+    pnode = drbd.run("gnt-instance", "list", "--no-headers", "-o", "pnode,snodes",
+                     "--separator=|", "vm2", check=True).stdout.strip().split("|")
+    primary, old = pnode
+    new = next(n for n in ("node01", "node02", "node03") if n not in (primary, old))
+    p = drbd.run("gnt-instance", "replace-disks", "-n", new, "vm2", timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert status(drbd, "vm2") == "running"
+    line = wait_replica(drbd, "vm2", "secondary", "UpToDate", timeout=120)
+    assert new in line
+    vols = drbd.run("gnt-node", "volumes", "--no-headers", "--separator=|",
+                    check=True).stdout.splitlines()
+    holders = sorted(v.split("|")[0] for v in vols if v.endswith("|vm2"))
+    assert holders == sorted([primary, new])
+    p = drbd.run("gnt-instance", "failover", "-f", "vm2", timeout=180)
+    assert p.returncode == 0, p.stderr
+    assert "after-2" in console_until(drbd, "vm2", "cat /mnt/after", "after-2")
