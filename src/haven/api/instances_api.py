@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from haven.api import console
 from haven.api.http import Request, Router, Stream
+from haven.daemon import diskcopy
 from haven.errors import InvalidInput, NotFoundError, OpPrereqError
 from haven.master import state
 from haven.model.event import Event
@@ -96,6 +97,23 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("POST", base + "/unexport", lambda q: rep.unexport(q.params["name"]), write=True)
     r.add("POST", base + "/unprotect", lambda q: unprotect(d, q.params["name"]), write=True)
     r.add("GET", "/haven/node/volumes", lambda _q: volumes(d), write=True)
+    mig = d.migration
+    r.add("POST", base + "/migrate-accept", lambda q: mig.accept(q.params["name"]),
+          write=True)
+    r.add("POST", base + "/migrate-send", lambda q: mig.send(
+        q.params["name"], str(_body(q)["uri"]), str(_body(q)["target"])), write=True)
+    r.add("POST", base + "/migrate-abort", lambda q: mig.abort_incoming(q.params["name"]),
+          write=True)
+    r.add("POST", base + "/migrate-finish", lambda q: mig.finish_source(q.params["name"]),
+          write=True)
+    r.add("POST", base + "/freeze", lambda q: freeze(d, q.params["name"]), write=True)
+    r.add("GET", base + "/disk/{idx}", lambda q: Stream(diskcopy.send_file(
+        diskcopy.disk_path(d, q.params["name"], int(q.params["idx"])))), write=True)
+    r.add("POST", base + "/pull-disks", lambda q: pull_disks(
+        d, q.params["name"], str(_body(q)["source"])), write=True)
+    r.add("PUT", "/2/instances/{name}/migrate", lambda q: submit(d, [{
+        "OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": q.params["name"],
+        **_body(q)}]), write=True)
     r.add("POST", base + "/stop", lambda q: m.stop(
         q.params["name"], float(_body(q).get("timeout", 120)),
         bool(_body(q).get("force", False))), write=True)
@@ -331,3 +349,20 @@ def volumes(d: NodeDaemon) -> list[dict[str, Any]]:
                         "size": f.stat().st_size // 2**20,
                         "instance": inst.name if inst else "-"})
     return out
+
+
+def freeze(d: NodeDaemon, name: str) -> None:
+    """Pause the VM (a non-live migration moves a paused guest)."""
+    from haven.hypervisor.qemu import replication
+
+    replication.freeze(d.replication._qmp(name))
+
+
+def pull_disks(d: NodeDaemon, name: str, source: str) -> int:
+    """Copy every disk of ``name`` from ``source`` into this node's (created) files."""
+    total = 0
+    inst, _ = d.instances.instance(name)
+    for disk in inst.disks:
+        total += diskcopy.pull(d, name, source, disk.index,
+                               diskcopy.disk_path(d, name, disk.index))
+    return total

@@ -297,6 +297,30 @@ def cmd_replace_disks(args: Any) -> int:
     return 0
 
 
+def cmd_migrate(args: Any) -> int:
+    res = submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": args.name,
+        "mode": "non-live" if args.non_live else "live", "cleanup": args.cleanup,
+        "allow_failover": args.allow_failover, "target_node": args.node or ""}],
+        args.submit)
+    if res and res.get("cleanup"):
+        print(f"Cleanup of {args.name}: {res['cleanup']}.")
+    elif res:
+        print(f"Instance {res['instance']} migrated from {res['from']} to {res['to']} "
+              f"(total {res.get('total_ms')} ms, downtime {res.get('downtime_ms')} ms).")
+    return 0
+
+
+def cmd_move(args: Any) -> int:
+    res = submit_and_wait(Client.from_config(), [{
+        "OP_ID": "OP_INSTANCE_MOVE", "instance_name": args.name,
+        "target_node": args.node or "", "shutdown_timeout": args.shutdown_timeout}],
+        args.submit)
+    if res:
+        print(f"Instance {res['instance']} moved from {res['from']} to {res['to']}.")
+    return 0
+
+
 def build_parser(prog: str = "gnt-instance") -> ArgParser:
     p = ArgParser(prog=prog, description="Manage instances")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgParser)
@@ -404,6 +428,23 @@ def build_parser(prog: str = "gnt-instance") -> ArgParser:
     f.add_argument("--submit", action="store_true")
     f.add_argument("name")
     f.set_defaults(fn=cmd_failover)
+    mg = sub.add_parser("migrate", help="move a running instance live to another node")
+    mg.add_argument("--non-live", action="store_true")
+    mg.add_argument("--cleanup", action="store_true",
+                    help="finish or roll back an interrupted migration")
+    mg.add_argument("--allow-failover", action="store_true")
+    mg.add_argument("-n", "--target-node", dest="node")
+    mg.add_argument("-f", "--force", action="store_true")
+    mg.add_argument("--submit", action="store_true")
+    mg.add_argument("name")
+    mg.set_defaults(fn=cmd_migrate)
+    mv = sub.add_parser("move", help="copy a file-disk instance to another node")
+    mv.add_argument("-n", "--target-node", dest="node")
+    mv.add_argument("--shutdown-timeout", type=float, default=120.0)
+    mv.add_argument("-f", "--force", action="store_true")
+    mv.add_argument("--submit", action="store_true")
+    mv.add_argument("name")
+    mv.set_defaults(fn=cmd_move)
     ad = sub.add_parser("activate-disks")
     ad.add_argument("--submit", action="store_true")
     ad.add_argument("name")

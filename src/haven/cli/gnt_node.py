@@ -161,6 +161,40 @@ def _creds(c: Client) -> tuple[Any, Any, Any]:
     return conf.get("cert"), conf.get("user"), conf.get("password")
 
 
+def cmd_migrate(args: Any) -> int:
+    from haven.cli import evacuate
+
+    for line in evacuate.migrate_node(args.name, args.node or ""):
+        print(line)
+    return 0
+
+
+def cmd_failover(args: Any) -> int:
+    from haven.cli import evacuate
+
+    for line in evacuate.failover_node(args.name, args.ignore_consistency):
+        print(line)
+    return 0
+
+
+def cmd_evacuate(args: Any) -> int:
+    from haven.cli import evacuate
+
+    both = not args.primary_only and not args.secondary_only
+    for line in evacuate.evacuate(args.name, args.primary_only or both,
+                                  args.secondary_only or both, args.node or ""):
+        print(line)
+    return 0
+
+
+def cmd_maintenance(args: Any) -> int:
+    from haven.cli import evacuate
+
+    for line in evacuate.maintenance(args.name, end=args.end):
+        print(line)
+    return 0
+
+
 def build_parser(prog: str = "gnt-node") -> ArgParser:
     p = ArgParser(prog=prog, description="Manage the cluster's nodes")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=ArgParser)
@@ -190,6 +224,28 @@ def build_parser(prog: str = "gnt-node") -> ArgParser:
     rp.add_argument("--submit", action="store_true")
     rp.add_argument("name")
     rp.set_defaults(fn=cmd_remove)
+    mg = sub.add_parser("migrate", help="migrate every running primary instance away")
+    mg.add_argument("-n", "--target-node", dest="node")
+    mg.add_argument("-f", "--force", action="store_true")
+    mg.add_argument("name")
+    mg.set_defaults(fn=cmd_migrate)
+    fo = sub.add_parser("failover", help="fail over every primary instance")
+    fo.add_argument("--ignore-consistency", action="store_true")
+    fo.add_argument("-f", "--force", action="store_true")
+    fo.add_argument("name")
+    fo.set_defaults(fn=cmd_failover)
+    ev = sub.add_parser("evacuate", help="move instances (and replicas) off a node")
+    ev.add_argument("-p", "--primary-only", action="store_true")
+    ev.add_argument("-s", "--secondary-only", action="store_true")
+    ev.add_argument("-n", "--new-secondary", dest="node")
+    ev.add_argument("-f", "--force", action="store_true")
+    ev.add_argument("name")
+    ev.set_defaults(fn=cmd_evacuate)
+    mt = sub.add_parser("maintenance", help="(Haven) drain, move every instance and the "
+                        "master role off, mark offline; --end reverses it")
+    mt.add_argument("--end", action="store_true")
+    mt.add_argument("name")
+    mt.set_defaults(fn=cmd_maintenance)
     vp = sub.add_parser("volumes", help="disk files and replicas on the nodes")
     vp.add_argument("--separator")
     vp.add_argument("--no-headers", action="store_true")

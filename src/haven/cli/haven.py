@@ -71,6 +71,14 @@ def cmd_start(args: Any) -> int:
     return 0
 
 
+def cmd_maintenance(args: Any) -> int:
+    from haven.cli import evacuate
+
+    for line in evacuate.maintenance(args.node, end=args.end):
+        print(line)
+    return 0
+
+
 def cmd_demo(_args: Any) -> int:
     from haven.sim import demo
 
@@ -115,6 +123,11 @@ def build_parser() -> ArgParser:
     s.set_defaults(fn=cmd_start)
     sub.add_parser("demo", help="local cluster and a tour, with measured times"
                    ).set_defaults(fn=cmd_demo)
+    mt = sub.add_parser("maintenance", help="move everything off a node (master role "
+                        "too) and mark it offline; --end reverses it")
+    mt.add_argument("--end", action="store_true")
+    mt.add_argument("node")
+    mt.set_defaults(fn=cmd_maintenance)
     for fam in FAMILIES:
         sub.add_parser(fam, help=f"same as gnt-{fam}", add_help=False)
     return p

@@ -23,6 +23,7 @@ from haven.daemon.etcd_member import EtcdMember
 from haven.daemon.hub import EventHub
 from haven.daemon.instances import NodeInstances
 from haven.daemon.localstate import JoinedState, LocalState, write_private
+from haven.daemon.migration import NodeMigration
 from haven.daemon.replication import NodeReplication
 from haven.daemon.role import MasterRole
 from haven.daemon.settings import DaemonSettings
@@ -72,6 +73,7 @@ class NodeDaemon:
         self.started = time.time()
         self.instances = NodeInstances(self)
         self.replication = NodeReplication(self)
+        self.migration = NodeMigration(self)
 
     # -- process lifecycle -----------------------------------------------------------
     def run(self) -> None:

@@ -1,5 +1,13 @@
 """Every opcode Haven runs; importing this package registers them all."""
 
-from haven.master.opcodes import cluster, instance, instance_drbd, instance_modify, node
+from haven.master.opcodes import (
+                                  cluster,
+                                  instance,
+                                  instance_drbd,
+                                  instance_migrate,
+                                  instance_modify,
+                                  node,
+)
 
-__all__ = ["cluster", "instance", "instance_drbd", "instance_modify", "node"]
+__all__ = ["cluster", "instance", "instance_drbd", "instance_migrate", "instance_modify",
+           "node"]

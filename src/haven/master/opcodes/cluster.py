@@ -109,6 +109,12 @@ class ClusterVerify(LogicalUnit):
                 except HavenError:
                     errors.append(f"lock {name}: held by missing job {job_id}")
         from haven.master import jobqueue
+        from haven.master.opcodes.instance_migrate import migrations_in_progress
+
+        for name, rec in migrations_in_progress(store).items():
+            errors.append(f"instance {name}: a migration from {rec.get('source')} to "
+                          f"{rec.get('target')} was interrupted ({rec.get('step')}); finish "
+                          f"it with 'gnt-instance migrate --cleanup {name}'")
         for j in jobqueue.list_jobs(store):
             if j.status == JobStatus.RUNNING and j.master and j.master != master:
                 errors.append(f"job {j.id}: still marked running by former master "

@@ -197,3 +197,17 @@ def init_replicas(lu: LogicalUnit, inst: Instance) -> None:
         inst.secondary_nodes[0]: {i: DiskReplica(INCONSISTENT, 0.0) for i in n}})
     lu.c.store.put(Keys.replicas(inst.name), state.dumps(reps.to_json()),
                    guard=lu.require_guard())
+
+
+def other_node(lu: LogicalUnit, inst: Instance) -> str:
+    """The live, online, undrained vm-capable node other than the instance's primary with
+    the most free memory (a migration or move target when none is named)."""
+    alive = set(state.alive(lu.c.store))
+    free = free_memory(lu, exclude=inst.name)
+    options = [n.name for n in state.nodes(lu.c.store)
+               if n.name != inst.primary_node and n.vm_capable and not n.offline
+               and not n.drained and n.name in alive]
+    if not options:
+        raise OpPrereqError(f"No other node can take {inst.name}: every other node is "
+                            f"down, offline, drained or not vm_capable.")
+    return max(options, key=lambda n: (free.get(n, 0), n))

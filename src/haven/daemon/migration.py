@@ -1,0 +1,124 @@
+"""This node's half of a live migration: accept one (destination) or send one (source).
+
+The job on the master drives the steps; each is a node API call.  The source's
+pre-switchover window for ``drbd`` instances calls the destination's node API to stop
+its replication export, so the destination activates its image only after the last
+writer of that image is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from haven.errors import OpPrereqError
+from haven.master import state
+
+if TYPE_CHECKING:
+    from haven.daemon.noded import NodeDaemon
+
+log = logging.getLogger(__name__)
+
+PORTS = range(12000, 13000)
+
+
+def free_port(address: str) -> int:
+    for port in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind((address, port))
+            except OSError:
+                continue
+            return port
+    raise OpPrereqError(f"No free migration port on {address} ({PORTS.start}-{PORTS.stop}).")
+
+
+class NodeMigration:
+    def __init__(self, daemon: NodeDaemon) -> None:
+        self.d = daemon
+
+    def accept(self, name: str) -> dict[str, Any]:
+        """Start the instance here paused, waiting for its memory; returns the URI."""
+        from dataclasses import replace
+
+        from haven.hypervisor.qemu import QemuHypervisor, migration
+
+        m = self.d.instances
+        inst, _ = m.instance(name)
+        hv = m.hypervisor(inst.hypervisor)
+        if not isinstance(hv, QemuHypervisor):
+            raise OpPrereqError(f"Instance {name} runs on hypervisor {inst.hypervisor}, "
+                                f"which cannot migrate.")
+        if name in hv.list():
+            raise OpPrereqError(f"Instance {name} already has a process on {self.d.name}; "
+                                f"clean up with gnt-instance migrate --cleanup {name}.")
+        me = state.node(self.d.store(), self.d.name)
+        spec = replace(m.vm_spec(inst), incoming=True)
+        hv.start(spec)
+        port = free_port(me.secondary_ip)
+        bitmaps = [d.index for d in inst.disks] if inst.disk_template == "drbd" else []
+        try:
+            uri = migration.accept(str(hv.qmp_path(name)), me.secondary_ip, port, bitmaps)
+        except Exception:
+            hv.kill(name)
+            hv.cleanup(name)
+            raise
+        log.info("accepting %s on %s", name, uri)
+        return {"uri": uri}
+
+    def send(self, name: str, uri: str, target: str) -> dict[str, Any]:
+        """Migrate the running instance to ``uri`` (the ``target`` node)."""
+        from dataclasses import asdict
+
+        from haven.hypervisor.qemu import QemuHypervisor, migration
+
+        m = self.d.instances
+        inst, _ = m.instance(name)
+        hv = m.hypervisor(inst.hypervisor)
+        assert isinstance(hv, QemuHypervisor)
+        qmp = str(hv.qmp_path(name))
+        downtime, bandwidth = migration.migration_params(inst.hvparams)
+        callback = None
+        if inst.disk_template == "drbd":
+            node = state.node(self.d.store(), target)
+            rpc = self.d.rpc()
+
+            def stop_export() -> None:
+                rpc.call(node.primary_ip, node.api_port, "POST",
+                         f"/haven/node/instance/{name}/unexport", {}, timeout=10)
+
+            callback = migration.drbd_switchover(qmp, [d.index for d in inst.disks],
+                                                 stop_export)
+        stats = migration.migrate(qmp, uri, downtime, bandwidth, callback)
+        return asdict(stats)
+
+    def abort_incoming(self, name: str) -> dict[str, Any]:
+        """Kill a destination process that never became the instance."""
+        m = self.d.instances
+        entry = m.all_vms().get(name)
+        if entry is None:
+            return {"killed": False}
+        hv_name, info = entry
+        inst_primary = None
+        try:
+            inst_primary = m.instance(name)[0].primary_node
+        except Exception:
+            inst_primary = None
+        if inst_primary == self.d.name and info.status == "running":
+            raise OpPrereqError(f"Instance {name} runs here as the primary; not killing it.")
+        hv = m.hypervisor(hv_name)
+        hv.kill(name)
+        hv.cleanup(name)
+        return {"killed": True}
+
+    def finish_source(self, name: str) -> dict[str, Any]:
+        """The memory has moved: end the (paused, ``postmigrate``) source process."""
+        m = self.d.instances
+        entry = m.all_vms().get(name)
+        if entry is None:
+            return {"stopped": False}
+        hv = m.hypervisor(entry[0])
+        hv.stop(name, timeout=5)
+        hv.cleanup(name)
+        return {"stopped": True}
