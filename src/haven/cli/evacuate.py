@@ -104,11 +104,7 @@ def maintenance(node: str, end: bool = False) -> list[str]:
         steps.append(f"{node}: back online" + (", master candidate again"
                                                 if info["master_capable"] else ""))
         return steps
-    submit_and_wait(c, [{"OP_ID": "OP_NODE_SET_PARAMS", "node_name": node,
-                         "drained": True}], quiet=True)
-    steps.append(f"{node}: drained (nothing new lands there)")
-    for inst in primaries(c, node):
-        steps.append(move_off(c, inst))
+    # The master role first: a master cannot be drained or taken offline.
     if c.get("/haven/master") == node:
         cands = [n for n in c.get("/2/nodes?bulk=1") if n["name"] != node and n["alive"]
                  and n["master_candidate"] and not n["offline"]]
@@ -122,6 +118,11 @@ def maintenance(node: str, end: bool = False) -> list[str]:
         c.endpoints = [e for e in c.endpoints if not e.startswith(target["pip"] + ":")]
         c.endpoints.insert(0, f"{target['pip']}:{target.get('api_port') or 5080}")
         steps.append(f"master role handed to {target['name']}")
+    submit_and_wait(c, [{"OP_ID": "OP_NODE_SET_PARAMS", "node_name": node,
+                         "drained": True}], quiet=True)
+    steps.append(f"{node}: drained (nothing new lands there)")
+    for inst in primaries(c, node):
+        steps.append(move_off(c, inst))
     submit_and_wait(c, [{"OP_ID": "OP_NODE_SET_PARAMS", "node_name": node,
                          "offline": True}], quiet=True)
     steps.append(f"{node}: offline; it can be shut down")

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from haven.daemon.procs import pid_alive, running_pid, spawn_detached
+from haven.daemon.procs import pid_alive, read_pid, running_pid, spawn_detached
 from haven.hypervisor.base import HypervisorError
 from haven.hypervisor.qemu.cmdline import check_name, supports_direct_io
 from haven.hypervisor.qemu.qmp import QmpError, qmp_call
@@ -109,9 +109,17 @@ def _opt(value: str) -> str:
 
 
 def qsd_argv(binary: str, disks: Sequence[ExportDisk], address: str, port: int,
-             qmp_socket: str, tls_dir: str | None, direct_io: Sequence[bool] = ()) -> list[str]:
+             qmp_socket: str, tls_dir: str | None, direct_io: Sequence[bool] = (),
+             writethrough: bool = True) -> list[str]:
     """The daemon's argv (pure).  The monitor comes last: qemu-storage-daemon handles its
-    options in order, so once the monitor answers every export exists."""
+    options in order, so once the monitor answers every export exists.
+
+    ``writethrough``: flush after every write before acknowledging it.  The mirror never
+    forwards the guest's flushes to its target (strace: 200 guest O_DSYNC writes, 400
+    flushes on the primary, 0 on the replica), so without it an acknowledged write can
+    sit in the secondary's volatile disk cache, be lost with its power, and -- written
+    before the peer failed -- not be in the resync bitmap either.  Measured cost under
+    TCG: none for 1 MiB writes, -14% for 4 KiB O_DSYNC IOPS."""
     argv = [binary]
     if tls_dir is not None:
         argv += ["--object", f"tls-creds-psk,id=tls0,endpoint=server,dir={_opt(tls_dir)},"
@@ -129,7 +137,8 @@ def qsd_argv(binary: str, disks: Sequence[ExportDisk], address: str, port: int,
     argv += ["--nbd-server", server]
     for i, disk in enumerate(disks):
         argv += ["--export",
-                 f"type=nbd,id=exp{i},node-name=disk{i},name={disk.name},writable=on"]
+                 f"type=nbd,id=exp{i},node-name=disk{i},name={disk.name},writable=on,"
+                 f"writethrough={'on' if writethrough else 'off'}"]
     argv += ["--chardev", f"socket,id=haven-mon,path={_opt(qmp_socket)},server=on,wait=off",
              "--monitor", "chardev=haven-mon"]
     return argv
@@ -172,16 +181,22 @@ def exited(pid: int) -> bool:
     listening socket) are closed.  A zombie thread-group leader is not enough: the
     other threads of qemu-storage-daemon outlive it for a few ms up to a second, and
     until the last one exits the port stays bound and the image locked."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    if not Path(f"/proc/{pid}").exists():
         return True
-    if not stat[stat.rfind(")") + 2:].startswith("Z"):
+    if not _zombie(pid):
         return False
     try:
         return len(os.listdir(f"/proc/{pid}/task")) <= 1
     except OSError:
         return True
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].startswith("Z")
 
 
 def wait_exited(pid: int, timeout: float) -> bool:
@@ -201,9 +216,11 @@ class ExportManager:
     """The replica exports of one node (thread-safe per key only if callers serialise
     calls for the same key, as the agent does: one object is handled serially)."""
 
-    def __init__(self, run_dir: Path, binary: str = "qemu-storage-daemon") -> None:
+    def __init__(self, run_dir: Path, binary: str = "qemu-storage-daemon",
+                 writethrough: bool = True) -> None:
         self.run_dir = run_dir
         self.binary = binary
+        self.writethrough = writethrough  # see qsd_argv
 
     # -- files ----------------------------------------------------------------------
 
@@ -235,6 +252,14 @@ class ExportManager:
                           disks=tuple(ExportDisk(**d) for d in meta.get("disks", ())),
                           tls=bool(meta.get("psk_sha256")), qmp_path=self.path(key, ".qmp"))
 
+    def _settle(self, key: str) -> None:
+        """If the daemon of ``key`` died (crash, SIGKILL) but some of its threads still
+        exit, wait for them: until then its port and image locks are still held.  Only a
+        zombie is waited for, never a live process that reuses the pid."""
+        pid = read_pid(self.path(key, ".pid"))
+        if pid is not None and _zombie(pid):
+            wait_exited(pid, 5.0)
+
     # -- the interface --------------------------------------------------------------
 
     def alive(self, key: str) -> bool:
@@ -265,7 +290,7 @@ class ExportManager:
         check_name(key)
         check_disks(key, disks)
         want = {"disks": [dataclasses.asdict(d) for d in disks], "address": address,
-                "port": port,
+                "port": port, "writethrough": self.writethrough,
                 "psk_sha256": hashlib.sha256(psk.encode()).hexdigest() if psk else ""}
         pid = self._pid(key)
         if pid is not None:
@@ -274,6 +299,7 @@ class ExportManager:
                 return self._info(key, pid, meta)
             log.info("Export of %s changed; restarting its storage daemon", key)
             self.stop(key)
+        self._settle(key)
         if port_in_use(address, port):
             raise HypervisorError(f"Cannot export the disks of instance '{key}' on "
                                   f"{address}:{port}: the port is already in use by another "
@@ -292,7 +318,7 @@ class ExportManager:
         if psk:
             tls_dir = str(write_psk_dir(self.path(key, ".tls"), psk))
         argv = qsd_argv(found, disks, address, port, self._socket_arg(key), tls_dir,
-                        [supports_direct_io(d.path) for d in disks])
+                        [supports_direct_io(d.path) for d in disks], self.writethrough)
         tmp = self.path(key, ".json.tmp")
         tmp.write_text(json.dumps(meta, indent=1) + "\n")
         tmp.replace(self.path(key, ".json"))
@@ -345,6 +371,7 @@ class ExportManager:
                     raise HypervisorError(f"Could not stop the export of instance '{key}': "
                                           f"qemu-storage-daemon (pid {pid}) survived SIGKILL.")
             log.info("Stopped the export of %s (pid %d)", key, pid)
+        self._settle(key)
         self._remove_files(key)
 
     # -- helpers ----------------------------------------------------------------------

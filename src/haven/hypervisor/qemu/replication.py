@@ -1,24 +1,27 @@
 """The primary side of replication: QEMU mirrors a running VM's disk into an NBD export.
 
-For disk ``i`` of a VM started by the driver (format node ``disk<i>``) this module keeps::
+For disk ``i`` of a VM started by the driver (format node ``disk<i>``) this keeps::
 
     repl<i>          an ``nbd`` block node connected to the peer's export (:mod:`.exports`)
     mirror<i>        a ``blockdev-mirror`` job disk<i> -> repl<i>, ``copy-mode:
                      write-blocking``, ``on-target-error: stop``, never auto-dismissed
     repl<i>-dirty    a dirty bitmap on disk<i> (persistent on qcow2): every write since
-                     protection started or the last :func:`checkpoint` (incremental resync)
+                     protection started or the last :func:`checkpoint`
     resync<i>        a ``blockdev-backup`` job, only during a bitmap resync
-    repl<i>-tls      the TLS-PSK client credentials when the export requires them
+    repl<i>-tls      TLS-PSK client credentials, when the export requires them
 
-The contract (QEMU 7.2, measured in the project's notes and the integration tests): once
-the mirror is ``ready`` every acknowledged guest write is on both sides; when the peer
-fails the job pauses (``BLOCK_JOB_ERROR action=stop``, ~30 ms) while the guest keeps
-running on the local copy, and what the peer missed is in the job's own bitmap (lost
-with the QEMU process) and in ``repl<i>-dirty``.  The caller (the node agent) records
-replica states in the store; nothing here decides whether a replica is up to date.
+The contract (QEMU 7.2, measured by tests/integration/test_replication.py): once the
+mirror is ``ready`` every acknowledged guest write is on both sides.  When the peer
+fails, the job pauses within ~10-60 ms (``BLOCK_JOB_ERROR action=stop``) while the
+guest keeps running on the local copy; what the peer missed is in the job's own bitmap
+(lost with the QEMU process) and in ``repl<i>-dirty``.  Writes acknowledged between the
+failure and the caller's reaction (:func:`watch_errors`, then :func:`freeze` until the
+store says ``Outdated``) are on the primary only.  Guest flushes are not forwarded to the
+replica: its durability comes from the export's ``writethrough`` (see :mod:`.exports`).
 
-All calls are short QMP exchanges on the monitor path given by the caller (one client at
-a time: no session is held longer than one step, except :func:`watch_errors`).
+The caller records replica states in the store; nothing here decides that a replica is
+up to date.  Every call is a few short QMP exchanges on the monitor path given (QEMU
+serves one client at a time), except :func:`watch_errors`, which holds it.
 """
 
 from __future__ import annotations
@@ -40,109 +43,20 @@ log = logging.getLogger(__name__)
 
 Phase = Literal["syncing", "ready", "failed", "none"]
 ResyncMode = Literal["resume", "bitmap", "full"]
+Qmp = Path | str
 
-# -- names and QMP arguments (pure) -------------------------------------------------------
-
-
-def job_id(disk: int) -> str:
-    """The mirror job of ``disk``."""
-    return f"mirror{disk}"
-
-
-def resync_job_id(disk: int) -> str:
-    """The backup job of a bitmap resync of ``disk``."""
-    return f"resync{disk}"
-
-
-def node_name(disk: int) -> str:
-    """The nbd block node of ``disk``'s replica."""
-    return f"repl{disk}"
-
-
-def bitmap_name(disk: int) -> str:
-    """The resync bitmap on ``disk<i>``."""
-    return f"repl{disk}-dirty"
-
-
-def tls_id(disk: int) -> str:
-    """The TLS credentials object of ``disk``'s nbd node."""
-    return f"repl{disk}-tls"
-
-
-def disk_of_job(jid: str) -> int | None:
-    """The disk index of a replication job id (``mirror3`` -> 3), else None."""
-    for prefix in ("mirror", "resync"):
-        if jid.startswith(prefix) and jid[len(prefix):].isdigit():
-            return int(jid[len(prefix):])
-    return None
-
-
-def nbd_node_args(disk: int, host: str, port: int, export: str, tls: bool) -> dict[str, Any]:
-    """``blockdev-add`` of the replica's nbd node.  ``reconnect-delay`` 0: with a delay
-    a guest write stalls that long when the peer dies (2.1 s measured with 2)."""
-    args: dict[str, Any] = {"driver": "nbd", "node-name": node_name(disk),
-                            "server": {"type": "inet", "host": host, "port": str(port)},
-                            "export": export, "reconnect-delay": 0}
-    if tls:
-        args["tls-creds"] = tls_id(disk)
-    return args
-
-
-def tls_object_args(disk: int, psk_dir: str, user: str) -> dict[str, Any]:
-    """``object-add`` of the client's TLS-PSK credentials."""
-    return {"qom-type": "tls-creds-psk", "id": tls_id(disk), "endpoint": "client",
-            "dir": psk_dir, "username": user, "priority": TLS_PRIORITY}
-
-
-def mirror_args(disk: int, sync: Literal["full", "none"]) -> dict[str, Any]:
-    """``blockdev-mirror`` disk<i> -> repl<i>: synchronous (``write-blocking``: a guest
-    write completes once both sides have it), pausing on a target error instead of
-    failing the job or the guest, kept after it ends so its outcome can be read."""
-    return {"job-id": job_id(disk), "device": f"disk{disk}", "target": node_name(disk),
-            "sync": sync, "copy-mode": "write-blocking", "on-target-error": "stop",
-            "auto-dismiss": False}
-
-
-def backup_args(disk: int) -> dict[str, Any]:
-    """``blockdev-backup`` of the blocks in the resync bitmap (``on-success``: copied
-    bits are cleared, writes made meanwhile stay; on failure nothing is cleared)."""
-    return {"job-id": resync_job_id(disk), "device": f"disk{disk}",
-            "target": node_name(disk), "sync": "bitmap", "bitmap": bitmap_name(disk),
-            "bitmap-mode": "on-success", "auto-dismiss": False}
-
-
-def phase_of(job: dict[str, Any]) -> Phase:
-    """The phase of a ``query-block-jobs`` entry.  A paused job or one with an I/O
-    error has lost its peer (``on-target-error: stop``); QEMU's ``ready`` stays true
-    while a ready job is paused, so it is ready only when also running cleanly."""
-    if job.get("status") in ("concluded", "null", "aborting", "pending", "waiting"):
-        return "failed" if job.get("error") else "none"
-    if job.get("io-status", "ok") != "ok" or job.get("paused"):
-        return "failed"
-    if job.get("type") == "mirror" and job.get("ready") and job.get("status") == "ready":
-        return "ready"
-    return "syncing"
-
-
-def choose_mode(job: dict[str, Any] | None, same_target: bool, has_bitmap: bool,
-                trust_bitmap: bool) -> ResyncMode:
-    """The resync mode (see :func:`resync`).  The bitmap is a superset of what the
-    replica lacks only if the mirror finished a full sync after the bitmap was created:
-    a job's ``ready`` (which survives a pause) says so; without a job the caller does."""
-    if job is not None and same_target and phase_of(job) != "none":
-        return "resume"
-    synced_once = bool(job.get("ready")) if job is not None else trust_bitmap
-    return "bitmap" if has_bitmap and synced_once else "full"
-
-POLL = 0.02  # seconds between job polls; a poll is one ~1 ms QMP call
-RESUME_EVERY = 0.25  # R1: the NBD client reconnects lazily, each resume retries it
+# Names of the QEMU objects of disk i (str.format templates).
+JOB, RESYNC_JOB, NODE, BITMAP, TLS = "mirror{}", "resync{}", "repl{}", "repl{}-dirty", "repl{}-tls"
+BITMAP_GRANULARITY = 65536
+POLL = 0.005  # seconds between job polls (a poll is one ~1 ms QMP call)
+RESUME_EVERY = 0.25  # R1: each resume makes the NBD client retry its lazy reconnect
+PASS_LIMIT = 1 << 20  # R2: another live pass while more than this is dirty (max 3)
 
 
 @dataclass(frozen=True)
 class NbdTarget:
-    """Where the replica is exported: ``export`` is the NBD export name (disk uuid);
-    ``psk_dir`` a directory with ``keys.psk`` (see :func:`.exports.write_psk_dir`) when
-    the export requires TLS, else None."""
+    """A replica's export: ``export`` is its NBD name (the disk uuid); ``psk_dir`` holds
+    ``keys.psk`` (:func:`.exports.write_psk_dir`) when the export requires TLS."""
 
     host: str
     port: int
@@ -154,9 +68,8 @@ class NbdTarget:
 @dataclass(frozen=True)
 class MirrorState:
     """One disk's replication job.  ``phase``: ``syncing`` (initial sync or resync),
-    ``ready`` (in sync: every write reaches both sides), ``failed`` (paused or I/O error:
-    the peer is lost), ``none`` (no job).  ``offset``/``length`` are the job's progress
-    in bytes."""
+    ``ready`` (every write reaches both sides), ``failed`` (paused or I/O error: the peer
+    is lost), ``none`` (no job).  ``offset``/``length``: the job's progress in bytes."""
 
     disk: int
     job_id: str
@@ -168,7 +81,7 @@ class MirrorState:
 
     @property
     def percent(self) -> float:
-        """Progress of the sync in percent (100 when ready)."""
+        """Progress of the sync, 0-100."""
         if self.phase == "ready":
             return 100.0
         return 100.0 * self.offset / self.length if self.length else 0.0
@@ -176,8 +89,8 @@ class MirrorState:
 
 @dataclass(frozen=True)
 class ResyncResult:
-    """How a resync went: ``bytes_copied`` from the jobs' progress counters (including
-    guest writes mirrored meanwhile); ``pause_ms`` the VM pause of a bitmap resync."""
+    """``bytes_copied`` comes from the jobs' progress counters (guest writes mirrored
+    meanwhile included); ``pause_ms`` is the guest pause of a bitmap resync."""
 
     mode: ResyncMode
     bytes_copied: int
@@ -185,388 +98,421 @@ class ResyncResult:
     pause_ms: float = 0.0
 
 
+# -- QMP arguments and decisions (pure) ---------------------------------------------------
+
+def disk_of_job(jid: str) -> int | None:
+    """The disk of a replication job id (``mirror3`` -> 3), else None."""
+    for prefix in ("mirror", "resync"):
+        if jid.startswith(prefix) and jid[len(prefix):].isdigit():
+            return int(jid[len(prefix):])
+    return None
+
+
+def nbd_node_args(disk: int, target: NbdTarget) -> dict[str, Any]:
+    """``blockdev-add`` of the replica's nbd node.  ``reconnect-delay`` 0: with a delay
+    every guest write stalls that long when the peer dies (2.1 s measured with 2)."""
+    args: dict[str, Any] = {
+        "driver": "nbd", "node-name": NODE.format(disk), "export": target.export,
+        "server": {"type": "inet", "host": target.host, "port": str(target.port)},
+        "reconnect-delay": 0}
+    if target.psk_dir is not None:
+        args["tls-creds"] = TLS.format(disk)
+    return args
+
+
+def tls_object_args(disk: int, target: NbdTarget) -> dict[str, Any]:
+    """``object-add`` of the client's TLS-PSK credentials for ``target``."""
+    return {"qom-type": "tls-creds-psk", "id": TLS.format(disk), "endpoint": "client",
+            "dir": target.psk_dir, "username": target.psk_user, "priority": TLS_PRIORITY}
+
+
+def mirror_args(disk: int, sync: Literal["full", "none"]) -> dict[str, Any]:
+    """``blockdev-mirror`` disk<i> -> repl<i>: a guest write completes once both sides
+    have it (``write-blocking``); a target error pauses the job, not the guest; the
+    ended job stays until dismissed so that its outcome can be read."""
+    return {"job-id": JOB.format(disk), "device": f"disk{disk}", "target": NODE.format(disk),
+            "sync": sync, "copy-mode": "write-blocking", "on-target-error": "stop",
+            "auto-dismiss": False}
+
+
+def backup_args(disk: int) -> dict[str, Any]:
+    """``blockdev-backup`` of the blocks in the resync bitmap.  ``on-success``: the
+    copied bits are cleared and writes made meanwhile stay; on failure nothing is."""
+    return {"job-id": RESYNC_JOB.format(disk), "device": f"disk{disk}",
+            "target": NODE.format(disk), "sync": "bitmap", "bitmap": BITMAP.format(disk),
+            "bitmap-mode": "on-success", "auto-dismiss": False}
+
+
+def bitmap_args(disk: int, fmt: str) -> dict[str, Any]:
+    """``block-dirty-bitmap-add`` of the resync bitmap; persistent on qcow2, where it
+    survives a clean QEMU restart (raw files cannot store one)."""
+    return {"node": f"disk{disk}", "name": BITMAP.format(disk),
+            "granularity": BITMAP_GRANULARITY, "persistent": fmt == "qcow2"}
+
+
+def phase_of(job: dict[str, Any]) -> Phase:
+    """The phase of a ``query-block-jobs`` entry.  QEMU's ``ready`` stays true while a
+    ready job is paused after an error, so ready also needs running and io-status ok."""
+    if job.get("status") in ("concluded", "null", "aborting", "pending", "waiting"):
+        return "failed" if job.get("error") else "none"
+    if job.get("io-status", "ok") != "ok" or job.get("paused"):
+        return "failed"
+    if job.get("type") == "mirror" and job.get("ready") and job.get("status") == "ready":
+        return "ready"
+    return "syncing"
+
+
+def choose_mode(job: dict[str, Any] | None, same_target: bool, has_bitmap: bool,
+                trust_bitmap: bool) -> ResyncMode:
+    """The resync mode (see :func:`resync`).  The bitmap covers what the replica lacks
+    only if a full sync completed after it was created: a job's ``ready`` (kept while
+    paused) says so; without a job the caller does (``trust_bitmap``)."""
+    if job is not None and same_target and phase_of(job) != "none":
+        return "resume"
+    synced_once = bool(job.get("ready")) if job is not None else trust_bitmap
+    return "bitmap" if has_bitmap and synced_once else "full"
+
+
+def target_of(node: dict[str, Any] | None) -> tuple[str, int, str] | None:
+    """(host, port, export) of an nbd node of ``query-named-block-nodes``, whose file
+    name is ``nbd://host:port/export``."""
+    if node is None or node.get("drv") != "nbd":
+        return None
+    hostport, _, export = str(node.get("file", "")).partition("://")[2].partition("/")
+    host, _, port = hostport.rpartition(":")
+    return (host.strip("[]"), int(port), export) if port.isdigit() else None
+
+
 # -- observing ----------------------------------------------------------------------------
 
-def _jobs(qmp_path: Path | str) -> list[dict[str, Any]]:
-    return list(qmp_call(qmp_path, "query-block-jobs"))
+def _job(qmp: Qmp, jid: str) -> dict[str, Any] | None:
+    return next((j for j in qmp_call(qmp, "query-block-jobs") if j.get("device") == jid), None)
 
 
-def _job(qmp_path: Path | str, jid: str) -> dict[str, Any] | None:
-    return next((j for j in _jobs(qmp_path) if j.get("device") == jid), None)
+def _nodes(qmp: Qmp) -> dict[str, dict[str, Any]]:
+    return {n["node-name"]: n for n in qmp_call(qmp, "query-named-block-nodes", {"flat": True})}
 
 
-def status(qmp_path: Path | str, disks: Iterable[int] = ()) -> dict[int, MirrorState]:
-    """Every disk with a replication job (plus ``disks``, as ``none`` when they have
-    none), from one ``query-block-jobs`` (~1 ms): cheap enough for every agent cycle.
-    ``ready`` means QEMU reported the job ready and its I/O status is ok."""
-    found: dict[int, MirrorState] = {i: MirrorState(i, "", "none") for i in disks}
-    for job in _jobs(qmp_path):
+def _bitmap(nodes: dict[str, dict[str, Any]], disk: int) -> dict[str, Any] | None:
+    """The resync bitmap's entry (with its dirty ``count`` in bytes), if it exists."""
+    return next((b for b in nodes.get(f"disk{disk}", {}).get("dirty-bitmaps", [])
+                 if b.get("name") == BITMAP.format(disk)), None)
+
+
+def status(qmp: Qmp, disks: Iterable[int] = ()) -> dict[int, MirrorState]:
+    """Every disk with a replication job, plus ``disks`` (``none`` if they have none),
+    from one ``query-block-jobs`` (~1 ms): cheap enough for every agent cycle."""
+    found = {i: MirrorState(i, "", "none") for i in disks}
+    for job in qmp_call(qmp, "query-block-jobs"):
         jid = str(job.get("device", ""))
         disk = disk_of_job(jid)
-        if disk is None:
-            continue
-        state = MirrorState(disk, jid, phase_of(job), int(job.get("offset", 0)),
-                            int(job.get("len", 0)), str(job.get("io-status", "ok")),
-                            bool(job.get("paused", False)))
-        # A resync's backup job and a leftover mirror never coexist (one job per node),
-        # but prefer a live job over a concluded one if they ever do.
-        if disk not in found or found[disk].phase == "none":
-            found[disk] = state
+        if disk is not None and (disk not in found or found[disk].phase == "none"):
+            found[disk] = MirrorState(disk, jid, phase_of(job), int(job.get("offset", 0)),
+                                      int(job.get("len", 0)), str(job.get("io-status", "ok")),
+                                      bool(job.get("paused", False)))
     return found
 
 
-def wait_ready(qmp_path: Path | str, disk: int, timeout: float) -> MirrorState:
-    """Wait until the mirror of ``disk`` is ``ready``; raise :class:`HypervisorError` if
-    it fails, disappears, or is not ready within ``timeout``."""
+def wait_ready(qmp: Qmp, disk: int, timeout: float) -> MirrorState:
+    """Wait until the mirror of ``disk`` is ``ready``; raise :class:`HypervisorError`
+    when it fails or vanishes, or after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        state = status(qmp_path, [disk])[disk]
-        if state.phase == "ready" and state.job_id == job_id(disk):
+        state = status(qmp, [disk])[disk]
+        if state.phase == "ready" and state.job_id == JOB.format(disk):
             return state
         if state.phase in ("failed", "none"):
-            raise HypervisorError(f"The replication of disk {disk} ({qmp_path}) is "
-                                  f"{state.phase} (I/O status {state.io_status}): the "
-                                  "replica is unreachable; resync it when it is back.")
+            raise HypervisorError(f"The replication of disk {disk} ({qmp}) is {state.phase} "
+                                  f"(I/O status {state.io_status}): its replica is "
+                                  "unreachable; resync it once it is back.")
         if time.monotonic() >= deadline:
-            raise HypervisorError(f"The replication of disk {disk} ({qmp_path}) was not in "
-                                  f"sync within {timeout:g} s ({state.percent:.0f}% done).")
+            raise HypervisorError(f"The replication of disk {disk} ({qmp}) was not in sync "
+                                  f"within {timeout:g} s ({state.percent:.0f}% done).")
         time.sleep(POLL)
 
 
-def watch_errors(qmp_path: Path | str, timeout: float) -> list[int]:
-    """Block until a ``BLOCK_JOB_ERROR`` of a replication job arrives (or ``timeout``);
-    the disks that reported one, sorted ([] on timeout).  Returns within a few ms of the
-    event.  Holds the monitor for the whole wait: give it a monitor nobody else needs.
-    An error that happens while nobody watches is only seen by :func:`status`."""
-    with qmp_session(qmp_path, timeout=min(timeout, 5.0)) as session:
+def watch_errors(qmp: Qmp, timeout: float) -> list[int]:
+    """Block until a replication job reports ``BLOCK_JOB_ERROR`` or ``timeout`` passes;
+    the disks that reported one ([] on timeout), a few ms after the event.  It holds the
+    monitor for the whole wait, so give it one nobody else needs; an error raised while
+    nobody watches is still seen by :func:`status`."""
+    def ours(ev: dict[str, Any]) -> bool:
+        return disk_of_job(str(ev.get("data", {}).get("device"))) is not None
+
+    with qmp_session(qmp, timeout=min(timeout, 5.0)) as session:
         try:
-            first = session.wait_event(
-                "BLOCK_JOB_ERROR", timeout,
-                match=lambda ev: disk_of_job(str(ev.get("data", {}).get("device"))) is not None)
+            events = [session.wait_event("BLOCK_JOB_ERROR", timeout, match=ours)]
         except QmpTimeout:
             return []
-        events = [first, *session.events()]
-    return sorted({d for ev in events if ev.get("event") == "BLOCK_JOB_ERROR"
+        events += [ev for ev in session.events() if ev.get("event") == "BLOCK_JOB_ERROR"]
+    return sorted({d for ev in events
                    if (d := disk_of_job(str(ev.get("data", {}).get("device")))) is not None})
 
 
-def freeze(qmp_path: Path | str) -> bool:
-    """Pause the guest (QMP ``stop``; in-flight I/O is drained first); True if it was
-    running, False if it was already paused (then do not ``thaw`` on its behalf)."""
-    if qmp_call(qmp_path, "query-status").get("status") != "running":
+def freeze(qmp: Qmp) -> bool:
+    """Pause the guest (``stop``, which drains in-flight I/O first); True if it ran, False
+    if it was already paused (then do not :func:`thaw` it on its owner's behalf)."""
+    if qmp_call(qmp, "query-status").get("status") != "running":
         return False
-    qmp_call(qmp_path, "stop")
+    qmp_call(qmp, "stop")
     return True
 
 
-def thaw(qmp_path: Path | str) -> None:
-    """Resume the guest (QMP ``cont``)."""
-    qmp_call(qmp_path, "cont")
+def thaw(qmp: Qmp) -> None:
+    """Resume the guest (``cont``)."""
+    qmp_call(qmp, "cont")
 
 
 # -- protecting ---------------------------------------------------------------------------
 
 def probe(target: NbdTarget, timeout: float = 2.0) -> None:
-    """Raise unless a TCP connection to the export can be opened.  QEMU 7.2 opens an NBD
-    node synchronously in its main loop: an unreachable host would freeze the VM for the
-    whole TCP connect timeout, so this is checked from here first."""
+    """Raise unless a TCP connection to the export opens.  QEMU 7.2 connects an nbd
+    node synchronously in its main loop, so an unreachable host would freeze the VM for
+    a whole TCP connect timeout: this checks from here first."""
     try:
-        with socket.create_connection((target.host, target.port), timeout=timeout):
-            pass
+        socket.create_connection((target.host, target.port), timeout=timeout).close()
     except OSError as exc:
         raise HypervisorError(f"The replica export {target.export} at {target.host}:"
-                              f"{target.port} is not reachable ({exc.strerror or exc}); "
-                              "is its storage daemon running?") from exc
+                              f"{target.port} is not reachable ({exc.strerror or exc}); is "
+                              "its storage daemon running?") from exc
 
 
-def _nodes(qmp_path: Path | str) -> dict[str, dict[str, Any]]:
-    return {n["node-name"]: n for n in
-            qmp_call(qmp_path, "query-named-block-nodes", {"flat": True})}
-
-
-def _bitmaps(node: dict[str, Any] | None) -> set[str]:
-    return {b.get("name", "") for b in (node or {}).get("dirty-bitmaps", [])}
-
-
-def _connect(qmp_path: Path | str, disk: int, target: NbdTarget) -> None:
-    """(Re)create ``repl<i>`` (and its TLS object) pointing at ``target``."""
+def _connect(qmp: Qmp, disk: int, target: NbdTarget) -> None:
+    """(Re)create ``repl<i>`` (and its TLS object) connected to ``target``."""
     probe(target)
-    with qmp_session(qmp_path) as s:
-        with contextlib.suppress(QmpCommandError):  # absent is fine
-            s.execute("blockdev-del", {"node-name": node_name(disk)})
-        with contextlib.suppress(QmpCommandError):
-            s.execute("object-del", {"id": tls_id(disk)})
-        if target.psk_dir is not None:
-            s.execute("object-add", tls_object_args(disk, target.psk_dir, target.psk_user))
+    with qmp_session(qmp) as s:
+        for cmd, args in (("blockdev-del", {"node-name": NODE.format(disk)}),
+                          ("object-del", {"id": TLS.format(disk)})):
+            with contextlib.suppress(QmpCommandError):  # not there: fine
+                s.execute(cmd, args)
         try:
-            s.execute("blockdev-add", nbd_node_args(disk, target.host, target.port,
-                                                    target.export, target.psk_dir is not None))
+            if target.psk_dir is not None:
+                s.execute("object-add", tls_object_args(disk, target))
+            s.execute("blockdev-add", nbd_node_args(disk, target))
         except QmpCommandError as exc:
-            raise HypervisorError(f"Cannot connect disk {disk} to its replica "
-                                  f"{target.export} at {target.host}:{target.port}: "
-                                  f"{exc}") from exc
+            raise HypervisorError(f"Cannot connect disk {disk} to its replica {target.export}"
+                                  f" at {target.host}:{target.port}: {exc}") from exc
 
 
-def _target_of(node: dict[str, Any] | None) -> tuple[str, int, str] | None:
-    """(host, port, export) of an nbd node from query-named-block-nodes."""
-    if node is None or node.get("drv") != "nbd":
-        return None
-    # The node's filename is "nbd://host:port/export" (or nbd+tls://).
-    name = str(node.get("file", ""))
-    _, _, rest = name.partition("://")
-    hostport, _, export = rest.partition("/")
-    host, _, port = hostport.rpartition(":")
-    return (host.strip("[]"), int(port), export) if port.isdigit() else None
+def protect(qmp: Qmp, disk: int, target: NbdTarget, bitmap: bool = True) -> None:
+    """Start mirroring ``disk`` into ``target`` with a full initial sync; returns once
+    the job exists (see :func:`wait_ready`, :func:`status`).
 
-
-def protect(qmp_path: Path | str, disk: int, target: NbdTarget, bitmap: bool = True) -> None:
-    """Start mirroring ``disk`` into ``target`` (a full initial sync); returns once the
-    job exists, before it is ready (see :func:`wait_ready`, :func:`status`).
-
-    After protect + ``ready`` every acknowledged guest write is on both sides.  With
-    ``bitmap`` the resync bitmap is added first if missing, so that a later
-    :func:`resync` copies only what changed.  Idempotent: a mirror of ``disk`` into the
-    same target is left alone; one into another target is an error (use
-    :func:`resync` or :func:`unprotect` first).
+    Once it is ready every acknowledged guest write is on both sides; then call
+    :func:`checkpoint` and record the replica up to date.  ``bitmap``: add the resync
+    bitmap first unless it exists, so that :func:`resync` can copy only what changed.
+    Idempotent: a mirror of ``disk`` into the same target (even a failed one, for
+    :func:`resync`) is left alone; one into another target is an error.
     """
-    nodes = _nodes(qmp_path)
-    job = _job(qmp_path, job_id(disk))
+    nodes = _nodes(qmp)
+    job = _job(qmp, JOB.format(disk))
     if job is not None and phase_of(job) != "none":
-        if _target_of(nodes.get(node_name(disk))) == (target.host, target.port,
-                                                      target.export):
+        if target_of(nodes.get(NODE.format(disk))) == (target.host, target.port,
+                                                       target.export):
             return
-        raise HypervisorError(f"Disk {disk} is already replicated elsewhere; resync or "
-                              "unprotect it before protecting it again.")
-    if job is not None:
-        _dismiss(qmp_path, job_id(disk))
-    disk_node = nodes.get(f"disk{disk}")
-    if disk_node is None:
-        raise HypervisorError(f"The VM of {qmp_path} has no disk {disk} (node disk{disk}).")
-    _connect(qmp_path, disk, target)
-    with qmp_session(qmp_path) as s:
-        if bitmap and bitmap_name(disk) not in _bitmaps(disk_node):
-            s.execute("block-dirty-bitmap-add", {
-                "node": f"disk{disk}", "name": bitmap_name(disk), "granularity": 65536,
-                "persistent": disk_node.get("drv") == "qcow2"})
+        raise HypervisorError(f"Disk {disk} of {qmp} is already replicated to another "
+                              "target; resync or unprotect it first.")
+    if f"disk{disk}" not in nodes:
+        raise HypervisorError(f"The VM of {qmp} has no disk {disk} (block node disk{disk}).")
+    _end_job(qmp, JOB.format(disk))  # a concluded leftover
+    _connect(qmp, disk, target)
+    with qmp_session(qmp) as s:
+        if bitmap and _bitmap(nodes, disk) is None:
+            s.execute("block-dirty-bitmap-add", bitmap_args(disk, nodes[f"disk{disk}"]["drv"]))
         s.execute("blockdev-mirror", mirror_args(disk, "full"))
-    log.info("Disk %d of %s: mirroring to %s:%d/%s", disk, qmp_path, target.host,
-             target.port, target.export)
+    log.info("Disk %d of %s: mirroring to %s:%d/%s", disk, qmp, target.host, target.port,
+             target.export)
 
 
-def checkpoint(qmp_path: Path | str, disk: int) -> bool:
-    """If the mirror is ready and healthy, clear the resync bitmap so that it records
-    only writes from now on (bounding the next bitmap resync); False if not ready.  The
-    guest is paused for the clear (a few ms): a pause drains in-flight writes, so none
-    can fail on the peer between the health check and the clear unrecorded."""
-    was_running = freeze(qmp_path)
+def checkpoint(qmp: Qmp, disk: int) -> bool:
+    """If the mirror is ready, clear the resync bitmap so that it records only writes
+    from now on (which bounds the next bitmap resync); False (nothing done) otherwise.
+    The guest is paused for it (a few ms): the pause drains in-flight writes, so none
+    can fail on the peer unrecorded between the health check and the clear."""
+    was_running = freeze(qmp)
     try:
-        state = status(qmp_path, [disk])[disk]
-        if state.phase != "ready":
+        if status(qmp, [disk])[disk].phase != "ready":
             return False
-        qmp_call(qmp_path, "block-dirty-bitmap-clear",
-                 {"node": f"disk{disk}", "name": bitmap_name(disk)})
+        qmp_call(qmp, "block-dirty-bitmap-clear",
+                 {"node": f"disk{disk}", "name": BITMAP.format(disk)})
         return True
     finally:
         if was_running:
-            thaw(qmp_path)
+            thaw(qmp)
 
 
 # -- ending -------------------------------------------------------------------------------
 
-def _dismiss(qmp_path: Path | str, jid: str, graceful: bool = False,
-             timeout: float = 10.0) -> bool:
-    """Cancel job ``jid`` if it still runs, wait until it concluded, dismiss it.  True
-    if it ended without error (a graceful cancel of a ready mirror ends in sync)."""
-    job = _job(qmp_path, jid)
+def _end_job(qmp: Qmp, jid: str, graceful: bool = False, timeout: float = 10.0) -> bool:
+    """Cancel job ``jid`` unless it has ended, wait until it concluded, dismiss it.  True
+    if it ended without error.  A graceful cancel that fails or hangs is forced."""
+    job = _job(qmp, jid)
     if job is None:
         return False
-    if job["status"] not in ("concluded", "null"):
-        with contextlib.suppress(QmpCommandError):  # it may conclude meanwhile
-            qmp_call(qmp_path, "block-job-cancel", {"device": jid, "force": not graceful})
     deadline = time.monotonic() + timeout
+    force = not graceful
+    with contextlib.suppress(QmpCommandError):  # it may conclude meanwhile
+        qmp_call(qmp, "block-job-cancel", {"device": jid, "force": force})
     while job is not None and job["status"] not in ("concluded", "null"):
-        if time.monotonic() > deadline:
-            if not graceful:
-                raise HypervisorError(f"Block job {jid} of {qmp_path} did not end within "
-                                      f"{timeout:g} s of its cancellation.")
-            graceful = False  # a graceful cancel that hangs is forced
-            qmp_call(qmp_path, "block-job-cancel", {"device": jid, "force": True})
-            deadline = time.monotonic() + timeout
-        time.sleep(POLL / 4)
-        job = _job(qmp_path, jid)
-    ok = job is not None and not job.get("error")
-    with contextlib.suppress(QmpCommandError):
-        qmp_call(qmp_path, "job-dismiss", {"id": jid})
-    return ok
-
-
-def unprotect(qmp_path: Path | str, disk: int, keep_bitmap: bool = False) -> bool:
-    """Stop replicating ``disk``; idempotent.  A ready, healthy mirror is cancelled
-    gracefully, which completes it in sync (no pivot): True means the replica equals
-    the disk at this moment.  A failed or syncing one is force-cancelled (False).  Then
-    the nbd node (closing the connection) and, unless ``keep_bitmap``, the bitmap go."""
-    state = status(qmp_path, [disk])[disk]
-    in_sync = False
-    if state.phase != "none" or state.job_id:
-        in_sync = _dismiss(qmp_path, state.job_id, graceful=state.phase == "ready")
-        in_sync = in_sync and state.phase == "ready"
-    with qmp_session(qmp_path) as s:
-        with contextlib.suppress(QmpCommandError):
-            s.execute("blockdev-del", {"node-name": node_name(disk)})
-        with contextlib.suppress(QmpCommandError):
-            s.execute("object-del", {"id": tls_id(disk)})
-        if not keep_bitmap:
+        if not force and (phase_of(job) == "failed" or time.monotonic() > deadline):
+            force = True
             with contextlib.suppress(QmpCommandError):
-                s.execute("block-dirty-bitmap-remove",
-                          {"node": f"disk{disk}", "name": bitmap_name(disk)})
-    log.info("Disk %d of %s: replication stopped (%s)", disk, qmp_path,
+                qmp_call(qmp, "block-job-cancel", {"device": jid, "force": True})
+            deadline = time.monotonic() + timeout
+        elif time.monotonic() > deadline:
+            raise HypervisorError(f"Block job {jid} of {qmp} did not end within {timeout:g} s "
+                                  "of its cancellation.")
+        time.sleep(POLL)
+        job = _job(qmp, jid)
+    with contextlib.suppress(QmpCommandError):
+        qmp_call(qmp, "job-dismiss", {"id": jid})
+    return job is not None and not job.get("error")
+
+
+def unprotect(qmp: Qmp, disk: int, keep_bitmap: bool = False) -> bool:
+    """Stop replicating ``disk``; idempotent.  A ready mirror is cancelled gracefully,
+    which completes it in sync without a pivot: True means the replica equals the disk
+    as of now.  A failed or syncing one is force-cancelled (False).  The nbd node (and
+    its connection) and, unless ``keep_bitmap``, the resync bitmap are removed."""
+    state = status(qmp, [disk])[disk]
+    in_sync = False
+    if state.job_id:
+        in_sync = _end_job(qmp, state.job_id, graceful=state.phase == "ready")
+        in_sync = in_sync and state.phase == "ready"
+    with qmp_session(qmp) as s:
+        for cmd, args in (("blockdev-del", {"node-name": NODE.format(disk)}),
+                          ("object-del", {"id": TLS.format(disk)}),
+                          ("block-dirty-bitmap-remove",
+                           {"node": f"disk{disk}", "name": BITMAP.format(disk)})):
+            if cmd != "block-dirty-bitmap-remove" or not keep_bitmap:
+                with contextlib.suppress(QmpCommandError):  # already gone
+                    s.execute(cmd, args)
+    log.info("Disk %d of %s: replication stopped (%s)", disk, qmp,
              "in sync" if in_sync else "not in sync")
     return in_sync
 
 
 # -- resync -------------------------------------------------------------------------------
 
-def resync(qmp_path: Path | str, disk: int, target: NbdTarget, *, trust_bitmap: bool = True,
-           timeout: float = 600.0, resume_timeout: float = 10.0) -> ResyncResult:
-    """Bring the replica of ``disk`` back in sync after its peer returned, and return
-    once the mirror is ``ready`` again.  ``target`` must serve the *same replica image*
-    as before (same or new address); a fresh replica needs unprotect + protect.
+def resync(qmp: Qmp, disk: int, target: NbdTarget, *, trust_bitmap: bool = True,
+           timeout: float = 600.0, resume_timeout: float = 5.0) -> ResyncResult:
+    """Bring the replica of ``disk`` back in sync after its peer returned; returns once
+    the mirror is ``ready`` again.  ``target`` must serve the *same replica image* as
+    before, at the same or a new address (a fresh replica needs unprotect + protect).
 
-    Mode, chosen by :func:`.replication_args.choose_mode`:
-    ``resume`` (R1) the old job still exists and the address is unchanged: resume it
-    until its NBD client reconnected; it copies what its own bitmap says.  Falls back
-    to a bitmap resync after ``resume_timeout``.
-    ``bitmap`` (R2) the job is gone or the address changed, and ``repl<i>-dirty`` is a
-    superset of what the replica lacks (it exists and the mirror reached ready since it
-    was created; without a job that is what ``trust_bitmap`` asserts: pass False when
-    the store says the replica never finished its sync): copy the dirty blocks while the
-    guest runs, pause it for a final pass and to start a ``sync: none`` mirror.
-    ``full`` otherwise: a new full mirror.  Never skips.
+    ``resume`` (R1): the job still exists and the address is unchanged: resume it until
+    its NBD client has reconnected; it copies what its own bitmap says.  After
+    ``resume_timeout`` without reconnecting (the client backs off up to 16 s) it falls
+    back to: ``bitmap`` (R2): the resync bitmap covers what the replica lacks (see
+    :func:`choose_mode`; pass ``trust_bitmap=False`` when the job is gone and the store
+    says the replica never completed a sync): copy its blocks while the guest runs,
+    pause the guest for a last pass and the start of a ``sync: none`` mirror.
+    ``full`` otherwise: a new full mirror.  Never skips.  Afterwards the bitmap is
+    cleared as by :func:`checkpoint`.
     """
     t0 = time.monotonic()
-    job = _job(qmp_path, job_id(disk))
-    same = _target_of(_nodes(qmp_path).get(node_name(disk))) == (
-        target.host, target.port, target.export)
-    disk_node = _nodes(qmp_path).get(f"disk{disk}")
-    mode = choose_mode(job, same, bitmap_name(disk) in _bitmaps(disk_node), trust_bitmap)
-    log.info("Disk %d of %s: resync mode %s", disk, qmp_path, mode)
+    nodes = _nodes(qmp)
+    job = _job(qmp, JOB.format(disk))
+    same = target_of(nodes.get(NODE.format(disk))) == (target.host, target.port, target.export)
+    has_bitmap = _bitmap(nodes, disk) is not None
+    mode = choose_mode(job, same, has_bitmap, trust_bitmap)
+    log.info("Disk %d of %s: resync by %s", disk, qmp, mode)
     if mode == "resume":
-        assert job is not None
-        copied = _resume(qmp_path, disk, int(job.get("offset", 0)), resume_timeout, timeout)
+        copied = _resume(qmp, disk, int(job.get("offset", 0)) if job else 0,
+                         resume_timeout, timeout)
         if copied is not None:
+            checkpoint(qmp, disk)
             return ResyncResult("resume", copied, time.monotonic() - t0)
-        job = _job(qmp_path, job_id(disk))
-        mode = choose_mode(job, False, bitmap_name(disk) in _bitmaps(disk_node),
-                           trust_bitmap)
-        log.info("Disk %d of %s: resume did not reconnect; resync mode %s", disk,
-                 qmp_path, mode)
-    _dismiss(qmp_path, job_id(disk))
-    _dismiss(qmp_path, resync_job_id(disk))
-    _connect(qmp_path, disk, target)
+        mode = choose_mode(_job(qmp, JOB.format(disk)), False, has_bitmap, trust_bitmap)
+        log.warning("Disk %d of %s: the mirror did not reconnect within %g s; resync by %s",
+                    disk, qmp, resume_timeout, mode)
+    _end_job(qmp, JOB.format(disk))
+    _end_job(qmp, RESYNC_JOB.format(disk))
+    _connect(qmp, disk, target)
     if mode == "bitmap":
-        copied, pause_ms = _bitmap_resync(qmp_path, disk, timeout)
+        copied, pause_ms = _bitmap_resync(qmp, disk, timeout)
         return ResyncResult("bitmap", copied, time.monotonic() - t0, pause_ms)
-    with qmp_session(qmp_path) as s:
-        # The new full sync makes a fresh bitmap valid once it is ready.
-        name = {"node": f"disk{disk}", "name": bitmap_name(disk)}
-        if bitmap_name(disk) in _bitmaps(disk_node):
-            s.execute("block-dirty-bitmap-clear", name)
+    with qmp_session(qmp) as s:
+        # A cleared (or new) bitmap becomes valid again once this full sync is ready.
+        if has_bitmap:
+            s.execute("block-dirty-bitmap-clear",
+                      {"node": f"disk{disk}", "name": BITMAP.format(disk)})
         else:
-            s.execute("block-dirty-bitmap-add", {
-                **name, "granularity": 65536,
-                "persistent": (disk_node or {}).get("drv") == "qcow2"})
+            s.execute("block-dirty-bitmap-add", bitmap_args(disk, nodes[f"disk{disk}"]["drv"]))
         s.execute("blockdev-mirror", mirror_args(disk, "full"))
-    state = wait_ready(qmp_path, disk, timeout)
+    state = wait_ready(qmp, disk, timeout)
+    checkpoint(qmp, disk)
     return ResyncResult("full", state.offset, time.monotonic() - t0)
 
 
-def _resume(qmp_path: Path | str, disk: int, offset0: int, resume_timeout: float,
+def _resume(qmp: Qmp, disk: int, offset0: int, resume_timeout: float,
             timeout: float) -> int | None:
-    """R1: resume until the job runs without error, then wait for ready; the bytes it
-    copied, or None if it never reconnected within ``resume_timeout``."""
-    jid = job_id(disk)
+    """R1: resume until the job runs without error, then wait until ready; the bytes it
+    copied, or None if it did not reconnect within ``resume_timeout`` or failed again."""
     deadline = time.monotonic() + resume_timeout
-    while True:
-        state = status(qmp_path, [disk])[disk]
-        if state.phase in ("ready", "syncing"):
-            break
-        if state.phase == "none" or time.monotonic() > deadline:
+    while (phase := status(qmp, [disk])[disk].phase) not in ("ready", "syncing"):
+        if phase == "none" or time.monotonic() > deadline:
             return None
-        with contextlib.suppress(QmpCommandError):  # "not paused" right after an error
-            qmp_call(qmp_path, "block-job-resume", {"device": jid})
+        with contextlib.suppress(QmpCommandError):  # "not paused" just after an error
+            qmp_call(qmp, "block-job-resume", {"device": JOB.format(disk)})
         time.sleep(RESUME_EVERY)
     try:
-        state = wait_ready(qmp_path, disk, timeout)
+        return wait_ready(qmp, disk, timeout).offset - offset0
     except HypervisorError:
-        if status(qmp_path, [disk])[disk].phase == "failed":
-            return None  # it reconnected and failed again: let the caller fall back
+        if status(qmp, [disk])[disk].phase == "failed":
+            return None
         raise
-    return state.offset - offset0
 
 
-def _run_backup(qmp_path: Path | str, disk: int, timeout: float) -> int:
-    """One ``sync: bitmap`` pass to the replica; the bytes it copied."""
-    jid = resync_job_id(disk)
-    qmp_call(qmp_path, "blockdev-backup", backup_args(disk))
+def _backup_pass(qmp: Qmp, disk: int, timeout: float) -> int:
+    """One ``sync: bitmap`` backup into the replica; the bytes it copied."""
+    jid = RESYNC_JOB.format(disk)
+    qmp_call(qmp, "blockdev-backup", backup_args(disk))
     deadline = time.monotonic() + timeout
-    while True:
-        job = _job(qmp_path, jid)
-        if job is None:
-            raise HypervisorError(f"The resync job {jid} of {qmp_path} vanished.")
-        if job["status"] == "concluded":
-            qmp_call(qmp_path, "job-dismiss", {"id": jid})
-            if job.get("error"):
-                raise HypervisorError(f"The resync of disk {disk} ({qmp_path}) failed: "
-                                      f"{job['error']}; the bitmap keeps what is missing.")
-            return int(job.get("offset", 0))
+    while (job := _job(qmp, jid)) is not None and job["status"] != "concluded":
         if time.monotonic() > deadline:
-            _dismiss(qmp_path, jid)
-            raise HypervisorError(f"The resync of disk {disk} ({qmp_path}) did not finish "
-                                  f"within {timeout:g} s.")
-        time.sleep(POLL / 4)
+            _end_job(qmp, jid)
+            raise HypervisorError(f"The resync of disk {disk} ({qmp}) did not finish within "
+                                  f"{timeout:g} s.")
+        time.sleep(POLL)
+    if job is None:
+        raise HypervisorError(f"The resync job {jid} of {qmp} vanished.")
+    qmp_call(qmp, "job-dismiss", {"id": jid})
+    if job.get("error"):
+        raise HypervisorError(f"The resync of disk {disk} ({qmp}) failed: {job['error']}; "
+                              "its bitmap still holds what the replica lacks.")
+    return int(job.get("offset", 0))
 
 
-def _bitmap_resync(qmp_path: Path | str, disk: int, timeout: float) -> tuple[int, float]:
-    """R2 on a connected ``repl<i>``: passes while the guest runs (with ``on-success``
-    the bitmap then holds only writes made during the pass), a last one with the guest
-    paused, and the new ``sync: none`` mirror started before it resumes.  Returns the
-    bytes copied and the pause in ms."""
-    copied = _run_backup(qmp_path, disk, timeout)
-    # Further passes while the guest writes fast, so that the paused pass is short.
+def _bitmap_resync(qmp: Qmp, disk: int, timeout: float) -> tuple[int, float]:
+    """R2 into a connected ``repl<i>``: live passes (each leaves in the bitmap only what
+    was written during it), then a pass with the guest paused and the ``sync: none``
+    mirror started before it resumes: 7.2 allows one job per node, so the mirror cannot
+    start while a backup runs.  The bytes copied and the pause in ms."""
+    copied = _backup_pass(qmp, disk, timeout)
     for _ in range(3):
-        if _dirty_bytes(qmp_path, disk) < 16 << 20:
+        dirty = _bitmap(_nodes(qmp), disk)
+        if dirty is None or int(dirty.get("count", 0)) < PASS_LIMIT:
             break
-        copied += _run_backup(qmp_path, disk, timeout)
+        copied += _backup_pass(qmp, disk, timeout)
+    # The paused part in one session, driven by events: every ms here is guest pause.
     t_pause = time.monotonic()
-    was_running = freeze(qmp_path)
-    try:
-        copied += _run_backup(qmp_path, disk, timeout)
-        qmp_call(qmp_path, "blockdev-mirror", mirror_args(disk, "none"))
-        wait_ready(qmp_path, disk, timeout)
-    finally:
+    with qmp_session(qmp) as s:
+        was_running = s.execute("query-status").get("status") == "running"
         if was_running:
-            thaw(qmp_path)
-    return copied, (time.monotonic() - t_pause) * 1000
-
-
-def _dirty_bytes(qmp_path: Path | str, disk: int) -> int:
-    node = _nodes(qmp_path).get(f"disk{disk}") or {}
-    return sum(int(b.get("count", 0)) for b in node.get("dirty-bitmaps", [])
-               if b.get("name") == bitmap_name(disk))
-
-
-__all__ = [
-    "MirrorState",
-    "NbdTarget",
-    "ResyncResult",
-    "checkpoint",
-    "freeze",
-    "probe",
-    "protect",
-    "resync",
-    "status",
-    "thaw",
-    "unprotect",
-    "wait_ready",
-    "watch_errors",
-]
+            s.execute("stop")
+        try:
+            s.execute("blockdev-backup", backup_args(disk))
+            done = s.wait_event("BLOCK_JOB_COMPLETED", timeout,
+                                match=lambda ev: ev["data"]["device"] == RESYNC_JOB.format(disk))
+            s.execute("job-dismiss", {"id": RESYNC_JOB.format(disk)})
+            if done["data"].get("error"):
+                raise HypervisorError(f"The resync of disk {disk} ({qmp}) failed: "
+                                      f"{done['data']['error']}.")
+            s.execute("blockdev-mirror", mirror_args(disk, "none"))
+            s.wait_event("BLOCK_JOB_READY", timeout,
+                         match=lambda ev: ev["data"]["device"] == JOB.format(disk))
+        finally:
+            if was_running:
+                s.execute("cont")
+    return copied + int(done["data"].get("offset", 0)), (time.monotonic() - t_pause) * 1000

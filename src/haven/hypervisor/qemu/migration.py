@@ -1,0 +1,485 @@
+"""Live migration of a QEMU VM to another node: precopy over TCP (QEMU 7.2).
+
+The phases, Ganeti's (accept on the destination, migrate, finalize both sides)::
+
+    destination  hv.start(spec, incoming=True)     QEMU waits (``-incoming defer``): inmigrate
+                 accept(dest_qmp, addr, port)       -> "tcp:addr:port"
+    source       migrate(src_qmp, uri, ...)         -> MigrationStats, or HypervisorError
+    destination  wait_destination(dest_qmp)         until it left inmigrate (or failed)
+    source       finish_source(src_qmp)             quit the ``postmigrate`` source,
+                 then hv.stop()/cleanup()           (the driver removes its files)
+    on failure   abort_incoming(dest_hv, name)      kill a destination still inmigrate
+
+Contracts:
+
+* ``migrate`` holds the source's command monitor (``<name>.qmp``) for the whole
+  migration, except while ``before_switchover`` runs; other callers in this process
+  queue for it (the status monitor stays free for ``list()``).
+* **No return path** is negotiated, on purpose: with QEMU's ``return-path`` a source
+  whose destination acknowledgement is lost (network cut after the destination started)
+  would resume too, and two copies would run.  Without it the source never resumes by
+  itself after ``completed``: it stays ``postmigrate`` (stopped, image released) until
+  the caller has seen the destination run.  ``completed`` therefore means "everything
+  was sent"; a destination that died while loading leaves a paused source that
+  :func:`resume_source` brings back.
+* On any failure before ``completed`` (failed/cancelled, destination died, timeout,
+  callback raised) ``migrate`` cancels the migration and leaves the source *running*
+  (QEMU restarts it itself; ``cont`` if it does not), then raises a
+  :class:`HypervisorError` naming the instance and the cause.  If the source QEMU itself
+  died the error says so: the destination may then still be ``inmigrate`` and must be
+  killed (:func:`abort_incoming`) - unless it runs, then it is the instance.
+* ``pause-before-switchover`` (when a callback is given): the source stops its vCPUs,
+  keeps its disks active, and waits; the callback runs in that window, while the
+  destination has not activated its disks.  :func:`drbd_switchover` is the callback for
+  migrating onto the holder of the ``drbd`` replica.
+
+Measured figures (TCG, 2 cores) are in ``tests/integration/test_migration.py`` and
+``bench/migration_qemu.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from haven.hypervisor.base import HypervisorError
+from haven.hypervisor.qemu import replication
+from haven.hypervisor.qemu.qmp import (
+    QmpCommandError,
+    QmpError,
+    QmpSession,
+    QmpTimeout,
+    instance_of,
+    qmp_call,
+    qmp_session,
+)
+
+if TYPE_CHECKING:
+    from haven.hypervisor.qemu.driver import QemuHypervisor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DOWNTIME_MS = 30  # Ganeti's default migration_downtime; QEMU's own is 300 ms
+DEFAULT_BANDWIDTH_MIB = 10000  # "unlimited": QEMU's default 128 MiB/s doubled total time
+MIB = 1 << 20
+# Statuses (QAPI MigrationStatus) in which a migration still owns the source.
+_ACTIVE = frozenset({"setup", "active", "pre-switchover", "device", "wait-unplug",
+                     "cancelling", "postcopy-active", "postcopy-paused",
+                     "postcopy-recover", "colo"})
+_ENDED_BADLY = frozenset({"failed", "cancelled"})
+CANCEL_TIMEOUT = 10.0  # migrate_cancel shuts the socket down: this is ample
+RESTART_GRACE = 2.0  # QEMU restarts the source itself after a failure; wait this long
+STATS_TIMEOUT = 2.0  # the completed event can precede query-migrate's final numbers
+
+
+@dataclass(frozen=True)
+class MigrationStats:
+    """A completed migration, from the source's ``query-migrate`` (QEMU's own clocks).
+
+    ``downtime_ms``: the source's vCPUs stopped until the last byte was sent (with a
+    ``before_switchover`` callback it includes the callback's window);
+    ``transferred``: RAM bytes sent; ``pre_switchover_ms``: host-measured time from the
+    ``pre-switchover`` event to ``migrate-continue`` (0 without a callback).
+    """
+
+    total_ms: float
+    downtime_ms: float
+    setup_ms: float
+    transferred: int
+    pre_switchover_ms: float = 0.0
+
+
+def migration_params(hvparams: Mapping[str, Any]) -> tuple[int, int]:
+    """``(downtime_ms, bandwidth_bytes)`` from Ganeti's hypervisor parameters
+    ``migration_downtime`` (ms, default 30) and ``migration_bandwidth`` (MiB/s, default
+    10000: effectively unlimited).  Missing, None or empty means the default; anything
+    else must be a positive integer."""
+
+    def value(key: str, default: int) -> int:
+        raw = hvparams.get(key)
+        if raw is None or raw == "":
+            return default
+        try:
+            number = int(raw)
+        except (TypeError, ValueError) as exc:
+            raise HypervisorError(f"Hypervisor parameter {key}={raw!r} is not a number; "
+                                  "give a positive integer.") from exc
+        if number <= 0 or (isinstance(raw, float) and raw != number):
+            raise HypervisorError(f"Hypervisor parameter {key}={raw!r} must be a positive "
+                                  "integer.")
+        return number
+
+    return (value("migration_downtime", DEFAULT_DOWNTIME_MS),
+            value("migration_bandwidth", DEFAULT_BANDWIDTH_MIB) * MIB)
+
+
+def capabilities(pause_before_switchover: bool) -> list[dict[str, Any]]:
+    """The source's ``migrate-set-capabilities`` list.  Every capability is set
+    explicitly, so that a previous migration's settings never leak into this one."""
+    return [{"capability": "events", "state": True},
+            {"capability": "pause-before-switchover", "state": pause_before_switchover},
+            {"capability": "return-path", "state": False}]
+
+
+def tcp_uri(address: str, port: int) -> str:
+    """``tcp:<address>:<port>`` (an IPv6 address in brackets)."""
+    host = f"[{address}]" if ":" in address and not address.startswith("[") else address
+    return f"tcp:{host}:{port}"
+
+
+def stats_of(info: Mapping[str, Any], pre_switchover_ms: float = 0.0) -> MigrationStats:
+    """:class:`MigrationStats` from a ``query-migrate`` reply."""
+    return MigrationStats(total_ms=float(info.get("total-time", 0)),
+                          downtime_ms=float(info.get("downtime", 0)),
+                          setup_ms=float(info.get("setup-time", 0)),
+                          transferred=int(info.get("ram", {}).get("transferred", 0)),
+                          pre_switchover_ms=pre_switchover_ms)
+
+
+# -- destination ----------------------------------------------------------------------------
+
+def accept(dest_qmp: Path | str, address: str, port: int, bitmaps: Sequence[int] = ()) -> str:
+    """Make the destination (started with ``spec.incoming``, status ``inmigrate``) listen
+    on ``address:port``; returns the URI to give to :func:`migrate`.
+
+    For every disk index in ``bitmaps`` the replication bitmap
+    (``replication.BITMAP``) is added on ``disk<i>`` first: QEMU accepts it on
+    the still-inactive node, and from activation on it records every write, so the old
+    primary can later become this VM's secondary with a bitmap resync
+    (``replication.resync(..., trust_bitmap=True)``) instead of a full copy.  Not
+    persistent: a restart of the destination means a full resync.
+    """
+    name = instance_of(dest_qmp)
+    uri = tcp_uri(address, port)
+    with qmp_session(dest_qmp, label=name) as s:
+        state = s.execute("query-status").get("status")
+        if state != "inmigrate":
+            raise HypervisorError(f"Cannot accept a migration of instance '{name}': its "
+                                  f"QEMU is {state}, not waiting for one (start it with "
+                                  "incoming=True).")
+        s.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "events", "state": True}]})
+        for disk in bitmaps:
+            with contextlib.suppress(QmpCommandError):  # already there: keep it
+                s.execute("block-dirty-bitmap-add", {
+                    "node": f"disk{disk}", "name": replication.BITMAP.format(disk),
+                    "granularity": replication.BITMAP_GRANULARITY})
+        try:
+            s.execute("migrate-incoming", {"uri": uri})
+        except QmpCommandError as exc:
+            raise HypervisorError(f"Instance '{name}' cannot accept a migration on {uri}: "
+                                  f"{exc}") from exc
+    log.info("Instance %s: waiting for its migration on %s", name, uri)
+    return uri
+
+
+def wait_destination(hv: QemuHypervisor, name: str, timeout: float = 30.0) -> str:
+    """After :func:`migrate` returned: wait until the destination VM ``name`` of driver
+    ``hv`` has loaded the state and left ``inmigrate``; its run state (``running``, or
+    ``paused`` if the source was paused).
+
+    Needed because the source's ``completed`` only means everything was sent: the
+    destination then still loads device state and activates its disks (10-50 ms under
+    TCG), and meanwhile its monitors even fail the QMP negotiation (``list()`` shows it
+    ``unknown``).  Raises :class:`HypervisorError` if the destination exited or its
+    migration failed: then :func:`resume_source`."""
+    deadline = time.monotonic() + timeout
+    state = "unknown"
+    while True:
+        if name not in hv.list():
+            raise HypervisorError(f"The destination QEMU of instance '{name}' exited while "
+                                  f"taking over: {_last_line(hv.path(name, '.log'))}; resume the "
+                                  "source.")
+        with contextlib.suppress(QmpError):  # busy loading: asked again below
+            state = str(qmp_call(hv.qmp_path(name), "query-status", timeout=1.0)["status"])
+            if state != "inmigrate":
+                return state
+            incoming = qmp_call(hv.qmp_path(name), "query-migrate", timeout=1.0)
+            if incoming.get("status") in _ENDED_BADLY:
+                raise HypervisorError(f"The destination of instance '{name}' could not load "
+                                      f"the migration ({_cause(incoming)}); resume the "
+                                      "source.")
+        if time.monotonic() > deadline:
+            raise HypervisorError(f"The destination of instance '{name}' did not take over "
+                                  f"within {timeout:g} s (still {state}).")
+        time.sleep(0.005)
+
+
+def _last_line(log_path: Path) -> str:
+    """The last line QEMU printed (why it exited)."""
+    with contextlib.suppress(OSError):
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        if lines:
+            return lines[-1].strip()
+    return "it printed nothing"
+
+
+def abort_incoming(hv: QemuHypervisor, name: str) -> bool:
+    """Kill the destination QEMU of a migration that failed; True if one was killed.
+
+    Only a VM that is still ``incoming`` (or does not answer) is killed: one that runs
+    has activated its disks and *is* the instance now (the source died or was quit after
+    the switchover), so that is an error.  After a failed migration QEMU 7.2's
+    destination usually exits by itself; after the source died it may wait forever.
+    """
+    info = hv.list().get(name)
+    if info is None:
+        hv.cleanup(name)
+        return False
+    if info.status not in ("incoming", "unknown"):
+        raise HypervisorError(f"Not aborting the incoming migration of instance '{name}': "
+                              f"its destination QEMU is {info.status}, so it holds the "
+                              "instance now; stop it explicitly if that is wrong.")
+    hv.kill(name)
+    hv.cleanup(name)
+    return True
+
+
+# -- source ---------------------------------------------------------------------------------
+
+class _Failed(Exception):
+    """Internal: the migration cannot complete, for the reason given."""
+
+
+def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_MS,
+            bandwidth_bytes: int = DEFAULT_BANDWIDTH_MIB * MIB,
+            before_switchover: Callable[[], None] | None = None,
+            timeout: float = 300.0) -> MigrationStats:
+    """Migrate the VM of ``src_qmp`` to ``uri`` (from :func:`accept`) and return once
+    QEMU reports ``completed``; the source is then ``postmigrate``.
+
+    ``downtime_ms``/``bandwidth_bytes`` become QEMU's ``downtime-limit`` and
+    ``max-bandwidth`` (QEMU's defaults, 300 ms and 128 MiB/s, double the pause and the
+    total time).  ``before_switchover`` runs once the source is paused, before the
+    destination takes over; it may use the source's monitor, and raising cancels the
+    migration.  On every failure the source is left running and a
+    :class:`HypervisorError` names the instance and the cause (see the module docstring).
+    """
+    path = str(src_qmp)
+    name = instance_of(path)
+    deadline = time.monotonic() + timeout
+    with qmp_session(path, label=name) as s:
+        if (busy := s.execute("query-migrate").get("status")) in _ACTIVE:
+            raise HypervisorError(f"Cannot migrate instance '{name}': a migration of it is "
+                                  f"already {busy}; cancel or finish that one first.")
+        was_running = s.execute("query-status").get("status") == "running"
+    session: QmpSession | None = None
+    try:
+        session = qmp_session(path, label=name)
+        session.execute("migrate-set-capabilities",
+                        {"capabilities": capabilities(before_switchover is not None)})
+        session.execute("migrate-set-parameters", {"downtime-limit": downtime_ms,
+                                                   "max-bandwidth": bandwidth_bytes})
+        session.execute("migrate", {"uri": uri})
+        log.info("Instance %s: migrating to %s (downtime limit %d ms, %d MiB/s)", name, uri,
+                 downtime_ms, bandwidth_bytes // MIB)
+        pre_ms = 0.0
+        while (status := _next_status(session, deadline, timeout)) != "completed":
+            if status in _ENDED_BADLY:
+                raise _Failed(_cause(session.execute("query-migrate")))
+            if status == "pre-switchover" and before_switchover is not None:
+                # The callback may need this monitor (one client at a time): let go of
+                # it.  Nothing is lost meanwhile: QEMU waits for migrate-continue.
+                paused_at = time.monotonic()
+                session.close()
+                try:
+                    before_switchover()
+                except Exception as exc:
+                    raise _Failed(f"the pre-switchover step failed: {exc}") from exc
+                session = qmp_session(path, label=name)
+                session.execute("migrate-continue", {"state": "pre-switchover"})
+                pre_ms = (time.monotonic() - paused_at) * 1000
+        stats = _final_stats(session, pre_ms)
+    except BaseException as exc:
+        if session is not None:
+            session.close()
+        cause = (str(exc) if isinstance(exc, _Failed | HypervisorError) else repr(exc)).rstrip(".")
+        outcome = _recover(path, name, was_running)
+        if outcome == "completed":  # the cancellation lost the race: it is over there
+            log.warning("Instance %s: migration completed although %s", name, cause)
+            return _final_stats(None, 0.0, path)
+        if not isinstance(exc, Exception):
+            raise  # cancellation and interrupts propagate unwrapped (the source runs)
+        if outcome is None:
+            raise HypervisorError(
+                f"Could not migrate instance '{name}' to {uri}: its source QEMU exited "
+                f"during the migration ({cause}); if the destination is still incoming, "
+                "kill it (abort_incoming).") from exc
+        raise HypervisorError(f"Could not migrate instance '{name}' to {uri}: {cause}; it "
+                              "keeps running on the source.") from exc
+    finally:
+        if session is not None:
+            session.close()
+    log.info("Instance %s: migrated to %s in %.0f ms, downtime %.0f ms, %.1f MiB sent", name,
+             uri, stats.total_ms, stats.downtime_ms, stats.transferred / MIB)
+    return stats
+
+
+def _next_status(session: QmpSession, deadline: float, timeout: float) -> str:
+    """The status of the next MIGRATION event."""
+    left = deadline - time.monotonic()
+    try:
+        if left <= 0:
+            raise QmpTimeout("deadline passed")
+        ev = session.wait_event("MIGRATION", left)
+    except QmpTimeout as exc:
+        raise _Failed(f"it did not complete within {timeout:g} s") from exc
+    status = str(ev.get("data", {}).get("status", ""))
+    log.debug("Instance %s: migration %s", session.label, status)
+    return status
+
+
+def _cause(info: Mapping[str, Any]) -> str:
+    """Why a ``query-migrate`` reply says failed or cancelled."""
+    desc = info.get("error-desc")
+    return f"QEMU reports it {info.get('status', 'failed')}" + (f": {desc}" if desc else "")
+
+
+def _final_stats(session: QmpSession | None, pre_ms: float, path: str = "") -> MigrationStats:
+    """Poll ``query-migrate`` until ``total-time`` is set (the event can come first)."""
+    deadline = time.monotonic() + STATS_TIMEOUT
+    while True:
+        info = session.execute("query-migrate") if session else qmp_call(path, "query-migrate")
+        if info.get("total-time") or time.monotonic() > deadline:
+            return stats_of(info, pre_ms)
+        time.sleep(0.005)
+
+
+def _recover(path: str, name: str, was_running: bool) -> str | None:
+    """After a failure: cancel what still runs and resume the source if it ran before.
+    The migration's final status, or None when the source QEMU is gone."""
+    try:
+        status = str(qmp_call(path, "query-migrate").get("status", "none"))
+        if status in _ACTIVE:
+            with contextlib.suppress(QmpCommandError):  # it may have ended meanwhile
+                qmp_call(path, "migrate_cancel")
+            deadline = time.monotonic() + CANCEL_TIMEOUT
+            while status in _ACTIVE and time.monotonic() < deadline:
+                time.sleep(0.01)
+                status = str(qmp_call(path, "query-migrate").get("status", "none"))
+        if status == "completed":
+            return status
+        if was_running:
+            _ensure_running(path, name)
+        return status
+    except QmpError as exc:
+        log.warning("Instance %s: source unreachable after a failed migration: %s", name, exc)
+        return None
+
+
+def _ensure_running(path: str, name: str) -> None:
+    """QEMU restarts a source that ran before once the migration has failed or been
+    cancelled; give it :data:`RESTART_GRACE`, then ``cont`` (which also re-activates
+    disks left inactive by a late failure)."""
+    deadline = time.monotonic() + RESTART_GRACE
+    while (state := qmp_call(path, "query-status").get("status")) != "running":
+        if state != "finish-migrate" or time.monotonic() > deadline:
+            log.warning("Instance %s is %s after the failed migration; resuming it", name,
+                        state)
+            qmp_call(path, "cont")
+            return
+        time.sleep(0.01)
+
+
+def resume_source(src_qmp: Path | str) -> None:
+    """Roll back a migration that QEMU reported ``completed`` but whose destination does
+    not run (it died while loading): ``cont`` the ``postmigrate`` source, which takes its
+    disks back.  For ``drbd`` the replica then needs a *full* resync (the destination may
+    have written to it).  No-op if the source runs."""
+    name = instance_of(src_qmp)
+    state = qmp_call(src_qmp, "query-status").get("status")
+    if state == "running":
+        return
+    if state != "postmigrate":
+        raise HypervisorError(f"Cannot resume the source of instance '{name}': it is "
+                              f"{state}, not postmigrate.")
+    qmp_call(src_qmp, "cont")
+    log.warning("Instance %s: migration rolled back, running on the source again", name)
+
+
+def finish_source(src_qmp: Path | str) -> None:
+    """Quit the source QEMU after a completed migration (status ``postmigrate``).  The
+    caller then uses the driver's ``stop``/``cleanup`` to wait for the exit and remove
+    its files.  Refuses to quit a source in any other state: a running one is the only
+    copy of the instance.  No-op if the source is already gone."""
+    name = instance_of(src_qmp)
+    try:
+        state = qmp_call(src_qmp, "query-status").get("status")
+    except QmpError:
+        return  # already gone (or quitting)
+    if state != "postmigrate":
+        raise HypervisorError(f"Not stopping the source of instance '{name}': it is {state}, "
+                              "so the migration did not complete there.")
+    qmp_call(src_qmp, "quit")
+
+
+# -- onto the replica holder ----------------------------------------------------------------
+
+class DrbdSwitchover:
+    """The ``before_switchover`` callback for migrating onto the node that holds the
+    replica (built by :func:`drbd_switchover`); the durations of its last run in ms.
+
+    In the pre-switchover window (source paused, destination inactive): refuse unless
+    every mirror is ``ready``; end each one gracefully (in sync, no pivot), keeping the
+    resync bitmap so that a migration failing after this can resync incrementally;
+    then ``stop_export()`` must stop the destination's storage daemon and return only
+    once it exited: the destination takes the image lock only after its last writer is
+    gone.  If this raises, the migration is cancelled and the source resumes; if the
+    mirrors were already ended, the caller must export and resync again.
+    """
+
+    def __init__(self, src_qmp: Path | str, disks: Sequence[int],
+                 stop_export: Callable[[], None]) -> None:
+        self.src_qmp = str(src_qmp)
+        self.disks = tuple(disks)
+        self.stop_export = stop_export
+        self.unprotect_ms = 0.0
+        self.stop_export_ms = 0.0
+
+    def __call__(self) -> None:
+        name = instance_of(self.src_qmp)
+        t0 = time.monotonic()
+        states = replication.status(self.src_qmp, self.disks)
+        lagging = [d for d in self.disks if states[d].phase != "ready"]
+        if lagging:
+            raise HypervisorError(f"the replica of disk(s) {lagging} of instance '{name}' "
+                                  "is not in sync; resync it before migrating onto it.")
+        for disk in self.disks:
+            if not replication.unprotect(self.src_qmp, disk, keep_bitmap=True):
+                raise HypervisorError(f"the mirror of disk {disk} of instance '{name}' was "
+                                      "not in sync when it ended; export and resync it.")
+        t1 = time.monotonic()
+        self.stop_export()
+        t2 = time.monotonic()
+        self.unprotect_ms, self.stop_export_ms = (t1 - t0) * 1000, (t2 - t1) * 1000
+        log.info("Instance %s: mirrors ended in sync in %.1f ms, export stopped in %.1f ms",
+                 name, self.unprotect_ms, self.stop_export_ms)
+
+
+def drbd_switchover(src_qmp: Path | str, disks: Sequence[int],
+                    stop_export: Callable[[], None]) -> DrbdSwitchover:
+    """The ``before_switchover`` callback for :func:`migrate` onto the replica holder
+    (see :class:`DrbdSwitchover`)."""
+    return DrbdSwitchover(src_qmp, disks, stop_export)
+
+
+__all__ = [
+    "DrbdSwitchover",
+    "MigrationStats",
+    "abort_incoming",
+    "accept",
+    "capabilities",
+    "drbd_switchover",
+    "finish_source",
+    "migrate",
+    "migration_params",
+    "resume_source",
+    "stats_of",
+    "tcp_uri",
+    "wait_destination",
+]
