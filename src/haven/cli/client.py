@@ -96,6 +96,11 @@ class Client:
                         break
             if status < 0:
                 continue
+            if status == 502 and i + 1 < len(self.endpoints) and _node_not_ready(data):
+                # This node's daemon runs but cannot serve yet (starting, or cut off from
+                # etcd): nothing was done there, so another node may answer.
+                errors.append(f"{ep}: not ready")
+                continue
             if i:  # remember the endpoint that answered for the next call
                 self.endpoints.insert(0, self.endpoints.pop(i))
             return self._decode(status, data, ep)
@@ -240,3 +245,12 @@ def _exchange(conn: ssl.SSLSocket, rfile: Any, request: bytes) -> tuple[int, byt
     if len(body) != length:
         raise ConnectionResetError("connection closed in the middle of a response")
     return status, body
+
+
+def _node_not_ready(data: bytes) -> bool:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("kind") == "NodeSetupError" and \
+        "not part of a cluster" in str(body.get("message", ""))

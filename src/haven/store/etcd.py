@@ -59,6 +59,8 @@ _NOT_APPLIED = (
     "etcdserver: rpc not supported for learner",
     "etcdserver: server stopped",
     "etcdserver: too many requests",
+    # Dropped before it reached the log (e.g. during a leadership transfer).
+    "raft proposal dropped",
 )
 # The proposal may still commit: resend only idempotent requests.
 _MAYBE_APPLIED = (

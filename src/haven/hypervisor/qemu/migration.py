@@ -305,11 +305,17 @@ def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_M
             return _final_stats(None, 0.0, path)
         if not isinstance(exc, Exception):
             raise  # cancellation and interrupts propagate unwrapped (the source runs)
-        if outcome is None:
+        if outcome == "gone":
             raise HypervisorError(
                 f"Could not migrate instance '{name}' to {uri}: its source QEMU exited "
                 f"during the migration ({cause}); if the destination is still incoming, "
                 "kill it (abort_incoming).") from exc
+        if outcome == "hung":
+            raise HypervisorError(
+                f"Could not migrate instance '{name}' to {uri} ({cause}), and its source "
+                "QEMU does not answer: it is blocked sending the final state to a "
+                "destination that stopped reading; kill the destination QEMU "
+                "(abort_incoming) and the source resumes by itself.") from exc
         raise HypervisorError(f"Could not migrate instance '{name}' to {uri}: {cause}; it "
                               "keeps running on the source.") from exc
     finally:
@@ -350,9 +356,15 @@ def _final_stats(session: QmpSession | None, pre_ms: float, path: str = "") -> M
         time.sleep(0.005)
 
 
-def _recover(path: str, name: str, was_running: bool) -> str | None:
+def _recover(path: str, name: str, was_running: bool) -> str:
     """After a failure: cancel what still runs and resume the source if it ran before.
-    The migration's final status, or None when the source QEMU is gone."""
+    The migration's final status; ``gone`` when the source QEMU has exited, ``hung``
+    when it does not answer.
+
+    ``hung`` is QEMU 7.2 sending the final part (last dirty RAM and device state) with
+    its main loop locked: if the destination stops reading then (stopped, or a cut
+    network without a reset), no QMP command, not even ``migrate_cancel``, is served
+    until the TCP connection fails; killing the destination makes it fail at once."""
     try:
         status = str(qmp_call(path, "query-migrate").get("status", "none"))
         if status in _ACTIVE:
@@ -367,9 +379,12 @@ def _recover(path: str, name: str, was_running: bool) -> str | None:
         if was_running:
             _ensure_running(path, name)
         return status
+    except QmpTimeout as exc:
+        log.warning("Instance %s: source hangs after a failed migration: %s", name, exc)
+        return "hung"
     except QmpError as exc:
-        log.warning("Instance %s: source unreachable after a failed migration: %s", name, exc)
-        return None
+        log.warning("Instance %s: source gone after a failed migration: %s", name, exc)
+        return "gone"
 
 
 def _ensure_running(path: str, name: str) -> None:

@@ -410,13 +410,20 @@ def resync(qmp: Qmp, disk: int, target: NbdTarget, *, trust_bitmap: bool = True,
     ``full`` otherwise: a new full mirror.  Never skips.  Afterwards the bitmap is
     cleared as by :func:`checkpoint`.
     """
+    result = _resync(qmp, disk, target, trust_bitmap, timeout, resume_timeout)
+    log.info("Disk %d of %s: resynced by %s: %d bytes in %.2f s, guest paused %.1f ms",
+             disk, qmp, result.mode, result.bytes_copied, result.seconds, result.pause_ms)
+    return result
+
+
+def _resync(qmp: Qmp, disk: int, target: NbdTarget, trust_bitmap: bool, timeout: float,
+            resume_timeout: float) -> ResyncResult:
     t0 = time.monotonic()
     nodes = _nodes(qmp)
     job = _job(qmp, JOB.format(disk))
     same = target_of(nodes.get(NODE.format(disk))) == (target.host, target.port, target.export)
     has_bitmap = _bitmap(nodes, disk) is not None
     mode = choose_mode(job, same, has_bitmap, trust_bitmap)
-    log.info("Disk %d of %s: resync by %s", disk, qmp, mode)
     if mode == "resume":
         copied = _resume(qmp, disk, int(job.get("offset", 0)) if job else 0,
                          resume_timeout, timeout)

@@ -1,0 +1,32 @@
+"""``haven demo`` runs the reference scenarios end to end and exits 0 only if every one
+succeeded (create, start, console, migrate, planned maintenance, node back, rebalance,
+unplanned loss of the master)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import BIN
+
+pytestmark = pytest.mark.e2e
+
+
+def test_haven_demo_succeeds_and_reports_every_scenario(tmp_path: Path) -> None:
+    base = tmp_path / "demo"
+    env = dict(os.environ, HAVEN_DEMO_DIR=str(base))
+    try:
+        proc = subprocess.run([str(BIN / "haven"), "demo"], capture_output=True, text=True,
+                              timeout=900, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        report = proc.stdout.split("=== Haven demo report ===")[1]
+        for step in ("haven up", "gnt-instance add vm3", "gnt-instance migrate vm2",
+                     "planned maintenance of node01", "node01 back",
+                     "rebalance", "SIGKILL of master"):
+            assert step in report, report
+    finally:
+        subprocess.run([str(BIN / "haven"), "--base-dir", str(base), "down", "--destroy"],
+                       capture_output=True, timeout=120)
