@@ -3,8 +3,11 @@ under TCG with a 256 MiB raw disk filled with random data, everything on 127.0.0
 
 * initial full sync time of the 256 MiB,
 * guest write throughput (``dd bs=1M count=64 oflag=direct``) and 4 KiB O_DSYNC write
-  IOPS (``diskw``), local vs replicated vs replicated over TLS-PSK, in alternating
-  rounds of the same run (medians), printed as ratios,
+  IOPS (``diskw``), in alternating rounds of the same run (medians), printed as ratios:
+  ``local`` (no mirror), ``plain`` (the default export: flush after every replica
+  write), ``volatile`` (no such flush: the replica may lag in the peer's disk cache),
+  ``tls`` (the default export over TLS-PSK),
+* the guest pause of a ``checkpoint()`` (bitmap clear),
 * resync after the export was SIGKILLed while the guest changed 1% of the disk:
   bitmap resync (R2, new port), resume (R1, same port) and full resync; bytes copied,
   seconds and the guest pause of R2.
@@ -37,7 +40,8 @@ from haven.hypervisor.qemu.exports import ExportDisk, ExportManager, new_psk, wr
 
 GUEST = Path(os.environ.get("HAVEN_GUEST_DIR", "/var/cache/haven/guest"))
 DISK_MIB = 256
-PORTS = {"plain": 21801, "tls": 21802, "new": 21803}
+PORTS = {"plain": 21801, "tls": 21802, "volatile": 21804, "new": 21803}
+KINDS = ("local", "plain", "volatile", "tls")
 
 
 class Console:
@@ -78,11 +82,13 @@ class Bench:
         self.tmp = tmp
         self.hv = QemuHypervisor(tmp / "run")
         self.exports = ExportManager(tmp / "exports")
+        self.volatile = ExportManager(tmp / "exports-volatile", writethrough=False)
+        self.checkpoint_ms: list[float] = []
         self.prim = tmp / "prim.raw"
         with open(self.prim, "wb") as f:  # random data: a full sync really copies it
             for _ in range(DISK_MIB):
                 f.write(os.urandom(1 << 20))
-        self.replicas = {k: tmp / f"sec-{k}.raw" for k in ("plain", "tls")}
+        self.replicas = {k: tmp / f"sec-{k}.raw" for k in KINDS[1:]}
         for path in self.replicas.values():
             with open(path, "wb") as f:
                 f.truncate(DISK_MIB << 20)
@@ -105,7 +111,8 @@ class Bench:
     def export(self, kind: str, port: int | None = None) -> repl.NbdTarget:
         port = port or PORTS[kind]
         tls = kind == "tls"
-        self.exports.ensure(f"bench-{kind}", [ExportDisk("d0", str(self.replicas[kind]))],
+        manager = self.volatile if kind == "volatile" else self.exports
+        manager.ensure(f"bench-{kind}", [ExportDisk("d0", str(self.replicas[kind]))],
                             "127.0.0.1", port, self.psk if tls else None)
         return repl.NbdTarget("127.0.0.1", port, "d0", self.psk_dir if tls else None)
 
@@ -115,13 +122,16 @@ class Bench:
         repl.protect(self.qmp, 0, self.export(kind))
         repl.wait_ready(self.qmp, 0, 300)
         seconds = time.perf_counter() - t
+        t = time.perf_counter()
         repl.checkpoint(self.qmp, 0)
+        self.checkpoint_ms.append((time.perf_counter() - t) * 1000)
         return seconds
 
     def close(self) -> None:
         self.hv.kill("bench")
-        for key in list(self.exports.list()):
-            self.exports.stop(key)
+        for manager in (self.exports, self.volatile):
+            for key in list(manager.list()):
+                manager.stop(key)
 
 
 def dd_mib_s(console: Console) -> float:
@@ -140,9 +150,9 @@ def diskw_iops(console: Console, count: int = 1500) -> float:
 
 def throughput(b: Bench, console: Console, rounds: int) -> dict[str, Any]:
     results: dict[str, dict[str, list[float]]] = {
-        k: {"dd_mib_s": [], "iops": []} for k in ("local", "plain", "tls")}
+        k: {"dd_mib_s": [], "iops": []} for k in KINDS}
     for _ in range(rounds):
-        for kind in ("local", "plain", "tls"):
+        for kind in KINDS:
             if kind != "local":
                 b.protect(kind)
             results[kind]["dd_mib_s"].append(dd_mib_s(console))
@@ -155,6 +165,8 @@ def throughput(b: Bench, console: Console, rounds: int) -> dict[str, Any]:
         "samples": results, "median": med,
         "ratio_replicated_vs_local": {m: med["plain"][m] / med["local"][m]
                                       for m in ("dd_mib_s", "iops")},
+        "ratio_volatile_vs_local": {m: med["volatile"][m] / med["local"][m]
+                                    for m in ("dd_mib_s", "iops")},
         "ratio_tls_vs_plain": {m: med["tls"][m] / med["plain"][m]
                                for m in ("dd_mib_s", "iops")},
     }
@@ -230,21 +242,25 @@ def main() -> None:
         finally:
             b.close()
     data = {"disk_mib": DISK_MIB, "initial_sync_seconds": initial, "throughput": tput,
+            "checkpoint_pause_ms": statistics.median(b.checkpoint_ms),
             "resync": res, "goal": {"replicated_vs_local": 0.8, "copied_vs_changed": 2.0}}
     path = write_json("replication", data)
     med, ratio = tput["median"], tput["ratio_replicated_vs_local"]
     print(f"initial full sync of {DISK_MIB} MiB random data: {initial:.2f} s")
-    for kind in ("local", "plain", "tls"):
-        print(f"{kind:>6}: dd 1 MiB O_DIRECT {med[kind]['dd_mib_s']:7.1f} MiB/s   "
+    for kind in KINDS:
+        print(f"{kind:>8}: dd 1 MiB O_DIRECT {med[kind]['dd_mib_s']:7.1f} MiB/s   "
               f"4 KiB O_DSYNC {med[kind]['iops']:6.0f} IOPS")
     print(f"replicated/local: throughput {ratio['dd_mib_s']:.2f}, IOPS {ratio['iops']:.2f} "
           "(goal 0.80)")
+    vol = tput["ratio_volatile_vs_local"]
+    print(f"volatile/local: throughput {vol['dd_mib_s']:.2f}, IOPS {vol['iops']:.2f}")
     tls = tput["ratio_tls_vs_plain"]
     print(f"TLS-PSK/plain: throughput {tls['dd_mib_s']:.2f}, IOPS {tls['iops']:.2f}")
     for name, r in res.items():
         print(f"resync {name:>6}: {r['bytes_copied'] / 2**20:7.2f} MiB copied for "
               f"{r['changed_bytes'] / 2**20:.2f} MiB changed ({r['copied_vs_changed']:.2f}x) "
               f"in {r['seconds']:.2f} s, guest pause {r['pause_ms']:.1f} ms")
+    print(f"checkpoint (bitmap clear) guest pause: median {data['checkpoint_pause_ms']:.1f} ms")
     print(f"-> {path}")
 
 

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -156,6 +157,11 @@ class Rig:
         console = Console(self.hv.console_path(name))
         console.wait_for(b"GUEST-READY", 60)
         return console
+
+    def bare(self, name: str, disk: Path, fmt: Literal["raw", "qcow2"] = "raw") -> None:
+        """A VM without kernel (SeaBIOS idles): enough where no guest has to write."""
+        self.hv.start(VmSpec(name=name, uuid=str(uuid.uuid4()), memory=64, accel="tcg",
+                             disks=(DiskSpec(0, str(disk), fmt),)))
 
     def export(self, port: int | None = None, psk: str | None = None) -> repl.NbdTarget:
         self.exports.ensure("prim", [ExportDisk("d0", str(self.sec))], "127.0.0.1",
@@ -322,8 +328,37 @@ def test_the_guest_keeps_writing_without_its_secondary_and_resyncs_only_what_cha
     assert rig.identical()
 
 
+def test_a_hung_secondary_is_detected_as_stalled_and_severed_so_the_guest_goes_on(
+        rig: Rig) -> None:
+    console = rig.boot(rig.name, rig.prim)
+    repl.protect(rig.qmp, 0, rig.export())
+    repl.wait_ready(rig.qmp, 0, timeout=30)
+    console.send(f"diskw /dev/vda 0 {BLOCKS} 1000000 2 &")
+    console.wait_acks(100)
+    pid = rig.exports.list()["prim"].pid
+    os.kill(pid, signal.SIGSTOP)  # a hung peer: TCP still up, no NBD replies
+    try:
+        time.sleep(0.5)
+        before = repl.status(rig.qmp)[0]
+        acks = len(console.acks())
+        time.sleep(1.0)
+        after = repl.status(rig.qmp)[0]
+        # The job still looks healthy, but the guest's writes are blocked.
+        assert after.phase == "ready" and len(console.acks()) == acks
+        assert repl.stalled(before, after)
+        assert repl.sever(rig.qmp, 0)
+        console.wait_acks(acks + 100, timeout=10)
+        assert repl.status(rig.qmp)[0].phase == "failed"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    result = repl.resync(rig.qmp, 0, rig.export(), resume_timeout=0)
+    assert result.mode == "bitmap" and result.bytes_copied < DISK // 4
+    console.run("killall diskw")
+    assert rig.identical()
+
+
 def test_without_a_resync_bitmap_the_resync_is_full(rig: Rig) -> None:
-    rig.boot(rig.name, rig.prim)
+    rig.bare(rig.name, rig.prim)
     repl.protect(rig.qmp, 0, rig.export())
     repl.wait_ready(rig.qmp, 0, timeout=30)
     rig.exports.stop("prim")
@@ -336,7 +371,7 @@ def test_without_a_resync_bitmap_the_resync_is_full(rig: Rig) -> None:
 # -- (d) idempotence ---------------------------------------------------------------------------
 
 def test_protect_and_unprotect_are_idempotent(rig: Rig) -> None:
-    rig.boot(rig.name, rig.prim)
+    rig.bare(rig.name, rig.prim)
     target = rig.export()
     repl.protect(rig.qmp, 0, target)
     repl.protect(rig.qmp, 0, target)  # the same mirror: nothing happens
@@ -358,11 +393,37 @@ def test_protect_and_unprotect_are_idempotent(rig: Rig) -> None:
 
 
 def test_protecting_an_unreachable_export_fails_without_touching_the_vm(rig: Rig) -> None:
-    rig.boot(rig.name, rig.prim)
+    rig.bare(rig.name, rig.prim)
     with pytest.raises(HypervisorError, match="not reachable"):
         repl.protect(rig.qmp, 0, repl.NbdTarget("127.0.0.1", free_port(), "d0"))
     assert repl.status(rig.qmp, [0])[0].phase == "none"
     assert qmp_call(rig.qmp, "query-status")["status"] == "running"
+
+
+def test_a_qcow2_disk_keeps_its_resync_bitmap_across_a_clean_restart_only(
+        rig: Rig) -> None:
+    prim = rig.tmp / "prim.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(prim), str(DISK)],
+                   check=True)
+    qmp = rig.hv.qmp_path("q")
+
+    def bitmaps() -> list[dict[str, object]]:
+        nodes = {n["node-name"]: n for n in qmp_call(qmp, "query-named-block-nodes")}
+        return [b for b in nodes["disk0"].get("dirty-bitmaps", []) if b.get("name")]
+
+    rig.bare("q", prim, "qcow2")
+    target = rig.export()
+    repl.protect(qmp, 0, target)
+    repl.wait_ready(qmp, 0, timeout=30)
+    assert [(b["name"], b["persistent"]) for b in bitmaps()] == [("repl0-dirty", True)]
+    rig.hv.stop("q", timeout=0)  # QEMU quits cleanly and stores the bitmap
+    rig.bare("q", prim, "qcow2")
+    assert [b["name"] for b in bitmaps() if not b.get("inconsistent")] == ["repl0-dirty"]
+    rig.hv.kill("q")  # a crash leaves it marked in use: unusable, and replaced
+    rig.bare("q", prim, "qcow2")
+    assert [b.get("inconsistent") for b in bitmaps()] == [True]
+    repl.protect(qmp, 0, target)
+    assert [b.get("inconsistent", False) for b in bitmaps()] == [False]
 
 
 # -- the export daemon alone -------------------------------------------------------------------

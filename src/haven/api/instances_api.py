@@ -106,6 +106,10 @@ def install(r: Router, d: NodeDaemon) -> None:
           write=True)
     r.add("POST", base + "/migrate-finish", lambda q: mig.finish_source(q.params["name"]),
           write=True)
+    r.add("POST", base + "/migrate-wait", lambda q: mig.wait_running(q.params["name"]),
+          write=True)
+    r.add("POST", base + "/migrate-resume", lambda q: mig.resume(q.params["name"]),
+          write=True)
     r.add("POST", base + "/freeze", lambda q: freeze(d, q.params["name"]), write=True)
     r.add("GET", base + "/disk/{idx}", lambda q: Stream(diskcopy.send_file(
         diskcopy.disk_path(d, q.params["name"], int(q.params["idx"])))), write=True)

@@ -93,32 +93,47 @@ class NodeMigration:
         stats = migration.migrate(qmp, uri, downtime, bandwidth, callback)
         return asdict(stats)
 
+    def wait_running(self, name: str) -> dict[str, Any]:
+        """After the source reported completion: the destination has taken over."""
+        from haven.hypervisor.qemu import migration
+
+        hv = self._qemu(name)
+        state_now = migration.wait_destination(hv, name)
+        if state_now != "running":
+            raise OpPrereqError(f"The destination of {name} on {self.d.name} is "
+                                f"{state_now}, not running.")
+        return {"status": state_now}
+
     def abort_incoming(self, name: str) -> dict[str, Any]:
-        """Kill a destination process that never became the instance."""
-        m = self.d.instances
-        entry = m.all_vms().get(name)
-        if entry is None:
-            return {"killed": False}
-        hv_name, info = entry
-        inst_primary = None
-        try:
-            inst_primary = m.instance(name)[0].primary_node
-        except Exception:
-            inst_primary = None
-        if inst_primary == self.d.name and info.status == "running":
-            raise OpPrereqError(f"Instance {name} runs here as the primary; not killing it.")
-        hv = m.hypervisor(hv_name)
-        hv.kill(name)
-        hv.cleanup(name)
-        return {"killed": True}
+        """Kill a destination process that never became the instance (refused if it
+        runs: then it *is* the instance)."""
+        from haven.hypervisor.qemu import migration
+
+        return {"killed": migration.abort_incoming(self._qemu(name), name)}
+
+    def resume(self, name: str) -> dict[str, Any]:
+        """Roll a completed-but-not-taken-over migration back: the source runs again."""
+        from haven.hypervisor.qemu import migration
+
+        migration.resume_source(self._qemu(name).qmp_path(name))
+        return {"resumed": True}
 
     def finish_source(self, name: str) -> dict[str, Any]:
-        """The memory has moved: end the (paused, ``postmigrate``) source process."""
-        m = self.d.instances
-        entry = m.all_vms().get(name)
-        if entry is None:
+        """The destination runs: end the ``postmigrate`` source (refused in any other
+        state: a running source is the only copy)."""
+        from haven.hypervisor.qemu import migration
+
+        hv = self._qemu(name)
+        if name not in hv.list():
             return {"stopped": False}
-        hv = m.hypervisor(entry[0])
-        hv.stop(name, timeout=5)
+        migration.finish_source(hv.qmp_path(name))
+        hv.stop(name, timeout=10)  # waits for the exit of the quitting process
         hv.cleanup(name)
         return {"stopped": True}
+
+    def _qemu(self, name: str) -> Any:
+        from haven.hypervisor.qemu import QemuHypervisor
+
+        hv = self.d.instances.hypervisor("kvm")
+        assert isinstance(hv, QemuHypervisor)
+        return hv

@@ -2,39 +2,35 @@
 
 The phases, Ganeti's (accept on the destination, migrate, finalize both sides)::
 
-    destination  hv.start(spec, incoming=True)     QEMU waits (``-incoming defer``): inmigrate
+    destination  hv.start(spec with incoming=True)  QEMU waits (-incoming defer): inmigrate
                  accept(dest_qmp, addr, port)       -> "tcp:addr:port"
     source       migrate(src_qmp, uri, ...)         -> MigrationStats, or HypervisorError
-    destination  wait_destination(dest_qmp)         until it left inmigrate (or failed)
-    source       finish_source(src_qmp)             quit the ``postmigrate`` source,
-                 then hv.stop()/cleanup()           (the driver removes its files)
-    on failure   abort_incoming(dest_hv, name)      kill a destination still inmigrate
+    destination  wait_destination(hv, name)         until it has taken over (or failed)
+    source       finish_source(src_qmp)             quit the postmigrate source, then the
+                                                    driver's stop/cleanup for its files
+    rollback     abort_incoming(hv, name)           kill a destination still inmigrate
+                 resume_source(src_qmp)             completed, but no destination runs
 
-Contracts:
+Contracts (each measured in tests/integration/test_migration.py):
 
-* ``migrate`` holds the source's command monitor (``<name>.qmp``) for the whole
-  migration, except while ``before_switchover`` runs; other callers in this process
-  queue for it (the status monitor stays free for ``list()``).
-* **No return path** is negotiated, on purpose: with QEMU's ``return-path`` a source
-  whose destination acknowledgement is lost (network cut after the destination started)
-  would resume too, and two copies would run.  Without it the source never resumes by
-  itself after ``completed``: it stays ``postmigrate`` (stopped, image released) until
-  the caller has seen the destination run.  ``completed`` therefore means "everything
-  was sent"; a destination that died while loading leaves a paused source that
-  :func:`resume_source` brings back.
-* On any failure before ``completed`` (failed/cancelled, destination died, timeout,
-  callback raised) ``migrate`` cancels the migration and leaves the source *running*
-  (QEMU restarts it itself; ``cont`` if it does not), then raises a
-  :class:`HypervisorError` naming the instance and the cause.  If the source QEMU itself
-  died the error says so: the destination may then still be ``inmigrate`` and must be
-  killed (:func:`abort_incoming`) - unless it runs, then it is the instance.
-* ``pause-before-switchover`` (when a callback is given): the source stops its vCPUs,
-  keeps its disks active, and waits; the callback runs in that window, while the
-  destination has not activated its disks.  :func:`drbd_switchover` is the callback for
-  migrating onto the holder of the ``drbd`` replica.
-
-Measured figures (TCG, 2 cores) are in ``tests/integration/test_migration.py`` and
-``bench/migration_qemu.py``.
+* ``migrate`` holds the source's command monitor for the whole migration, except while
+  ``before_switchover`` runs: other callers in this process queue for it (the status
+  monitor stays free for ``list()``).
+* **No return path**, on purpose: with it a source whose destination acknowledgement is
+  lost would resume while the destination runs - two copies.  Without it ``completed``
+  means "all sent": the source stays ``postmigrate`` (stopped, disks released) until the
+  caller has seen the destination run; if it never does, :func:`resume_source`.
+* Any failure before ``completed`` (failed, destination died, timeout, callback raised)
+  cancels the migration and leaves the source *running* (QEMU restarts it itself;
+  ``cont`` otherwise), then raises a :class:`HypervisorError` naming the instance and
+  the cause.  If the source died instead, the error says so and a destination still
+  ``inmigrate`` must be killed; QEMU 7.2's destination usually exits by itself.
+* A destination that stops reading in the final phase (stopped, network cut without a
+  reset) blocks the source's main loop, monitor included, until TCP gives up: the error
+  says to kill the destination, after which the source resumes within ~15 ms.
+* ``pause-before-switchover`` (with a callback): the source's vCPUs are stopped, its
+  disks still active, the destination's not yet; :func:`drbd_switchover` uses that
+  window to hand the replica over.
 """
 
 from __future__ import annotations
@@ -75,6 +71,13 @@ _ENDED_BADLY = frozenset({"failed", "cancelled"})
 CANCEL_TIMEOUT = 10.0  # migrate_cancel shuts the socket down: this is ample
 RESTART_GRACE = 2.0  # QEMU restarts the source itself after a failure; wait this long
 STATS_TIMEOUT = 2.0  # the completed event can precede query-migrate's final numbers
+_ADVICE = {  # by the outcome of _recover
+    "gone": "its source QEMU exited meanwhile; kill the destination if it is still "
+            "incoming (abort_incoming)",
+    "hung": "its source QEMU does not answer, blocked sending the final state to a "
+            "destination that stopped reading; kill the destination QEMU (abort_incoming) "
+            "and the source resumes by itself",
+}
 
 
 @dataclass(frozen=True)
@@ -104,15 +107,11 @@ def migration_params(hvparams: Mapping[str, Any]) -> tuple[int, int]:
         raw = hvparams.get(key)
         if raw is None or raw == "":
             return default
-        try:
-            number = int(raw)
-        except (TypeError, ValueError) as exc:
-            raise HypervisorError(f"Hypervisor parameter {key}={raw!r} is not a number; "
-                                  "give a positive integer.") from exc
-        if number <= 0 or (isinstance(raw, float) and raw != number):
-            raise HypervisorError(f"Hypervisor parameter {key}={raw!r} must be a positive "
-                                  "integer.")
-        return number
+        with contextlib.suppress(TypeError, ValueError):
+            if (number := int(raw)) > 0 and not (isinstance(raw, float) and raw != number):
+                return number
+        raise HypervisorError(f"Hypervisor parameter {key}={raw!r} is not valid; give a "
+                              "positive integer.")
 
     return (value("migration_downtime", DEFAULT_DOWNTIME_MS),
             value("migration_bandwidth", DEFAULT_BANDWIDTH_MIB) * MIB)
@@ -183,17 +182,18 @@ def wait_destination(hv: QemuHypervisor, name: str, timeout: float = 30.0) -> st
     ``hv`` has loaded the state and left ``inmigrate``; its run state (``running``, or
     ``paused`` if the source was paused).
 
-    Needed because the source's ``completed`` only means everything was sent: the
-    destination then still loads device state and activates its disks (10-50 ms under
-    TCG), and meanwhile its monitors even fail the QMP negotiation (``list()`` shows it
-    ``unknown``).  Raises :class:`HypervisorError` if the destination exited or its
-    migration failed: then :func:`resume_source`."""
+    The source's ``completed`` only means all was sent: the destination still loads the
+    device state and activates its disks (10-50 ms under TCG), its monitors failing even
+    the QMP negotiation meanwhile (``list()``: ``unknown``).  ``paused`` for a running
+    source means it could not activate its disks (e.g. the image lock): treat that as a
+    failure too.  Raises :class:`HypervisorError` if it exited or its load failed; then
+    kill it and :func:`resume_source`."""
     deadline = time.monotonic() + timeout
     state = "unknown"
     while True:
         if name not in hv.list():
             raise HypervisorError(f"The destination QEMU of instance '{name}' exited while "
-                                  f"taking over: {_last_line(hv.path(name, '.log'))}; resume the "
+                                  f"taking over (see {hv.path(name, '.log')}); resume the "
                                   "source.")
         with contextlib.suppress(QmpError):  # busy loading: asked again below
             state = str(qmp_call(hv.qmp_path(name), "query-status", timeout=1.0)["status"])
@@ -210,24 +210,17 @@ def wait_destination(hv: QemuHypervisor, name: str, timeout: float = 30.0) -> st
         time.sleep(0.005)
 
 
-def _last_line(log_path: Path) -> str:
-    """The last line QEMU printed (why it exited)."""
-    with contextlib.suppress(OSError):
-        lines = log_path.read_text(errors="replace").strip().splitlines()
-        if lines:
-            return lines[-1].strip()
-    return "it printed nothing"
+def abort_incoming(hv: QemuHypervisor, name: str, settle: float = 5.0) -> bool:
+    """Kill the destination QEMU of a failed migration; True if one was killed.
 
-
-def abort_incoming(hv: QemuHypervisor, name: str) -> bool:
-    """Kill the destination QEMU of a migration that failed; True if one was killed.
-
-    Only a VM that is still ``incoming`` (or does not answer) is killed: one that runs
-    has activated its disks and *is* the instance now (the source died or was quit after
-    the switchover), so that is an error.  After a failed migration QEMU 7.2's
-    destination usually exits by itself; after the source died it may wait forever.
-    """
-    info = hv.list().get(name)
+    Only one still ``incoming`` is killed: one that runs or is paused has activated its
+    disks and *is* the instance now, so that raises.  While it loads the final state it
+    answers nothing (``unknown``): that is waited out for up to ``settle`` seconds, and
+    only a destination that stays silent is killed."""
+    deadline = time.monotonic() + settle
+    while (info := hv.list().get(name)) is not None and info.status == "unknown" \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
     if info is None:
         hv.cleanup(name)
         return False
@@ -298,26 +291,17 @@ def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_M
     except BaseException as exc:
         if session is not None:
             session.close()
-        cause = (str(exc) if isinstance(exc, _Failed | HypervisorError) else repr(exc)).rstrip(".")
+        cause = str(exc) if isinstance(exc, _Failed | HypervisorError) else repr(exc)
         outcome = _recover(path, name, was_running)
+        if not isinstance(exc, Exception):
+            raise  # cancellation and interrupts propagate unwrapped
         if outcome == "completed":  # the cancellation lost the race: it is over there
             log.warning("Instance %s: migration completed although %s", name, cause)
             return _final_stats(None, 0.0, path)
-        if not isinstance(exc, Exception):
-            raise  # cancellation and interrupts propagate unwrapped (the source runs)
-        if outcome == "gone":
-            raise HypervisorError(
-                f"Could not migrate instance '{name}' to {uri}: its source QEMU exited "
-                f"during the migration ({cause}); if the destination is still incoming, "
-                "kill it (abort_incoming).") from exc
-        if outcome == "hung":
-            raise HypervisorError(
-                f"Could not migrate instance '{name}' to {uri} ({cause}), and its source "
-                "QEMU does not answer: it is blocked sending the final state to a "
-                "destination that stopped reading; kill the destination QEMU "
-                "(abort_incoming) and the source resumes by itself.") from exc
-        raise HypervisorError(f"Could not migrate instance '{name}' to {uri}: {cause}; it "
-                              "keeps running on the source.") from exc
+        advice = _ADVICE.get(outcome, "it keeps running on the source")
+        raise HypervisorError(f"Could not migrate instance '{name}' to {uri}: "
+                              f"{cause.rstrip('.')}; "
+                              f"{advice}.") from exc
     finally:
         if session is not None:
             session.close()
@@ -359,14 +343,12 @@ def _final_stats(session: QmpSession | None, pre_ms: float, path: str = "") -> M
 def _recover(path: str, name: str, was_running: bool) -> str:
     """After a failure: cancel what still runs and resume the source if it ran before.
     The migration's final status; ``gone`` when the source QEMU has exited, ``hung``
-    when it does not answer.
-
-    ``hung`` is QEMU 7.2 sending the final part (last dirty RAM and device state) with
-    its main loop locked: if the destination stops reading then (stopped, or a cut
-    network without a reset), no QMP command, not even ``migrate_cancel``, is served
-    until the TCP connection fails; killing the destination makes it fail at once."""
+    when it does not answer: QEMU 7.2 sends the last RAM and the device state with its
+    main loop locked, so a destination that stops reading then keeps every QMP command,
+    ``migrate_cancel`` included, waiting until the connection fails."""
     try:
-        status = str(qmp_call(path, "query-migrate").get("status", "none"))
+        # A healthy QEMU answers in ms; a hung one should not cost the default 5 s.
+        status = str(qmp_call(path, "query-migrate", timeout=2.0).get("status", "none"))
         if status in _ACTIVE:
             with contextlib.suppress(QmpCommandError):  # it may have ended meanwhile
                 qmp_call(path, "migrate_cancel")
@@ -402,10 +384,9 @@ def _ensure_running(path: str, name: str) -> None:
 
 
 def resume_source(src_qmp: Path | str) -> None:
-    """Roll back a migration that QEMU reported ``completed`` but whose destination does
-    not run (it died while loading): ``cont`` the ``postmigrate`` source, which takes its
-    disks back.  For ``drbd`` the replica then needs a *full* resync (the destination may
-    have written to it).  No-op if the source runs."""
+    """Roll back a ``completed`` migration whose destination does not run: ``cont`` the
+    ``postmigrate`` source (it takes its disks back).  For ``drbd`` the replica then
+    needs a *full* resync: the destination may have written to it.  No-op if running."""
     name = instance_of(src_qmp)
     state = qmp_call(src_qmp, "query-status").get("status")
     if state == "running":
@@ -418,10 +399,9 @@ def resume_source(src_qmp: Path | str) -> None:
 
 
 def finish_source(src_qmp: Path | str) -> None:
-    """Quit the source QEMU after a completed migration (status ``postmigrate``).  The
-    caller then uses the driver's ``stop``/``cleanup`` to wait for the exit and remove
-    its files.  Refuses to quit a source in any other state: a running one is the only
-    copy of the instance.  No-op if the source is already gone."""
+    """Quit the ``postmigrate`` source after the destination took over; then the
+    driver's ``stop``/``cleanup`` wait for the exit and remove its files.  Refuses any
+    other state (a running source is the only copy); no-op if it is already gone."""
     name = instance_of(src_qmp)
     try:
         state = qmp_call(src_qmp, "query-status").get("status")
@@ -436,16 +416,15 @@ def finish_source(src_qmp: Path | str) -> None:
 # -- onto the replica holder ----------------------------------------------------------------
 
 class DrbdSwitchover:
-    """The ``before_switchover`` callback for migrating onto the node that holds the
-    replica (built by :func:`drbd_switchover`); the durations of its last run in ms.
+    """The ``before_switchover`` callback for migrating onto the replica holder (see
+    :func:`drbd_switchover`), with the durations of its last run in ms.
 
-    In the pre-switchover window (source paused, destination inactive): refuse unless
-    every mirror is ``ready``; end each one gracefully (in sync, no pivot), keeping the
-    resync bitmap so that a migration failing after this can resync incrementally;
-    then ``stop_export()`` must stop the destination's storage daemon and return only
-    once it exited: the destination takes the image lock only after its last writer is
-    gone.  If this raises, the migration is cancelled and the source resumes; if the
-    mirrors were already ended, the caller must export and resync again.
+    In the window (source paused, destination inactive): raise unless every mirror is
+    ``ready``; end each gracefully (in sync, no pivot: the source writes nothing more to
+    the replica), keeping the resync bitmap for a migration that fails after this; then
+    ``stop_export()`` must stop the destination's storage daemon and return once it
+    exited, so the destination takes the image lock with no other opener.  Raising
+    cancels the migration; if mirrors had ended, the caller exports and resyncs again.
     """
 
     def __init__(self, src_qmp: Path | str, disks: Sequence[int],
@@ -482,19 +461,3 @@ def drbd_switchover(src_qmp: Path | str, disks: Sequence[int],
     (see :class:`DrbdSwitchover`)."""
     return DrbdSwitchover(src_qmp, disks, stop_export)
 
-
-__all__ = [
-    "DrbdSwitchover",
-    "MigrationStats",
-    "abort_incoming",
-    "accept",
-    "capabilities",
-    "drbd_switchover",
-    "finish_source",
-    "migrate",
-    "migration_params",
-    "resume_source",
-    "stats_of",
-    "tcp_uri",
-    "wait_destination",
-]

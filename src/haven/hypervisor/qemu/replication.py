@@ -37,7 +37,13 @@ from typing import Any, Literal
 
 from haven.hypervisor.base import HypervisorError
 from haven.hypervisor.qemu.exports import PSK_USER, TLS_PRIORITY
-from haven.hypervisor.qemu.qmp import QmpCommandError, QmpTimeout, qmp_call, qmp_session
+from haven.hypervisor.qemu.qmp import (
+    QmpCommandError,
+    QmpSession,
+    QmpTimeout,
+    qmp_call,
+    qmp_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,11 @@ class MirrorState:
     length: int = 0
     io_status: str = "ok"
     paused: bool = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes the job has taken on but not yet written to the peer."""
+        return max(self.length - self.offset, 0)
 
     @property
     def percent(self) -> float:
@@ -173,6 +184,16 @@ def choose_mode(job: dict[str, Any] | None, same_target: bool, has_bitmap: bool,
     return "bitmap" if has_bitmap and synced_once else "full"
 
 
+def stalled(before: MirrorState, after: MirrorState) -> bool:
+    """True if the peer made no progress between two :func:`status` snapshots taken an
+    interval apart (say 5 s): the same live job, the same offset, bytes pending.  A hung
+    or silently partitioned peer does not fail the job (7.2's NBD client has no request
+    timeout, TCP retransmits for ~15 min): it blocks every guest write.  :func:`sever`
+    it.  An idle guest has nothing pending and is never stalled."""
+    return (after.phase in ("ready", "syncing") and after.job_id == before.job_id != ""
+            and after.offset == before.offset and before.pending > 0 and after.pending > 0)
+
+
 def target_of(node: dict[str, Any] | None) -> tuple[str, int, str] | None:
     """(host, port, export) of an nbd node of ``query-named-block-nodes``, whose file
     name is ``nbd://host:port/export``."""
@@ -194,9 +215,18 @@ def _nodes(qmp: Qmp) -> dict[str, dict[str, Any]]:
 
 
 def _bitmap(nodes: dict[str, dict[str, Any]], disk: int) -> dict[str, Any] | None:
-    """The resync bitmap's entry (with its dirty ``count`` in bytes), if it exists."""
+    """The resync bitmap's entry (with its dirty ``count`` in bytes) if it is usable: a
+    persistent one that QEMU found marked in-use at start (it crashed) is not."""
     return next((b for b in nodes.get(f"disk{disk}", {}).get("dirty-bitmaps", [])
-                 if b.get("name") == BITMAP.format(disk)), None)
+                 if b.get("name") == BITMAP.format(disk) and not b.get("inconsistent")), None)
+
+
+def _new_bitmap(s: QmpSession, nodes: dict[str, dict[str, Any]], disk: int) -> None:
+    """Replace the resync bitmap by an empty one."""
+    with contextlib.suppress(QmpCommandError):
+        s.execute("block-dirty-bitmap-remove", {"node": f"disk{disk}",
+                                                "name": BITMAP.format(disk)})
+    s.execute("block-dirty-bitmap-add", bitmap_args(disk, nodes[f"disk{disk}"]["drv"]))
 
 
 def status(qmp: Qmp, disks: Iterable[int] = ()) -> dict[int, MirrorState]:
@@ -263,6 +293,20 @@ def thaw(qmp: Qmp) -> None:
     qmp_call(qmp, "cont")
 
 
+def sever(qmp: Qmp, disk: int) -> bool:
+    """Cut the replica connection of ``disk`` (QMP ``yank``) when its peer hangs (see
+    :func:`stalled`): the blocked writes fail on the replica side, the job fails, the
+    guest continues.  The connection never comes back, so resync with
+    ``resume_timeout=0``.  False if there is no such connection."""
+    try:
+        qmp_call(qmp, "yank", {"instances": [{"type": "block-node",
+                                              "node-name": NODE.format(disk)}]})
+    except QmpCommandError:
+        return False
+    log.warning("Disk %d of %s: replica connection severed", disk, qmp)
+    return True
+
+
 # -- protecting ---------------------------------------------------------------------------
 
 def probe(target: NbdTarget, timeout: float = 2.0) -> None:
@@ -318,7 +362,7 @@ def protect(qmp: Qmp, disk: int, target: NbdTarget, bitmap: bool = True) -> None
     _connect(qmp, disk, target)
     with qmp_session(qmp) as s:
         if bitmap and _bitmap(nodes, disk) is None:
-            s.execute("block-dirty-bitmap-add", bitmap_args(disk, nodes[f"disk{disk}"]["drv"]))
+            _new_bitmap(s, nodes, disk)
         s.execute("blockdev-mirror", mirror_args(disk, "full"))
     log.info("Disk %d of %s: mirroring to %s:%d/%s", disk, qmp, target.host, target.port,
              target.export)
@@ -440,12 +484,7 @@ def _resync(qmp: Qmp, disk: int, target: NbdTarget, trust_bitmap: bool, timeout:
         copied, pause_ms = _bitmap_resync(qmp, disk, timeout)
         return ResyncResult("bitmap", copied, time.monotonic() - t0, pause_ms)
     with qmp_session(qmp) as s:
-        # A cleared (or new) bitmap becomes valid again once this full sync is ready.
-        if has_bitmap:
-            s.execute("block-dirty-bitmap-clear",
-                      {"node": f"disk{disk}", "name": BITMAP.format(disk)})
-        else:
-            s.execute("block-dirty-bitmap-add", bitmap_args(disk, nodes[f"disk{disk}"]["drv"]))
+        _new_bitmap(s, nodes, disk)  # valid once this full sync is ready
         s.execute("blockdev-mirror", mirror_args(disk, "full"))
     state = wait_ready(qmp, disk, timeout)
     checkpoint(qmp, disk)

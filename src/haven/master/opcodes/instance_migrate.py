@@ -132,6 +132,19 @@ class InstanceMigrate(InstanceLU):
                               f"migrate --cleanup {inst.name}")
             raise OpExecError(f"Migration of {inst.name} to {target} failed: {exc.message} "
                               f"It still runs on {source}.") from exc
+        try:
+            iu.node_call(self, target, "migrate-wait", inst.name, timeout=60)
+        except HavenError as exc:
+            # Everything was sent but the destination did not take over: it dies, the
+            # source (paused, postmigrate) runs again; still exactly one copy.
+            self.feedback(f"* the destination did not take over ({exc.message}); "
+                          f"resuming {inst.name} on {source}")
+            iu.node_call(self, target, "migrate-abort", inst.name)
+            iu.node_call(self, source, "migrate-resume", inst.name)
+            self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
+            raise OpExecError(f"Migration of {inst.name} to {target} failed at the "
+                              f"switchover: {exc.message} It runs on {source} again.") \
+                from exc
         self._switch(source, target)
         self.feedback(f"* migrated in {stats.get('total_ms')} ms, downtime "
                       f"{stats.get('downtime_ms')} ms")
