@@ -51,6 +51,14 @@ class Request:
     def qbool(self, name: str) -> bool:
         return self.query.get(name, ["0"])[-1] in ("1", "true", "yes")
 
+    def obj(self) -> dict[str, Any]:
+        """The JSON body as an object (``{}`` when there is none)."""
+        if self.body is None:
+            return {}
+        if not isinstance(self.body, dict):
+            raise HttpError(400, "The request body must be a JSON object.")
+        return self.body
+
     def qstr(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else default

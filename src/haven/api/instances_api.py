@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from haven.api import console
 from haven.api.http import Request, Router, Stream
 from haven.daemon import diskcopy
-from haven.errors import InvalidInput, NotFoundError, OpPrereqError
+from haven.errors import NotFoundError, OpPrereqError
 from haven.master import state
 from haven.model.event import Event
 from haven.model.instance import Instance, Observed, ganeti_status
@@ -28,7 +28,7 @@ def install(r: Router, d: NodeDaemon) -> None:
 
     r.add("GET", "/2/instances", lambda q: list_instances(d, q))
     r.add("GET", "/2/instances/{name}", lambda q: one_instance(d, q.params["name"]))
-    r.add("POST", "/2/instances", lambda q: submit(d, [create_op(_body(q))]), write=True)
+    r.add("POST", "/2/instances", lambda q: submit(d, [create_op(q.obj())]), write=True)
     r.add("DELETE", "/2/instances/{name}", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_REMOVE", "instance_name": q.params["name"],
         "shutdown_timeout": float(q.qstr("shutdown_timeout") or 120)}]), write=True)
@@ -37,22 +37,22 @@ def install(r: Router, d: NodeDaemon) -> None:
         "force": q.qbool("force")}]), write=True)
     r.add("PUT", "/2/instances/{name}/shutdown", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_SHUTDOWN", "instance_name": q.params["name"],
-        "timeout": float(_body(q).get("timeout", q.qstr("timeout") or 120))}]), write=True)
+        "timeout": float(q.obj().get("timeout", q.qstr("timeout") or 120))}]), write=True)
     r.add("POST", "/2/instances/{name}/reboot", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_REBOOT", "instance_name": q.params["name"],
         "reboot_type": q.qstr("type") or "hard"}]), write=True)
     r.add("PUT", "/2/instances/{name}/modify", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_SET_PARAMS", "instance_name": q.params["name"],
-        **_body(q)}]), write=True)
+        **q.obj()}]), write=True)
     r.add("POST", "/2/instances/{name}/reinstall", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_REINSTALL", "instance_name": q.params["name"],
         **({"os_type": q.qstr("os")} if q.qstr("os") else {})}]), write=True)
     r.add("PUT", "/2/instances/{name}/rename", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_RENAME", "instance_name": q.params["name"],
-        "new_name": _body(q).get("new_name", "")}]), write=True)
+        "new_name": q.obj().get("new_name", "")}]), write=True)
     r.add("PUT", "/2/instances/{name}/failover", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": q.params["name"],
-        **_body(q)}]), write=True)
+        **q.obj()}]), write=True)
     r.add("PUT", "/2/instances/{name}/activate-disks", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_ACTIVATE_DISKS", "instance_name": q.params["name"]}]),
           write=True)
@@ -65,7 +65,7 @@ def install(r: Router, d: NodeDaemon) -> None:
           write=True)
     r.add("POST", "/2/instances/{name}/disk/{idx}/grow", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_GROW_DISK", "instance_name": q.params["name"],
-        "disk": int(q.params["idx"]), **_body(q)}]), write=True)
+        "disk": int(q.params["idx"]), **q.obj()}]), write=True)
     r.add("GET", "/2/instances/{name}/console", lambda q: console_info(d, q.params["name"]),
           write=True)
     r.add("GET", "/haven/instances/{name}/console",
@@ -80,17 +80,17 @@ def install(r: Router, d: NodeDaemon) -> None:
     base = "/haven/node/instance/{name}"
     m = d.instances
     r.add("POST", base + "/create-disks", lambda q: m.create_disks(
-        q.params["name"], _body(q).get("indices")), write=True)
+        q.params["name"], q.obj().get("indices")), write=True)
     r.add("POST", base + "/remove-disks", lambda q: m.remove_disks(
-        q.params["name"], _body(q).get("disks")), write=True)
+        q.params["name"], q.obj().get("disks")), write=True)
     r.add("POST", base + "/grow-disk", lambda q: m.grow_disk(
-        q.params["name"], int(_body(q)["index"]), int(_body(q)["size"])), write=True)
+        q.params["name"], int(q.obj()["index"]), int(q.obj()["size"])), write=True)
     r.add("POST", base + "/os", lambda q: m.run_os(
-        q.params["name"], str(_body(q)["script"]), _body(q).get("os"),
-        _body(q).get("env") or {}), write=True)
+        q.params["name"], str(q.obj()["script"]), q.obj().get("os"),
+        q.obj().get("env") or {}), write=True)
     r.add("POST", base + "/start", lambda q: m.start(
-        q.params["name"], _body(q).get("generation"),
-        force=bool(_body(q).get("force", False))), write=True)
+        q.params["name"], q.obj().get("generation"),
+        force=bool(q.obj().get("force", False))), write=True)
     rep = d.replication
     r.add("POST", base + "/export", lambda q: rep.export(m.instance(q.params["name"])[0]),
           write=True)
@@ -101,7 +101,7 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("POST", base + "/migrate-accept", lambda q: mig.accept(q.params["name"]),
           write=True)
     r.add("POST", base + "/migrate-send", lambda q: mig.send(
-        q.params["name"], str(_body(q)["uri"]), str(_body(q)["target"])), write=True)
+        q.params["name"], str(q.obj()["uri"]), str(q.obj()["target"])), write=True)
     r.add("POST", base + "/migrate-abort", lambda q: mig.abort_incoming(q.params["name"]),
           write=True)
     r.add("POST", base + "/migrate-finish", lambda q: mig.finish_source(q.params["name"]),
@@ -114,13 +114,13 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("GET", base + "/disk/{idx}", lambda q: Stream(diskcopy.send_file(
         diskcopy.disk_path(d, q.params["name"], int(q.params["idx"])))), write=True)
     r.add("POST", base + "/pull-disks", lambda q: pull_disks(
-        d, q.params["name"], str(_body(q)["source"])), write=True)
+        d, q.params["name"], str(q.obj()["source"])), write=True)
     r.add("PUT", "/2/instances/{name}/migrate", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": q.params["name"],
-        **_body(q)}]), write=True)
+        **q.obj()}]), write=True)
     r.add("POST", base + "/stop", lambda q: m.stop(
-        q.params["name"], float(_body(q).get("timeout", 120)),
-        bool(_body(q).get("force", False))), write=True)
+        q.params["name"], float(q.obj().get("timeout", 120)),
+        bool(q.obj().get("force", False))), write=True)
     r.add("POST", base + "/reboot", lambda q: m.reboot(q.params["name"]), write=True)
     r.add("POST", base + "/kill", lambda q: m.kill(q.params["name"]), write=True)
     r.add("GET", base + "/console", lambda q: Stream(console.pump_unix(
@@ -130,13 +130,6 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("GET", "/haven/node/vms", lambda _q: {
         n: {"hypervisor": hv, **info.__dict__} for n, (hv, info) in m.all_vms().items()})
 
-
-def _body(q: Request) -> dict[str, Any]:
-    if q.body is None:
-        return {}
-    if not isinstance(q.body, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    return q.body
 
 
 def create_op(body: dict[str, Any]) -> dict[str, Any]:

@@ -31,28 +31,21 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("PUT", "/2/nodes/{name}/role", lambda q: submit(d, [set_role_op(q)]), write=True)
     r.add("POST", "/2/nodes/{name}/modify", lambda q: submit(d, [{
         "OP_ID": "OP_NODE_SET_PARAMS", "node_name": q.params["name"],
-        **_body(q)}]), write=True)
+        **q.obj()}]), write=True)
     # Node daemon calls
     r.add("GET", "/haven/node/info", lambda _q: node_info(d))
     r.add("POST", "/haven/node/init", lambda q: local_init(d, q))
-    r.add("POST", "/haven/node/join", lambda q: membership.join(d, _body(q)))
+    r.add("POST", "/haven/node/join", lambda q: membership.join(d, q.obj()))
     r.add("POST", "/haven/node/leave", lambda _q: membership.leave(d), write=True)
     r.add("POST", "/haven/node/redist", lambda _q: redist(d), write=True)
     r.add("GET", "/haven/client-config", lambda _q: membership.write_client_config(d),
           write=True)
     r.add("POST", "/haven/master-failover", lambda q: membership.master_failover(
-        d, bool(_body(q).get("no_voting"))), write=True)
+        d, bool(q.obj().get("no_voting"))), write=True)
     r.add("POST", "/haven/node/master-failover-local", lambda q: _local_only(
-        d, q, lambda: membership.master_failover(d, bool(_body(q).get("no_voting")))))
+        d, q, lambda: membership.master_failover(d, bool(q.obj().get("no_voting")))))
     r.add("POST", "/haven/cluster/destroy", lambda _q: membership.destroy(d), write=True)
 
-
-def _body(q: Request) -> dict[str, Any]:
-    if q.body is None:
-        return {}
-    if not isinstance(q.body, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    return q.body
 
 
 def list_nodes(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
@@ -100,7 +93,7 @@ def _local_only(d: NodeDaemon, q: Request, fn: Any) -> Any:
 def local_init(d: NodeDaemon, q: Request) -> dict[str, Any]:
     from haven.daemon import membership
 
-    body = _body(q)
+    body = q.obj()
     result: dict[str, Any] = _local_only(d, q, lambda: membership.init(
         d, str(body.get("cluster_name", "")), list(body.get("etcd_endpoints") or []),
         int(body.get("lease_ttl", 5)), bool(body.get("vm_capable", True)),

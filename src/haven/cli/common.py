@@ -159,3 +159,37 @@ def parse_fields(spec: str | None, default: list[str], known: dict[str, Any]) ->
 
 class UnknownField(InvalidInput):
     from haven.errors import EXIT_UNKNOWN_FIELD as exit_code
+
+
+def print_listing(kind: str, items: list[dict[str, Any]], names: list[str],
+                  fields: list[str], table: dict[str, tuple[str, bool, Any]], args: Any,
+                  missing_value: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Ganeti's ``list``: the named objects (all if none; an unknown name is an error),
+    sorted by name, one row each with ``table``'s title, alignment and formatter per
+    field; ``--units`` prints raw numbers.  Returns the objects listed."""
+    from haven.errors import NotFoundError
+
+    if names:
+        missing = set(names) - {i["name"] for i in items}
+        if missing:
+            raise NotFoundError(f"{kind.capitalize()}(s) {', '.join(sorted(missing))} not "
+                                f"known; see gnt-{kind} list.")
+        items = [i for i in items if i["name"] in names]
+    items = sorted(items, key=lambda i: i["name"])
+    rows = []
+    for item in items:
+        row = []
+        for f in fields:
+            v = item.get(f)
+            fmt = table[f][2]
+            if v is None and missing_value and f in missing_value:
+                v = missing_value[f]
+            elif fmt and v is not None and not getattr(args, "units", None):
+                v = fmt(v)
+            row.append(v)
+        rows.append(row)
+    out = render_table([table[f][0] for f in fields], rows, args.separator,
+                       args.no_headers, [table[f][1] for f in fields])
+    if out:
+        print(out)
+    return items

@@ -12,11 +12,12 @@ from haven.cli.common import (
     ArgParser,
     format_unit,
     parse_fields,
+    print_listing,
     render_table,
     run,
     submit_and_wait,
 )
-from haven.errors import ConfirmationError, InvalidInput, NotFoundError
+from haven.errors import ConfirmationError, InvalidInput
 
 FIELDS: dict[str, tuple[str, bool, Any]] = {
     "name": ("Instance", False, None), "hypervisor": ("Hypervisor", False, None),
@@ -70,31 +71,11 @@ def cmd_add(args: Any) -> int:
 
 def cmd_list(args: Any) -> int:
     fields = parse_fields(args.output, DEFAULT_FIELDS, FIELDS)
-    insts = Client.from_config().get("/2/instances?bulk=1")
-    if args.names:
-        missing = set(args.names) - {i["name"] for i in insts}
-        if missing:
-            raise NotFoundError(f"Instance(s) {', '.join(sorted(missing))} not known; see "
-                                f"gnt-instance list.")
-        insts = [i for i in insts if i["name"] in args.names]
-    rows = []
-    for i in sorted(insts, key=lambda i: i["name"]):
-        row = []
-        for f in fields:
-            v = i.get(f)
-            fmt = FIELDS[f][2]
-            if v is None and f in ("oper_ram", "oper_vcpus"):
-                v = "-"
-            elif fmt and v is not None:
-                v = fmt(v)
-            row.append(v)
-        rows.append(row)
-    out = render_table([FIELDS[f][0] for f in fields], rows, args.separator,
-                       args.no_headers, [FIELDS[f][1] for f in fields])
-    if out:
-        print(out)
+    insts = print_listing("instance", Client.from_config().get("/2/instances?bulk=1"),
+                          args.names, fields, FIELDS, args,
+                          {"oper_ram": "-", "oper_vcpus": "-"})
     # The table stays Ganeti's (scripts parse it); degraded disks are flagged aside.
-    for i in sorted(insts, key=lambda i: i["name"]):
+    for i in insts:
         if i.get("degraded"):
             print(f"WARNING: {i['name']} has degraded disks: {'; '.join(i['degraded'])}",
                   file=sys.stderr)

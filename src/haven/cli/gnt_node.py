@@ -10,6 +10,7 @@ from haven.cli.common import (
     ArgParser,
     format_unit,
     parse_fields,
+    print_listing,
     render_table,
     run,
     submit_and_wait,
@@ -40,26 +41,8 @@ DEFAULT_FIELDS = ["name", "dtotal", "dfree", "mtotal", "mnode", "mfree", "pinst_
 
 def cmd_list(args: Any) -> int:
     fields = parse_fields(args.output, DEFAULT_FIELDS, FIELDS)
-    nodes = Client.from_config().get("/2/nodes?bulk=1")
-    if args.names:
-        missing = set(args.names) - {n["name"] for n in nodes}
-        if missing:
-            from haven.errors import NotFoundError
-            raise NotFoundError(f"Node(s) {', '.join(sorted(missing))} not known; see "
-                                f"gnt-node list.")
-        nodes = [n for n in nodes if n["name"] in args.names]
-    rows = []
-    for n in sorted(nodes, key=lambda n: n["name"]):
-        row = []
-        for f in fields:
-            v = n.get(f)
-            fmt = FIELDS[f][2]
-            row.append(fmt(v) if fmt and v is not None and not args.units else v)
-        rows.append(row)
-    out = render_table([FIELDS[f][0] for f in fields], rows, args.separator,
-                       args.no_headers, [FIELDS[f][1] for f in fields])
-    if out:
-        print(out)
+    print_listing("node", Client.from_config().get("/2/nodes?bulk=1"), args.names, fields,
+                  FIELDS, args)
     return 0
 
 

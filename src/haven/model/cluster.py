@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from haven.model.fields import known
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,7 @@ class Cluster:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Cluster:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
+        kw = known(cls, data)
         for k in ("etcd_endpoints", "enabled_hypervisors", "enabled_disk_templates"):
             if k in kw:
                 kw[k] = tuple(kw[k])

@@ -7,8 +7,10 @@ is derived from both by :func:`ganeti_status`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from haven.model.fields import known
 
 # Ganeti's instance states (query.py's _GetInstStatus), exactly as it shows them.
 RUNNING = "running"
@@ -38,8 +40,7 @@ class Disk:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Disk:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**known(cls, data))
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,7 @@ class Nic:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Nic:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**known(cls, data))
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,7 @@ class Instance:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Instance:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
+        kw = known(cls, data)
         kw["secondary_nodes"] = tuple(kw.get("secondary_nodes", ()))
         kw["disks"] = tuple(Disk.from_json(d) for d in kw.get("disks", ()))
         kw["nics"] = tuple(Nic.from_json(n) for n in kw.get("nics", ()))
@@ -136,8 +135,7 @@ class Observed:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Observed:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**known(cls, data))
 
 
 def ganeti_status(inst: Instance, obs: Observed | None, node_alive: bool,

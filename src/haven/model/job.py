@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from haven.model.fields import known
 
 
 class JobStatus(enum.StrEnum):
@@ -72,8 +74,7 @@ class Job:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Job:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
+        kw = known(cls, data)
         kw["ops"] = tuple(kw["ops"])
         kw["status"] = JobStatus(kw["status"])
         kw["opstatus"] = tuple(OpStatus(s) for s in kw["opstatus"])

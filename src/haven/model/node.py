@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from haven.model.fields import known
 
 # Ganeti's node roles (constants.NR_*), as shown in the "Role" column.
 ROLE_MASTER = "M"
@@ -43,8 +45,7 @@ class Node:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Node:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**known(cls, data))
 
     @property
     def api_url(self) -> str:
@@ -90,7 +91,6 @@ class NodeFacts:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NodeFacts:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
+        kw = known(cls, data)
         kw["hypervisors"] = tuple(kw.get("hypervisors", ()))
         return cls(**kw)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -310,15 +311,24 @@ def sever(qmp: Qmp, disk: int) -> bool:
 # -- protecting ---------------------------------------------------------------------------
 
 def probe(target: NbdTarget, timeout: float = 2.0) -> None:
-    """Raise unless a TCP connection to the export opens.  QEMU 7.2 connects an nbd
-    node synchronously in its main loop, so an unreachable host would freeze the VM for
-    a whole TCP connect timeout: this checks from here first."""
+    """Raise unless an NBD server answers at the export's address.  QEMU 7.2 connects
+    an nbd node synchronously in its main loop, so an unreachable host would freeze the
+    VM for a whole TCP connect timeout: this checks from here first.  The probe ends the
+    handshake with ``NBD_OPT_ABORT``, so the server logs nothing."""
+    where = f"The replica export {target.export} at {target.host}:{target.port}"
     try:
-        socket.create_connection((target.host, target.port), timeout=timeout).close()
+        with socket.create_connection((target.host, target.port), timeout=timeout) as conn:
+            greeting = conn.recv(18, socket.MSG_WAITALL)
+            if greeting[:16] != b"NBDMAGICIHAVEOPT":
+                raise HypervisorError(f"{where} is not an NBD server (greeting "
+                                      f"{greeting[:16]!r}); check the instance's port.")
+            # Client flags FIXED_NEWSTYLE|NO_ZEROES, then option 2 (ABORT) of length 0.
+            conn.sendall(struct.pack(">I8sII", 3, b"IHAVEOPT", 2, 0))
+            with contextlib.suppress(OSError):
+                conn.recv(64)  # the server's acknowledgement; then it hangs up
     except OSError as exc:
-        raise HypervisorError(f"The replica export {target.export} at {target.host}:"
-                              f"{target.port} is not reachable ({exc.strerror or exc}); is "
-                              "its storage daemon running?") from exc
+        raise HypervisorError(f"{where} is not reachable ({exc.strerror or exc}); is its "
+                              "storage daemon running?") from exc
 
 
 def _connect(qmp: Qmp, disk: int, target: NbdTarget) -> None:
