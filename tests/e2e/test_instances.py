@@ -216,7 +216,7 @@ def test_modify_rename_reinstall_remove(vms: Sim) -> None:
     (["-o", "busybox+nosuchvariant"], "nosuchvariant"),
     (["-o", "busybox", "-B", "memory=900000g"], "memory"),
     (["-o", "busybox", "--disk", "0:size=lots"], "Invalid size"),
-    (["-o", "busybox", "-t", "drbd"], "drbd"),
+    (["-o", "busybox", "-t", "plain"], "plain"),
     (["-o", "busybox", "-n", "nosuchnode"], "nosuchnode"),
 ])
 def test_bad_instance_input_is_refused_and_nothing_stays(vms: Sim, argv: list[str],

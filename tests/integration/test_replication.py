@@ -459,6 +459,9 @@ def test_export_is_idempotent_restarts_on_change_and_stop_releases_the_image(
         assert not exports.alive("vm1") and exports.list() == {}
         hv.start(vm)  # stop() returned only once the daemon was gone: the lock is free
         exports.stop("vm1")  # idempotent
+        with pytest.raises(HypervisorError, match=r"qemu-storage-daemon exited: .*lock"):
+            exports.ensure("vm1", [ExportDisk("d0", str(sec))], "127.0.0.1", port)
+        assert not exports.alive("vm1")
     finally:
         hv.kill("opener")
         exports.stop("vm1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,24 @@ def test_a_peer_is_stalled_when_pending_writes_make_no_progress(
     assert repl.stalled(a, b) is is_stalled
     assert b.pending == after[1] - after[0]
     assert not repl.stalled(a, repl.MirrorState(0, "mirror0", "failed", *after))
+
+
+def test_probe_refuses_a_closed_port_and_a_server_that_is_not_nbd() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(HypervisorError, match="is not reachable"):
+        repl.probe(repl.NbdTarget("127.0.0.1", port, "d0"), timeout=1)
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+
+        def answer() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        with pytest.raises(HypervisorError, match="is not an NBD server"):
+            repl.probe(repl.NbdTarget("127.0.0.1", srv.getsockname()[1], "d0"), timeout=2)
