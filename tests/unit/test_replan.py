@@ -77,11 +77,3 @@ def test_a_locked_instance_is_left_to_its_job() -> None:
     assert kinds(view(mirror="failed", locked=frozenset({"vm2"}))) == []
     assert kinds(view(node="node03", exports=frozenset({"vm2"}),
                       locked=frozenset({"vm2"}))) == []
-
-
-def test_a_hung_peer_is_severed_before_anything_else() -> None:
-    v = view()
-    v = RepView(v.node, v.instances, v.locked, v.running, v.exports,
-                {"vm2": {0: Mirror("ready", 100.0, stalled=True)}}, v.replicas, v.alive)
-    acts = plan_replication(v)
-    assert [(a.kind, a.disks) for a in acts] == [("sever", (0,))]

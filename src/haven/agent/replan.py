@@ -14,7 +14,7 @@ from typing import Literal
 from haven.model.instance import Instance
 from haven.model.replica import INCONSISTENT, OUTDATED, UP_TO_DATE, DiskReplica, Replicas
 
-RepKind = Literal["export", "unexport", "protect", "resync", "report", "sever"]
+RepKind = Literal["export", "unexport", "protect", "resync", "report"]
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,6 @@ class Mirror:
 
     phase: Literal["syncing", "ready", "failed", "none"]
     percent: float = 0.0
-    # No progress for several seconds with writes pending: the peer hangs (a partition
-    # does not fail the job by itself, it blocks every guest write).
-    stalled: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,6 @@ def _primary(v: RepView, inst: Instance, snode: str) -> list[RepAction]:
     name = inst.name
     n = len(inst.disks)
     mirrors = v.mirrors.get(name, {})
-    hung = tuple(i for i in range(n) if mirrors.get(i, Mirror("none")).stalled)
     missing = tuple(i for i in range(n) if mirrors.get(i, Mirror("none")).phase == "none")
     failed = tuple(i for i in range(n) if mirrors.get(i, Mirror("none")).phase == "failed")
     states = {v.node: {i: DiskReplica(UP_TO_DATE) for i in range(n)}}
@@ -95,10 +91,6 @@ def _primary(v: RepView, inst: Instance, snode: str) -> list[RepAction]:
                     OUTDATED, 0.0, message="no mirror from the primary")
         states[snode] = sec
     out: list[RepAction] = []
-    if hung:
-        # Cut it first: the guest is blocked until then; the job then fails, and the
-        # next cycle reports the peer Outdated.
-        return [RepAction("sever", name, f"{snode} hangs", hung)]
     # Report first: a peer that stopped answering is marked Outdated before anything
     # else is tried (a resync can take seconds).
     if _changed(v.replicas.get(name), inst.generation, states):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from haven.agent.replan import Mirror, RepAction
 from haven.errors import HavenError, OpExecError
@@ -27,16 +27,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STALL_SECONDS = 5.0  # no mirror progress for this long, with writes pending: peer hangs
-
 
 class NodeReplication:
     def __init__(self, daemon: NodeDaemon) -> None:
         self.d = daemon
         self._exports: ExportManager | None = None
-        # The last mirror snapshot of each instance and when it was taken, to see a
-        # peer that makes no progress.
-        self._seen: dict[str, tuple[float, dict[int, Any]]] = {}
 
     @property
     def exports(self) -> ExportManager:
@@ -64,13 +59,8 @@ class NodeReplication:
             except HavenError as exc:
                 log.debug("mirror status of %s: %s", name, exc.message)
                 continue  # unknown this cycle: no decision is taken on it
-            now = time.monotonic()
-            seen_at, before = self._seen.get(name, (now, {}))
-            hung = {i for i, m in st.items() if now - seen_at >= STALL_SECONDS
-                    and i in before and replication.stalled(before[i], m)}
-            if not (now - seen_at < STALL_SECONDS and name in self._seen):
-                self._seen[name] = (now, st)
-            out[name] = {i: Mirror(m.phase, m.percent, i in hung) for i, m in st.items()}
+            out[name] = {i: Mirror(m.phase, 100.0 * m.offset / m.length if m.length else 0.0)
+                         for i, m in st.items()}
         return out
 
     def replicas(self) -> dict[str, Replicas]:
@@ -93,14 +83,6 @@ class NodeReplication:
             self._for_disks(inst, a.disks, "protect")
         elif a.kind == "resync":
             self._for_disks(inst, a.disks, "resync")
-        elif a.kind == "sever":
-            from haven.hypervisor.qemu import replication
-
-            for i in a.disks:
-                replication.sever(self._qmp(inst.name), i)
-            self._seen.pop(inst.name, None)
-            self.d.instances.emit("severed", inst, "its secondary stopped making progress; "
-                                  "replication cut so the guest can write on", "warning")
         elif a.kind == "report":
             self.report(inst, a)
 
