@@ -208,7 +208,8 @@ def stop_node(n: SimNode, stop_etcd: bool = True) -> None:
 def down(base: Path = DEFAULT_BASE) -> SimLayout | None:
     """Stop everything the local cluster runs, keeping its data for the next ``up``.
 
-    Daemons stop first (each hands back its lease), then the etcd members together.
+    Daemons stop first (each hands back its lease, and no agent restarts a VM), then the
+    VMs shut down cleanly, then the etcd members together.
     """
     layout = load_layout(base)
     if layout is None:
@@ -216,8 +217,30 @@ def down(base: Path = DEFAULT_BASE) -> SimLayout | None:
     for n in layout.nodes:
         stop_node(n, stop_etcd=False)
     for n in layout.nodes:
+        stop_vms(n)
+    for n in layout.nodes:
         stop_node(n, stop_etcd=True)
     return layout
+
+
+def stop_vms(n: SimNode) -> list[str]:
+    """Shut the node's VMs down cleanly (ACPI, then kill) and end its replication
+    exports.  Their instances stay administratively up: the next ``up`` starts them."""
+    from haven.hypervisor.fake import FakeHypervisor
+    from haven.hypervisor.qemu import QemuHypervisor
+    from haven.hypervisor.qemu.exports import ExportManager
+
+    run = n.dir / "run"
+    stopped = []
+    for hv in (QemuHypervisor(run), FakeHypervisor(run / "fake")):
+        for name in hv.list():
+            hv.stop(name, timeout=30)
+            hv.cleanup(name)
+            stopped.append(name)
+    exports = ExportManager(run / "exports")
+    for key in exports.list():
+        exports.stop(key)
+    return stopped
 
 
 def destroy(base: Path = DEFAULT_BASE) -> None:
