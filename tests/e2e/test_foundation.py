@@ -130,3 +130,20 @@ def test_killing_the_master_node_elects_a_new_master_that_resumes_jobs(
     assert verify.returncode == 1 and f"node {old}: its daemon holds no lease" in verify.stdout
     cluster3.run("haven", "start", old, check=True)
     cluster3.wait_verify_ok()
+
+
+def test_removing_and_adding_a_node_changes_the_etcd_members(cluster3: Sim) -> None:
+    cluster3.wait_verify_ok()
+    victim = next(n for n in ("node03", "node02") if n != cluster3.master())
+    p = cluster3.run("gnt-node", "remove", victim, timeout=120)
+    assert p.returncode == 0, p.stderr
+    names = cluster3.run("gnt-node", "list", "-o", "name", "--no-headers").stdout.split()
+    assert victim not in names and len(names) == 2
+    out = cluster3.wait_verify_ok()
+    assert len(re.findall(r"Verified etcd member node0\d: healthy", out)) == 2
+    # Its daemon went back to standby: it can be added again, as a fresh member.
+    p = cluster3.run("gnt-node", "add", "--primary-ip", cluster3.address(victim), victim,
+                     timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = cluster3.wait_verify_ok()
+    assert len(re.findall(r"Verified etcd member node0\d: healthy", out)) == 3
