@@ -3,7 +3,7 @@
 #   make test   set up, then run the whole test suite
 SHELL := /bin/bash
 APT_PACKAGES := etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static cpio openssl iproute2 procps \
-	gcc libc6-dev e2fsprogs kmod
+	gcc libc6-dev e2fsprogs kmod iputils-ping
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never

@@ -18,7 +18,8 @@ def cmd_up(args: Any) -> int:
     from haven.sim import cluster
 
     layout = cluster.up(args.base_dir, args.nodes, args.subnet, args.name, args.lease_ttl,
-                        hypervisors=tuple(args.hypervisors.split(",")))
+                        hypervisors=tuple(args.hypervisors.split(",")),
+                        use_netns=args.netns)
     master = cluster.wait_master(layout)
     print(f"Cluster {layout.cluster}: {len(layout.nodes)} node(s), master {master}.")
     from haven import clientconf
@@ -107,6 +108,9 @@ def build_parser() -> ArgParser:
     up.add_argument("--subnet", default="127.0.10", help="loopback prefix for node IPs")
     up.add_argument("--name", default="haven-local", help="cluster name")
     up.add_argument("--lease-ttl", type=int, default=5)
+    up.add_argument("--netns", action="store_true",
+                    help="each node in its own network namespace on a bridged LAN "
+                         "(10.77.0.0/24; root only)")
     up.add_argument("--hypervisors", default="kvm",
                     help="enabled hypervisors (kvm; 'kvm,fake' for benchmarks)")
     up.set_defaults(fn=cmd_up)

@@ -16,17 +16,18 @@ def data_dir() -> Path:
 
 
 def start_daemon(name: str, address: str, directory: Path, port: int,
-                 timeout: float = 15.0) -> Client:
-    """Start ``haven-noded`` detached for ``directory`` unless it runs; wait until it
-    answers; return a client for it (unverified TLS: it may not be joined yet)."""
+                 timeout: float = 15.0, prefix: list[str] | None = None) -> Client:
+    """Start ``haven-noded`` detached for ``directory`` unless it runs (``prefix``: e.g.
+    ``ip netns exec NS``); wait until it answers; return a client for it (unverified
+    TLS: it may not be joined yet)."""
     from haven.daemon import procs
 
     directory.mkdir(parents=True, exist_ok=True)
     pid_file = directory / "noded.pid"
     if procs.running_pid(pid_file, "haven.daemon.main") is None:
         procs.spawn_detached(
-            [sys.executable, "-m", "haven.daemon.main", "--name", name, "--address",
-             address, "--data-dir", str(directory), "--port", str(port)],
+            [*(prefix or []), sys.executable, "-m", "haven.daemon.main", "--name", name,
+             "--address", address, "--data-dir", str(directory), "--port", str(port)],
             directory / "logs" / "noded.log", pid_file)
     client = Client([f"{address}:{port}"], None, None, None)
     deadline = time.monotonic() + timeout

@@ -12,7 +12,8 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from haven.errors import OpPrereqError
+from haven.daemon import netdev
+from haven.errors import HavenError, OpPrereqError
 from haven.master import state
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ class NodeMigration:
                                 f"clean up with gnt-instance migrate --cleanup {name}.")
         me = state.node(self.d.store(), self.d.name)
         spec = replace(m.vm_spec(inst), incoming=True)
+        for nic in spec.nics:
+            if nic.mode == "bridged":
+                netdev.plug(nic.tap, nic.link, self.d.name)
         hv.start(spec)
         port = free_port(me.secondary_ip)
         bitmaps = [d.index for d in inst.disks] if inst.disk_template == "drbd" else []
@@ -109,7 +113,10 @@ class NodeMigration:
         runs: then it *is* the instance)."""
         from haven.hypervisor.qemu import migration
 
-        return {"killed": migration.abort_incoming(self._qemu(name), name)}
+        killed = migration.abort_incoming(self._qemu(name), name)
+        if killed:
+            self._unplug(name)
+        return {"killed": killed}
 
     def resume(self, name: str) -> dict[str, Any]:
         """Roll a completed-but-not-taken-over migration back: the source runs again."""
@@ -129,7 +136,17 @@ class NodeMigration:
         migration.finish_source(hv.qmp_path(name))
         hv.stop(name, timeout=10)  # waits for the exit of the quitting process
         hv.cleanup(name)
+        self._unplug(name)
         return {"stopped": True}
+
+    def _unplug(self, name: str) -> None:
+        try:
+            inst, _ = self.d.instances.instance(name)
+        except HavenError:
+            return
+        for nic in inst.nics:
+            if nic.mode == "bridged":
+                netdev.unplug(netdev.tap_name(inst.uuid, nic.index))
 
     def _qemu(self, name: str) -> Any:
         from haven.hypervisor.qemu import QemuHypervisor

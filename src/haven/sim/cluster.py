@@ -32,6 +32,7 @@ class SimNode:
     address: str
     data_dir: str
     port: int = API_PORT
+    netns: str = ""  # the node's network namespace (haven up --netns)
 
     @property
     def dir(self) -> Path:
@@ -71,7 +72,7 @@ def save_layout(base: Path, layout: SimLayout) -> None:
 
 def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
        cluster: str = "haven-local", lease_ttl: int = 5, log: Any = print,
-       hypervisors: tuple[str, ...] = ("kvm",)) -> SimLayout:
+       hypervisors: tuple[str, ...] = ("kvm",), use_netns: bool = False) -> SimLayout:
     """Create (or restart) the local cluster; returns its layout."""
     existing = load_layout(base)
     if existing is not None:
@@ -83,21 +84,29 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
         return existing
     if not 1 <= nodes <= 9:
         raise InvalidInput(f"--nodes {nodes} is out of range; use 1 to 9.")
-    layout = SimLayout(cluster, tuple(
-        SimNode(f"node{i:02d}", f"{subnet}.{i}", str(base / f"node{i:02d}"))
-        for i in range(1, nodes + 1)))
+    if use_netns:
+        from haven.sim import netns
+
+        netns.setup(nodes)
+        layout = SimLayout(cluster, tuple(
+            SimNode(f"node{i:02d}", netns.node_ip(i), str(base / f"node{i:02d}"),
+                    netns=netns.ns_name(i)) for i in range(1, nodes + 1)))
+    else:
+        layout = SimLayout(cluster, tuple(
+            SimNode(f"node{i:02d}", f"{subnet}.{i}", str(base / f"node{i:02d}"))
+            for i in range(1, nodes + 1)))
     save_layout(base, layout)
     t0 = time.monotonic()
     for n in layout.nodes:
-        start_daemon(n.name, n.address, n.dir, n.port)
+        start_node(n)
     first = layout.nodes[0]
-    local = Client([f"{first.address}:{first.port}"], None, None, None)
     # On one machine the "shared" storage every node sees is one folder.
     (base / "shared").mkdir(parents=True, exist_ok=True)
-    conf = local.post("/haven/node/init", {
+    body = {
         "cluster_name": cluster, "lease_ttl": lease_ttl,
         "shared_file_storage_dir": str(base / "shared"),
-        "enabled_hypervisors": list(hypervisors)}, timeout=90)
+        "enabled_hypervisors": list(hypervisors)}
+    conf = _init_on(first, body)
     clientconf.save(conf, base / "client.json")
     log(f"{time.monotonic() - t0:5.1f}s cluster {cluster} initialised on {first.name}")
     client = Client(conf["endpoints"], conf["cert"], conf["user"], conf["password"])
@@ -110,6 +119,27 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
         log(f"{time.monotonic() - t0:5.1f}s added {n.name} ({n.address})")
     _publish_client_config(base, layout)
     return layout
+
+
+def _init_on(n: SimNode, body: dict[str, Any]) -> dict[str, Any]:
+    """``gnt-cluster init`` is accepted only from the node itself: in a namespace, the
+    call is made from inside it."""
+    if not n.netns:
+        local = Client([f"{n.address}:{n.port}"], None, None, None)
+        return dict(local.post("/haven/node/init", body, timeout=90))
+    import subprocess
+    import sys
+
+    code = ("import json,sys; from haven.cli.client import Client; "
+            f"c=Client(['{n.address}:{n.port}'],None,None,None); "
+            "print(json.dumps(c.post('/haven/node/init', json.loads(sys.stdin.read()), "
+            "timeout=90)))")
+    p = subprocess.run(["ip", "netns", "exec", n.netns, sys.executable, "-c", code],
+                       input=json.dumps(body), capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        raise InvalidInput(f"Initialising the cluster on {n.name} failed: "
+                           f"{p.stderr.strip()[-300:]}")
+    return dict(json.loads(p.stdout))
 
 
 def _publish_client_config(base: Path, layout: SimLayout) -> None:
@@ -148,7 +178,8 @@ def wait_master(layout: SimLayout, timeout: float = 60.0) -> str | None:
 
 
 def start_node(n: SimNode) -> None:
-    start_daemon(n.name, n.address, n.dir, n.port)
+    prefix = ["ip", "netns", "exec", n.netns] if n.netns else None
+    start_daemon(n.name, n.address, n.dir, n.port, prefix=prefix)
 
 
 def node_pids(n: SimNode) -> dict[str, int]:
@@ -252,6 +283,10 @@ def destroy(base: Path = DEFAULT_BASE) -> None:
     if layout is not None:
         for n in layout.nodes:
             kill_node(n)
+        if any(n.netns for n in layout.nodes):
+            from haven.sim import netns
+
+            netns.teardown(len(layout.nodes))
     if base.exists():
         shutil.rmtree(base)
 
