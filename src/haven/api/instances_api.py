@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -259,25 +258,10 @@ def console_stream(d: NodeDaemon, name: str) -> Stream:
     rpc = d.rpc()
 
     def open_upstream() -> tuple[socket.socket, bytes]:
-        ctx = ssl.create_default_context(cafile=str(d.local.cert_file))
-        ctx.check_hostname = False
-        raw = socket.create_connection((node.primary_ip, node.api_port), timeout=10)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = ctx.wrap_socket(raw)
-        sock.sendall((f"GET /haven/node/instance/{name}/console HTTP/1.1\r\nHost: haven\r\n"
-                      f"Authorization: {rpc.auth_header}\r\nContent-Length: 0\r\n\r\n"
-                      ).encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise OSError("the node closed the console stream")
-            buf += chunk
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        if b" 200 " not in head.split(b"\r\n")[0]:
-            raise OSError(f"the node refused the console: {head[:80]!r}")
-        sock.settimeout(None)
-        return sock, rest
+        sock, early = rpc.open_stream(node.primary_ip, node.api_port,
+                                      f"/haven/node/instance/{name}/console", timeout=10)
+        sock.settimeout(None)  # a console stays open as long as the user wants
+        return sock, early
 
     return Stream(console.pump_remote(open_upstream))
 

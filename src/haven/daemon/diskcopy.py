@@ -3,8 +3,8 @@ the source streams each file through its node API, the destination writes it spa
 
 from __future__ import annotations
 
+import itertools
 import socket
-import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,27 +40,19 @@ def pull(d: NodeDaemon, name: str, source: str, index: int, dest: Path) -> int:
     """Fetch disk ``index`` of ``name`` from node ``source`` into ``dest`` (sparse);
     returns the bytes received."""
     node = state.node(d.store(), source)
-    ctx = ssl.create_default_context(cafile=str(d.local.cert_file))
-    ctx.check_hostname = False
-    raw = socket.create_connection((node.primary_ip, node.api_port), timeout=30)
+    try:
+        sock, early = d.rpc().open_stream(node.primary_ip, node.api_port,
+                                          f"/haven/node/instance/{name}/disk/{index}")
+    except OSError as exc:
+        raise OpExecError(f"Node {source} did not send disk {index} of {name}: {exc}") \
+            from exc
     total = 0
-    with ctx.wrap_socket(raw) as sock:
-        sock.sendall((f"GET /haven/node/instance/{name}/disk/{index} HTTP/1.1\r\n"
-                      f"Host: haven\r\nAuthorization: {d.rpc().auth_header}\r\n"
-                      f"Content-Length: 0\r\n\r\n").encode())
-        rfile = sock.makefile("rb")
-        status = rfile.readline()
-        if b" 200 " not in status:
-            raise OpExecError(f"Node {source} refused to send disk {index} of {name}: "
-                              f"{status.decode(errors='replace').strip()}")
-        while rfile.readline() not in (b"\r\n", b""):
-            pass
-        with open(dest, "r+b") as out:
-            while chunk := rfile.read(CHUNK):
-                if chunk.count(0) == len(chunk):
-                    out.seek(len(chunk), 1)  # keep the copy sparse
-                else:
-                    out.write(chunk)
-                total += len(chunk)
-            out.truncate(max(total, out.tell()))
+    with sock, open(dest, "r+b") as out:
+        for chunk in itertools.chain([early], iter(lambda: sock.recv(CHUNK), b"")):
+            if chunk.count(0) == len(chunk):
+                out.seek(len(chunk), 1)  # keep the copy sparse
+            else:
+                out.write(chunk)
+            total += len(chunk)
+        out.truncate(max(total, out.tell()))
     return total
