@@ -84,6 +84,13 @@ def print_log(entry: Sequence[Any]) -> None:
     print(f"{time.ctime(float(t))} {entry[3]}", flush=True)
 
 
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """A ``gnt-*`` command's main: parse ``argv`` (default: the process's), run the
+    chosen subcommand's ``fn`` through :func:`run`."""
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return run(lambda: int(args.fn(args)))
+
+
 def run(fn: Callable[[], int]) -> int:
     """Run a command; every error becomes one message and Ganeti's exit code."""
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from haven import __version__, clientconf
 from haven.cli.client import Client, local_daemon
-from haven.cli.common import ArgParser, run, submit_and_wait
+from haven.cli.common import ArgParser, dispatch, submit_and_wait
 from haven.errors import EXIT_FAILURE, ConfirmationError, InvalidInput, NotClusterError
 
 
@@ -210,8 +210,7 @@ def build_parser(prog: str = "gnt-cluster") -> ArgParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "gnt-cluster") -> int:
-    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
-    return run(lambda: int(args.fn(args)))
+    return dispatch(build_parser(prog), argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from haven.cli.client import Client
-from haven.cli.common import ArgParser, run, submit_and_wait
+from haven.cli.common import ArgParser, dispatch, submit_and_wait
 
 
 def cmd_delay(args: Any) -> int:
@@ -32,8 +32,7 @@ def build_parser(prog: str = "gnt-debug") -> ArgParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "gnt-debug") -> int:
-    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
-    return run(lambda: int(args.fn(args)))
+    return dispatch(build_parser(prog), argv)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ from haven.cli import params
 from haven.cli.client import Client
 from haven.cli.common import (
     ArgParser,
+    dispatch,
     format_unit,
     parse_fields,
     print_listing,
     render_table,
-    run,
     submit_and_wait,
 )
 from haven.errors import ConfirmationError, InvalidInput
@@ -455,8 +455,7 @@ def build_parser(prog: str = "gnt-instance") -> ArgParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "gnt-instance") -> int:
-    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
-    return run(lambda: int(args.fn(args)))
+    return dispatch(build_parser(prog), argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from haven.cli.client import Client
-from haven.cli.common import ArgParser, parse_fields, print_log, render_table, run
+from haven.cli.common import ArgParser, dispatch, parse_fields, print_log, render_table
 
 FIELDS: dict[str, tuple[str, bool]] = {
     "id": ("ID", True), "status": ("Status", False), "summary": ("Summary", False),
@@ -112,8 +112,7 @@ def build_parser(prog: str = "gnt-job") -> ArgParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "gnt-job") -> int:
-    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
-    return run(lambda: int(args.fn(args)))
+    return dispatch(build_parser(prog), argv)
 
 
 if __name__ == "__main__":

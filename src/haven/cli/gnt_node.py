@@ -8,11 +8,11 @@ from typing import Any
 from haven.cli.client import Client
 from haven.cli.common import (
     ArgParser,
+    dispatch,
     format_unit,
     parse_fields,
     print_listing,
     render_table,
-    run,
     submit_and_wait,
     yes_no,
 )
@@ -248,8 +248,7 @@ def build_parser(prog: str = "gnt-node") -> ArgParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "gnt-node") -> int:
-    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
-    return run(lambda: int(args.fn(args)))
+    return dispatch(build_parser(prog), argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from haven.cli.client import Client
-from haven.cli.common import ArgParser, render_table, run
+from haven.cli.common import ArgParser, dispatch, render_table
 
 
 def cmd_list(args: Any) -> int:
@@ -55,8 +55,7 @@ def build_parser(prog: str = "gnt-os") -> ArgParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "gnt-os") -> int:
-    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
-    return run(lambda: int(args.fn(args)))
+    return dispatch(build_parser(prog), argv)
 
 
 if __name__ == "__main__":
