@@ -3,7 +3,7 @@
 #   make test   set up, then run the whole test suite
 SHELL := /bin/bash
 APT_PACKAGES := etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static cpio openssl iproute2 procps \
-	gcc libc6-dev e2fsprogs kmod iputils-ping
+	gcc libc6-dev e2fsprogs kmod iputils-ping iptables
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
@@ -19,6 +19,7 @@ apt:
 		echo "Installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@bash setup/qemu.sh
 
 # The test guest (Debian cloud kernel + busybox initramfs) in /var/cache/haven/guest.
 guest: apt
@@ -45,9 +46,14 @@ demo: setup
 	uv run python -m haven.sim.demo
 
 bench: setup
-	uv run python bench/job_latency.py
-	uv run python bench/master_failover.py
-	uv run python bench/instance_lifecycle.py
+	uv sync --frozen --group bench
+	uv run --group bench python bench/job_latency.py
+	uv run --group bench python bench/master_failover.py
+	uv run --group bench python bench/instance_lifecycle.py
+	uv run --group bench python bench/replication.py
+	uv run --group bench python bench/migration_qemu.py
+	uv run --group bench python bench/migration_integrity.py
+	uv run --group bench python bench/migration.py
 
 clean:
 	-$(VENV)/bin/haven down --destroy 2>/dev/null

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -78,6 +79,16 @@ def make_sim(tmp: Path, nodes: int) -> Iterator[Sim]:
                 timeout=180)
         yield sim
     finally:
+        # HAVEN_KEEP_LOGS=DIR keeps each node's logs there (for a failure's post-mortem).
+        # A copy that fails must not keep the cluster from being torn down.
+        keep = os.environ.get("HAVEN_KEEP_LOGS")
+        for log in sim.base.rglob("*.log") if keep else ():
+            dest = Path(str(keep)) / tmp.name / log.relative_to(sim.base)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, dest)
+            except OSError:
+                pass
         sim.run("haven", "down", "--destroy", timeout=120)
 
 

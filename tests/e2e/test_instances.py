@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from haven.errors import HavenError
+from haven.hypervisor.qemu.qmp import qmp_call
 from tests.e2e.conftest import Sim, make_sim
 
 pytestmark = pytest.mark.e2e
@@ -85,14 +87,63 @@ def console(sim: Sim, name: str, command: str, env: dict[str, str] | None = None
     return proc.stdout
 
 
+def wait_shell(sim: Sim, name: str, timeout: float) -> None:
+    """Wait until a guest that is booting has opened its console shell.
+
+    Typing while the guest boots loses characters (see :func:`console_until`); it is
+    also suspected of wedging the serial port for good (a console that stayed silent
+    for 60 s after a fresh boot, twice in one CI run; not reproduced since).  A booting
+    guest prints ``GUEST-READY`` once its shell runs; a guest that arrived by migration
+    (a QEMU started with ``-incoming``) booted long ago and prints nothing new."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [p.parent for p in sim.base.glob(f"*/run/{name}.pid")]
+        if len(runs) != 1:
+            return  # not running, or mid-migration: the console's own answer says so
+        try:
+            pid = int((runs[0] / f"{name}.pid").read_text())
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            text = (runs[0] / f"{name}.console.log").read_text(errors="replace")
+        except (OSError, ValueError):
+            return
+        if b"-incoming" in argv or "GUEST-READY" in text:
+            return
+        time.sleep(0.2)
+
+
 def console_until(sim: Sim, name: str, command: str, expect: str,
                   env: dict[str, str] | None = None, timeout: float = 60) -> str:
-    """The console answer once the guest's shell is up (it boots in a few seconds)."""
+    """The console answer once the guest's shell is up (it boots in a few seconds).
+
+    A guest still booting drops what is typed before its shell opens the serial port,
+    so an early command can arrive cut (``before > /mnt/a`` for ``echo before >
+    /mnt/a``, which creates an empty file and answers ``sh: before: not found``).
+    ``expect`` must therefore be something only the command's execution prints
+    (``echo x-$((6*7))`` and ``x-42``), never a word of the command itself."""
     deadline = time.monotonic() + timeout
+    wait_shell(sim, name, timeout)
     while True:
         out = console(sim, name, command, env)
-        if expect in out or time.monotonic() > deadline:
+        if expect in out:
             return out
+        if time.monotonic() > deadline:
+            # For the post-mortem: what the guest printed, attached or not.
+            logs = sorted(sim.base.glob(f"*/run/{name}.console.log"),
+                          key=lambda p: p.stat().st_mtime)
+            tail = logs[-1].read_text(errors="replace")[-1500:] if logs else "(none)"
+            listing = sim.run("gnt-instance", "list", "-o", "name,status,pnode,oper_state",
+                              name).stdout
+            states = []
+            for qmp in sim.base.glob(f"*/run/{name}.qmp-status"):
+                try:
+                    states.append(f"{qmp}: {qmp_call(qmp, 'query-status')}")
+                    # The serial port's interrupt line: a lost edge leaves it dead.
+                    states.append(qmp_call(qmp, "human-monitor-command",
+                                           {"command-line": "info pic"}))
+                except HavenError as exc:
+                    states.append(f"{qmp}: {exc.message}")
+            return (f"{out}\n--- guest console log ({logs[-1] if logs else '-'}):\n{tail}"
+                    f"\n--- {listing}--- QEMU: {states}")
         time.sleep(0.2)
 
 

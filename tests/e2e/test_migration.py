@@ -70,11 +70,13 @@ def test_file_and_stopped_instances_are_refused_and_move_works(mig: Sim) -> None
     assert p.returncode == 0, p.stderr
     p = mig.run("gnt-instance", "migrate", "local1")
     assert p.returncode == 1 and "gnt-instance move" in p.stderr
-    console_until(mig, "local1", "echo moved-ok > /mnt/m; sync; cat /mnt/m", "moved-ok")
+    out = console_until(mig, "local1", "echo moved-$((4+4)) > /mnt/m; sync; cat /mnt/m",
+                        "moved-8")
+    assert "moved-8" in out, out
     p = mig.run("gnt-instance", "move", "-n", "node02", "local1", timeout=180)
     assert p.returncode == 0, p.stderr
     assert pnode(mig, "local1") == "node02"
-    assert "moved-ok" in console_until(mig, "local1", "cat /mnt/m", "moved-ok")
+    assert "moved-8" in console_until(mig, "local1", "cat /mnt/m", "moved-8")
     mig.run("gnt-instance", "shutdown", "--timeout", "20", "local1", check=True)
     p = mig.run("gnt-instance", "migrate", "-n", "node03", "local1")
     assert p.returncode == 1

@@ -171,7 +171,8 @@ def test_qemu_failing_at_start_raises_its_stderr_and_leaves_nothing(
     assert name in str(err.value)
     assert qemu_pids(hv.run_dir, name) == []
     assert hv.list() == {}
-    assert sorted(p.name for p in hv.run_dir.glob(f"{name}*")) == [f"{name}.log"]
+    assert sorted(p.name for p in hv.run_dir.glob(f"{name}*")) == [
+        f"{name}.console.log", f"{name}.log"]
 
 
 def test_disks_use_direct_io_and_nics_get_their_mac(

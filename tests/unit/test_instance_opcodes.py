@@ -140,3 +140,136 @@ def test_grow_to_a_smaller_size_is_refused(ctx: MasterContext) -> None:
     with pytest.raises(OpPrereqError, match="only grow"):
         run_prereq(ctx, {"OP_ID": "OP_INSTANCE_GROW_DISK", "instance_name": "vm2",
                          "disk": 0, "amount": "32m", "absolute": True})
+
+
+# -- migrate: refusals before anything starts -------------------------------------------
+
+def running(ctx: MasterContext, name: str = "vm2", accel: str = "tcg",
+            node: str = "node01") -> None:
+    ctx.store.put(Keys.observed(name), dumps({"name": name, "node": node,
+                                              "state": "running", "accel": accel}))
+
+
+def set_facts(ctx: MasterContext, node: str, **changes: Any) -> None:
+    kv = ctx.store.get(Keys.facts(node))
+    assert kv is not None
+    ctx.store.put(Keys.facts(node), dumps({**json.loads(kv.value), **changes}))
+
+
+def migrate(**kw: Any) -> dict[str, Any]:
+    return {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "vm2", **kw}
+
+
+def test_migrate_onto_the_uptodate_replica_passes_its_checks(ctx: MasterContext) -> None:
+    add_drbd(ctx, UP_TO_DATE)
+    running(ctx)
+    assert run_prereq(ctx, migrate()).target == "node02"
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("stopped", "not running; there is nothing to migrate"),
+    ("degraded", "not UpToDate.*--allow-failover"),
+    ("elsewhere", "can only migrate to its secondary node02"),
+    ("memory", "node02 has .* MiB of free memory"),
+])
+def test_migrate_refusals_name_the_cause_and_the_fix(ctx: MasterContext, case: str,
+                                                     pattern: str) -> None:
+    add_drbd(ctx, OUTDATED if case == "degraded" else UP_TO_DATE)
+    if case != "stopped":
+        running(ctx)
+    if case == "memory":
+        set_facts(ctx, "node02", memory_free=64)
+    op = migrate(target_node="node03") if case == "elsewhere" else migrate()
+    with pytest.raises(HavenError, match=pattern):
+        run_prereq(ctx, op)
+
+
+def test_migrate_of_a_file_instance_points_to_move(ctx: MasterContext) -> None:
+    inst = Instance("vm1", "u1", "busybox", "kvm", "file", "node01", admin_state="up")
+    ctx.store.put(Keys.instance("vm1"), dumps(inst.to_json()))
+    running(ctx, "vm1")
+    with pytest.raises(OpPrereqError, match="use gnt-instance move"):
+        run_prereq(ctx, migrate(instance_name="vm1"))
+
+
+def test_migrate_to_its_own_node_is_refused(ctx: MasterContext) -> None:
+    inst = Instance("vm1", "u1", "busybox", "kvm", "sharedfile", "node01",
+                    admin_state="up", beparams={"memory": 128})
+    ctx.store.put(Keys.instance("vm1"), dumps(inst.to_json()))
+    running(ctx, "vm1")
+    with pytest.raises(OpPrereqError, match="already runs on node01; name another node"):
+        run_prereq(ctx, migrate(instance_name="vm1", target_node="node01"))
+
+
+def test_migrate_between_different_qemu_versions_needs_ignore_hvversions(
+        ctx: MasterContext) -> None:
+    add_drbd(ctx, UP_TO_DATE)
+    running(ctx)
+    set_facts(ctx, "node01", hv_version="QEMU emulator version 7.2.15")
+    set_facts(ctx, "node02", hv_version="QEMU emulator version 8.2.2")
+    with pytest.raises(OpPrereqError, match=r"node01 runs QEMU emulator version 7\.2\.15 "
+                                            r"and node02 runs .*--ignore-hvversions"):
+        run_prereq(ctx, migrate())
+    run_prereq(ctx, migrate(ignore_hvversions=True))
+
+
+def test_migrate_of_a_guest_seeing_the_host_cpu_needs_the_same_cpu(
+        ctx: MasterContext) -> None:
+    add_drbd(ctx, UP_TO_DATE)
+    set_facts(ctx, "node01", cpu_model="Intel(R) Xeon(R) Gold 6338")
+    set_facts(ctx, "node02", cpu_model="AMD EPYC 7763")
+    running(ctx, accel="tcg")  # TCG emulates its CPU: any host will do
+    run_prereq(ctx, migrate())
+    running(ctx, accel="kvm")  # the default model under KVM is the host's
+    with pytest.raises(OpPrereqError, match=r"sees the host CPU \(Intel.*AMD EPYC.*"
+                                            r"-H cpu_type="):
+        run_prereq(ctx, migrate())
+    inst = json.loads(ctx.store.get(Keys.instance("vm2")).value)  # type: ignore[union-attr]
+    inst["hvparams"] = {"cpu_type": "Haswell"}
+    ctx.store.put(Keys.instance("vm2"), dumps(inst))
+    run_prereq(ctx, migrate())
+
+
+@pytest.mark.parametrize(("accel", "op", "hv", "mode", "note"), [
+    ("kvm", {}, {}, "live", ""),
+    ("tcg", {}, {}, "non-live", "paused for the copy"),
+    ("tcg", {"mode": "live"}, {}, "live", "Warning: live under TCG"),
+    ("tcg", {}, {"migration_mode": "live"}, "live", "Warning: live under TCG"),
+    ("kvm", {"live": False}, {}, "non-live", ""),
+    ("kvm", {}, {"migration_mode": "non-live"}, "non-live", ""),
+])
+def test_migration_mode_is_the_ops_then_the_instances_then_safe_for_the_accelerator(
+        ctx: MasterContext, accel: str, op: dict[str, Any], hv: dict[str, Any], mode: str,
+        note: str) -> None:
+    add_drbd(ctx, UP_TO_DATE)
+    if hv:
+        inst = json.loads(ctx.store.get(Keys.instance("vm2")).value)  # type: ignore[union-attr]
+        inst["hvparams"] = hv
+        ctx.store.put(Keys.instance("vm2"), dumps(inst))
+    running(ctx, accel=accel)
+    lu = run_prereq(ctx, migrate(**op))
+    assert lu.mode == mode
+    assert (note in lu.mode_note) if note else lu.mode_note == ""
+
+
+def test_a_bad_migration_mode_is_refused(ctx: MasterContext) -> None:
+    add_drbd(ctx, UP_TO_DATE)
+    running(ctx)
+    with pytest.raises(OpPrereqError, match="use live or non-live"):
+        run_prereq(ctx, migrate(mode="fast"))
+    with pytest.raises(InvalidInput, match="migration_mode=fast of vm9 is not valid"):
+        run_prereq(ctx, create(hvparams={"migration_mode": "fast"}))
+
+
+@pytest.mark.parametrize(("version", "mode"), [
+    ("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)", "non-live"),
+    ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)", "live"),
+    ("", "non-live"),  # unknown: assume the defect
+])
+def test_under_tcg_the_default_mode_follows_the_sources_qemu(
+        ctx: MasterContext, version: str, mode: str) -> None:
+    add_drbd(ctx, UP_TO_DATE)
+    running(ctx, accel="tcg")
+    set_facts(ctx, "node01", hv_version=version)
+    set_facts(ctx, "node02", hv_version=version)
+    assert run_prereq(ctx, migrate()).mode == mode

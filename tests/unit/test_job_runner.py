@@ -568,3 +568,18 @@ def test_a_job_whose_thread_died_while_we_stay_master_is_adopted(master: Master)
     r._scan()  # and runs it
     job = master.wait_final(job_id)
     assert job.status == JobStatus.SUCCESS and master.rec.ran == ["orphan"]
+
+
+# -- interrupted migrations ----------------------------------------------------------------
+
+
+def test_an_interrupted_migration_without_a_job_gets_one_cleanup_job(master: Master) -> None:
+    master.store.put("migrations/vm1", b'{"step": "migrate", "source": "a", "target": "b"}')
+    master.store.put("migrations/vm2", b'{"step": "accept", "source": "a", "target": "b"}')
+    master.store.put(Keys.lock("instance/vm2"), b"41")  # its migration job still runs
+    runner = master.runner(start=False)
+    runner._scan()
+    runner._scan()  # once, not once per scan
+    jobs = [j for j in jobqueue.list_jobs(master.store) if j.ops[0]["OP_ID"] ==
+            "OP_INSTANCE_MIGRATE"]
+    assert [(j.ops[0]["instance_name"], j.ops[0]["cleanup"]) for j in jobs] == [("vm1", True)]

@@ -52,7 +52,8 @@ def test_sockets_console_ticker_and_two_monitors_live_in_the_run_dir() -> None:
     argv = argv_of(spec())
     chardevs = values(argv, "-chardev")
     assert chardevs == [
-        "socket,id=con0,path=/run/haven/vm1.console,server=on,wait=off",
+        "socket,id=con0,path=/run/haven/vm1.console,server=on,wait=off,"
+        "logfile=vm1.console.log,logappend=off",
         "socket,id=tick0,path=/run/haven/vm1.ticker,server=on,wait=off",
     ]
     assert values(argv, "-serial") == ["chardev:con0", "chardev:tick0"]

@@ -11,7 +11,7 @@ from haven.agent.plan import Action, AgentView, plan, summary
 from haven.errors import HavenError
 from haven.model import event
 from haven.model.instance import Instance, Observed
-from haven.model.keys import INSTANCES, LOCKS, OBSERVED, Keys
+from haven.model.keys import INSTANCES, LOCKS, MIGRATIONS, OBSERVED, Keys
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
@@ -103,6 +103,10 @@ class Agent:
             observed[obs.name] = obs
         lkvs, _ = store.list(LOCKS + "instance/")
         locked = frozenset(kv.key[len(LOCKS + "instance/"):] for kv in lkvs)
+        # An interrupted migration may have a copy on each side: only its cleanup (the
+        # master starts one) may decide which one lives.
+        mkvs, _ = store.list(MIGRATIONS)
+        locked |= {kv.key[len(MIGRATIONS):] for kv in mkvs}
         node = self.d.node_record()
         vms = {name: info for name, (_hv, info) in self.d.instances.all_vms().items()}
         return AgentView(self.d.name, bool(node and node.offline), instances, observed,

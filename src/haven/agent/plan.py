@@ -3,7 +3,8 @@
 Level-triggered: every cycle recomputes from what the store says and what runs here,
 so a missed event or a daemon restart changes nothing.  Safety first: a VM that runs
 here but whose primary node is another (or that no longer exists) is stopped; an
-instance a job holds the lock of is never touched.
+instance a job holds the lock of, or whose interrupted migration awaits its cleanup
+(``locked`` covers both), is never touched.
 """
 
 from __future__ import annotations

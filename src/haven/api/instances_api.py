@@ -100,16 +100,16 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("POST", base + "/migrate-accept", lambda q: mig.accept(q.params["name"]),
           write=True)
     r.add("POST", base + "/migrate-send", lambda q: mig.send(
-        q.params["name"], str(q.obj()["uri"]), str(q.obj()["target"])), write=True)
+        q.params["name"], str(q.obj()["uri"]), str(q.obj()["target"]),
+        bool(q.obj().get("live", True))), write=True)
     r.add("POST", base + "/migrate-abort", lambda q: mig.abort_incoming(q.params["name"]),
           write=True)
     r.add("POST", base + "/migrate-finish", lambda q: mig.finish_source(q.params["name"]),
           write=True)
-    r.add("POST", base + "/migrate-wait", lambda q: mig.wait_running(q.params["name"]),
-          write=True)
+    r.add("POST", base + "/migrate-wait", lambda q: mig.wait_running(
+        q.params["name"], bool(q.obj().get("resume", False))), write=True)
     r.add("POST", base + "/migrate-resume", lambda q: mig.resume(q.params["name"]),
           write=True)
-    r.add("POST", base + "/freeze", lambda q: freeze(d, q.params["name"]), write=True)
     r.add("GET", base + "/disk/{idx}", lambda q: Stream(diskcopy.send_file(
         diskcopy.disk_path(d, q.params["name"], int(q.params["idx"])))), write=True)
     r.add("POST", base + "/pull-disks", lambda q: pull_disks(
@@ -330,13 +330,6 @@ def volumes(d: NodeDaemon) -> list[dict[str, Any]]:
                         "size": f.stat().st_size // 2**20,
                         "instance": inst.name if inst else "-"})
     return out
-
-
-def freeze(d: NodeDaemon, name: str) -> None:
-    """Pause the VM (a non-live migration moves a paused guest)."""
-    from haven.hypervisor.qemu import replication
-
-    replication.freeze(d.replication._qmp(name))
 
 
 def pull_disks(d: NodeDaemon, name: str, source: str) -> int:

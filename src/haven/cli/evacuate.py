@@ -24,7 +24,7 @@ def move_off(c: Client, inst: dict[str, Any], target: str = "",
     running = inst["status"] == "running"
     if running and tmpl in ("drbd", "sharedfile", "diskless") and inst["hypervisor"] == "kvm":
         op = {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": name, "target_node": target}
-        how = "migrated live"
+        how = "migrated"
     elif tmpl in ("drbd", "sharedfile", "diskless"):
         op = {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": name, "target_node": target,
               "ignore_consistency": ignore_consistency}
@@ -33,6 +33,8 @@ def move_off(c: Client, inst: dict[str, Any], target: str = "",
         op = {"OP_ID": "OP_INSTANCE_MOVE", "instance_name": name, "target_node": target}
         how = "moved (copied)"
     res = submit_and_wait(c, [op], quiet=True) or {}
+    if how == "migrated":
+        how = f"migrated {res.get('mode', 'live')}"
     return f"{name}: {how} to {res.get('to', target or '?')}"
 
 
@@ -45,7 +47,7 @@ def migrate_node(node: str, target: str = "") -> list[str]:
         res = submit_and_wait(c, [{"OP_ID": "OP_INSTANCE_MIGRATE",
                                    "instance_name": inst["name"], "target_node": target}],
                               quiet=True)
-        done.append(f"{inst['name']}: migrated to {res['to']} (downtime "
+        done.append(f"{inst['name']}: migrated {res.get('mode', 'live')} to {res['to']} (downtime "
                     f"{res.get('downtime_ms')} ms)")
     return done
 

@@ -281,14 +281,17 @@ def cmd_replace_disks(args: Any) -> int:
 def cmd_migrate(args: Any) -> int:
     res = submit_and_wait(Client.from_config(), [{
         "OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": args.name,
-        "mode": "non-live" if args.non_live else "live", "cleanup": args.cleanup,
-        "allow_failover": args.allow_failover, "target_node": args.node or ""}],
+        "mode": "non-live" if args.non_live else (args.migration_mode or ""),
+        "cleanup": args.cleanup,
+        "allow_failover": args.allow_failover, "target_node": args.node or "",
+        "ignore_hvversions": args.ignore_hvversions}],
         args.submit)
     if res and res.get("cleanup"):
         print(f"Cleanup of {args.name}: {res['cleanup']}.")
     elif res:
-        print(f"Instance {res['instance']} migrated from {res['from']} to {res['to']} "
-              f"(total {res.get('total_ms')} ms, downtime {res.get('downtime_ms')} ms).")
+        print(f"Instance {res['instance']} migrated {res.get('mode', 'live')} from "
+              f"{res['from']} to {res['to']} (total {res.get('total_ms')} ms, downtime "
+              f"{res.get('downtime_ms')} ms).")
     return 0
 
 
@@ -410,10 +413,16 @@ def build_parser(prog: str = "gnt-instance") -> ArgParser:
     f.add_argument("name")
     f.set_defaults(fn=cmd_failover)
     mg = sub.add_parser("migrate", help="move a running instance live to another node")
-    mg.add_argument("--non-live", action="store_true")
+    mg.add_argument("--non-live", action="store_true",
+                    help="pause the instance for the whole copy")
+    mg.add_argument("--migration-mode", choices=("live", "non-live"),
+                    help="default: -H migration_mode, else live (non-live under TCG "
+                         "with a QEMU older than 10.0)")
     mg.add_argument("--cleanup", action="store_true",
                     help="finish or roll back an interrupted migration")
     mg.add_argument("--allow-failover", action="store_true")
+    mg.add_argument("--ignore-hvversions", action="store_true",
+                    help="migrate even if the nodes run different QEMU versions")
     mg.add_argument("-n", "--target-node", dest="node")
     mg.add_argument("-f", "--force", action="store_true")
     mg.add_argument("--submit", action="store_true")

@@ -43,8 +43,22 @@ def kvm_usable() -> bool:
         os.close(fd)
 
 
+def cpu_model() -> str:
+    """The host CPU's ``model name`` from ``/proc/cpuinfo`` ("" if unknown)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def collect(name: str, storage_dir: Path, hypervisors: tuple[str, ...],
-            accel: str | None = None) -> NodeFacts:
+            accel: str | None = None, hv_version: str = "") -> NodeFacts:
+    """``accel``: the accelerator QEMU really uses here (the probe's verdict); without
+    it, whether ``/dev/kvm`` answers."""
     mem = meminfo()
     total = mem.get("MemTotal", 0)
     free = mem.get("MemAvailable", mem.get("MemFree", 0))
@@ -64,4 +78,4 @@ def collect(name: str, storage_dir: Path, hypervisors: tuple[str, ...],
         storage_free=disk.free // 2**20, hypervisors=hypervisors,
         accel=accel or ("kvm" if kvm_usable() else "tcg"), version=__version__,
         architecture=platform.machine(), os_release=os_release, updated=time.time(),
-        boot_id=boot_id)
+        boot_id=boot_id, hv_version=hv_version, cpu_model=cpu_model())

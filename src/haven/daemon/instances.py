@@ -35,6 +35,7 @@ class NodeInstances:
         self.run_dir = daemon.settings.data_dir / "run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._hypervisors: dict[str, Hypervisor] = {}
+        self._qemu_version: str | None = None
 
     # -- drivers -------------------------------------------------------------------
     def hypervisor(self, name: str) -> Hypervisor:
@@ -52,6 +53,17 @@ class NodeInstances:
                 raise InvalidInput(f"Hypervisor {name!r} is not supported; use kvm.")
             self._hypervisors[name] = hv
         return hv
+
+    def qemu_version(self) -> str:
+        """``qemu-system-x86_64 --version``'s first line, asked once per daemon."""
+        if self._qemu_version is None:
+            from haven.hypervisor.qemu import QemuHypervisor
+            from haven.hypervisor.qemu.accel import qemu_version
+
+            hv = self.hypervisor("kvm")
+            assert isinstance(hv, QemuHypervisor)
+            self._qemu_version = qemu_version(hv.qemu_binary)
+        return self._qemu_version
 
     def all_vms(self) -> dict[str, tuple[str, VmInfo]]:
         """Every VM process on this node: name -> (hypervisor, info)."""

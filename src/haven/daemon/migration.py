@@ -56,6 +56,7 @@ class NodeMigration:
                                 f"clean up with gnt-instance migrate --cleanup {name}.")
         me = state.node(self.d.store(), self.d.name)
         spec = replace(m.vm_spec(inst), incoming=True)
+        self._check_accel(name, spec.accel, hv)
         for nic in spec.nics:
             if nic.mode == "bridged":
                 netdev.plug(nic.tap, nic.link, self.d.name)
@@ -71,8 +72,20 @@ class NodeMigration:
         log.info("accepting %s on %s", name, uri)
         return {"uri": uri}
 
-    def send(self, name: str, uri: str, target: str) -> dict[str, Any]:
-        """Migrate the running instance to ``uri`` (the ``target`` node)."""
+    def _check_accel(self, name: str, wanted: str, hv: Any) -> None:
+        """QEMU cannot carry a guest between KVM and TCG: refuse before starting."""
+        obs = state.observed(self.d.store(), name)
+        running = obs.accel if obs else ""
+        here = hv.accel() if wanted == "auto" else wanted
+        if running and running != here:
+            raise OpPrereqError(
+                f"Instance {name} runs under {running} and {self.d.name} would run it "
+                f"under {here}; QEMU cannot migrate between the two. Use gnt-instance "
+                f"failover {name} (a restart) or fix KVM on the node that lacks it.")
+
+    def send(self, name: str, uri: str, target: str, live: bool = True) -> dict[str, Any]:
+        """Migrate the running instance to ``uri`` (the ``target`` node); ``live=False``
+        pauses it for the whole copy."""
         from dataclasses import asdict
 
         from haven.hypervisor.qemu import QemuHypervisor, migration
@@ -94,15 +107,16 @@ class NodeMigration:
 
             callback = migration.drbd_switchover(qmp, [d.index for d in inst.disks],
                                                  stop_export)
-        stats = migration.migrate(qmp, uri, downtime, bandwidth, callback)
+        stats = migration.migrate(qmp, uri, downtime, bandwidth, callback, live=live)
         return asdict(stats)
 
-    def wait_running(self, name: str) -> dict[str, Any]:
-        """After the source reported completion: the destination has taken over."""
+    def wait_running(self, name: str, resume: bool = False) -> dict[str, Any]:
+        """After the source reported completion: the destination has taken over
+        (``resume``: continue the paused guest of a non-live migration)."""
         from haven.hypervisor.qemu import migration
 
         hv = self._qemu(name)
-        state_now = migration.wait_destination(hv, name)
+        state_now = migration.wait_destination(hv, name, resume=resume)
         if state_now != "running":
             raise OpPrereqError(f"The destination of {name} on {self.d.name} is "
                                 f"{state_now}, not running.")

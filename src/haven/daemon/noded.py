@@ -265,8 +265,10 @@ class NodeDaemon:
         joined = self.joined
         if joined is None:
             return
+        version = (self.instances.qemu_version()
+                   if "kvm" in joined.cluster.enabled_hypervisors else "")
         f = node_facts.collect(self.name, self.settings.storage_dir,
-                               joined.cluster.enabled_hypervisors)
+                               joined.cluster.enabled_hypervisors, hv_version=version)
         joined.store.put(Keys.facts(self.name), state.dumps(f.to_json()))
         self._last_facts = time.monotonic()
 

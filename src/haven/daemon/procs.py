@@ -24,6 +24,17 @@ def spawn_detached(argv: Sequence[str], log_path: Path, pid_path: Path,
             list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, env=env, cwd=cwd,
         )
+    # Popen returns once exec has begun; the kernel fills /proc/PID/cmdline a moment
+    # later.  Wait for it, so that pid_alive(pid, marker) right after a start cannot
+    # take our new process for a dead one.
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+                break
+        except OSError:
+            break
+        time.sleep(0.001)
     pid_path.write_text(f"{proc.pid}\n")
     return proc.pid
 

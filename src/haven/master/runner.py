@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ARCHIVE_AFTER = 6 * 3600.0  # Ganeti's watcher archives jobs older than 6 hours
 LOCK_POLL = 0.05
 EVENTS_KEPT = 10000
+CLEANUP_FIRST, CLEANUP_MAX = 10.0, 600.0  # retry delays for an interrupted migration
 STORE_PATIENCE = 30.0  # seconds a job's status write is retried through an etcd hiccup
 
 
@@ -47,6 +48,8 @@ class JobRunner:
         self._watcher: Any = None
         self._last_archive = 0.0
         self._last_raft_check = -1e9
+        # instance -> (when to submit its next cleanup job, the delay after that one)
+        self._cleanups: dict[str, tuple[float, float]] = {}
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -156,9 +159,33 @@ class JobRunner:
             elif archive and job.status.finalized and job.end_ts \
                     and now - job.end_ts > ARCHIVE_AFTER:
                 self.store.delete(Keys.job(job.id), guard=self._guard())
+        self._cleanup_migrations(now)
         if archive:
             self._last_archive = now
             self._prune_events()
+
+    def _cleanup_migrations(self, now: float) -> None:
+        """An interrupted migration whose job is gone (with the previous master, say) is
+        finished or rolled back by a cleanup job, as ``gnt-instance migrate --cleanup``
+        would; retried while its record stays (a node down), 10 s later, then doubling
+        up to 10 minutes."""
+        from haven.master.opcodes.instance_migrate import migrations_in_progress
+
+        # Records first, then locks: a migration job that starts in between is then
+        # seen holding its lock, not taken for an orphan.
+        pending = migrations_in_progress(self.store)
+        held = locks.held(self.store)
+        for name in set(self._cleanups) - set(pending):
+            del self._cleanups[name]
+        for name in pending:
+            due, delay = self._cleanups.get(name, (now, CLEANUP_FIRST))
+            if f"instance/{name}" in held or now < due:
+                continue
+            self._cleanups[name] = (now + delay, min(delay * 2, CLEANUP_MAX))
+            job_id = jobqueue.submit(self.store, [{"OP_ID": "OP_INSTANCE_MIGRATE",
+                                                   "instance_name": name, "cleanup": True}],
+                                     now)
+            log.warning("interrupted migration of %s: cleanup job %d", name, job_id)
 
     def _prune_events(self) -> None:
         """Keep the newest ``EVENTS_KEPT`` events: etcd must never fill its quota."""

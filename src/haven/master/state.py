@@ -7,6 +7,7 @@ from typing import Any
 
 from haven.errors import NotClusterError, NotFoundError
 from haven.model.cluster import Cluster
+from haven.model.instance import Observed
 from haven.model.keys import ALIVE, FACTS, MASTER, NODES, Keys
 from haven.model.node import Node, NodeFacts
 from haven.store.base import Store
@@ -47,6 +48,13 @@ def facts(store: Store) -> dict[str, NodeFacts]:
         f = NodeFacts.from_json(json.loads(kv.value))
         out[f.name] = f
     return out
+
+
+def observed(store: Store, name: str) -> Observed | None:
+    """What the agent of the node running instance ``name`` last reported (None if
+    nothing runs it)."""
+    kv = store.get(Keys.observed(name))
+    return Observed.from_json(json.loads(kv.value)) if kv else None
 
 
 def alive(store: Store) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ JOBS = "jobs/"
 LOCKS = "locks/"
 EVENTS = "events/"
 INSTANCES = "instances/"
+MIGRATIONS = "migrations/"  # migrations/<instance>: the steps of a live migration
 OBSERVED = "observed/"
 REPLICAS = "replicas/"
 COUNTERS = "counters/"

@@ -85,6 +85,8 @@ class NodeFacts:
     os_release: str
     updated: float
     boot_id: str = ""
+    hv_version: str = ""  # ``qemu-system-x86_64 --version``'s first line
+    cpu_model: str = ""  # the host CPU's model name (what ``-cpu host`` exposes)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,6 +6,8 @@ Files of VM ``<name>`` in the node's run dir (QEMU runs with the run dir as its 
     <name>.qmp-status  a second QMP monitor, only for quick status polls (``list()``), so
                        that a long session on the first one never blinds the agent
     <name>.console     serial console ttyS0 (unix socket server, no wait)
+    <name>.console.log everything the guest wrote on ttyS0 since it started, whether or
+                       not a console was attached (a boot that hangs shows where)
     <name>.ticker      second serial port ttyS1 (tests and the migration benchmarks)
 
 Sockets are given by absolute path when it fits into a unix socket address (107 bytes)
@@ -26,6 +28,7 @@ QMP_SUFFIX = ".qmp"
 STATUS_QMP_SUFFIX = ".qmp-status"
 CONSOLE_SUFFIX = ".console"
 TICKER_SUFFIX = ".ticker"
+CONSOLE_LOG_SUFFIX = ".console.log"
 SOCKET_SUFFIXES = (QMP_SUFFIX, STATUS_QMP_SUFFIX, CONSOLE_SUFFIX, TICKER_SUFFIX)
 
 # Instance names are host names; anything else could break QEMU's option syntax
@@ -136,7 +139,7 @@ def build_argv(spec: VmSpec, run_dir: Path, accel: str, qemu_binary: str, *,
     argv += [
         "-chardev",
         f"socket,id=con0,path={_opt(_socket(run_dir, name, CONSOLE_SUFFIX))},"
-        "server=on,wait=off",
+        f"server=on,wait=off,logfile={_opt(name + CONSOLE_LOG_SUFFIX)},logappend=off",
         "-serial", "chardev:con0",
         "-chardev",
         f"socket,id=tick0,path={_opt(_socket(run_dir, name, TICKER_SUFFIX))},"

@@ -108,6 +108,10 @@ class QemuHypervisor(Hypervisor):
             return {}
         return data if isinstance(data, dict) else {}
 
+    def alive(self, name: str) -> bool:
+        """Whether the QEMU process of ``name`` exists (no monitor query: cheap)."""
+        return self._pid(name) is not None
+
     def _pid(self, name: str) -> int | None:
         return running_pid(self.path(name, ".pid"), pid_marker(name))
 

@@ -71,6 +71,8 @@ _ENDED_BADLY = frozenset({"failed", "cancelled"})
 CANCEL_TIMEOUT = 10.0  # migrate_cancel shuts the socket down: this is ample
 RESTART_GRACE = 2.0  # QEMU restarts the source itself after a failure; wait this long
 STATS_TIMEOUT = 2.0  # the completed event can precede query-migrate's final numbers
+STALL_TIMEOUT = 10.0  # no byte sent for this long: cancel (see _Progress)
+PROGRESS_POLL = 1.0
 _ADVICE = {  # by the outcome of _recover
     "gone": "its source QEMU exited meanwhile; kill the destination if it is still "
             "incoming (abort_incoming)",
@@ -177,37 +179,57 @@ def accept(dest_qmp: Path | str, address: str, port: int, bitmaps: Sequence[int]
     return uri
 
 
-def wait_destination(hv: QemuHypervisor, name: str, timeout: float = 30.0) -> str:
+def wait_destination(hv: QemuHypervisor, name: str, timeout: float = 30.0,
+                     resume: bool = False) -> str:
     """After :func:`migrate` returned: wait until the destination VM ``name`` of driver
     ``hv`` has loaded the state and left ``inmigrate``; its run state (``running``, or
     ``paused`` if the source was paused).
 
     The source's ``completed`` only means all was sent: the destination still loads the
     device state and activates its disks (10-50 ms under TCG), its monitors failing even
-    the QMP negotiation meanwhile (``list()``: ``unknown``).  ``paused`` for a running
-    source means it could not activate its disks (e.g. the image lock): treat that as a
-    failure too.  Raises :class:`HypervisorError` if it exited or its load failed; then
-    kill it and :func:`resume_source`."""
+    the QMP negotiation meanwhile.  ``paused`` for a running source means it could not
+    activate its disks (e.g. the image lock): treat that as a failure too.  Raises
+    :class:`HypervisorError` if it exited or its load failed; then kill it and
+    :func:`resume_source`.  ``resume``: a non-live migration's destination arrives
+    paused; continue it (then ``running``).
+
+    This runs exactly while the guest resumes on a 2-core host, so it must cost little
+    CPU: one monitor session (the negotiation itself waits for the busy main loop),
+    the pid checked rather than ``list()``, a query every 20 ms."""
     deadline = time.monotonic() + timeout
     state = "unknown"
-    while True:
-        if name not in hv.list():
-            raise HypervisorError(f"The destination QEMU of instance '{name}' exited while "
-                                  f"taking over (see {hv.path(name, '.log')}); resume the "
-                                  "source.")
-        with contextlib.suppress(QmpError):  # busy loading: asked again below
-            state = str(qmp_call(hv.qmp_path(name), "query-status", timeout=1.0)["status"])
-            if state != "inmigrate":
-                return state
-            incoming = qmp_call(hv.qmp_path(name), "query-migrate", timeout=1.0)
-            if incoming.get("status") in _ENDED_BADLY:
-                raise HypervisorError(f"The destination of instance '{name}' could not load "
-                                      f"the migration ({_cause(incoming)}); resume the "
-                                      "source.")
-        if time.monotonic() > deadline:
-            raise HypervisorError(f"The destination of instance '{name}' did not take over "
-                                  f"within {timeout:g} s (still {state}).")
-        time.sleep(0.005)
+    session: QmpSession | None = None
+    try:
+        while True:
+            if not hv.alive(name):
+                raise HypervisorError(f"The destination QEMU of instance '{name}' exited "
+                                      f"while taking over (see {hv.path(name, '.log')}); "
+                                      "resume the source.")
+            try:
+                if session is None:
+                    session = qmp_session(hv.qmp_path(name), timeout=2.0, label=name)
+                state = str(session.execute("query-status")["status"])
+                if state == "paused" and resume:
+                    session.execute("cont")
+                    state = str(session.execute("query-status")["status"])
+                if state != "inmigrate":
+                    return state
+                incoming = session.execute("query-migrate")
+                if incoming.get("status") in _ENDED_BADLY:
+                    raise HypervisorError(f"The destination of instance '{name}' could not "
+                                          f"load the migration ({_cause(incoming)}); resume "
+                                          "the source.")
+            except QmpError:  # busy loading, or it died: reconnect, the pid tells
+                if session is not None:
+                    session.close()
+                session = None
+            if time.monotonic() > deadline:
+                raise HypervisorError(f"The destination of instance '{name}' did not take "
+                                      f"over within {timeout:g} s (still {state}).")
+            time.sleep(0.02)
+    finally:
+        if session is not None:
+            session.close()
 
 
 def abort_incoming(hv: QemuHypervisor, name: str, settle: float = 5.0) -> bool:
@@ -242,7 +264,8 @@ class _Failed(Exception):
 def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_MS,
             bandwidth_bytes: int = DEFAULT_BANDWIDTH_MIB * MIB,
             before_switchover: Callable[[], None] | None = None,
-            timeout: float = 300.0) -> MigrationStats:
+            timeout: float = 300.0, stall_timeout: float = STALL_TIMEOUT,
+            live: bool = True) -> MigrationStats:
     """Migrate the VM of ``src_qmp`` to ``uri`` (from :func:`accept`) and return once
     QEMU reports ``completed``; the source is then ``postmigrate``.
 
@@ -250,7 +273,11 @@ def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_M
     ``max-bandwidth`` (QEMU's defaults, 300 ms and 128 MiB/s, double the pause and the
     total time).  ``before_switchover`` runs once the source is paused, before the
     destination takes over; it may use the source's monitor, and raising cancels the
-    migration.  On every failure the source is left running and a
+    migration.  No byte sent for ``stall_timeout`` s (network cut) cancels it too.
+    ``live=False``: the source is paused first and its whole memory copied while it
+    stands still (the destination comes up paused: ``wait_destination(resume=True)``);
+    a failure resumes the source as for a live one.
+    On every failure the source is left running and a
     :class:`HypervisorError` names the instance and the cause (see the module docstring).
     """
     path = str(src_qmp)
@@ -268,11 +295,14 @@ def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_M
                         {"capabilities": capabilities(before_switchover is not None)})
         session.execute("migrate-set-parameters", {"downtime-limit": downtime_ms,
                                                    "max-bandwidth": bandwidth_bytes})
+        if not live:
+            session.execute("stop")
         session.execute("migrate", {"uri": uri})
         log.info("Instance %s: migrating to %s (downtime limit %d ms, %d MiB/s)", name, uri,
                  downtime_ms, bandwidth_bytes // MIB)
         pre_ms = 0.0
-        while (status := _next_status(session, deadline, timeout)) != "completed":
+        progress = _Progress(stall_timeout)
+        while (status := _next_status(session, deadline, timeout, progress)) != "completed":
             if status in _ENDED_BADLY:
                 raise _Failed(_cause(session.execute("query-migrate")))
             if status == "pre-switchover" and before_switchover is not None:
@@ -310,18 +340,42 @@ def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_M
     return stats
 
 
-def _next_status(session: QmpSession, deadline: float, timeout: float) -> str:
-    """The status of the next MIGRATION event."""
-    left = deadline - time.monotonic()
-    try:
+class _Progress:
+    """Watches ``ram.transferred``: a migration whose bytes stop moving for ``stall``
+    seconds has lost its network (or its destination stopped reading).  QEMU itself
+    would wait for TCP to give up, ~15 minutes, with the guest dirty-tracked meanwhile."""
+
+    def __init__(self, stall: float) -> None:
+        self.stall = stall
+        self.sent = -1
+        self.since = time.monotonic()
+
+    def check(self, session: QmpSession) -> None:
+        info = session.execute("query-migrate")
+        sent = int(info.get("ram", {}).get("transferred", 0))
+        now = time.monotonic()
+        if sent != self.sent or info.get("status") not in ("active", "setup"):
+            self.sent, self.since = sent, now
+        elif now - self.since > self.stall:
+            raise _Failed(f"no data went through for {self.stall:g} s (the migration network "
+                          "is cut or the destination stopped reading)")
+
+
+def _next_status(session: QmpSession, deadline: float, timeout: float,
+                 progress: _Progress) -> str:
+    """The status of the next MIGRATION event; checks for a stall every second."""
+    while True:
+        left = deadline - time.monotonic()
         if left <= 0:
-            raise QmpTimeout("deadline passed")
-        ev = session.wait_event("MIGRATION", left)
-    except QmpTimeout as exc:
-        raise _Failed(f"it did not complete within {timeout:g} s") from exc
-    status = str(ev.get("data", {}).get("status", ""))
-    log.debug("Instance %s: migration %s", session.label, status)
-    return status
+            raise _Failed(f"it did not complete within {timeout:g} s")
+        try:
+            ev = session.wait_event("MIGRATION", min(left, PROGRESS_POLL))
+        except QmpTimeout:
+            progress.check(session)
+            continue
+        status = str(ev.get("data", {}).get("status", ""))
+        log.debug("Instance %s: migration %s", session.label, status)
+        return status
 
 
 def _cause(info: Mapping[str, Any]) -> str:
@@ -383,17 +437,25 @@ def _ensure_running(path: str, name: str) -> None:
         time.sleep(0.01)
 
 
-def resume_source(src_qmp: Path | str) -> None:
-    """Roll back a ``completed`` migration whose destination does not run: ``cont`` the
-    ``postmigrate`` source (it takes its disks back).  For ``drbd`` the replica then
-    needs a *full* resync: the destination may have written to it.  No-op if running."""
+def resume_source(src_qmp: Path | str, settle: float = 5.0) -> None:
+    """Roll a migration back on its source: ``cont`` a ``postmigrate`` source (completed,
+    but no destination runs; it takes its disks back), or one left ``paused`` by a
+    non-live migration that failed (waiting up to ``settle`` s for that migration to
+    end first).  For ``drbd`` the replica then needs a *full* resync: the destination
+    may have written to it.  No-op if running."""
     name = instance_of(src_qmp)
     state = qmp_call(src_qmp, "query-status").get("status")
     if state == "running":
         return
-    if state != "postmigrate":
+    if state not in ("postmigrate", "paused"):
         raise HypervisorError(f"Cannot resume the source of instance '{name}': it is "
-                              f"{state}, not postmigrate.")
+                              f"{state}, not postmigrate or paused.")
+    deadline = time.monotonic() + settle
+    while (mig := qmp_call(src_qmp, "query-migrate").get("status")) in _ACTIVE:
+        if time.monotonic() > deadline:
+            raise HypervisorError(f"Cannot resume the source of instance '{name}': its "
+                                  f"migration is still {mig}; abort the destination first.")
+        time.sleep(0.05)
     qmp_call(src_qmp, "cont")
     log.warning("Instance %s: migration rolled back, running on the source again", name)
 

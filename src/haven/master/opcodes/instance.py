@@ -24,7 +24,7 @@ BE_KEYS = {"memory", "minmem", "maxmem", "vcpus", "auto_balance", "always_failov
            "spindle_use"}
 HV_KEYS = {"kernel_path", "initrd_path", "kernel_args", "serial_console",
            "migration_downtime", "migration_bandwidth", "accel", "cpu_type",
-           "machine_version", "root_path"}
+           "machine_version", "root_path", "migration_mode"}
 NIC_MODES = ("user", "bridged", "routed")
 
 
@@ -61,6 +61,9 @@ def check_hvparams(hv: dict[str, Any], name: str) -> dict[str, Any]:
     if hv.get("accel") not in (None, "auto", "kvm", "tcg"):
         raise InvalidInput(f"-H accel={hv['accel']} of {name} is not valid; use auto, kvm "
                            f"or tcg.")
+    if hv.get("migration_mode") not in (None, "", "live", "non-live"):
+        raise InvalidInput(f"-H migration_mode={hv['migration_mode']} of {name} is not "
+                           f"valid; use live or non-live.")
     out = dict(hv)
     for k in ("migration_downtime", "migration_bandwidth"):
         if k in out:
@@ -97,14 +100,9 @@ class InstanceLU(LogicalUnit):
             self.save(self.inst.modified(self.c.clock(), admin_state=admin_state))
 
     def is_running(self) -> bool:
-        kv = self.c.store.get(Keys.observed(self.inst.name))
-        if kv is None:
-            return False
-        import json
-
-        obs = json.loads(kv.value)
-        return bool(obs.get("state") in ("running", "user_down")
-                    and obs.get("node") == self.inst.primary_node)
+        obs = state.observed(self.c.store, self.inst.name)
+        return obs is not None and obs.state in ("running", "user_down") \
+            and obs.node == self.inst.primary_node
 
     def require_stopped(self, what: str) -> None:
         if self.inst.admin_state == "up" or self.is_running():

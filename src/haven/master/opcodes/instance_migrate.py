@@ -11,6 +11,7 @@ finishes or rolls back what a dead master left.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from haven.errors import HavenError, OpExecError, OpPrereqError
@@ -20,11 +21,11 @@ from haven.master.opcodes import instance_util as iu
 from haven.master.opcodes.instance import InstanceLU, emit
 from haven.master.opcodes.instance_drbd import read_replicas
 from haven.model.instance import Instance
-from haven.model.keys import Keys
+from haven.model.keys import MIGRATIONS, Keys
+from haven.model.node import NodeFacts
 from haven.model.replica import INCONSISTENT, UP_TO_DATE, DiskReplica, Replicas
 
 NAME = (str, REQUIRED)
-MIGRATIONS = "migrations/"
 
 
 def migration_key(name: str) -> str:
@@ -34,16 +35,16 @@ def migration_key(name: str) -> str:
 @register
 class InstanceMigrate(InstanceLU):
     OP_ID = "OP_INSTANCE_MIGRATE"
-    PARAMS = {"instance_name": NAME, "mode": (str, "live"), "live": ((bool, type(None)), None),
+    PARAMS = {"instance_name": NAME, "mode": (str, ""), "live": ((bool, type(None)), None),
               "cleanup": (bool, False), "allow_failover": (bool, False),
               "target_node": (str, ""), "iallocator": (str, ""),
               "ignore_ipolicy": (bool, False), "ignore_hvversions": (bool, False)}
 
     def check_arguments(self) -> None:
         super().check_arguments()
-        if self.op["live"] is False:
-            self.op["mode"] = "non-live"
-        if self.op["mode"] not in ("live", "non-live"):
+        if self.op["live"] is not None:
+            self.op["mode"] = "live" if self.op["live"] else "non-live"
+        if self.op["mode"] not in ("", "live", "non-live"):
             raise OpPrereqError(f"Migration mode {self.op['mode']!r} is not valid; use live "
                                 f"or non-live.")
 
@@ -80,6 +81,13 @@ class InstanceMigrate(InstanceLU):
                                 f"another node with -n.")
         iu.usable_node(self, self.target, f"migrating {inst.name}")
         iu.check_memory(self, self.target, inst.memory, inst.name)
+        # Read once for both decisions below: every node's facts, and the accelerator
+        # the instance runs under now.
+        facts = state.facts(self.c.store)
+        obs = state.observed(self.c.store, inst.name)
+        accel = obs.accel if obs else ""
+        check_compatible(self, inst, self.target, facts, accel)
+        self.mode, self.mode_note = migration_mode(self, inst, facts, accel)
         self.failover = False
         if inst.disk_template == "drbd":
             reps, _ = read_replicas(self, inst.name)
@@ -115,14 +123,16 @@ class InstanceMigrate(InstanceLU):
         uri = iu.node_call(self, target, "migrate-accept", inst.name)["uri"]
         self._save_record(step="migrate", source=source, target=target, uri=uri,
                           generation=inst.generation)
-        if self.op["mode"] == "non-live":
-            iu.node_call(self, source, "freeze", inst.name)
-        self.feedback(f"* migrating {inst.name} from {source} to {target}")
+        live = self.mode == "live"
+        if self.mode_note:
+            self.feedback(f"* {self.mode_note}")
+        self.feedback(f"* migrating {inst.name} from {source} to {target}"
+                      + ("" if live else " (non-live: paused for the copy)"))
         try:
             stats = iu.node_call(self, source, "migrate-send", inst.name,
-                                 {"uri": uri, "target": target}, timeout=600)
+                                 {"uri": uri, "target": target, "live": live}, timeout=600)
         except HavenError as exc:
-            self.feedback(f"* migration failed ({exc.message}); {inst.name} keeps running "
+            self.feedback(f"* migration failed ({exc.message}); {inst.name} stays "
                           f"on {source}")
             try:
                 iu.node_call(self, target, "migrate-abort", inst.name)
@@ -131,9 +141,10 @@ class InstanceMigrate(InstanceLU):
                 self.feedback(f"Could not clean up {target}: {exc2.message}; run gnt-instance "
                               f"migrate --cleanup {inst.name}")
             raise OpExecError(f"Migration of {inst.name} to {target} failed: {exc.message} "
-                              f"It still runs on {source}.") from exc
+                              f"It stays on {source}.") from exc
         try:
-            iu.node_call(self, target, "migrate-wait", inst.name, timeout=60)
+            iu.node_call(self, target, "migrate-wait", inst.name, {"resume": not live},
+                         timeout=60)
         except HavenError as exc:
             # Everything was sent but the destination did not take over: it dies, the
             # source (paused, postmigrate) runs again; still exactly one copy.
@@ -146,11 +157,14 @@ class InstanceMigrate(InstanceLU):
                               f"switchover: {exc.message} It runs on {source} again.") \
                 from exc
         self._switch(source, target)
+        if not live:  # QEMU counts from its own stop; the guest stood still throughout
+            stats["downtime_ms"] = stats.get("total_ms")
         self.feedback(f"* migrated in {stats.get('total_ms')} ms, downtime "
                       f"{stats.get('downtime_ms')} ms")
-        emit(self, "migrated", inst.name, f"migrated live from {source} to {target} "
+        emit(self, "migrated", inst.name, f"migrated {self.mode} from {source} to {target} "
              f"(total {stats.get('total_ms')} ms, downtime {stats.get('downtime_ms')} ms)")
-        return {"instance": inst.name, "from": source, "to": target, **stats}
+        return {"instance": inst.name, "from": source, "to": target, "mode": self.mode,
+                **stats}
 
     def _switch(self, source: str, target: str) -> None:
         """The destination runs: make it the primary and end the source process."""
@@ -199,13 +213,82 @@ class InstanceMigrate(InstanceLU):
             else:
                 self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
             outcome = f"finished: {inst.name} runs on {target}"
+        elif "node unreachable" in (where.get(target), where.get(source)) \
+                and where.get(source) != "running":
+            # The target may run it (resuming the source could make two copies), or the
+            # source holds it paused: only a look at both can decide.
+            down = target if where.get(target) == "node unreachable" else source
+            raise OpExecError(f"Cannot finish or roll back the migration of {inst.name}: "
+                              f"{down} does not answer and {inst.name} does not run on "
+                              f"{source}; bring {down} back (the master retries by itself, "
+                              f"or run gnt-instance migrate --cleanup {inst.name}).")
         else:
             if where.get(target) not in (None, "node unreachable"):
                 iu.node_call(self, target, "migrate-abort", inst.name)
+            if where.get(source) == "paused":  # postmigrate, or stopped for a non-live copy
+                iu.node_call(self, source, "migrate-resume", inst.name)
             self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
             outcome = f"rolled back: {inst.name} stays on {source} ({where.get(source)})"
         emit(self, "migration-cleanup", inst.name, outcome)
         return {"instance": inst.name, "cleanup": outcome, "seen": where}
+
+
+TCG_LIVE_RISK = ("QEMU before 10.0 under TCG loses memory writes of a busy guest in a "
+                 "live migration (7.2 broke 6 of 6 in bench/migration_integrity.py; 10.0.2 "
+                 "none of 8)")
+TCG_LIVE_SAFE_FROM = (10, 0)  # the oldest QEMU seen to keep busy TCG guests intact
+
+
+def qemu_version_tuple(text: str) -> tuple[int, int] | None:
+    """``(major, minor)`` from ``QEMU emulator version 7.2.22 (...)``; None if unknown."""
+    m = re.search(r"version (\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def migration_mode(lu: Any, inst: Any, facts: dict[str, NodeFacts], accel: str
+                   ) -> tuple[str, str]:
+    """``live`` or ``non-live``, and a note for the job log: the opcode's mode, else the
+    instance's ``migration_mode`` hypervisor parameter, else ``live`` - except under TCG
+    with a QEMU older than :data:`TCG_LIVE_SAFE_FROM` (or of unknown version) on the
+    source, where it is ``non-live`` (see :data:`TCG_LIVE_RISK`).  ``facts``: every
+    node's; ``accel``: what the instance runs under now."""
+    src = facts.get(inst.primary_node)
+    version = qemu_version_tuple(src.hv_version) if src else None
+    risky = accel == "tcg" and (version is None or version < TCG_LIVE_SAFE_FROM)
+    chosen = lu.op["mode"] or str(inst.hvparams.get("migration_mode") or "")
+    if chosen == "live" and risky:
+        return chosen, f"Warning: live under TCG: {TCG_LIVE_RISK}."
+    if chosen:
+        return chosen, ""
+    if risky:
+        return "non-live", (f"{inst.name} runs under TCG, and {TCG_LIVE_RISK}: it is paused "
+                            f"for the copy (--migration-mode=live or -H migration_mode=live "
+                            f"to take the risk)")
+    return "live", ""
+
+
+def check_compatible(lu: Any, inst: Any, target: str, facts: dict[str, NodeFacts],
+                     accel: str) -> None:
+    """Refuse a migration QEMU would fail or that would change the guest's CPU: a
+    different QEMU on the target (unless ``ignore_hvversions``), or a different host CPU
+    for a guest that sees the host's (``-cpu host``).  Accelerators (KVM/TCG) are
+    compared by the destination itself, which knows its probe's verdict.  ``facts``:
+    every node's; ``accel``: what the instance runs under now."""
+    src, dst = facts.get(inst.primary_node), facts.get(target)
+    if src is None or dst is None:
+        return  # facts not published yet: the destination's own checks still apply
+    if src.hv_version != dst.hv_version and not lu.op["ignore_hvversions"]:
+        raise OpPrereqError(
+            f"Cannot migrate {inst.name}: {inst.primary_node} runs {src.hv_version or '?'} "
+            f"and {target} runs {dst.hv_version or '?'}; upgrade QEMU so that both match, "
+            f"or give --ignore-hvversions if {target}'s QEMU is the newer one.")
+    cpu = str(inst.hvparams.get("cpu_type") or "qemu64")
+    host_cpu = cpu == "host" or (cpu == "qemu64" and accel == "kvm")  # see cmdline.cpu_model
+    if host_cpu and src.cpu_model != dst.cpu_model:
+        raise OpPrereqError(
+            f"Instance {inst.name} sees the host CPU ({src.cpu_model}) and {target} has a "
+            f"different one ({dst.cpu_model}); set a CPU model both have with gnt-instance "
+            f"modify -H cpu_type=<model> {inst.name} and restart it, then migrate.")
 
 
 def migrations_in_progress(store: Any) -> dict[str, dict[str, Any]]:

@@ -138,6 +138,7 @@ class NodeRemove(LogicalUnit):
         name = self.op["node_name"]
         self.target = self.node(name)
         master = state.master(self.c.store)
+        self.master_member = self.node(master).etcd_member_id if master else 0
         if name == master:
             raise OpPrereqError(f"Node {name} is the master and cannot be removed; move "
                                 f"the master role first with 'gnt-cluster "
@@ -152,7 +153,8 @@ class NodeRemove(LogicalUnit):
         alive = name in state.alive(self.c.store)
         if self.target.etcd_member_id and self.c.etcd_admin is not None:
             self.feedback(f"Removing etcd member {self.target.etcd_member_id:x} of {name}")
-            members_mod.remove_member(self.c.etcd_admin, self.target.etcd_member_id)
+            members_mod.remove_member(self.c.etcd_admin, self.target.etcd_member_id,
+                                      prefer_not=self.master_member)
         if alive:
             try:
                 self.c.rpc.call(self.target.primary_ip, self.target.api_port, "POST",
