@@ -48,6 +48,7 @@ from qemu.qmp import (
     QMPError,
     Runstate,
 )
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from haven.hypervisor.qemu.qmp_errors import (
     QmpCommandError,
@@ -90,6 +91,12 @@ _MAX_SUN_PATH = 107
 _LOOP_GRACE = 5.0
 _BUSY_ERRNOS = (errno.EAGAIN, errno.EINVAL)  # a full listen backlog, as seen on Linux
 _BUSY_RETRY = 0.005
+# A handshake that read something else than the greeting (or the capabilities' reply) is
+# retried on a fresh connection this many times: QEMU (10.0.2 measured) can hand a new
+# client output left over from the previous session, such as an event emitted as that
+# one closed, while events fire quickly (a replica loss, a job ending).  No command of
+# ours has run on such a connection.
+_HANDSHAKE_RETRIES = 3
 _EVENT_POLL = 0.05  # how often a wait for an event checks that the connection still lives
 
 
@@ -162,7 +169,8 @@ def _address(path: str) -> tuple[str, int | None]:
 async def _connect(path: str) -> QMPClient:
     """A connected, negotiated client; the caller must ``_disconnect`` it.  A monitor
     whose backlog is full (another process is connected) is retried until the caller's
-    timeout."""
+    timeout; a garbled handshake up to ``_HANDSHAKE_RETRIES`` times."""
+    garbled = 0
     while True:
         client = QMPClient(instance_of(path))
         address, dirfd = _address(path)
@@ -172,7 +180,11 @@ async def _connect(path: str) -> QMPClient:
             return client
         except ConnectError as exc:
             cause = exc.exc
-            if not (isinstance(cause, OSError) and cause.errno in _BUSY_ERRNOS):
+            if isinstance(cause, GreetingError | NegotiationError) \
+                    and garbled < _HANDSHAKE_RETRIES:
+                garbled += 1
+                log.info("QMP %s: handshake garbled (%s); reconnecting", path, cause)
+            elif not (isinstance(cause, OSError) and cause.errno in _BUSY_ERRNOS):
                 raise
         finally:
             if dirfd is not None:
