@@ -3,6 +3,8 @@ back with the data, degrade when the secondary dies, refuse an unsafe failover, 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -102,6 +104,32 @@ def test_secondary_loss_degrades_refuses_unsafe_failover_and_resyncs(drbd: Sim) 
     p = drbd.run("gnt-instance", "failover", "-f", "vm2", timeout=180)
     assert p.returncode == 0, p.stderr
     assert "after-2" in console_until(drbd, "vm2", "cat /mnt/after", "after-2")
+
+
+def test_a_hung_secondary_is_cut_off_and_the_guest_writes_on(drbd: Sim) -> None:
+    wait_replica(drbd, "vm2", "secondary", "UpToDate")
+    nodes = drbd.run("gnt-instance", "list", "--no-headers", "-o", "pnode,snodes",
+                     "--separator=|", "vm2", check=True).stdout.strip().split("|")
+    secondary = nodes[1]
+    qsd = int((drbd.base / secondary / "run" / "exports" / "vm2.qsd.pid").read_text())
+    os.kill(qsd, signal.SIGSTOP)  # a hung peer: TCP up, no NBD replies, no lease lost
+    try:
+        # The write waits for the hung replica until the primary cuts it off.
+        out = console_until(drbd, "vm2", "echo hung-$((2+3)) > /mnt/hung; sync; "
+                            "cat /mnt/hung", "hung-5", timeout=90)
+        assert "hung-5" in out
+        wait_replica(drbd, "vm2", "secondary", "Outdated", timeout=30)
+        events = drbd.run("haven", "events", "--object", "instance/vm2", check=True).stdout
+        assert "replication connection cut" in events
+        assert status(drbd, "vm2") == "running"
+    finally:
+        os.kill(qsd, signal.SIGCONT)
+    # Once the peer answers again the replica is resynced, "hung" included: it is there
+    # after a failover onto it.
+    wait_replica(drbd, "vm2", "secondary", "UpToDate", timeout=120)
+    p = drbd.run("gnt-instance", "failover", "-f", "vm2", timeout=180)
+    assert p.returncode == 0, p.stderr
+    assert "hung-5" in console_until(drbd, "vm2", "cat /mnt/hung", "hung-5")
 
 
 def test_replace_disks_moves_the_secondary_while_running(drbd: Sim) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from haven.agent.replan import Mirror, RepAction
@@ -24,14 +25,24 @@ from haven.model.replica import OUTDATED, UP_TO_DATE, Replicas
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
     from haven.hypervisor.qemu.exports import ExportManager
+    from haven.hypervisor.qemu.replication import MirrorState
 
 log = logging.getLogger(__name__)
+
+# A mirror that has writes pending and makes no progress for this long has a hung peer
+# (a partition, a stopped storage daemon): QEMU's NBD client has no request timeout, so
+# every guest write would wait for TCP to give up, ~15 min.  Its connection is cut and
+# the VM runs degraded, as DRBD does after ``timeout`` x ``ko-count``.
+STALL_SECONDS = 6.0
 
 
 class NodeReplication:
     def __init__(self, daemon: NodeDaemon) -> None:
         self.d = daemon
         self._exports: ExportManager | None = None
+        # (instance, disk) -> (when, state) since which its mirror made no progress.
+        self._still: dict[tuple[str, int], tuple[float, MirrorState]] = {}
+        self._severed: set[tuple[str, int]] = set()  # resync those without resuming
 
     @property
     def exports(self) -> ExportManager:
@@ -59,9 +70,37 @@ class NodeReplication:
             except HavenError as exc:
                 log.debug("mirror status of %s: %s", name, exc.message)
                 continue  # unknown this cycle: no decision is taken on it
+            st = {i: self._unless_stalled(inst, m) for i, m in st.items()}
             out[name] = {i: Mirror(m.phase, 100.0 * m.offset / m.length if m.length else 0.0)
                          for i, m in st.items()}
+        for key in set(self._still) - {(n, i) for n, disks in out.items() for i in disks}:
+            del self._still[key]
         return out
+
+    def _unless_stalled(self, inst: Instance, m: MirrorState) -> MirrorState:
+        """``m``, or a failed state once the mirror has stalled for ``STALL_SECONDS``
+        and its connection was cut (so the report marks the replica Outdated)."""
+        from haven.hypervisor.qemu import replication
+
+        name, now = inst.name, time.monotonic()
+        since = self._still.get((name, m.disk))
+        if since is None or not replication.stalled(since[1], m):
+            self._still[(name, m.disk)] = (now, m)
+            return m
+        if now - since[0] < STALL_SECONDS:
+            return m
+        del self._still[(name, m.disk)]
+        try:
+            replication.sever(self._qmp(name), m.disk)
+        except HavenError as exc:
+            log.warning("cutting the hung replica connection of %s: %s", name, exc.message)
+            return m
+        self._severed.add((name, m.disk))
+        msg = (f"disk/{m.disk}: its secondary made no progress for {STALL_SECONDS:g} s with "
+               "writes pending; replication connection cut")
+        log.warning("%s %s", name, msg)
+        self.d.instances.emit("replica-hung", inst, msg, "warning")
+        return replace(m, phase="failed")
 
     def replicas(self) -> dict[str, Replicas]:
         kvs, _ = self.d.store().list(REPLICAS)
@@ -115,7 +154,11 @@ class NodeReplication:
                 replication.protect(self._qmp(inst.name), i, target)
                 log.info("protecting disk %d of %s to %s", i, inst.name, snode.name)
             else:
-                res = replication.resync(self._qmp(inst.name), i, target)
+                # A cut connection never comes back: no resume attempt for it.
+                severed = (inst.name, i) in self._severed
+                res = replication.resync(self._qmp(inst.name), i, target,
+                                         resume_timeout=0 if severed else 5.0)
+                self._severed.discard((inst.name, i))
                 log.info("resynced disk %d of %s to %s: %s", i, inst.name, snode.name, res)
                 self.d.instances.emit("resynced", inst, f"disk/{i} resynced to {snode.name} "
                                       f"({res.mode}, {res.bytes_copied} bytes)")

@@ -18,6 +18,9 @@ guest keeps running on the local copy; what the peer missed is in the job's own 
 failure and the caller's reaction (:func:`watch_errors`, then :func:`freeze` until the
 store says ``Outdated``) are on the primary only.  Guest flushes are not forwarded to the
 replica: its durability comes from the export's ``writethrough`` (see :mod:`.exports`).
+``on-target-error: stop`` matters beyond keeping the job's bitmap: a job that *ends*
+with guest writes in flight makes QEMU (7.2, 10.0.2) write into freed memory, so a job
+is only ever ended on error by :func:`_force_cancel`, with the guest paused.
 
 The caller records replica states in the store; nothing here decides that a replica is
 up to date.  Every call is a few short QMP exchanges on the monitor path given (QEMU
@@ -524,6 +527,9 @@ def _resync(qmp: Qmp, disk: int, target: NbdTarget, trust_bitmap: bool, timeout:
         mode = choose_mode(_job(qmp, JOB.format(disk)), False, has_bitmap, trust_bitmap)
         log.warning("Disk %d of %s: the mirror did not reconnect within %g s; resync by %s",
                     disk, qmp, resume_timeout, mode)
+    # The old job goes only once the peer answers: a failed job still holds its bitmap
+    # (and its "ready" says a bitmap resync suffices), no job would mean a full sync.
+    probe(target)
     _end_job(qmp, JOB.format(disk))
     _end_job(qmp, RESYNC_JOB.format(disk))
     _connect(qmp, disk, target)

@@ -1,0 +1,78 @@
+"""The primary's agent cuts off a secondary whose mirror stalls (no progress, writes
+pending) for STALL_SECONDS, once, and never one that makes progress or is idle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from haven.daemon import replication as node_repl
+from haven.daemon.replication import STALL_SECONDS, NodeReplication
+from haven.hypervisor.qemu import replication as repl
+from haven.hypervisor.qemu.replication import MirrorState
+from haven.model.instance import Instance
+
+
+class FakeInstances:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    def emit(self, kind: str, inst: Instance, message: str, severity: str = "info") -> None:
+        self.events.append((kind, inst.name, severity))
+
+
+class FakeDaemon:
+    def __init__(self) -> None:
+        self.instances = FakeInstances()
+
+
+@pytest.fixture
+def rig(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    clock = {"now": 1000.0, "severed": []}
+    monkeypatch.setattr(node_repl.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(repl, "sever", lambda qmp, disk: clock["severed"].append(disk) or True)
+    monkeypatch.setattr(NodeReplication, "_qmp", lambda self, name: f"/run/{name}.qmp")
+    return clock
+
+
+def state(offset: int, length: int, phase: str = "ready") -> MirrorState:
+    return MirrorState(0, "mirror0", phase, offset, length)  # type: ignore[arg-type]
+
+
+def observe(rep: NodeReplication, clock: dict[str, Any], inst: Instance,
+            seq: list[tuple[float, MirrorState]]) -> list[str]:
+    phases = []
+    for at, m in seq:
+        clock["now"] = 1000.0 + at
+        phases.append(rep._unless_stalled(inst, m).phase)
+    return phases
+
+
+def vm() -> Instance:
+    return Instance(name="vm1", uuid="u1", hypervisor="kvm", disk_template="drbd",
+                    os="busybox", primary_node="node01")
+
+
+def test_a_mirror_stalled_with_writes_pending_is_cut_off_once(rig: dict[str, Any]) -> None:
+    daemon = FakeDaemon()
+    rep = NodeReplication(daemon)  # type: ignore[arg-type]
+    stuck = state(4096, 8192)
+    seq = [(t, stuck) for t in (0, 2, 4, STALL_SECONDS - 0.1, STALL_SECONDS + 0.1)]
+    assert observe(rep, rig, vm(), seq) == ["ready"] * 4 + ["failed"]
+    assert rig["severed"] == [0]
+    assert daemon.instances.events == [("replica-hung", "vm1", "warning")]
+    assert ("vm1", 0) in rep._severed
+
+
+def test_progress_or_idleness_is_never_a_stall(rig: dict[str, Any]) -> None:
+    rep = NodeReplication(FakeDaemon())  # type: ignore[arg-type]
+    moving = [(2.0 * t, state(4096 * t, 4096 * t + 8192)) for t in range(10)]
+    idle = [(30 + 2.0 * t, state(8192, 8192)) for t in range(10)]
+    assert set(observe(rep, rig, vm(), moving + idle)) == {"ready"}
+    # A stall shorter than the limit, then progress: the clock starts again.
+    stuck = state(4096, 8192)
+    seq = [(60, stuck), (60 + STALL_SECONDS - 1, stuck), (61 + STALL_SECONDS, state(8192, 12288)),
+           (62 + STALL_SECONDS + 2, state(8192, 12288))]
+    assert set(observe(rep, rig, vm(), seq)) == {"ready"}
+    assert rig["severed"] == []
