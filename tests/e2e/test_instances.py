@@ -248,9 +248,11 @@ def test_modify_rename_reinstall_remove(vms: Sim) -> None:
     sizes = vms.run("gnt-instance", "list", "--no-headers", "-o", "disk.sizes",
                     "vm2").stdout.strip()
     assert sizes == "32,16"
+    assert list(vms.base.glob("*/run/vm2.log"))  # it ran under its old name
     vms.run("gnt-instance", "rename", "vm2", "vm2b", check=True)
     names = vms.run("gnt-instance", "list", "--no-headers", "-o", "name").stdout.split()
     assert "vm2b" in names and "vm2" not in names
+    assert list(vms.base.glob("*/run/vm2.*")) == []  # no logs left under the old name
     vms.run("gnt-instance", "reinstall", "-f", "vm2b", check=True)
     vms.run("gnt-instance", "startup", "vm2b", check=True)
     assert "vm2b" in console_until(vms, "vm2b", "hostname", "vm2b")
@@ -260,6 +262,7 @@ def test_modify_rename_reinstall_remove(vms: Sim) -> None:
     names = vms.run("gnt-instance", "list", "--no-headers", "-o", "name").stdout.split()
     assert "vm2b" not in names
     assert len(list(files.glob("*/disk*"))) == before - 2  # both of its disks are gone
+    assert list(vms.base.glob("*/run/vm2b.*")) == []  # nor its QEMU and console logs
 
 
 @pytest.mark.parametrize(("argv", "needle"), [

@@ -82,6 +82,7 @@ def install(r: Router, d: NodeDaemon) -> None:
         q.params["name"], q.obj().get("indices")), write=True)
     r.add("POST", base + "/remove-disks", lambda q: m.remove_disks(
         q.params["name"], q.obj().get("disks")), write=True)
+    r.add("POST", base + "/forget", lambda q: m.forget(q.params["name"]), write=True)
     r.add("POST", base + "/grow-disk", lambda q: m.grow_disk(
         q.params["name"], int(q.obj()["index"]), int(q.obj()["size"])), write=True)
     r.add("POST", base + "/os", lambda q: m.run_os(

@@ -8,8 +8,10 @@ written only by the node that runs the instance.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,6 +120,24 @@ class NodeInstances:
         for disk in todo:
             tmpl.remove(inst, disk)
         return len(todo)
+
+    def forget(self, name: str) -> dict[str, Any]:
+        """Remove what instance ``name`` left on this node once it is removed or renamed:
+        its hypervisor's files and logs and its replication key.  Refused while a VM of
+        that name runs here."""
+        running = self.all_vms()
+        if name in running:
+            raise OpPrereqError(f"Instance {name} still runs on {self.d.name}; stop it "
+                                "before removing what it left here.")
+        for hv_name in ("kvm", "fake"):
+            with contextlib.suppress(InvalidInput):
+                self.hypervisor(hv_name).forget(name)
+        # The TLS pre-shared key of its replication: secret material, not a log.
+        shutil.rmtree(self.run_dir / f"{name}.psk", ignore_errors=True)
+        if not (self.run_dir / "exports" / f"{name}.qsd.pid").exists():  # not exported
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / "exports" / f"{name}.qsd.log").unlink()
+        return {"forgotten": name}
 
     def grow_disk(self, name: str, index: int, size: int) -> None:
         inst, _ = self.instance(name)

@@ -132,3 +132,8 @@ class Hypervisor(abc.ABC):
 
     def cleanup(self, name: str) -> None:  # noqa: B027 - optional hook
         """Remove what a VM that no longer runs left in the run dir."""
+
+    def forget(self, name: str) -> None:
+        """Remove everything of a VM that no longer runs, its logs included: the
+        instance was removed or renamed.  Does nothing while it runs."""
+        self.cleanup(name)

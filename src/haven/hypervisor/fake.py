@@ -149,8 +149,15 @@ class FakeHypervisor(Hypervisor):
 
     def cleanup(self, name: str) -> None:
         """Remove the files of a VM that no longer runs (the log stays)."""
+        self._remove(name, (".pid", ".json", ".json.tmp", ".console"))
+
+    def forget(self, name: str) -> None:
+        """:meth:`cleanup`, and the log."""
+        self._remove(name, (".pid", ".json", ".json.tmp", ".console", ".log"))
+
+    def _remove(self, name: str, suffixes: tuple[str, ...]) -> None:
         if self._pid(name) is not None:
             return
-        for suffix in (".pid", ".json", ".json.tmp", ".console"):
+        for suffix in suffixes:
             with contextlib.suppress(FileNotFoundError):
                 self._path(name, suffix).unlink()

@@ -6,6 +6,7 @@ Files of VM ``<name>`` in the run dir (the sockets are listed in :mod:`.cmdline`
     <name>.json    the spec, the resolved accelerator, argv and start time: rediscovery
                    after a daemon restart and ``list()``'s memory/vcpus/uuid come from it
     <name>.log     QEMU's stdout and stderr, truncated at every start, kept after the end
+                   (until the instance is removed or renamed: :meth:`forget`)
     .accel.json    what ``auto`` resolved to (see :mod:`.accel`); hidden so that it cannot
                    collide with a VM called "accel"
 
@@ -39,6 +40,7 @@ from haven.hypervisor.base import (
 )
 from haven.hypervisor.qemu.accel import AccelChoice, resolve_accel
 from haven.hypervisor.qemu.cmdline import (
+    CONSOLE_LOG_SUFFIX,
     CONSOLE_SUFFIX,
     QMP_SUFFIX,
     SOCKET_SUFFIXES,
@@ -320,6 +322,16 @@ class QemuHypervisor(Hypervisor):
             log.warning("Not cleaning up instance %s: it is running", name)
             return
         self._remove_files(name)
+
+    def forget(self, name: str) -> None:
+        """:meth:`cleanup`, and the QEMU and console logs."""
+        if self._pid(name) is not None:
+            log.warning("Not forgetting instance %s: it is running", name)
+            return
+        self._remove_files(name)
+        for suffix in (".log", CONSOLE_LOG_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                self.path(name, suffix).unlink()
 
     def _remove_files(self, name: str) -> None:
         for suffix in (".pid", ".json", ".json.tmp", *SOCKET_SUFFIXES):
