@@ -54,6 +54,7 @@ bench: setup
 	uv run --group bench python bench/migration_qemu.py
 	uv run --group bench python bench/migration_integrity.py
 	uv run --group bench python bench/migration.py
+	uv run --group bench python bench/outdated.py
 
 clean:
 	-$(VENV)/bin/haven down --destroy 2>/dev/null

@@ -28,10 +28,12 @@ from typing import Literal
 
 import pytest
 
+from haven.daemon.mirror_watch import MirrorWatch
 from haven.daemon.procs import pid_alive
 from haven.hypervisor.base import DiskSpec, HypervisorError, VmSpec
 from haven.hypervisor.qemu import QemuHypervisor
 from haven.hypervisor.qemu import replication as repl
+from haven.hypervisor.qemu.cmdline import EVENTS_QMP_SUFFIX
 from haven.hypervisor.qemu.exports import ExportDisk, ExportManager, new_psk, write_psk_dir
 from haven.hypervisor.qemu.qmp import qmp_call
 
@@ -326,6 +328,30 @@ def test_the_guest_keeps_writing_without_its_secondary_and_resyncs_only_what_cha
     console.wait_acks(len(console.acks()) + 50)
     console.run("killall diskw")
     assert rig.identical()
+
+
+def test_the_event_watcher_reports_a_lost_replica_and_follows_the_vm(rig: Rig) -> None:
+    console = rig.boot(rig.name, rig.prim)
+    repl.protect(rig.qmp, 0, rig.export())
+    repl.wait_ready(rig.qmp, 0, timeout=30)
+    heard: list[tuple[str, list[int]]] = []
+    got = threading.Event()
+    watch = MirrorWatch(lambda name, disks: (heard.append((name, disks)), got.set()))
+    events = rig.hv.path(rig.name, EVENTS_QMP_SUFFIX)
+    watch.follow({rig.name: events, "not-running": rig.hv.path("not-running", ".qmp-events")})
+    try:
+        time.sleep(0.3)  # connected
+        console.send(f"diskw /dev/vda 0 {BLOCKS} 1000000 2 &")
+        console.wait_acks(50)
+        assert not heard  # a healthy mirror reports nothing
+        os.kill(rig.exports.list()["prim"].pid, signal.SIGKILL)
+        assert got.wait(10), "no replication error was reported"
+        assert heard[0] == (rig.name, [0])
+        console.wait_acks(len(console.acks()) + 50)
+        assert len(heard) == 1  # one wake, not one per failing write
+    finally:
+        watch.stop()
+    console.run("killall diskw")
 
 
 def test_repeated_replica_losses_and_resyncs_never_take_the_guest_down(rig: Rig) -> None:

@@ -48,7 +48,7 @@ def test_base_command_line_names_the_guest_and_keeps_qemu_after_poweroff() -> No
     assert "-incoming" not in argv and "-kernel" not in argv
 
 
-def test_sockets_console_ticker_and_two_monitors_live_in_the_run_dir() -> None:
+def test_sockets_console_ticker_and_three_monitors_live_in_the_run_dir() -> None:
     argv = argv_of(spec())
     chardevs = values(argv, "-chardev")
     assert chardevs == [
@@ -60,6 +60,7 @@ def test_sockets_console_ticker_and_two_monitors_live_in_the_run_dir() -> None:
     assert values(argv, "-qmp") == [
         "unix:/run/haven/vm1.qmp,server=on,wait=off",
         "unix:/run/haven/vm1.qmp-status,server=on,wait=off",
+        "unix:/run/haven/vm1.qmp-events,server=on,wait=off",
     ]
 
 

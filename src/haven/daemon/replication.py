@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from haven.agent.replan import Mirror, RepAction
+from haven.daemon.mirror_watch import MirrorWatch
 from haven.errors import HavenError, OpExecError
 from haven.master import state
 from haven.model.instance import Instance
@@ -24,6 +25,7 @@ from haven.model.replica import OUTDATED, UP_TO_DATE, Replicas
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
+    from haven.hypervisor.qemu import QemuHypervisor
     from haven.hypervisor.qemu.exports import ExportManager
     from haven.hypervisor.qemu.replication import MirrorState
 
@@ -43,6 +45,13 @@ class NodeReplication:
         # (instance, disk) -> (when, state) since which its mirror made no progress.
         self._still: dict[tuple[str, int], tuple[float, MirrorState]] = {}
         self._severed: set[tuple[str, int]] = set()  # resync those without resuming
+        self.watch = MirrorWatch(self._woken)
+
+    def _woken(self, name: str, disks: list[int]) -> None:
+        """A mirror of ``name`` failed: run the agent's cycle now, not in up to 2 s."""
+        joined = self.d.joined
+        if joined is not None and joined.agent is not None:
+            joined.agent.wake.set()
 
     @property
     def exports(self) -> ExportManager:
@@ -59,6 +68,7 @@ class NodeReplication:
     def mirrors(self, instances: dict[str, Instance], running: frozenset[str]
                 ) -> dict[str, dict[int, Mirror]]:
         from haven.hypervisor.qemu import replication
+        from haven.hypervisor.qemu.cmdline import EVENTS_QMP_SUFFIX
 
         out: dict[str, dict[int, Mirror]] = {}
         for name in running:
@@ -75,6 +85,7 @@ class NodeReplication:
                          for i, m in st.items()}
         for key in set(self._still) - {(n, i) for n, disks in out.items() for i in disks}:
             del self._still[key]
+        self.watch.follow({name: self._hv().path(name, EVENTS_QMP_SUFFIX) for name in out})
         return out
 
     def _unless_stalled(self, inst: Instance, m: MirrorState) -> MirrorState:
@@ -206,8 +217,11 @@ class NodeReplication:
         return str(write_psk_dir(directory, inst.replication_secret))
 
     def _qmp(self, name: str) -> str:
+        return str(self._hv().qmp_path(name))
+
+    def _hv(self) -> QemuHypervisor:
         from haven.hypervisor.qemu import QemuHypervisor
 
         hv = self.d.instances.hypervisor("kvm")
         assert isinstance(hv, QemuHypervisor)
-        return str(hv.qmp_path(name))
+        return hv

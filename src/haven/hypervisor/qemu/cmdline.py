@@ -5,6 +5,8 @@ Files of VM ``<name>`` in the node's run dir (QEMU runs with the run dir as its 
     <name>.qmp         QMP monitor for commands and sessions (one client at a time)
     <name>.qmp-status  a second QMP monitor, only for quick status polls (``list()``), so
                        that a long session on the first one never blinds the agent
+    <name>.qmp-events  a third one, held by the node daemon to hear replication errors at
+                       once (:mod:`haven.daemon.mirror_watch`)
     <name>.console     serial console ttyS0 (unix socket server, no wait)
     <name>.console.log everything the guest wrote on ttyS0 since it started, whether or
                        not a console was attached (a boot that hangs shows where)
@@ -26,10 +28,12 @@ from haven.hypervisor.base import DiskSpec, HypervisorError, NicSpec, VmSpec
 
 QMP_SUFFIX = ".qmp"
 STATUS_QMP_SUFFIX = ".qmp-status"
+EVENTS_QMP_SUFFIX = ".qmp-events"
 CONSOLE_SUFFIX = ".console"
 TICKER_SUFFIX = ".ticker"
 CONSOLE_LOG_SUFFIX = ".console.log"
-SOCKET_SUFFIXES = (QMP_SUFFIX, STATUS_QMP_SUFFIX, CONSOLE_SUFFIX, TICKER_SUFFIX)
+SOCKET_SUFFIXES = (QMP_SUFFIX, STATUS_QMP_SUFFIX, EVENTS_QMP_SUFFIX, CONSOLE_SUFFIX,
+                   TICKER_SUFFIX)
 
 # Instance names are host names; anything else could break QEMU's option syntax
 # (commas) or escape the run dir.
@@ -147,6 +151,7 @@ def build_argv(spec: VmSpec, run_dir: Path, accel: str, qemu_binary: str, *,
         "-serial", "chardev:tick0",
         "-qmp", f"unix:{_opt(_socket(run_dir, name, QMP_SUFFIX))},server=on,wait=off",
         "-qmp", f"unix:{_opt(_socket(run_dir, name, STATUS_QMP_SUFFIX))},server=on,wait=off",
+        "-qmp", f"unix:{_opt(_socket(run_dir, name, EVENTS_QMP_SUFFIX))},server=on,wait=off",
     ]
     direct = direct_io or {}
     for disk in sorted(spec.disks, key=lambda d: d.index):
