@@ -142,8 +142,15 @@ def console_until(sim: Sim, name: str, command: str, expect: str,
                                            {"command-line": "info pic"}))
                 except HavenError as exc:
                     states.append(f"{qmp}: {exc.message}")
+            # A connection left open on QEMU's one-client console socket would hold
+            # every later client in its backlog, unanswered: list who is connected
+            # (and the listener's Recv-Q: clients waiting in that backlog).
+            socks = [str(p) for p in sim.base.glob(f"*/run/{name}.console")]
+            ss = subprocess.run(["ss", "-xapn"], capture_output=True, text=True,
+                                check=False).stdout.splitlines()
+            holders = [ln for ln in ss if any(sock in ln for sock in socks)]
             return (f"{out}\n--- guest console log ({logs[-1] if logs else '-'}):\n{tail}"
-                    f"\n--- {listing}--- QEMU: {states}")
+                    f"\n--- {listing}--- QEMU: {states}\n--- console socket: {holders}")
         time.sleep(0.2)
 
 

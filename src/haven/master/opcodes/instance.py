@@ -308,14 +308,13 @@ class InstanceRemove(InstanceLU):
             for snode in self.inst.secondary_nodes:
                 iu.node_call(self, snode, "unexport", name)
                 iu.node_call(self, snode, "remove-disks", name)
-            for where in (node, *self.inst.secondary_nodes):
-                iu.node_call(self, where, "forget", name)  # its logs and keys
         except HavenError as exc:
             if not self.op["ignore_failures"]:
                 raise OpPrereqError(f"Could not remove instance {name} from node {node}: "
                                     f"{exc.message} Retry, or use --ignore-failures to drop "
                                     f"it from the configuration anyway.") from exc
             self.feedback(f"Warning: {exc.message}; removing {name} from the configuration")
+        iu.forget_on(self, name, (node, *self.inst.secondary_nodes))
         guard = self.require_guard()
         self.c.store.delete(Keys.instance(name), guard=guard)
         self.c.store.delete(Keys.observed(name), guard=guard)
@@ -459,12 +458,7 @@ class InstanceRename(InstanceLU):
                              {"script": "rename", "env": {"OLD_INSTANCE_NAME": old}})
             except HavenError as exc:
                 self.feedback(f"Warning: the OS rename script failed: {exc.message}")
-        for node in (self.inst.primary_node, *self.inst.secondary_nodes):
-            try:  # the old name's logs and keys; the new name starts afresh
-                iu.node_call(self, node, "forget", old)
-            except HavenError as exc:
-                self.feedback(f"Warning: {node} kept the files of the old name: "
-                              f"{exc.message}")
+        iu.forget_on(self, old, (self.inst.primary_node, *self.inst.secondary_nodes))
         emit(self, "renamed", new, f"renamed from {old}")
         return {"instance": new, "old_name": old}
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from haven.errors import (
     ExistsError,
+    HavenError,
     InsufficientResources,
     InvalidInput,
     NotFoundError,
@@ -71,6 +72,16 @@ def node_call(lu: LogicalUnit, node: str, action: str, name: str,
     n = state.node(lu.c.store, node)
     return lu.c.rpc.call(n.primary_ip, n.api_port, "POST",
                          f"/haven/node/instance/{name}/{action}", body or {}, timeout=timeout)
+
+
+def forget_on(lu: LogicalUnit, name: str, nodes: tuple[str, ...]) -> None:
+    """Remove the logs and keys instance ``name`` left on ``nodes`` (it was removed or
+    renamed); a node that cannot is only warned about: what stays there is clutter."""
+    for node in nodes:
+        try:
+            node_call(lu, node, "forget", name)
+        except HavenError as exc:
+            lu.feedback(f"Warning: {node} kept the logs of {name}: {exc.message}")
 
 
 def usable_node(lu: LogicalUnit, name: str, for_what: str) -> Node:
