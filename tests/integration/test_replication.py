@@ -444,6 +444,21 @@ def test_protect_and_unprotect_are_idempotent(rig: Rig) -> None:
     assert rig.identical()
 
 
+def test_hand_over_ends_ready_mirrors_in_sync_and_keeps_their_bitmaps(rig: Rig) -> None:
+    rig.bare(rig.name, rig.prim)
+    repl.protect(rig.qmp, 0, rig.export())
+    repl.wait_ready(rig.qmp, 0, timeout=30)
+    with pytest.raises(HypervisorError, match=r"disk\(s\) \[1\] .* not in sync"):
+        repl.hand_over(rig.qmp, [0, 1])  # disk 1 has no mirror: nothing is ended
+    assert repl.status(rig.qmp)[0].phase == "ready"
+    repl.hand_over(rig.qmp, [0])
+    assert repl.status(rig.qmp, [0]) == {0: repl.MirrorState(0, "", "none")}
+    nodes = {n["node-name"]: n for n in qmp_call(rig.qmp, "query-named-block-nodes")}
+    assert "repl0" not in nodes
+    assert [b["name"] for b in nodes["disk0"]["dirty-bitmaps"]] == ["repl0-dirty"]
+    assert rig.identical()
+
+
 def test_protecting_an_unreachable_export_fails_without_touching_the_vm(rig: Rig) -> None:
     rig.bare(rig.name, rig.prim)
     with pytest.raises(HypervisorError, match="not reachable"):

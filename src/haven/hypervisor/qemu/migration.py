@@ -500,15 +500,10 @@ class DrbdSwitchover:
     def __call__(self) -> None:
         name = instance_of(self.src_qmp)
         t0 = time.monotonic()
-        states = replication.status(self.src_qmp, self.disks)
-        lagging = [d for d in self.disks if states[d].phase != "ready"]
-        if lagging:
-            raise HypervisorError(f"the replica of disk(s) {lagging} of instance '{name}' "
-                                  "is not in sync; resync it before migrating onto it.")
-        for disk in self.disks:
-            if not replication.unprotect(self.src_qmp, disk, keep_bitmap=True):
-                raise HypervisorError(f"the mirror of disk {disk} of instance '{name}' was "
-                                      "not in sync when it ended; export and resync it.")
+        try:
+            replication.hand_over(self.src_qmp, self.disks)
+        except HypervisorError as exc:
+            raise HypervisorError(f"instance '{name}': {exc.message}") from exc
         t1 = time.monotonic()
         self.stop_export()
         t2 = time.monotonic()

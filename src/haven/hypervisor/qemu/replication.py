@@ -486,6 +486,46 @@ def unprotect(qmp: Qmp, disk: int, keep_bitmap: bool = False) -> bool:
     return in_sync
 
 
+def hand_over(qmp: Qmp, disks: Iterable[int], timeout: float = 10.0) -> None:
+    """End the ready mirrors of ``disks`` in sync, in one monitor session: the step of a
+    migration's pre-switchover, where every ms is guest pause (a graceful cancel of a
+    ready mirror completes it without a pivot).  The nbd nodes go, the resync bitmaps
+    stay (for a migration that fails after this).  Raises :class:`HypervisorError`
+    naming the disks whose mirror was not ready or did not end in sync; disks already
+    ended stay ended (the caller exports and resyncs again).
+
+    One session with event waits instead of :func:`unprotect` per disk (fresh monitor
+    connections and 5 ms polls): measured 16-25 ms for one disk that way."""
+    disks = tuple(disks)
+    with qmp_session(qmp, timeout=timeout) as s:
+        jobs = {str(j.get("device")): j for j in s.execute("query-block-jobs")}
+        lagging = [d for d in disks if phase_of(jobs.get(JOB.format(d), {})) != "ready"]
+        if lagging:
+            raise HypervisorError(f"The replica of disk(s) {lagging} ({qmp}) is not in sync; "
+                                  "resync it first.")
+        for d in disks:
+            s.execute("block-job-cancel", {"device": JOB.format(d), "force": False})
+        not_in_sync = []
+        for d in disks:
+            jid = JOB.format(d)
+
+            def of_job(ev: dict[str, Any], jid: str = jid) -> bool:
+                return bool(ev["data"].get("device") == jid)
+
+            ev = s.wait_event(("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), timeout,
+                              match=of_job)
+            if ev["event"] != "BLOCK_JOB_COMPLETED" or ev["data"].get("error"):
+                not_in_sync.append(d)
+            for cmd, args in (("job-dismiss", {"id": jid}),
+                              ("blockdev-del", {"node-name": NODE.format(d)}),
+                              ("object-del", {"id": TLS.format(d)})):
+                with contextlib.suppress(QmpCommandError):  # already gone
+                    s.execute(cmd, args)
+    if not_in_sync:
+        raise HypervisorError(f"The mirror of disk(s) {not_in_sync} ({qmp}) was not in sync "
+                              "when it ended; export and resync it.")
+
+
 # -- resync -------------------------------------------------------------------------------
 
 def resync(qmp: Qmp, disk: int, target: NbdTarget, *, trust_bitmap: bool = True,
