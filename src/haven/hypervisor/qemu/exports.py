@@ -204,15 +204,18 @@ def _zombie(pid: int) -> bool:
 
 def wait_exited(pid: int, timeout: float) -> bool:
     """Wait up to ``timeout`` for :func:`exited`, reaping our own child; True if so."""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
     while True:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
         if exited(pid):
             return True
-        if time.monotonic() >= deadline:
+        waited = time.monotonic() - start
+        if waited >= timeout:
             return False
-        time.sleep(0.005)
+        # 1 ms at first: a migration onto the replica waits here with the guest paused
+        # (a daemon that quits takes ~5-10 ms); then 5 ms, to spare the CPU.
+        time.sleep(0.001 if waited < 0.05 else 0.005)
 
 
 class ExportManager:
