@@ -501,8 +501,8 @@ def hand_over(qmp: Qmp, disks: Iterable[int], timeout: float = 10.0) -> None:
         jobs = {str(j.get("device")): j for j in s.execute("query-block-jobs")}
         lagging = [d for d in disks if phase_of(jobs.get(JOB.format(d), {})) != "ready"]
         if lagging:
-            raise HypervisorError(f"The replica of disk(s) {lagging} ({qmp}) is not in sync; "
-                                  "resync it first.")
+            raise HypervisorError(f"The replica of disk(s) {lagging} is not in sync; resync "
+                                  "it first.")
         for d in disks:
             s.execute("block-job-cancel", {"device": JOB.format(d), "force": False})
         not_in_sync = []
@@ -522,8 +522,8 @@ def hand_over(qmp: Qmp, disks: Iterable[int], timeout: float = 10.0) -> None:
                 with contextlib.suppress(QmpCommandError):  # already gone
                     s.execute(cmd, args)
     if not_in_sync:
-        raise HypervisorError(f"The mirror of disk(s) {not_in_sync} ({qmp}) was not in sync "
-                              "when it ended; export and resync it.")
+        raise HypervisorError(f"The mirror of disk(s) {not_in_sync} was not in sync when it "
+                              "ended; export and resync it.")
 
 
 # -- resync -------------------------------------------------------------------------------
