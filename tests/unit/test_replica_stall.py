@@ -10,7 +10,7 @@ import pytest
 from haven.daemon import replication as node_repl
 from haven.daemon.replication import STALL_SECONDS, NodeReplication
 from haven.hypervisor.qemu import replication as repl
-from haven.hypervisor.qemu.replication import MirrorState
+from haven.hypervisor.qemu.mirror_spec import MirrorState
 from haven.model.instance import Instance
 
 

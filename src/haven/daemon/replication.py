@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
     from haven.hypervisor.qemu import QemuHypervisor
     from haven.hypervisor.qemu.exports import ExportManager
-    from haven.hypervisor.qemu.replication import MirrorState
+    from haven.hypervisor.qemu.mirror_spec import MirrorState
 
 log = logging.getLogger(__name__)
 
