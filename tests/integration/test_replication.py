@@ -357,7 +357,7 @@ def test_the_event_watcher_reports_a_lost_replica_and_follows_the_vm(rig: Rig) -
 def test_repeated_replica_losses_and_resyncs_never_take_the_guest_down(rig: Rig) -> None:
     # Each resync to a new export force-cancels the failed write-blocking mirror while the
     # guest writes.  Without the guest paused for it, QEMU (7.2 and 10.0.2) freed memory
-    # that the guest's in-flight writes still used and aborted in about 1 round in 7.
+    # that the guest's in-flight writes still used and aborted in about 1 round in 10.
     console = rig.boot(rig.name, rig.prim)
     repl.protect(rig.qmp, 0, rig.export())
     repl.wait_ready(rig.qmp, 0, timeout=30)

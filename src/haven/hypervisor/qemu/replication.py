@@ -345,7 +345,7 @@ def _force_cancel(qmp: Qmp, jid: str, timeout: float) -> dict[str, Any] | None:
     Why the pause: a force-cancelled ``write-blocking`` mirror frees its in-flight map
     before it drains the guest writes still waiting for the replica, and each of those
     then writes into freed memory.  QEMU 7.2 and 10.0.2 both abort on it ("malloc():
-    unsorted double linked list corrupted"), killing the guest: 1 resync in ~7 after a
+    unsorted double linked list corrupted"), killing the guest: about 1 resync in 10 after a
     replica loss (tests/integration/test_replication.py, the repeated outages).  ``stop``
     drains every guest request first, so none is in flight when the job ends.  The
     replica connection is yanked before, so that a hung peer cannot hold the drain (a
