@@ -217,8 +217,12 @@ def test_watch_delivers_changes_in_revision_order_and_resumes(backend):
     assert [e.kv.key for e in resumed] == ["w/c", "w/d"]
     # A live watch sees later writes too.
     w = s.watch("w/", txn_rev + 1)
-    threading.Timer(0.2, lambda: s.put("w/e", b"5")).start()
+    writer = threading.Timer(0.2, lambda: s.put("w/e", b"5"))
+    writer.start()
     assert [e.kv.key for e in backend.collect(w, 1)] == ["w/e"]
+    # The watch can see the write before the writer has read etcd's answer: let it
+    # finish before the store is closed under it.
+    writer.join(5)
 
 
 def test_watch_is_confined_to_its_prefix_and_store_prefix(backend):
