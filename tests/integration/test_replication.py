@@ -288,15 +288,21 @@ def watch_errors_into(monitor: Path, into: list[list[int]]) -> None:
     into.append(repl.watch_errors(monitor, 10))
 
 
-def test_the_guest_keeps_writing_without_its_secondary_and_resyncs_only_what_changed(
-        rig: Rig) -> None:
+def protected_writer(rig: Rig) -> Console:
+    """The guest booted, its disk replicated and in sync (bitmap cleared), and writing
+    4 KiB blocks every 2 ms: a steady writer that leaves most of the disk untouched."""
     console = rig.boot(rig.name, rig.prim)
     repl.protect(rig.qmp, 0, rig.export())
     repl.wait_ready(rig.qmp, 0, timeout=30)
     repl.checkpoint(rig.qmp, 0)
-    # 2 ms between writes: a steady writer that leaves most of the disk untouched.
     console.send(f"diskw /dev/vda 0 {BLOCKS} 1000000 2 &")
     console.wait_acks(100)
+    return console
+
+
+def test_the_guest_keeps_writing_without_its_secondary_and_resyncs_only_what_changed(
+        rig: Rig) -> None:
+    console = protected_writer(rig)
     status_monitor = rig.hv.path(rig.name, ".qmp-status")
 
     for outage, port in enumerate((rig.port, free_port())):
@@ -358,12 +364,7 @@ def test_repeated_replica_losses_and_resyncs_never_take_the_guest_down(rig: Rig)
     # Each resync to a new export force-cancels the failed write-blocking mirror while the
     # guest writes.  Without the guest paused for it, QEMU (7.2 and 10.0.2) freed memory
     # that the guest's in-flight writes still used and aborted in about 1 round in 10.
-    console = rig.boot(rig.name, rig.prim)
-    repl.protect(rig.qmp, 0, rig.export())
-    repl.wait_ready(rig.qmp, 0, timeout=30)
-    repl.checkpoint(rig.qmp, 0)
-    console.send(f"diskw /dev/vda 0 {BLOCKS} 1000000 2 &")
-    console.wait_acks(100)
+    console = protected_writer(rig)
     for _ in range(12):
         acks = len(console.acks())
         os.kill(rig.exports.list()["prim"].pid, signal.SIGKILL)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,11 +131,7 @@ class NodeInstances:
         for hv_name in ("kvm", "fake"):
             with contextlib.suppress(InvalidInput):
                 self.hypervisor(hv_name).forget(name)
-        # The TLS pre-shared key of its replication: secret material, not a log.
-        shutil.rmtree(self.run_dir / f"{name}.psk", ignore_errors=True)
-        if not (self.run_dir / "exports" / f"{name}.qsd.pid").exists():  # not exported
-            with contextlib.suppress(FileNotFoundError):
-                (self.run_dir / "exports" / f"{name}.qsd.log").unlink()
+        self.d.replication.forget(name)
         return {"forgotten": name}
 
     def grow_disk(self, name: str, index: int, size: int) -> None:

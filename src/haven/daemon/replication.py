@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from haven.agent.replan import Mirror, RepAction
@@ -206,13 +208,23 @@ class NodeReplication:
             self.d.instances.emit("degraded", inst, "its secondary stopped answering; "
                                   "replica marked Outdated, running degraded", "warning")
 
+    def forget(self, name: str) -> None:
+        """Remove the replication files instance ``name`` left here (removed or renamed):
+        its TLS pre-shared key, secret material, and the log of an export that ended."""
+        shutil.rmtree(self._psk_path(name), ignore_errors=True)
+        if not self.exports.alive(name):
+            self.exports.path(name, ".log").unlink(missing_ok=True)
+
+    def _psk_path(self, name: str) -> Path:
+        return self.d.instances.run_dir / f"{name}.psk"
+
     def _psk_dir(self, inst: Instance) -> str | None:
         """The client side of the export's TLS-PSK, for the primary's QEMU."""
         if not inst.replication_secret:
             return None
         from haven.hypervisor.qemu.exports import write_psk_dir
 
-        directory = self.d.instances.run_dir / f"{inst.name}.psk"
+        directory = self._psk_path(inst.name)
         directory.mkdir(mode=0o700, exist_ok=True)
         return str(write_psk_dir(directory, inst.replication_secret))
 

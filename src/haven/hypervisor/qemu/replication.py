@@ -37,7 +37,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,28 @@ def thaw(qmp: Qmp) -> None:
     qmp_call(qmp, "cont")
 
 
+@contextlib.contextmanager
+def _paused(s: QmpSession) -> Iterator[None]:
+    """The guest paused (``stop`` drains its I/O) for the block, in session ``s``;
+    resumed after it unless it was paused already (then it is its owner's)."""
+    was_running = s.execute("query-status").get("status") == "running"
+    if was_running:
+        s.execute("stop")
+    try:
+        yield
+    finally:
+        if was_running:
+            s.execute("cont")
+
+
+def _drop_connection(s: QmpSession, disk: int) -> None:
+    """Remove ``repl<i>`` (closing its connection) and its TLS object, if there."""
+    for cmd, args in (("blockdev-del", {"node-name": NODE.format(disk)}),
+                      ("object-del", {"id": TLS.format(disk)})):
+        with contextlib.suppress(QmpCommandError):  # not there: fine
+            s.execute(cmd, args)
+
+
 def sever(qmp: Qmp, disk: int) -> bool:
     """Cut the replica connection of ``disk`` (QMP ``yank``) when its peer hangs (see
     :func:`stalled`): the blocked writes fail on the replica side, the job fails, the
@@ -252,10 +274,7 @@ def _connect(qmp: Qmp, disk: int, target: NbdTarget) -> None:
     """(Re)create ``repl<i>`` (and its TLS object) connected to ``target``."""
     probe(target)
     with qmp_session(qmp) as s:
-        for cmd, args in (("blockdev-del", {"node-name": NODE.format(disk)}),
-                          ("object-del", {"id": TLS.format(disk)})):
-            with contextlib.suppress(QmpCommandError):  # not there: fine
-                s.execute(cmd, args)
+        _drop_connection(s, disk)
         try:
             if target.psk_dir is not None:
                 s.execute("object-add", tls_object_args(disk, target))
@@ -355,11 +374,8 @@ def _force_cancel(qmp: Qmp, jid: str, timeout: float) -> dict[str, Any] | None:
     with qmp_session(qmp) as s:
         with contextlib.suppress(QmpCommandError):  # no connection left: nothing to cut
             s.execute("yank", {"instances": [{"type": "block-node", "node-name": node}]})
-        was_running = s.execute("query-status").get("status") == "running"
         t_stop = time.monotonic()
-        if was_running:
-            s.execute("stop")
-        try:
+        with _paused(s):
             with contextlib.suppress(QmpCommandError):  # it may conclude meanwhile
                 s.execute("block-job-cancel", {"device": jid, "force": True})
             deadline = time.monotonic() + timeout
@@ -369,12 +385,9 @@ def _force_cancel(qmp: Qmp, jid: str, timeout: float) -> dict[str, Any] | None:
                     raise HypervisorError(f"Block job {jid} of {qmp} did not end within "
                                           f"{timeout:g} s of its cancellation.")
                 time.sleep(POLL)
-            return job
-        finally:
-            if was_running:
-                s.execute("cont")
-                log.info("%s: job %s cancelled with the guest paused for %.1f ms", qmp, jid,
-                         (time.monotonic() - t_stop) * 1000)
+    log.info("%s: job %s cancelled with the guest paused for %.1f ms", qmp, jid,
+             (time.monotonic() - t_stop) * 1000)
+    return job
 
 
 def unprotect(qmp: Qmp, disk: int, keep_bitmap: bool = False) -> bool:
@@ -388,13 +401,11 @@ def unprotect(qmp: Qmp, disk: int, keep_bitmap: bool = False) -> bool:
         in_sync = _end_job(qmp, state.job_id, graceful=state.phase == "ready")
         in_sync = in_sync and state.phase == "ready"
     with qmp_session(qmp) as s:
-        for cmd, args in (("blockdev-del", {"node-name": NODE.format(disk)}),
-                          ("object-del", {"id": TLS.format(disk)}),
-                          ("block-dirty-bitmap-remove",
-                           {"node": f"disk{disk}", "name": BITMAP.format(disk)})):
-            if cmd != "block-dirty-bitmap-remove" or not keep_bitmap:
-                with contextlib.suppress(QmpCommandError):  # already gone
-                    s.execute(cmd, args)
+        _drop_connection(s, disk)
+        if not keep_bitmap:
+            with contextlib.suppress(QmpCommandError):  # already gone
+                s.execute("block-dirty-bitmap-remove",
+                          {"node": f"disk{disk}", "name": BITMAP.format(disk)})
     log.info("Disk %d of %s: replication stopped (%s)", disk, qmp,
              "in sync" if in_sync else "not in sync")
     return in_sync
@@ -430,11 +441,9 @@ def hand_over(qmp: Qmp, disks: Iterable[int], timeout: float = 10.0) -> None:
                               match=of_job)
             if ev["event"] != "BLOCK_JOB_COMPLETED" or ev["data"].get("error"):
                 not_in_sync.append(d)
-            for cmd, args in (("job-dismiss", {"id": jid}),
-                              ("blockdev-del", {"node-name": NODE.format(d)}),
-                              ("object-del", {"id": TLS.format(d)})):
-                with contextlib.suppress(QmpCommandError):  # already gone
-                    s.execute(cmd, args)
+            with contextlib.suppress(QmpCommandError):  # already gone
+                s.execute("job-dismiss", {"id": jid})
+            _drop_connection(s, d)
     if not_in_sync:
         raise HypervisorError(f"The mirror of disk(s) {not_in_sync} was not in sync when it "
                               "ended; export and resync it.")
@@ -550,22 +559,15 @@ def _bitmap_resync(qmp: Qmp, disk: int, timeout: float) -> tuple[int, float]:
         copied += _backup_pass(qmp, disk, timeout)
     # The paused part in one session, driven by events: every ms here is guest pause.
     t_pause = time.monotonic()
-    with qmp_session(qmp) as s:
-        was_running = s.execute("query-status").get("status") == "running"
-        if was_running:
-            s.execute("stop")
-        try:
-            s.execute("blockdev-backup", backup_args(disk))
-            done = s.wait_event("BLOCK_JOB_COMPLETED", timeout,
-                                match=lambda ev: ev["data"]["device"] == RESYNC_JOB.format(disk))
-            s.execute("job-dismiss", {"id": RESYNC_JOB.format(disk)})
-            if done["data"].get("error"):
-                raise HypervisorError(f"The resync of disk {disk} ({qmp}) failed: "
-                                      f"{done['data']['error']}.")
-            s.execute("blockdev-mirror", mirror_args(disk, "none"))
-            s.wait_event("BLOCK_JOB_READY", timeout,
-                         match=lambda ev: ev["data"]["device"] == JOB.format(disk))
-        finally:
-            if was_running:
-                s.execute("cont")
+    with qmp_session(qmp) as s, _paused(s):
+        s.execute("blockdev-backup", backup_args(disk))
+        done = s.wait_event("BLOCK_JOB_COMPLETED", timeout,
+                            match=lambda ev: ev["data"]["device"] == RESYNC_JOB.format(disk))
+        s.execute("job-dismiss", {"id": RESYNC_JOB.format(disk)})
+        if done["data"].get("error"):
+            raise HypervisorError(f"The resync of disk {disk} ({qmp}) failed: "
+                                  f"{done['data']['error']}.")
+        s.execute("blockdev-mirror", mirror_args(disk, "none"))
+        s.wait_event("BLOCK_JOB_READY", timeout,
+                     match=lambda ev: ev["data"]["device"] == JOB.format(disk))
     return copied + int(done["data"].get("offset", 0)), (time.monotonic() - t_pause) * 1000
