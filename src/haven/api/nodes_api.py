@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from haven.api.http import HttpError, Request, Router
-from haven.api.views import ROLE_NAMES, node_view
+from haven.api.views import ROLE_NAMES, instances_by_node, node_view
 from haven.errors import InvalidInput
 from haven.master import state
+from haven.model.instance import Instance
+from haven.model.keys import INSTANCES
+from haven.store import Store
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
@@ -56,14 +60,23 @@ def list_nodes(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
     facts = state.facts(store)
     alive = state.alive(store)
     master = state.master(store)
-    return [node_view(n, facts.get(n.name), master, n.name in alive) for n in nodes]
+    pinst, sinst = instances_by_node(_all_instances(store))
+    return [node_view(n, facts.get(n.name), master, n.name in alive,
+                      pinst.get(n.name), sinst.get(n.name)) for n in nodes]
 
 
 def one_node(d: NodeDaemon, name: str) -> dict[str, Any]:
     store = d.store()
     n = state.node(store, name)
     facts = state.facts(store)
-    return node_view(n, facts.get(name), state.master(store), name in state.alive(store))
+    pinst, sinst = instances_by_node(_all_instances(store))
+    return node_view(n, facts.get(name), state.master(store), name in state.alive(store),
+                     pinst.get(name), sinst.get(name))
+
+
+def _all_instances(store: Store) -> list[Instance]:
+    kvs, _ = store.list(INSTANCES)
+    return [Instance.from_json(json.loads(kv.value)) for kv in kvs]
 
 
 def set_role_op(q: Request) -> dict[str, Any]:

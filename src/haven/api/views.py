@@ -7,10 +7,24 @@ from typing import Any
 
 from haven import __version__
 from haven.model.cluster import Cluster
+from haven.model.instance import Instance
 from haven.model.node import Node, NodeFacts
 
 ROLE_NAMES = {"M": "master", "C": "master-candidate", "R": "regular", "D": "drained",
               "O": "offline"}
+
+
+def instances_by_node(instances: list[Instance]
+                      ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Ganeti's ``pinst_list``/``sinst_list``: node name -> sorted names of the instances
+    it is primary for, and of those whose (drbd) secondary it is."""
+    pinst: dict[str, list[str]] = {}
+    sinst: dict[str, list[str]] = {}
+    for inst in sorted(instances, key=lambda i: i.name):
+        pinst.setdefault(inst.primary_node, []).append(inst.name)
+        for node in inst.secondary_nodes:
+            sinst.setdefault(node, []).append(inst.name)
+    return pinst, sinst
 
 
 def node_view(n: Node, f: NodeFacts | None, master: str | None, alive: bool,
