@@ -116,6 +116,8 @@ def cmd_master_failover(args: Any) -> int:
               + (f" (from {res['previous']})" if res.get("previous") else "")
               + (" after recovering etcd from its member alone" if res.get("recovered")
                  else "") + ".")
+    if res.get("warning"):
+        print(f"WARNING: {res['warning']}.")
     # The master moved: put it first in this machine's client config.
     with contextlib.suppress(NotClusterError):
         Client.from_config().refresh_config()

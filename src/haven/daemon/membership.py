@@ -7,6 +7,7 @@ These run inside the node daemon, called through its API: ``init`` by the local
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from haven import clientconf
 from haven.api.http import hash_password
-from haven.daemon.etcd_member import MemberConfig, wait_healthy
+from haven.daemon.etcd_member import MemberConfig
 from haven.daemon.localstate import JoinedState, make_certificate
 from haven.daemon.role import HANDOVER_JOB_WAIT
 from haven.errors import (
@@ -28,19 +29,21 @@ from haven.errors import (
     OpExecError,
     OpPrereqError,
 )
-from haven.master import state
+from haven.master import quorum, state
 from haven.model.cluster import Cluster
-from haven.model.keys import HANDOVER, MASTER, Keys, store_prefix
+from haven.model.keys import ALIVE, HANDOVER, MASTER, Keys, store_prefix
 from haven.model.node import Node
 from haven.store.base import Compare, Put
 from haven.store.errors import StoreError
 from haven.store.etcd import EtcdStore
-from haven.store.members import add_member, initial_cluster, promote_member
+from haven.store.members import add_member, initial_cluster
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
 
 log = logging.getLogger(__name__)
+
+VOTE_WAIT = 30.0  # seconds master-failover waits for the etcd vote to follow the role
 
 
 def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
@@ -198,8 +201,30 @@ def master_failover(d: NodeDaemon, no_voting: bool) -> dict[str, Any]:
             joined.store.delete(HANDOVER, kv.mod_revision)
         raise OpExecError(f"Master {old} did not hand over to {d.name} in time; check "
                           f"it with 'gnt-cluster verify' and retry.")
+    result: dict[str, Any] = {"master": d.name, "changed": True, "previous": old}
+    if not _wait_for_votes(d, VOTE_WAIT):
+        result["warning"] = (f"the etcd vote has not moved to {d.name} yet; do not shut "
+                             f"down {old} before 'gnt-cluster verify' is clean")
     write_client_config(d)
-    return {"master": d.name, "changed": True, "previous": old}
+    return result
+
+
+def _wait_for_votes(d: NodeDaemon, timeout: float) -> bool:
+    """Wait until etcd's voters follow the quorum rules for the new master, so that the
+    old master can be shut down as soon as the command returns (two-node clusters)."""
+    joined = d.joined
+    if joined is None or not joined.cluster.etcd_managed:
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if quorum.settled(joined.store, d.name, state.nodes(joined.store)):
+                return True
+        except HavenError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def recover_alone(d: NodeDaemon) -> None:
@@ -209,14 +234,17 @@ def recover_alone(d: NodeDaemon) -> None:
     if not js.etcd_member:
         raise OpPrereqError(f"Node {d.name} has no etcd member; --no-voting recovers a "
                             f"managed etcd from a master candidate's member.")
-    log.warning("recovering etcd from the member of %s alone (--no-voting)", d.name)
+    learner = _own_member_is_learner(d)
+    log.warning("recovering etcd from the %s of %s alone (--no-voting)",
+                "learner copy" if learner else "member", d.name)
     with d._lock:
         d._deactivate(revoke=False)
-        d.member.recover_alone()
+        d.member.recover_alone(learner=learner)
         own = d.settings.etcd_client_url
         d.local.save_joined(replace(js, etcd_endpoints=(own,)))
         store = EtcdStore([own], store_prefix(js.cluster_name))
         try:
+            d.member.remember_cluster_id(store.status(own)["cluster_id"])
             members = {m.peer_urls[0]: m.id for m in store.member_list() if m.peer_urls}
             for n in state.nodes(store):
                 if n.name == d.name:
@@ -229,6 +257,15 @@ def recover_alone(d: NodeDaemon) -> None:
                     continue
                 store.put(Keys.node(n.name),
                           state.dumps(n.modified(time.time(), **changes).to_json()))
+            # The administrator says the other nodes are gone (--yes-do-it): their
+            # leases, which the recovery restored and extended, end now, so that they
+            # are seen down at once (gnt-node failover, gnt-instance list).
+            kvs, _ = store.list(ALIVE)
+            for kv in kvs:
+                if kv.key != Keys.alive(d.name) and kv.lease:
+                    with contextlib.suppress(StoreError):
+                        store.lease_revoke(kv.lease)
+                    store.delete(kv.key)
             # The old master is gone with its quorum: clear its key now instead of
             # waiting for its lease, restored by the recovery, to run out.
             store.delete(MASTER)
@@ -238,41 +275,80 @@ def recover_alone(d: NodeDaemon) -> None:
     d.activate()
 
 
-def rejoin_if_removed(d: NodeDaemon, js: JoinedState) -> None:
-    """A member that returns after a ``--no-voting`` recovery elsewhere finds itself
-    removed: wipe it and join the surviving cluster as a fresh member."""
+def _own_member_is_learner(d: NodeDaemon) -> bool:
+    own = d.settings.etcd_client_url
+    probe = EtcdStore([own], "", timeout=1.0)
+    try:
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                return probe.status(own)["is_learner"]
+            except StoreError:
+                if time.monotonic() > deadline:
+                    raise NodeSetupError(
+                        f"The etcd member of {d.name} does not answer at {own}; see "
+                        f"{d.member.log_path}.") from None
+                d.member.start()
+                time.sleep(0.2)
+    finally:
+        probe.close()
+
+
+def rejoin_if_removed(d: NodeDaemon, js: JoinedState) -> bool:
+    """Before this node's member starts: ask the other members whether it still
+    belongs to their cluster.  One that was removed (demoted to a learner by the quorum
+    rules, or left behind by a ``--no-voting`` recovery elsewhere) is wiped and joins
+    their cluster as a fresh learner; the master promotes it if the rules want a vote.
+    Returns whether it rejoined (its member then runs).
+
+    This runs *before* the old member starts because a former sole voter (the master of
+    a two-node cluster) would otherwise serve its stale copy on its own, and its agent
+    would start instances that now run elsewhere.  If no other member answers, nothing
+    can be learnt and the member starts as it is."""
     s = d.settings
-    if wait_healthy(s.etcd_client_url, 3.0):
-        return
+    known = d.member.known_cluster_id()
     for ep in js.etcd_endpoints:
         if ep == s.etcd_client_url:
             continue
         other = EtcdStore([ep], store_prefix(js.cluster_name), timeout=1.0)
         try:
+            st = other.status(ep)
+            if st["is_learner"]:
+                continue  # a learner cannot list members; ask the next one
             members = other.member_list()
-            if any(s.etcd_peer_url in m.peer_urls for m in members):
-                return  # still a member: it only needs time
-            log.warning("etcd member of %s was removed from the cluster; rejoining", d.name)
-            d.member.stop()
-            new, members = add_member(other, s.etcd_peer_url)
-            conf = d.member.config()
-            assert conf is not None
-            initial = initial_cluster(members, new.id, d.name)
-            d.member.configure(replace(conf, initial_cluster=initial,
-                                       initial_state="existing"), wipe=True)
-            d.member.start()
-            if not d.member.wait_healthy(30):
-                raise NodeSetupError(f"etcd member of {d.name} did not rejoin; see "
-                                     f"{d.member.log_path}.")
-            promote_member(other, new.id)
-            node, rev = state.node_rev(other, d.name)
-            other.cas(Keys.node(d.name), state.dumps(node.modified(
-                time.time(), etcd_member_id=new.id).to_json()), rev)
-            return
+            mine = next((m for m in members if s.etcd_peer_url in m.peer_urls), None)
+            if mine is not None and (not known or st["cluster_id"] == known):
+                return False
+            _rejoin(d, other, members, mine, st["cluster_id"])
+            return True
         except StoreError:
             continue
         finally:
             other.close()
+    return False
+
+
+def _rejoin(d: NodeDaemon, other: EtcdStore, members: list[Any], mine: Any,
+            cluster_id: int) -> None:
+    s = d.settings
+    log.warning("etcd member of %s is not part of the cluster its peers serve; rejoining "
+                "it as a fresh learner", d.name)
+    d.member.stop()
+    if mine is None:
+        mine, members = add_member(other, s.etcd_peer_url)
+    conf = d.member.config()
+    assert conf is not None
+    initial = initial_cluster(members, mine.id, d.name)
+    d.member.configure(replace(conf, initial_cluster=initial, initial_state="existing"),
+                       wipe=True)
+    d.member.start()
+    if not d.member.wait_healthy(30):
+        raise NodeSetupError(f"etcd member of {d.name} did not rejoin; see "
+                             f"{d.member.log_path}.")
+    d.member.remember_cluster_id(cluster_id)
+    node, rev = state.node_rev(other, d.name)
+    other.cas(Keys.node(d.name), state.dumps(node.modified(
+        time.time(), etcd_member_id=mine.id).to_json()), rev)
 
 
 def destroy(d: NodeDaemon) -> dict[str, Any]:

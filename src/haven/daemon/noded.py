@@ -132,9 +132,9 @@ class NodeDaemon:
             js = self.local.joined()
             if js is None:
                 raise NodeSetupError(f"Node {self.name} is not part of a cluster.")
-            if js.etcd_member:
+            if js.etcd_member and not self.member.running() \
+                    and not self._rejoin_if_removed(js):
                 self.member.start()
-                self._rejoin_if_removed(js)
             store = EtcdStore(self._endpoints(js), store_prefix(js.cluster_name))
             cluster = state.cluster(store)
             lease = LeaseKeeper(store, cluster.lease_ttl, margin=1.0)
@@ -144,6 +144,7 @@ class NodeDaemon:
             self._refresh_auth(cluster)
             self._put_alive()
             self.publish_facts()
+            self._remember_cluster_id(js)
             hub.subscribe(CLUSTER, lambda _k: self._on_cluster_change())
             # The cached etcd endpoints must follow membership at once: a node that
             # dies right after a join must still find the others when it returns.
@@ -237,8 +238,13 @@ class NodeDaemon:
             return "standby"
         done = []
         if js.etcd_member and not self.member.running() and self.member.config():
-            self.member.start()
-            done.append("restarted etcd member")
+            # Removed members exit: one demoted to a learner, or left behind by a
+            # recovery elsewhere, rejoins instead of restarting its old copy.
+            if self._rejoin_if_removed(js):
+                done.append("rejoined etcd as a learner")
+            else:
+                self.member.start()
+                done.append("restarted etcd member")
         joined = self.joined
         if joined is None:
             self._activate_with_retry()
@@ -250,6 +256,7 @@ class NodeDaemon:
         if time.monotonic() - self._last_facts > self.settings.facts_period:
             self.publish_facts()
             self._refresh_endpoints()
+            self._remember_cluster_id(js)
         return ", ".join(done) or "ok"
 
     def _put_alive(self) -> None:
@@ -283,10 +290,18 @@ class NodeDaemon:
         if js.etcd_managed and urls and urls != tuple(sorted(js.etcd_endpoints)):
             self.local.save_joined(JoinedState(**{**js.__dict__, "etcd_endpoints": urls}))
 
-    def _rejoin_if_removed(self, js: JoinedState) -> None:
+    def _rejoin_if_removed(self, js: JoinedState) -> bool:
         from haven.daemon import membership
 
-        membership.rejoin_if_removed(self, js)
+        return membership.rejoin_if_removed(self, js)
+
+    def _remember_cluster_id(self, js: JoinedState) -> None:
+        joined = self.joined
+        if joined is None or not js.etcd_member:
+            return
+        with contextlib.suppress(StoreError):
+            own = self.settings.etcd_client_url
+            self.member.remember_cluster_id(joined.store.status(own)["cluster_id"])
 
     # -- what the API asks ---------------------------------------------------------------
     def store(self) -> EtcdStore:

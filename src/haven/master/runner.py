@@ -29,6 +29,7 @@ ARCHIVE_AFTER = 6 * 3600.0  # Ganeti's watcher archives jobs older than 6 hours
 LOCK_POLL = 0.05
 EVENTS_KEPT = 10000
 CLEANUP_FIRST, CLEANUP_MAX = 10.0, 600.0  # retry delays for an interrupted migration
+QUORUM_PERIOD = 1.0  # seconds between checks of etcd's voters
 STORE_PATIENCE = 30.0  # seconds a job's status write is retried through an etcd hiccup
 
 
@@ -48,6 +49,8 @@ class JobRunner:
         self._watcher: Any = None
         self._last_archive = 0.0
         self._last_raft_check = -1e9
+        self._last_quorum_check = -1e9
+        self._quorum_summary = ""
         # instance -> (when to submit its next cleanup job, the delay after that one)
         self._cleanups: dict[str, tuple[float, float]] = {}
 
@@ -146,6 +149,7 @@ class JobRunner:
 
     def _scan(self) -> None:
         now = self.ctx.clock()
+        self._quorum_check(now)
         self._raft_leader_check(now)
         archive = now - self._last_archive > 600
         for job in jobqueue.list_jobs(self.store):
@@ -198,6 +202,22 @@ class JobRunner:
     def _alive(self, job_id: int) -> bool:
         with self._lock:
             return job_id in self._handling
+
+    def _quorum_check(self, now: float) -> None:
+        """Keep etcd's voters as the quorum rules want (``master/quorum.py``)."""
+        if self.ctx.etcd_admin is None or now - self._last_quorum_check < QUORUM_PERIOD:
+            return
+        self._last_quorum_check = now
+        from haven.master import quorum, state
+
+        summary = quorum.reconcile(self.ctx.etcd_admin, self.ctx.master_node,
+                                   state.nodes(self.store))
+        if summary != self._quorum_summary:
+            log.info("quorum: %s", summary)
+            self._quorum_summary = summary
+        if summary.startswith(("promoting", "removing")):
+            self._last_quorum_check = -1e9
+            self._wake.set()  # the next step (a demotion after a promotion) at once
 
     def _raft_leader_check(self, now: float) -> None:
         if self.ctx.etcd_admin is None or now - self._last_raft_check < 10:

@@ -91,6 +91,7 @@ class EndpointStatus(TypedDict):
 
     endpoint: str
     version: str
+    cluster_id: int  # differs between the two sides of a --no-voting recovery
     member_id: int
     leader: int  # 0: this member knows no leader
     raft_term: int
@@ -453,6 +454,7 @@ class EtcdStore(Store):
         d = self._post_one(endpoint, "/v3/maintenance/status", {}, self._timeout)
         return EndpointStatus(
             endpoint=endpoint, version=str(d.get("version", "")),
+            cluster_id=_int(d.get("header", {}).get("cluster_id")),
             member_id=_int(d.get("header", {}).get("member_id")),
             leader=_int(d.get("leader")), raft_term=_int(d.get("raftTerm")),
             raft_index=_int(d.get("raftIndex")), db_size=_int(d.get("dbSize")),

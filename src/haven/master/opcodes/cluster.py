@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from haven.errors import HavenError
-from haven.master import locks, state
+from haven.master import locks, quorum, state
 from haven.master.lu import LogicalUnit, register
 from haven.model.job import JobStatus
 
@@ -94,10 +94,16 @@ class ClusterVerify(LogicalUnit):
                           "'gnt-node modify -C yes NODE'")
         if cluster.etcd_managed and self.c.etcd_admin is not None:
             self._verify_etcd(nodes, errors, warnings, checked)
-        if not (cluster.etcd_managed and len(candidates) >= 3) and len(nodes) > 1:
-            warnings.append(f"cluster: {len(candidates)} etcd voter(s); a node loss "
-                            f"{'stops' if len(candidates) == 2 else 'may stop'} "
-                            f"the cluster's writes (3 or 5 voters tolerate one or two)")
+        if cluster.etcd_managed:
+            voting = [n for n in nodes if n.master_candidate and n.etcd_peer_url]
+            witnesses = sum(1 for n in voting if not n.vm_capable)
+            checked.append(quorum.mode(len(voting), witnesses))
+            if self.c.etcd_admin is not None and master is not None and \
+                    not quorum.settled(self.c.etcd_admin, master, nodes):
+                warnings.append("etcd: the voters do not follow the quorum rules yet; the "
+                                "master is moving the votes")
+        elif len(candidates) > 1:
+            checked.append("quorum: external etcd; its own quorum applies")
         held = locks.held(store)
         if held:
             from haven.master import jobqueue
@@ -147,7 +153,7 @@ class ClusterVerify(LogicalUnit):
                 continue
             try:
                 st = admin.status(url)
-                size = int(st.get("dbSize", 0))
+                size = st["db_size"]
                 if size > 1024**3:
                     warnings.append(f"etcd: member {m.name} database is {size >> 20} MiB")
                 checked.append(f"etcd member {m.name}: healthy")

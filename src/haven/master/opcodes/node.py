@@ -7,8 +7,15 @@ import time
 import uuid
 from typing import Any
 
-from haven.errors import ExistsError, HavenError, InvalidInput, NodeSetupError, OpPrereqError
-from haven.master import state
+from haven.errors import (
+    ExistsError,
+    HavenError,
+    InvalidInput,
+    NodeSetupError,
+    OpExecError,
+    OpPrereqError,
+)
+from haven.master import quorum, state
 from haven.master.lu import REQUIRED, LogicalUnit, register
 from haven.model.keys import Keys
 from haven.model.node import Node
@@ -94,8 +101,7 @@ class NodeAdd(LogicalUnit):
             self.c.rpc.call(ip, self.port, "POST", "/haven/node/join", join, timeout=60,
                             verify=False)
             if member_id:
-                self.feedback(f"Promoting the etcd member of {name} to a voter")
-                members_mod.promote_member(self.c.etcd_admin, member_id)
+                self._apply_quorum_rules()
         except HavenError:
             self._rollback(name, member_id)
             raise
@@ -105,6 +111,23 @@ class NodeAdd(LogicalUnit):
                 cur.modified(self.c.clock(), etcd_member_id=member_id).to_json()), rev,
                 guard=self.require_guard())
         return {"node": name, "etcd_member": f"{member_id:x}" if member_id else None}
+
+    def _apply_quorum_rules(self) -> None:
+        """Give votes as ``master/quorum.py`` wants them with the new candidate: with
+        three or more, every candidate votes (the new member and a two-node cluster's
+        learner are promoted); with two, the new member stays a learner."""
+        assert self.c.etcd_admin is not None
+        deadline = self.c.clock() + 60.0
+        while True:
+            nodes = state.nodes(self.c.store)
+            if quorum.settled(self.c.etcd_admin, self.c.master_node, nodes):
+                return
+            summary = quorum.reconcile(self.c.etcd_admin, self.c.master_node, nodes,
+                                       promote_timeout=20.0)
+            self.feedback(summary[0].upper() + summary[1:])
+            if self.c.clock() > deadline:
+                raise OpExecError(f"etcd's votes did not settle: {summary}; see "
+                                  f"'gnt-cluster verify'.")
 
     def _endpoints(self, cluster: Any) -> list[str]:
         if not cluster.etcd_managed:
