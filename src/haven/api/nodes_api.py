@@ -91,7 +91,8 @@ def set_role_op(q: Request) -> dict[str, Any]:
 def node_info(d: NodeDaemon) -> dict[str, Any]:
     js = d.local.joined()
     return {"name": d.name, "address": d.settings.address, "port": d.settings.api_port,
-            "cluster": js.cluster_name if js else None, "etcd_member": d.member.running()}
+            "cluster": js.cluster_name if js else None, "etcd_member": d.member.running(),
+            "active": d.joined is not None}
 
 
 def _local_only(d: NodeDaemon, q: Request, fn: Any) -> Any:

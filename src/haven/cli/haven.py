@@ -4,6 +4,7 @@ families under one command (``haven cluster info`` = ``gnt-cluster info``)."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,18 @@ def cmd_start(args: Any) -> int:
     from haven.sim import cluster
 
     layout = _layout(args.base_dir)
-    cluster.start_node(layout.node(args.node))
-    print(f"Started {args.node}.")
-    return 0
+    node = layout.node(args.node)
+    began = time.monotonic()
+    cluster.start_node(node)
+    # As a machine that has booted: back in the cluster (its etcd rejoined, its lease
+    # held), so that the next command already sees it.
+    if cluster.wait_active(node, timeout=60.0):
+        print(f"Started {args.node} (back in the cluster after "
+              f"{time.monotonic() - began:.1f} s).")
+        return 0
+    print(f"Started {args.node}, but it has not reached the cluster after 60 s; see "
+          f"{node.dir / 'logs' / 'noded.log'}.", file=sys.stderr)
+    return 1
 
 
 def cmd_maintenance(args: Any) -> int:

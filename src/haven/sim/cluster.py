@@ -182,6 +182,21 @@ def start_node(n: SimNode) -> None:
     start_daemon(n.name, n.address, n.dir, n.port, prefix=prefix)
 
 
+def wait_active(n: SimNode, timeout: float) -> bool:
+    """Wait until node ``n``'s daemon is back in its cluster (or was never in one)."""
+    client = Client([f"{n.address}:{n.port}"], None, None, None)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            info = client.get("/haven/node/info", timeout=2)
+            if info.get("active") or not info.get("cluster"):
+                return True
+        except HavenError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def node_pids(n: SimNode) -> dict[str, int]:
     """Every process that belongs to node ``n``: found through its pid files and, so
     that nothing escapes, every process whose command line names its directory."""
