@@ -64,6 +64,16 @@ def cmd_kill(args: Any) -> int:
     return 0
 
 
+def cmd_stop(args: Any) -> int:
+    from haven.sim import cluster
+
+    layout = _layout(args.base_dir)
+    stopped = cluster.shutdown_node(layout.node(args.node))
+    print(f"Stopped {args.node}" + (f" and its VMs {', '.join(stopped)}" if stopped
+                                    else "") + ".")
+    return 0
+
+
 def cmd_start(args: Any) -> int:
     from haven.sim import cluster
 
@@ -132,6 +142,9 @@ def build_parser() -> ArgParser:
     k = sub.add_parser("kill", help="SIGKILL every process of one node")
     k.add_argument("node")
     k.set_defaults(fn=cmd_kill)
+    st = sub.add_parser("stop", help="shut one node down cleanly (daemon, VMs, etcd)")
+    st.add_argument("node")
+    st.set_defaults(fn=cmd_stop)
     s = sub.add_parser("start", help="start a killed or stopped node again")
     s.add_argument("node")
     s.set_defaults(fn=cmd_start)

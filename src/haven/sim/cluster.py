@@ -251,6 +251,16 @@ def stop_node(n: SimNode, stop_etcd: bool = True) -> None:
             procs.terminate(pid, timeout=15)
 
 
+def shutdown_node(n: SimNode) -> list[str]:
+    """A clean shutdown of one node, as its machine's own shutdown would do it: the
+    daemon stops (handing back its lease), the VMs shut down cleanly, then etcd.
+    Returns the VMs that were stopped."""
+    stop_node(n, stop_etcd=False)
+    stopped = stop_vms(n)
+    stop_node(n, stop_etcd=True)
+    return stopped
+
+
 def down(base: Path = DEFAULT_BASE) -> SimLayout | None:
     """Stop everything the local cluster runs, keeping its data for the next ``up``.
 
