@@ -20,7 +20,7 @@ def cmd_up(args: Any) -> int:
 
     layout = cluster.up(args.base_dir, args.nodes, args.subnet, args.name, args.lease_ttl,
                         hypervisors=tuple(args.hypervisors.split(",")),
-                        use_netns=args.netns)
+                        use_netns=args.netns, witness=args.witness)
     master = cluster.wait_master(layout)
     print(f"Cluster {layout.cluster}: {len(layout.nodes)} node(s), master {master}.")
     from haven import clientconf
@@ -131,6 +131,8 @@ def build_parser() -> ArgParser:
     up.add_argument("--netns", action="store_true",
                     help="each node in its own network namespace on a bridged LAN "
                          "(10.77.0.0/24; root only)")
+    up.add_argument("--witness", action="store_true",
+                    help="the last node is a vote-only witness (etcd voter, no VMs)")
     up.add_argument("--hypervisors", default="kvm",
                     help="enabled hypervisors (kvm; 'kvm,fake' for benchmarks)")
     up.set_defaults(fn=cmd_up)

@@ -72,8 +72,10 @@ def save_layout(base: Path, layout: SimLayout) -> None:
 
 def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
        cluster: str = "haven-local", lease_ttl: int = 5, log: Any = print,
-       hypervisors: tuple[str, ...] = ("kvm",), use_netns: bool = False) -> SimLayout:
-    """Create (or restart) the local cluster; returns its layout."""
+       hypervisors: tuple[str, ...] = ("kvm",), use_netns: bool = False,
+       witness: bool = False) -> SimLayout:
+    """Create (or restart) the local cluster; returns its layout.  ``witness``: the
+    last node is a vote-only witness (master candidate, no VMs)."""
     existing = load_layout(base)
     if existing is not None:
         for n in existing.nodes:
@@ -84,6 +86,9 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
         return existing
     if not 1 <= nodes <= 9:
         raise InvalidInput(f"--nodes {nodes} is out of range; use 1 to 9.")
+    if witness and nodes < 3:
+        raise InvalidInput("--witness needs --nodes 3 or more: two VM nodes and the "
+                           "witness.")
     if use_netns:
         from haven.sim import netns
 
@@ -113,10 +118,13 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
     from haven.cli.common import submit_and_wait
 
     for n in layout.nodes[1:]:
+        vm_capable = not (witness and n is layout.nodes[-1])
         submit_and_wait(client, [{"OP_ID": "OP_NODE_ADD", "node_name": n.name,
-                                  "primary_ip": n.address, "master_capable": True}],
+                                  "primary_ip": n.address, "master_capable": True,
+                                  "vm_capable": vm_capable}],
                         quiet=True)
-        log(f"{time.monotonic() - t0:5.1f}s added {n.name} ({n.address})")
+        log(f"{time.monotonic() - t0:5.1f}s added {n.name} ({n.address})"
+            + ("" if vm_capable else ", a vote-only witness"))
     _publish_client_config(base, layout)
     return layout
 
