@@ -67,7 +67,7 @@ class Sim:
         return f"{self.subnet}.{int(node[-2:])}"
 
 
-def make_sim(tmp: Path, nodes: int) -> Iterator[Sim]:
+def make_sim(tmp: Path, nodes: int, witness: bool = False) -> Iterator[Sim]:
     subnet = f"127.0.{next(_subnets)}"
     base = tmp / "sim"
     env = dict(os.environ)
@@ -75,8 +75,8 @@ def make_sim(tmp: Path, nodes: int) -> Iterator[Sim]:
     env.pop("HAVEN_DATA_DIR", None)
     sim = Sim(base, subnet, env)
     try:
-        sim.run("haven", "up", "--nodes", str(nodes), "--subnet", subnet, check=True,
-                timeout=180)
+        sim.run("haven", "up", "--nodes", str(nodes), "--subnet", subnet,
+                *(["--witness"] if witness else []), check=True, timeout=180)
         yield sim
     finally:
         # HAVEN_KEEP_LOGS=DIR keeps each node's logs there (for a failure's post-mortem).

@@ -62,6 +62,28 @@ def test_the_master_never_demotes_itself() -> None:
     assert plan(v) is None
 
 
+def test_no_vote_is_removed_while_another_voter_is_down() -> None:
+    # Four voters, n4 no longer a candidate, n1 dead: removing n4 would leave two of
+    # three voters alive, one more loss from no quorum; wait for n1.
+    ms = (MemberView("n1", 1, voter=True, started=True, healthy=False),
+          MemberView("n2", 2, voter=True, started=True),
+          MemberView("n3", 3, voter=True, started=True),
+          MemberView("n4", 4, voter=True, started=True))
+    assert plan(QuorumView("n2", frozenset({"n1", "n2", "n3"}), ms)) is None
+
+
+def test_a_dead_voter_may_lose_its_vote_when_the_others_are_up() -> None:
+    # Three voters, n1 dead and no longer wanted: removing it keeps two live voters.
+    ms = (MemberView("n1", 1, voter=True, started=True, healthy=False),
+          MemberView("n2", 2, voter=True, started=True),
+          MemberView("n3", 3, voter=True, started=True))
+    assert plan(QuorumView("n3", frozenset({"n1", "n3"}), ms)) == \
+        VoteChange("demote", "n1", 1)
+    # ... but not n2's while n1 is dead and still a voter.
+    assert plan(QuorumView("n3", frozenset({"n3"}), ms[:2] + ms[2:])) == \
+        VoteChange("demote", "n1", 1)
+
+
 def test_external_etcd_is_left_alone() -> None:
     assert plan(view("n1", {"n1", "n2"})) is None
 

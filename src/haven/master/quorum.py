@@ -24,7 +24,8 @@ rules want while a change is under way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from haven.errors import HavenError
 from haven.model.node import Node
@@ -43,6 +44,7 @@ class MemberView:
     member_id: int
     voter: bool
     started: bool
+    healthy: bool = True  # answers its status with a leader
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,10 @@ def plan(v: QuorumView) -> VoteChange | None:
     if not by_node[v.master].voter:
         return None  # never take a vote away before the master's own member has one
     for m in sorted(v.members, key=lambda m: m.node):
-        if m.voter and m.node not in want and m.node != v.master:
+        # Removing a voter while another one is down can cost the quorum (three voters,
+        # one dead, one removed: one of two left), so every other voter must answer.
+        if m.voter and m.node not in want and m.node != v.master and \
+                all(o.healthy for o in v.members if o.voter and o is not m):
             return VoteChange("demote", m.node, m.member_id)
     return None
 
@@ -107,7 +112,8 @@ def mode(candidates: int, witnesses: int) -> str:
             f"loss(es) survived by themselves")
 
 
-def view_of(master: str, nodes: list[Node], members: list[Member]) -> QuorumView:
+def view_of(master: str, nodes: list[Node], members: list[Member],
+            healthy: Callable[[Member], bool] = lambda _m: True) -> QuorumView:
     by_peer = {n.etcd_peer_url: n.name for n in nodes if n.etcd_peer_url}
     views = []
     for m in members:
@@ -115,7 +121,8 @@ def view_of(master: str, nodes: list[Node], members: list[Member]) -> QuorumView
         if name is None:
             continue
         views.append(MemberView(name, m.id, voter=not m.is_learner,
-                                started=bool(m.client_urls)))
+                                started=bool(m.client_urls),
+                                healthy=bool(m.client_urls) and healthy(m)))
     candidates = frozenset(n.name for n in nodes if n.master_candidate and n.etcd_peer_url)
     return QuorumView(master, candidates, tuple(views))
 
@@ -124,11 +131,15 @@ def reconcile(admin: EtcdStore, master: str, nodes: list[Node], *,
               promote_timeout: float = 5.0) -> str:
     """Carry out the next change, if any; returns what it did, in one line."""
     try:
-        view = view_of(master, nodes, admin.member_list())
+        view = view_of(master, nodes, admin.member_list(), lambda m: _answers(admin, m))
     except HavenError as exc:
         return f"cannot list etcd members: {exc.message}"
     change = plan(view)
     if change is None:
+        down = [m.node for m in view.members if m.voter and not m.healthy]
+        if down and plan(replace(view, members=tuple(
+                replace(m, healthy=True) for m in view.members))) is not None:
+            return f"waiting for the etcd member(s) of {', '.join(down)} to change votes"
         return "voters as they should be"
     try:
         if change.kind == "promote":
@@ -140,6 +151,13 @@ def reconcile(admin: EtcdStore, master: str, nodes: list[Node], *,
     except HavenError as exc:
         return f"{change.describe()} failed: {exc.message}"
     return change.describe()
+
+
+def _answers(admin: EtcdStore, m: Member) -> bool:
+    try:
+        return admin.status(m.client_urls[0])["leader"] != 0
+    except HavenError:
+        return False
 
 
 def settled(admin: EtcdStore, master: str, nodes: list[Node]) -> bool:
