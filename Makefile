@@ -3,15 +3,15 @@
 #   make test   set up, then run the whole test suite
 SHELL := /bin/bash
 APT_PACKAGES := etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static cpio openssl iproute2 procps \
-	gcc libc6-dev e2fsprogs kmod iputils-ping iptables
+	gcc libc6-dev e2fsprogs kmod iputils-ping iptables ganeti-instance-debootstrap
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.local/bin:$(PATH)
 
-.PHONY: setup apt venv guest test unit integration e2e lint demo bench clean
+.PHONY: setup apt venv guest debootstrap test unit integration e2e lint demo bench clean
 
-setup: apt venv guest
+setup: apt venv guest debootstrap
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -24,6 +24,10 @@ apt:
 # The test guest (Debian cloud kernel + busybox initramfs) in /var/cache/haven/guest.
 guest: apt
 	@bash guest/build-guest.sh
+
+# The Debian guest (-o debootstrap+default): settings in /etc/default/ganeti-instance-debootstrap.
+debootstrap: apt
+	@bash setup/debootstrap.sh
 
 venv:
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q --root-user-action=ignore uv

@@ -341,3 +341,192 @@ def test_busybox_os_creates_renames_and_verifies(tmp_path: Path) -> None:
     with pytest.raises(OpExecError, match="has no parameters; remove: dhcp"):
         run_os_script(os_def, "verify", os_core_environment(os_def, variant, {"dhcp": "no"}),
                       tmp_path / "v.log", timeout=10)
+
+
+# -- booting: which kernel, which command line (haven.osdef.boot) ----------------------
+REPO = Path(__file__).resolve().parents[2]
+needs_mke2fs = pytest.mark.skipif(shutil.which("mke2fs") is None or
+                                  shutil.which("debugfs") is None,
+                                  reason="e2fsprogs (mke2fs, debugfs) is not installed")
+
+
+def ext4_disk(tmp_path: Path, boot_files: dict[str, bytes], name: str = "disk0") -> Path:
+    """A raw disk that is one ext4 file system holding ``/boot/<file>`` (as
+    ganeti-instance-debootstrap makes with PARTITION_STYLE=none), built without mounting."""
+    root = tmp_path / f"{name}-root"
+    (root / "boot").mkdir(parents=True)
+    for fname, data in boot_files.items():
+        (root / "boot" / fname).write_bytes(data)
+    (root / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-10-cloud-amd64")
+    disk = tmp_path / name
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(root), str(disk), "8M"],
+                   check=True, capture_output=True)
+    return disk
+
+
+@needs_mke2fs
+def test_a_disk_with_its_own_kernel_boots_the_newest_one_with_root_on_the_whole_disk(
+        tmp_path: Path) -> None:
+    from haven.osdef.boot import plan_boot
+
+    disk = ext4_disk(tmp_path, {
+        "vmlinuz-6.1.0-9-cloud-amd64": b"old kernel",
+        "initrd.img-6.1.0-9-cloud-amd64": b"old initrd",
+        "vmlinuz-6.1.0-10-cloud-amd64": b"new kernel",
+        "initrd.img-6.1.0-10-cloud-amd64": b"new initrd",
+        "config-6.1.0-10-cloud-amd64": b"x"})
+    plan = plan_boot("vm1", {}, None, str(disk), tmp_path / "boot" / "vm1")
+    assert plan.source == "disk"
+    assert Path(plan.kernel_path).read_bytes() == b"new kernel"  # 10 > 9, not "1" < "9"
+    assert Path(plan.initrd_path).read_bytes() == b"new initrd"
+    assert plan.kernel_args == "root=/dev/vda ro console=ttyS0"
+    # Ganeti's parameters still apply to the disk's kernel.
+    plan = plan_boot("vm1", {"kernel_args": "quiet", "serial_console": False,
+                             "root_path": "/dev/vdb"}, None, str(disk), tmp_path / "b2")
+    assert plan.source == "disk" and plan.kernel_args == "root=/dev/vdb quiet"
+    from haven.osdef.boot import forget_boot
+
+    forget_boot(tmp_path / "boot" / "vm1")
+    assert not (tmp_path / "boot" / "vm1").exists()
+
+
+@needs_mke2fs
+def test_a_disk_kernel_without_initrd_boots_alone(tmp_path: Path) -> None:
+    from haven.osdef.boot import plan_boot
+
+    disk = ext4_disk(tmp_path, {"vmlinuz-6.1.0-10-cloud-amd64": b"k"})
+    boot_dir = tmp_path / "boot"
+    boot_dir.mkdir()
+    (boot_dir / "initrd.img").write_bytes(b"stale initrd of an earlier kernel")
+    plan = plan_boot("vm1", {}, None, str(disk), boot_dir)
+    assert plan.source == "disk" and plan.initrd_path == ""
+    assert not (boot_dir / "initrd.img").exists()
+
+
+@needs_mke2fs
+@pytest.mark.parametrize("case", ["no-fs", "no-kernel", "qcow2"])
+def test_without_a_kernel_in_the_disk_it_boots_from_the_disk(tmp_path: Path,
+                                                             case: str) -> None:
+    from haven.osdef.boot import plan_boot
+
+    if case == "no-fs":  # e.g. PARTITION_STYLE=msdos: a partition table, maybe GRUB
+        disk = tmp_path / "disk0"
+        disk.write_bytes(b"\0" * 4096)
+    else:
+        disk = ext4_disk(tmp_path, {"config-6.1.0-10-cloud-amd64": b"x"})
+    plan = plan_boot("vm1", {}, None, str(disk), tmp_path / "boot",
+                     disk0_raw=case != "qcow2")
+    assert plan == plan.__class__("", "", "", "bootloader")
+    assert not (tmp_path / "boot").exists()
+
+
+@needs_mke2fs
+def test_kernel_path_boots_that_kernel_with_ganetis_command_line(tmp_path: Path) -> None:
+    from haven.osdef.boot import plan_boot
+
+    kernel = tmp_path / "vmlinuz-host"
+    kernel.write_bytes(b"k")
+    whole = ext4_disk(tmp_path, {"vmlinuz-6.1.0-10-cloud-amd64": b"guest"})
+    parted = tmp_path / "parted"
+    parted.write_bytes(b"\0" * 4096)
+    hints = BootHints("/g/vmlinuz", "/g/initrd.gz", "console=ttyS0 quiet")
+    hv: dict[str, object] = {"kernel_path": str(kernel)}
+    plan = plan_boot("vm1", hv, hints, str(whole), tmp_path / "b")
+    assert (plan.source, plan.kernel_path, plan.initrd_path) == ("hvparams", str(kernel), "")
+    assert plan.kernel_args == "root=/dev/vda ro console=ttyS0"
+    plan = plan_boot("vm1", hv, None, str(parted), tmp_path / "b")
+    assert plan.kernel_args == "root=/dev/vda1 ro console=ttyS0"  # Ganeti's default
+    hv.update(initrd_path=str(kernel), root_path="/dev/vdb2", kernel_args="single",
+              serial_console="False")
+    plan = plan_boot("vm1", hv, None, str(whole), tmp_path / "b")
+    assert (plan.initrd_path, plan.kernel_args) == (str(kernel), "root=/dev/vdb2 single")
+
+
+def test_the_os_kernel_is_used_unless_hvparams_name_one(tmp_path: Path) -> None:
+    from haven.osdef.boot import plan_boot
+
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.gz"
+    kernel.write_bytes(b"k")
+    initrd.write_bytes(b"i")
+    hints = BootHints(str(kernel), str(initrd), "console=ttyS0 quiet")
+    plan = plan_boot("vm1", {}, hints, None, tmp_path / "b")
+    assert plan == plan.__class__(str(kernel), str(initrd), "console=ttyS0 quiet", "os")
+    plan = plan_boot("vm1", {"kernel_args": "console=ttyS0", "root_path": "/dev/vda"},
+                     hints, None, tmp_path / "b")
+    assert plan.kernel_args == "root=/dev/vda console=ttyS0"
+
+
+@pytest.mark.parametrize(("hv", "expect"), [
+    ({"kernel_path": "/nonexistent/vmlinuz"},
+     "Instance vm1: the kernel /nonexistent/vmlinuz (-H kernel_path) does not exist on "
+     "node node01; install it there or leave kernel_path unset to boot the kernel in the "
+     "instance's disk."),
+    ({"kernel_path": "boot/vmlinuz"}, "-H kernel_path=boot/vmlinuz is not an absolute path"),
+    ({"initrd_path": "/nonexistent/initrd"}, "the initrd /nonexistent/initrd (-H initrd_path)"),
+])
+def test_a_missing_kernel_or_initrd_is_one_sentence(tmp_path: Path, hv: dict[str, object],
+                                                    expect: str) -> None:
+    from haven.osdef.boot import plan_boot
+
+    with pytest.raises(InvalidInput) as err:
+        plan_boot("vm1", hv, None, None, tmp_path / "b", node="node01")
+    assert expect in err.value.message and err.value.message.count(". ") == 0
+    # A hypervisor that boots nothing (fake) is not checked.
+    plan_boot("vm1", hv, None, None, tmp_path / "b", node="node01", inspect=False)
+
+
+def test_a_missing_os_kernel_says_how_to_build_it(tmp_path: Path) -> None:
+    from haven.errors import OpPrereqError
+    from haven.osdef.boot import plan_boot
+
+    hints = BootHints(str(tmp_path / "vmlinuz"), "", "console=ttyS0")
+    with pytest.raises(OpPrereqError, match="make setup"):
+        plan_boot("vm1", {}, hints, None, tmp_path / "b", node="node01")
+
+
+# -- ganeti-instance-debootstrap's configuration (setup/debootstrap.sh) ----------------
+def run_setup(conf: Path, cache: Path) -> str:
+    proc = subprocess.run(["bash", str(REPO / "setup" / "debootstrap.sh"), str(conf),
+                           str(cache)], capture_output=True, text=True, check=True)
+    return proc.stderr
+
+
+def test_setup_adds_what_haven_needs_once_and_drops_a_cache_without_the_kernel(
+        tmp_path: Path) -> None:
+    conf, cache = tmp_path / "ganeti-instance-debootstrap", tmp_path / "cache"
+    conf.write_text('# SUITE="wheezy"\nGENERATE_CACHE="yes"\n')
+    cache.mkdir()
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
+                          text=True).stdout.strip() or "amd64"
+    for suite in ("bookworm", "trixie", "other"):
+        (cache / f"cache-{suite}-{arch}.tar").write_text("made without EXTRA_PKGS")
+    run_setup(conf, cache)
+    text = conf.read_text()
+    assert 'PARTITION_STYLE="none"' in text and f'EXTRA_PKGS="linux-image-cloud-{arch}"' \
+        in text
+    suites = [line.split('"')[1] for line in text.splitlines() if line.startswith("SUITE=")]
+    assert len(suites) == 1
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        f"cache-{s}-{arch}.tar" for s in ("bookworm", "trixie", "other") if s != suites[0])
+    assert run_setup(conf, cache) == "" and conf.read_text() == text  # idempotent
+
+
+def test_setup_keeps_what_the_administrator_set(tmp_path: Path) -> None:
+    conf, cache = tmp_path / "conf", tmp_path / "cache"
+    conf.write_text('SUITE="trixie"\nEXTRA_PKGS="linux-image-amd64"\n')
+    cache.mkdir()
+    (cache / "cache-trixie-amd64.tar").write_text("x")
+    run_setup(conf, cache)
+    text = conf.read_text()
+    assert text.startswith('SUITE="trixie"\nEXTRA_PKGS="linux-image-amd64"\n')
+    assert text.count("SUITE=") == 1 and text.count("EXTRA_PKGS=") == 1
+    assert 'PARTITION_STYLE="none"' in text
+    assert (cache / "cache-trixie-amd64.tar").exists()  # its kernel setting is the admin's
+
+
+@pytest.mark.skipif(not Path("/usr/share/ganeti/os/debootstrap").is_dir(),
+                    reason="ganeti-instance-debootstrap is not installed")
+def test_the_installed_debootstrap_os_is_found_with_its_default_variant() -> None:
+    os_def, variant = find_os("debootstrap+default", environ={})
+    assert os_def.path == Path("/usr/share/ganeti/os/debootstrap") and variant == "default"
+    assert os_def.api_version == 20 and os_def.boot is None  # boots the disk's kernel

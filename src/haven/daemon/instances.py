@@ -132,7 +132,14 @@ class NodeInstances:
             with contextlib.suppress(InvalidInput):
                 self.hypervisor(hv_name).forget(name)
         self.d.replication.forget(name)
+        from haven.osdef.boot import forget_boot
+
+        forget_boot(self.boot_dir(name))
         return {"forgotten": name}
+
+    def boot_dir(self, name: str) -> Path:
+        """Where the kernel and initrd found in the instance's disk are copied to boot."""
+        return self.d.settings.data_dir / "boot" / name
 
     def grow_disk(self, name: str, index: int, size: int) -> None:
         inst, _ = self.instance(name)
@@ -148,6 +155,12 @@ class NodeInstances:
 
         inst, _ = self.instance(name)
         os_def, variant = osdef.find_os(variant_os or inst.os)
+        if script == "create" and inst.hypervisor == "kvm":
+            from haven.osdef.boot import check_boot_files
+
+            # A kernel -H names that is not here fails the start: say so before the
+            # (possibly minutes long) install rather than after it.
+            check_boot_files(inst.name, inst.hvparams, self.d.name)
         extra = dict(extra or {})
         old_name = extra.pop("OLD_INSTANCE_NAME", None)
         disks = [osdef.DiskEnv(str(s.path), "ro" if s.read_only else "rw",
@@ -170,30 +183,31 @@ class NodeInstances:
     # -- VM processes ------------------------------------------------------------------
     def vm_spec(self, inst: Instance) -> VmSpec:
         from haven import osdef
+        from haven.osdef.boot import plan_boot
 
         hv = inst.hvparams
-        boot: dict[str, Any] = {}
-        try:
-            os_def, _variant = osdef.find_os(inst.os)
-            if os_def.boot is not None:
-                boot = dict(os_def.boot.__dict__)
-        except InvalidInput:
-            boot = {}
-        args = str(hv.get("kernel_args") or boot.get("kernel_args") or "console=ttyS0")
-        args += f" haven.hostname={inst.name}"
+        hints = None
+        with contextlib.suppress(InvalidInput):
+            hints = osdef.find_os(inst.os)[0].boot
+        disks = self.disk_template(inst).assemble(inst)
+        disk0 = next((d for d in disks if d.index == 0), None)
+        boot = plan_boot(inst.name, hv, hints, disk0.path if disk0 else None,
+                         self.boot_dir(inst.name), node=self.d.name,
+                         disk0_raw=disk0 is not None and disk0.format == "raw",
+                         inspect=inst.hypervisor == "kvm")
+        args = f"{boot.kernel_args} haven.hostname={inst.name}".strip()
         for nic in inst.nics[:1]:
             if nic.ip:
                 ip = nic.ip if "/" in nic.ip else f"{nic.ip}/24"
                 args += f" haven.ip={ip}"
         return VmSpec(
             name=inst.name, uuid=inst.uuid, memory=inst.memory, vcpus=inst.vcpus,
-            disks=self.disk_template(inst).assemble(inst),
+            disks=disks,
             nics=tuple(NicSpec(n.index, n.mac, "bridged" if n.mode == "bridged" else "user",
                                n.link, n.ip, netdev.tap_name(inst.uuid, n.index)
                                if n.mode == "bridged" else "") for n in inst.nics),
-            kernel_path=str(hv.get("kernel_path") or boot.get("kernel_path") or ""),
-            initrd_path=str(hv.get("initrd_path") or boot.get("initrd_path") or ""),
-            kernel_args=args, serial_console=bool(hv.get("serial_console", True)),
+            kernel_path=boot.kernel_path, initrd_path=boot.initrd_path, kernel_args=args,
+            serial_console=bool(hv.get("serial_console", True)),
             accel=hv.get("accel") or "auto",
             machine=str(hv.get("machine_version") or "pc"),
             cpu_model=str(hv.get("cpu_type") or "qemu64"))
