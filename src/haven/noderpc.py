@@ -3,6 +3,13 @@
 Nodes already in the cluster are reached with the cluster certificate pinned; a node
 being added still has its provisional certificate, so the join call encrypts but does
 not verify (like the first SSH contact of Ganeti's ``gnt-node add``; see README).
+
+A node daemon that has just (re)started serves its API before it has reached etcd: it
+knows neither the cluster's users (so it cannot check the caller's credentials) nor its
+instances.  It answers "not part of a cluster" (:func:`not_ready`), nothing done, and
+:meth:`HttpsNodeRpc.call` asks again for up to :data:`NOT_READY_PATIENCE` seconds (1.5 s
+measured for a node that was killed and started again), so that no job fails on that
+window and no user sees an internal refusal.
 """
 
 from __future__ import annotations
@@ -12,9 +19,29 @@ import http.client
 import json
 import socket
 import ssl
+import time
 from typing import Any
 
 from haven.errors import HavenError, NodeSetupError, from_json
+
+NOT_READY_PATIENCE = 30.0  # seconds a starting node daemon is waited for
+NOT_READY_RETRY = 0.25
+
+
+class NodeNotReady(NodeSetupError):
+    """Internal: the node daemon answered that it is not part of a cluster yet."""
+
+
+def not_ready(status: int, body: Any) -> bool:
+    """True if an answer says the daemon cannot serve yet and did nothing: its API
+    gate (``api.http.NOT_READY_MESSAGE``: "not part of a cluster yet") or a handler
+    that found no cluster connection (``NodeDaemon.store``: "cannot reach etcd right
+    now"), both ``NodeSetupError``s on HTTP 502.  A node that is for good not part of a
+    cluster says neither."""
+    if status != 502 or not isinstance(body, dict) or body.get("kind") != "NodeSetupError":
+        return False
+    message = str(body.get("message", ""))
+    return "not part of a cluster yet" in message or "cannot reach etcd right now" in message
 
 
 class NodeRpc(abc.ABC):
@@ -38,9 +65,24 @@ class HttpsNodeRpc(NodeRpc):
         self._unverified.check_hostname = False
         self._unverified.verify_mode = ssl.CERT_NONE
         self.auth_header = auth_header
+        self.not_ready_patience = NOT_READY_PATIENCE
 
     def call(self, address: str, port: int, method: str, path: str,
              body: Any = None, timeout: float = 10.0, verify: bool = True) -> Any:
+        deadline = time.monotonic() + self.not_ready_patience
+        while True:
+            try:
+                return self._call_once(address, port, method, path, body, timeout, verify)
+            except NodeNotReady as exc:
+                if time.monotonic() >= deadline:
+                    raise NodeSetupError(
+                        f"Node daemon at {address}:{port} is still starting after "
+                        f"{self.not_ready_patience:g} s ({exc.message}); check that it "
+                        "reaches etcd (its logs/noded.log).") from exc
+                time.sleep(NOT_READY_RETRY)
+
+    def _call_once(self, address: str, port: int, method: str, path: str, body: Any,
+                   timeout: float, verify: bool) -> Any:
         ctx = self._verified if verify and self._verified else self._unverified
         conn = http.client.HTTPSConnection(address, port, timeout=timeout, context=ctx)
         headers = {"Content-Type": "application/json"}
@@ -63,6 +105,8 @@ class HttpsNodeRpc(NodeRpc):
             raise NodeSetupError(f"Node daemon at {address}:{port} sent invalid JSON.") \
                 from exc
         if resp.status >= 400:
+            if isinstance(decoded, dict) and not_ready(resp.status, decoded):
+                raise NodeNotReady(str(decoded.get("message")))
             if isinstance(decoded, dict):
                 raise from_json(decoded)
             raise HavenError(f"Node daemon at {address}:{port} answered {resp.status}.")

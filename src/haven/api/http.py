@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from haven.errors import HavenError
+from haven.errors import ECODE_ENVIRON, HavenError
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,37 @@ def hash_password(password: str, salt: str) -> str:
     return hashlib.sha256((salt + ":" + password).encode()).hexdigest()
 
 
+# What a node daemon that cannot check credentials yet answers a request that needs
+# them.  Its kind and "not part of a cluster" are what callers recognise as "nothing was
+# done here, ask again or ask another node": the CLI moves to the next node
+# (cli/client.py), node-to-node calls wait and retry (noderpc.py).
+NOT_READY_STATUS = 502
+NOT_READY_MESSAGE = ("This node daemon is starting: it is not part of a cluster yet (it "
+                     "has not reached etcd), so it cannot check credentials; retry in a "
+                     "moment.")
+
+
 class Authenticator:
-    """RAPI users: name -> {"password": hash, "salt": ..., "write": bool}."""
+    """RAPI users: name -> {"password": hash, "salt": ..., "write": bool}.
+
+    ``loaded`` turns true once ``users`` has been set (by the daemon, from the cluster's
+    configuration in etcd).  Before that, a daemon that just (re)started serves its API
+    without knowing any user, not even the node daemons' own: a refusal then would be
+    wrong (the caller may well be allowed), so :meth:`ApiServer.dispatch` answers "not
+    ready" instead of "needs a user with write access"."""
 
     def __init__(self) -> None:
-        self.users: dict[str, dict[str, Any]] = {}
+        self._users: dict[str, dict[str, Any]] = {}
+        self.loaded = False
+
+    @property
+    def users(self) -> dict[str, dict[str, Any]]:
+        return self._users
+
+    @users.setter
+    def users(self, users: dict[str, dict[str, Any]]) -> None:
+        self._users = users
+        self.loaded = True
 
     def check(self, header: str | None) -> tuple[str | None, bool]:
         if not header or not header.startswith("Basic "):
@@ -249,6 +275,9 @@ class ApiServer:
                 return _error(405, f"Method {req.method} is not allowed on {req.path}.")
             return _error(404, f"There is no resource {req.path}.")
         if route.write and not req.can_write:
+            if not self.auth.loaded:
+                return _error(NOT_READY_STATUS, NOT_READY_MESSAGE, ECODE_ENVIRON,
+                              "NodeSetupError")
             if req.user is None:
                 return _error(401, "This request needs a user with write access "
                                    "(HTTP Basic authentication).")
@@ -270,6 +299,7 @@ class ApiServer:
         return Response(result)
 
 
-def _error(status: int, message: str, explain: str = "wrong_input") -> Response:
+def _error(status: int, message: str, explain: str = "wrong_input",
+           kind: str = "HavenError") -> Response:
     return Response({"code": status, "message": message, "explain": explain,
-                     "kind": "HavenError"}, status)
+                     "kind": kind}, status)
