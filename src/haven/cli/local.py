@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from haven.cli.client import Client
 from haven.errors import HavenError, NodeSetupError
+
+STDERR_KEEP = 1024 * 1024  # bytes of the daemon's stderr file kept before a new start
 
 
 def data_dir() -> Path:
@@ -25,10 +28,17 @@ def start_daemon(name: str, address: str, directory: Path, port: int,
     directory.mkdir(parents=True, exist_ok=True)
     pid_file = directory / "noded.pid"
     if procs.running_pid(pid_file, "haven.daemon.main") is None:
+        # The daemon writes and rotates logs/noded.log itself; what reaches its stderr
+        # (a crash's traceback) goes to logs/noded.stderr, kept small across restarts.
+        stderr = directory / "logs" / "noded.stderr"
+        with contextlib.suppress(OSError):
+            if stderr.stat().st_size > STDERR_KEEP:
+                stderr.replace(stderr.with_name("noded.stderr.1"))
         procs.spawn_detached(
             [*(prefix or []), sys.executable, "-m", "haven.daemon.main", "--name", name,
-             "--address", address, "--data-dir", str(directory), "--port", str(port)],
-            directory / "logs" / "noded.log", pid_file)
+             "--address", address, "--data-dir", str(directory), "--port", str(port),
+             "--log-file", str(directory / "logs" / "noded.log")],
+            stderr, pid_file)
     client = Client([f"{address}:{port}"], None, None, None)
     deadline = time.monotonic() + timeout
     while True:
@@ -44,5 +54,5 @@ def start_daemon(name: str, address: str, directory: Path, port: int,
             if time.monotonic() > deadline:
                 raise NodeSetupError(
                     f"Node daemon {name} did not start on {address}:{port}; see "
-                    f"{directory / 'logs' / 'noded.log'}.") from exc
+                    f"{directory / 'logs' / 'noded.log'} and noded.stderr.") from exc
             time.sleep(0.1)
