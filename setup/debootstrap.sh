@@ -10,19 +10,24 @@
 #                    needs device-mapper (absent in containers and on hosts without
 #                    dm_mod); `none` only needs losetup
 #   EXTRA_PKGS       linux-image-cloud-ARCH: the image carries its own kernel and
-#                    initrd, which Haven boots directly (no boot loader in the image)
+#                    initrd, which Haven boots directly (no boot loader in the image);
+#                    dbus: without it systemd-logind does not run and the guest ignores
+#                    the ACPI power button (gnt-instance shutdown would wait its timeout)
 #
 # Only variables the administrator has not set in /etc/default/ganeti-instance-debootstrap
-# are added, in one marked block; a second run changes nothing.  When EXTRA_PKGS is added,
-# an existing package cache for the suite is removed: the cache is named by suite and
-# architecture only and would give new instances an image without the kernel.
+# go into one marked block at its end, which this script owns: a later run rewrites that
+# block (and nothing else) if Haven's choice changed, and changes nothing otherwise.  When
+# the effective EXTRA_PKGS change, the package's cache for the suite is removed:
+# it is named by suite and architecture only and would give new instances an image made
+# with the old package list.
 #
 #   setup/debootstrap.sh [CONFIG_FILE [CACHE_DIR]]     (defaults: the package's paths)
 set -euo pipefail
 
 CONF=${1:-/etc/default/ganeti-instance-debootstrap}
 CACHE_DIR=${2:-/var/cache/ganeti-instance-debootstrap}
-MARK="# Haven (setup/debootstrap.sh): what an instance needs to be created and booted here"
+BEGIN="# BEGIN Haven (setup/debootstrap.sh rewrites this block; set a variable above it to override)"
+END="# END Haven"
 
 log() { echo "setup/debootstrap: $*" >&2; }
 
@@ -39,34 +44,41 @@ if [ -r /etc/os-release ]; then
     [ -n "$codename" ] && suite=$codename
 fi
 
-# Is VAR assigned outside comments (by the administrator or an earlier run)?
-is_set() { [ -f "$CONF" ] && grep -Eq "^[[:space:]]*(export[[:space:]]+)?$1=" "$CONF"; }
+old=""
+[ -f "$CONF" ] && old=$(cat "$CONF")
+# The file without Haven's block: what the administrator (or the package) wrote.
+admin=$(printf '%s\n' "$old" | sed "/^$(printf '%s' "$BEGIN" | sed 's/[][\/.*^$]/\\&/g')\$/,/^$END\$/d")
+is_set() { printf '%s\n' "$admin" | grep -Eq "^[[:space:]]*(export[[:space:]]+)?$1="; }
 
-add=()
-is_set SUITE || add+=("SUITE=\"$suite\"")
-is_set PARTITION_STYLE || add+=("PARTITION_STYLE=\"none\"")
-added_pkgs=0
-if ! is_set EXTRA_PKGS; then
-    add+=("EXTRA_PKGS=\"linux-image-cloud-$arch\"")
-    added_pkgs=1
+block=()
+is_set SUITE || block+=("SUITE=\"$suite\"")
+is_set PARTITION_STYLE || block+=("PARTITION_STYLE=\"none\"")
+is_set EXTRA_PKGS || block+=("EXTRA_PKGS=\"linux-image-cloud-$arch,dbus\"")
+
+new=$admin  # $(...) dropped its trailing blank lines
+if [ "${#block[@]}" -gt 0 ]; then
+    new=$(printf '%s\n\n%s\n%s\n%s' "$new" "$BEGIN" "$(printf '%s\n' "${block[@]}")" "$END")
+    new=${new#$'\n\n'}
 fi
-
-if [ "${#add[@]}" -eq 0 ]; then
+if [ "$new" = "$old" ]; then
     exit 0
 fi
-mkdir -p "$(dirname "$CONF")"
-{
-    [ -s "$CONF" ] && echo
-    echo "$MARK"
-    printf '%s\n' "${add[@]}"
-} >>"$CONF"
-log "added to $CONF: ${add[*]}"
 
-if [ "$added_pkgs" = 1 ]; then
-    suite_now=$(set +u; SUITE=""; . "$CONF" >/dev/null 2>&1; echo "${SUITE:-jessie}")
-    stale="$CACHE_DIR/cache-$suite_now-$arch.tar"
+# What the package's create script would use, before and after.
+effective() { (set +eu; SUITE=""; EXTRA_PKGS=""; eval "$1" >/dev/null 2>&1
+               [ "$2" = SUITE ] && echo "${SUITE:-jessie}" || echo "$EXTRA_PKGS"); }
+before=$(effective "$old" EXTRA_PKGS)
+after=$(effective "$new" EXTRA_PKGS)
+
+mkdir -p "$(dirname "$CONF")"
+printf '%s\n' "$new" >"$CONF.haven-tmp"
+mv -f "$CONF.haven-tmp" "$CONF"
+log "set in $CONF: ${block[*]:-(nothing: the administrator set everything)}"
+
+if [ "$before" != "$after" ]; then
+    stale="$CACHE_DIR/cache-$(effective "$new" SUITE)-$arch.tar"
     if [ -f "$stale" ]; then
         rm -f "$stale"
-        log "removed $stale (made without EXTRA_PKGS; the next create rebuilds it)"
+        log "removed $stale (made with other packages; the next create rebuilds it)"
     fi
 fi

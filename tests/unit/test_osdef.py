@@ -491,37 +491,50 @@ def run_setup(conf: Path, cache: Path) -> str:
     return proc.stderr
 
 
+def dpkg_arch() -> str:
+    return subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
+                          text=True).stdout.strip() or "amd64"
+
+
 def test_setup_adds_what_haven_needs_once_and_drops_a_cache_without_the_kernel(
         tmp_path: Path) -> None:
-    conf, cache = tmp_path / "ganeti-instance-debootstrap", tmp_path / "cache"
+    conf, cache, arch = tmp_path / "ganeti-instance-debootstrap", tmp_path / "cache", \
+        dpkg_arch()
     conf.write_text('# SUITE="wheezy"\nGENERATE_CACHE="yes"\n')
     cache.mkdir()
-    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True,
-                          text=True).stdout.strip() or "amd64"
     for suite in ("bookworm", "trixie", "other"):
         (cache / f"cache-{suite}-{arch}.tar").write_text("made without EXTRA_PKGS")
     run_setup(conf, cache)
     text = conf.read_text()
-    assert 'PARTITION_STYLE="none"' in text and f'EXTRA_PKGS="linux-image-cloud-{arch}"' \
-        in text
+    assert text.startswith('# SUITE="wheezy"\nGENERATE_CACHE="yes"\n\n# BEGIN Haven')
+    assert 'PARTITION_STYLE="none"' in text
+    assert f'EXTRA_PKGS="linux-image-cloud-{arch},dbus"' in text
     suites = [line.split('"')[1] for line in text.splitlines() if line.startswith("SUITE=")]
     assert len(suites) == 1
     assert sorted(p.name for p in cache.iterdir()) == sorted(
         f"cache-{s}-{arch}.tar" for s in ("bookworm", "trixie", "other") if s != suites[0])
     assert run_setup(conf, cache) == "" and conf.read_text() == text  # idempotent
+    # An older Haven block is Haven's to rewrite; the cache made with it goes.
+    conf.write_text(text.replace(",dbus", ""))
+    (cache / f"cache-{suites[0]}-{arch}.tar").write_text("made without dbus")
+    assert "removed" in run_setup(conf, cache)
+    assert conf.read_text() == text and not (cache / f"cache-{suites[0]}-{arch}.tar").exists()
 
 
 def test_setup_keeps_what_the_administrator_set(tmp_path: Path) -> None:
-    conf, cache = tmp_path / "conf", tmp_path / "cache"
+    conf, cache, arch = tmp_path / "conf", tmp_path / "cache", dpkg_arch()
     conf.write_text('SUITE="trixie"\nEXTRA_PKGS="linux-image-amd64"\n')
     cache.mkdir()
-    (cache / "cache-trixie-amd64.tar").write_text("x")
+    (cache / f"cache-trixie-{arch}.tar").write_text("x")
     run_setup(conf, cache)
     text = conf.read_text()
     assert text.startswith('SUITE="trixie"\nEXTRA_PKGS="linux-image-amd64"\n')
     assert text.count("SUITE=") == 1 and text.count("EXTRA_PKGS=") == 1
     assert 'PARTITION_STYLE="none"' in text
-    assert (cache / "cache-trixie-amd64.tar").exists()  # its kernel setting is the admin's
+    assert (cache / f"cache-trixie-{arch}.tar").exists()  # its package list is the admin's
+    conf.write_text('SUITE="trixie"\nPARTITION_STYLE="msdos"\nEXTRA_PKGS=""\n')
+    run_setup(conf, cache)
+    assert "Haven" not in conf.read_text()  # nothing left to set: no block
 
 
 @pytest.mark.skipif(not Path("/usr/share/ganeti/os/debootstrap").is_dir(),
