@@ -121,6 +121,8 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("POST", base + "/stop", lambda q: m.stop(
         q.params["name"], float(q.obj().get("timeout", 120)),
         bool(q.obj().get("force", False))), write=True)
+    r.add("POST", base + "/power-button", lambda q: m.power_button(
+        q.params["name"], float(q.obj().get("wait", 0))), write=True)
     r.add("POST", base + "/reboot", lambda q: m.reboot(q.params["name"]), write=True)
     r.add("POST", base + "/kill", lambda q: m.kill(q.params["name"]), write=True)
     r.add("GET", base + "/console", lambda q: Stream(console.pump_unix(

@@ -264,6 +264,20 @@ class NodeInstances:
                 self.emit(reason, inst, f"{reason} on {self.d.name}")
         return {"stopped": running}
 
+    def power_button(self, name: str, wait: float) -> dict[str, Any]:
+        """Press the VM's power button once and wait up to ``wait`` s (a shutdown job
+        presses again between calls and logs each press); ``state`` is ``off``, ``on``
+        or why the guest cannot hear it.  The VM is left for :meth:`stop` to end."""
+        hv_name = self._running_hypervisor(name)
+        if hv_name is None:
+            return {"state": "off"}
+        hv = self.hypervisor(hv_name)
+        from haven.hypervisor.qemu import QemuHypervisor
+
+        if not isinstance(hv, QemuHypervisor):
+            return {"state": f"the {hv_name} hypervisor has no power button"}
+        return {"state": hv.press_power_button(name, max(0.0, min(wait, 60.0)))}
+
     def _check_promotable(self, inst: Instance, force: bool) -> None:
         """The data rule: run on a replica only if the store says it is UpToDate at the
         instance's current generation (or the administrator forced it)."""

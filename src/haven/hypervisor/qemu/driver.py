@@ -63,6 +63,10 @@ _STATUS: dict[str, VmStatus] = {
 }
 LIST_QMP_TIMEOUT = 1.0  # per monitor; a VM that does not answer is "unknown"
 QUIT_GRACE = 5.0  # after ``quit``, before SIGKILL
+# A power-button press made before the guest listens for it (its kernel still booting,
+# acpid not started) is lost; like Ganeti's shutdown retry loop, press again until the
+# timeout.  3 s keeps a shutdown soon after a start to a few seconds.
+PRESS_INTERVAL = 3.0
 
 
 class QemuHypervisor(Hypervisor):
@@ -232,32 +236,57 @@ class QemuHypervisor(Hypervisor):
         return found
 
     def stop(self, name: str, timeout: float = 120.0, force: bool = False) -> None:
-        """ACPI power-down, wait up to ``timeout`` for the guest to power off (QEMU
-        status ``shutdown``) or QEMU to exit, then ``quit`` and, 5 s later, SIGKILL.
-        A VM that is not ``running`` (paused, incoming, already shut down) is quit at
-        once.  ``force``: SIGKILL at once.  No-op when the VM does not run."""
+        """ACPI power-down, pressed again every :data:`PRESS_INTERVAL` s, wait up to
+        ``timeout`` for the guest to power off (QEMU status ``shutdown``) or QEMU to exit,
+        then ``quit`` and, 5 s later, SIGKILL.  A VM that is not ``running`` (paused,
+        incoming) is quit at once.  ``force``: SIGKILL at once.  No-op when the VM does
+        not run."""
         pid = self._pid(name)
         if pid is None:
             return
         if force:
             self.kill(name)
             return
-        try:
-            state = qmp_call(self.path(name, STATUS_QMP_SUFFIX), "query-status")["status"]
-            # A paused or incoming guest cannot react to the power button: no waiting.
-            if state != "running":
-                raise HypervisorError(f"it is {state}")
-            qmp_call(self.qmp_path(name), "system_powerdown")
-        except HypervisorError as exc:
-            log.warning("Instance %s: no ACPI power-down (%s); stopping QEMU", name, exc)
+        deadline = time.monotonic() + timeout
+        presses = 0
+        while True:
+            outcome = self.press_power_button(
+                name, max(0.0, min(PRESS_INTERVAL, deadline - time.monotonic())))
+            if outcome != "on" or time.monotonic() >= deadline:
+                break
+            presses += 1
+            log.info("Instance %s: pressed the power button again (%d)", name, presses)
+        if outcome == "off":
+            log.info("Instance %s powered off", name)
+        elif outcome == "on":
+            log.warning("Instance %s did not power off within %g s; stopping QEMU",
+                        name, timeout)
         else:
-            if self._wait_powered_off(name, pid, timeout):
-                log.info("Instance %s powered off", name)
-            else:
-                log.warning("Instance %s did not power off within %g s; stopping QEMU",
-                            name, timeout)
+            log.warning("Instance %s: no ACPI power-down (%s); stopping QEMU", name, outcome)
         self._quit(name, pid)
         self.cleanup(name)
+
+    def press_power_button(self, name: str, wait: float) -> str:
+        """Press the guest's ACPI power button once and wait up to ``wait`` s for it to
+        power off.  ``"off"``: powered off (QEMU ``shutdown``) or QEMU gone; ``"on"``:
+        still running (it may not have heard it: a guest that has not yet started
+        listening loses the press, so callers press again); anything else says why the
+        guest cannot hear it (paused, incoming, no monitor): stop it instead.  Leaves
+        QEMU running either way (:meth:`stop` quits it)."""
+        pid = self._pid(name)
+        if pid is None:
+            return "off"
+        try:
+            status = qmp_call(self.path(name, STATUS_QMP_SUFFIX), "query-status")["status"]
+            if status == "shutdown":
+                return "off"
+            # A paused or incoming guest cannot react to the power button: no waiting.
+            if status != "running":
+                return f"it is {status}"
+            qmp_call(self.qmp_path(name), "system_powerdown")
+        except HypervisorError as exc:
+            return str(exc)
+        return "off" if self._wait_powered_off(name, pid, wait) else "on"
 
     def _wait_powered_off(self, name: str, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -14,7 +14,9 @@ from typing import Any
 from haven.errors import HavenError, InvalidInput, OpPrereqError
 from haven.master import state
 from haven.master.lu import REQUIRED, LogicalUnit, register
+from haven.master.opcodes import instance_sync as sync
 from haven.master.opcodes import instance_util as iu
+from haven.master.opcodes.instance_power import shut_down
 from haven.model import event
 from haven.model.instance import Disk, Instance, Nic
 from haven.model.keys import Keys
@@ -261,7 +263,23 @@ class InstanceCreate(InstanceLU):
             raise
         emit(self, "created", name, f"created on {self.pnode} ({inst.disk_template}, "
              f"{self.memory} MiB)")
+        if self.snode:
+            self._wait_for_sync()
         return {"instance": name, "pnode": self.pnode}
+
+    def _wait_for_sync(self) -> None:
+        name = self.op["instance_name"]
+        if not self.op["wait_for_sync"]:
+            self.feedback(f"* not waiting for the disks of {name} to sync "
+                          f"(--no-wait-for-sync): it cannot migrate until they are")
+        elif not self.op["start"]:
+            # Only the running VM's mirror copies a replica (see instance_sync).
+            self.feedback(f"* not waiting for the disks of {name} to sync: the replica "
+                          f"of a stopped instance is copied once it runs (gnt-instance "
+                          f"startup {name})")
+        else:
+            sync.release_lock(self, f"instance/{name}")
+            sync.wait_for_sync(self, self.inst)
 
     def _rollback(self, done: list[str]) -> None:
         name = self.op["instance_name"]
@@ -302,8 +320,7 @@ class InstanceRemove(InstanceLU):
         name, node = self.inst.name, self.inst.primary_node
         self.set_admin("down")
         try:
-            iu.node_call(self, node, "stop", name, {"timeout": self.op["shutdown_timeout"]},
-                         timeout=self.op["shutdown_timeout"] + 30)
+            shut_down(self, node, name, self.op["shutdown_timeout"])
             iu.node_call(self, node, "remove-disks", name)
             for snode in self.inst.secondary_nodes:
                 iu.node_call(self, snode, "unexport", name)
@@ -363,8 +380,7 @@ class InstanceShutdown(InstanceLU):
             self.feedback(f"Warning: node {node} is down; {self.inst.name} is marked down "
                           f"and will not be restarted there")
             return {"instance": self.inst.name, "stopped": False}
-        res = iu.node_call(self, node, "stop", self.inst.name,
-                           {"timeout": self.op["timeout"]}, timeout=self.op["timeout"] + 30)
+        res = shut_down(self, node, self.inst.name, self.op["timeout"])
         return {"instance": self.inst.name, "stopped": res.get("stopped")}
 
 
@@ -389,8 +405,7 @@ class InstanceReboot(InstanceLU):
     def exec(self) -> Any:
         node, name = self.inst.primary_node, self.inst.name
         if self.op["reboot_type"] == "full":
-            iu.node_call(self, node, "stop", name, {"timeout": self.op["shutdown_timeout"]},
-                         timeout=self.op["shutdown_timeout"] + 30)
+            shut_down(self, node, name, self.op["shutdown_timeout"])
             iu.node_call(self, node, "start", name, {"generation": self.inst.generation})
         else:
             iu.node_call(self, node, "reboot", name)
