@@ -60,6 +60,7 @@ def cmd_add(args: Any) -> int:
         "disks": params.disks(args.disk or []), "beparams": args.backend or {},
         "hvparams": args.hypervisor_params or {}, "pnode": pnode, "snode": snode,
         "start": not args.no_start, "no_install": args.no_install,
+        "wait_for_sync": not args.no_wait_for_sync,
         "nics": [p for _i, p in sorted(args.net or [], key=lambda x: int(x[0]))],
         "hypervisor": args.hypervisor or "kvm", "osparams": args.os_parameters or {},
     }
@@ -321,6 +322,8 @@ def build_parser(prog: str = "gnt-instance") -> ArgParser:
     a.add_argument("--net", action="append", type=params.indexed, metavar="N:mode=...")
     a.add_argument("--no-start", action="store_true")
     a.add_argument("--no-install", action="store_true")
+    a.add_argument("--no-wait-for-sync", action="store_true",
+                   help="drbd: return before the replica is in sync")
     a.add_argument("--hypervisor", help="kvm (default)")
     a.add_argument("--disk-format", choices=["raw", "qcow2"])
     a.add_argument("--no-ip-check", action="store_true")
