@@ -188,7 +188,13 @@ def master_failover(d: NodeDaemon, no_voting: bool) -> dict[str, Any]:
                              f"members are gone for good, use --no-voting --yes-do-it.")
     if joined.role.is_master():
         return {"master": d.name, "changed": False}
-    node = state.node(joined.store, d.name)
+    try:
+        node = state.node(joined.store, d.name)
+    except StoreError as exc:
+        raise NodeSetupError(
+            f"Node {d.name} cannot reach a quorum of the cluster's etcd ({exc.message}); "
+            f"the master's node is probably down. If it is down for good, run "
+            f"'gnt-cluster master-failover --no-voting --yes-do-it' on {d.name}.") from exc
     if not node.master_candidate or node.offline:
         raise OpPrereqError(f"Node {d.name} is not a master candidate; make it one with "
                             f"'gnt-node modify -C yes {d.name}'.")
