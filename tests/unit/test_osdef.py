@@ -543,3 +543,22 @@ def test_the_installed_debootstrap_os_is_found_with_its_default_variant() -> Non
     os_def, variant = find_os("debootstrap+default", environ={})
     assert os_def.path == Path("/usr/share/ganeti/os/debootstrap") and variant == "default"
     assert os_def.api_version == 20 and os_def.boot is None  # boots the disk's kernel
+
+
+@needs_mke2fs
+def test_a_disk_that_looks_like_ext4_but_cannot_be_read_is_one_sentence(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from haven.errors import OpPrereqError
+    from haven.osdef import boot
+
+    disk = tmp_path / "disk0"
+    disk.write_bytes(b"\xff" * 1080 + b"\x53\xef" + b"\xff" * 4000)  # magic, garbage
+    monkeypatch.setattr(boot, "_DEBUGFS_TRIES", 1)
+    with pytest.raises(OpPrereqError) as err:
+        boot.plan_boot("vm1", {}, None, str(disk), tmp_path / "b")
+    assert err.value.message.startswith(f"Cannot read the file system of {disk} to find "
+                                        "its kernel (debugfs: ")
+    assert "-H kernel_path" in err.value.message and "\n" not in err.value.message
+    monkeypatch.setattr(boot, "DEBUGFS", "debugfs-not-installed")
+    with pytest.raises(OpPrereqError, match="debugfs is missing; install e2fsprogs"):
+        boot.plan_boot("vm1", {}, None, str(disk), tmp_path / "b")

@@ -21,11 +21,13 @@ after the next restart, on whichever node the instance starts (the disk travels 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,9 @@ WHOLE_DISK_ROOT = "/dev/vda"
 _EXT_MAGIC_OFFSET = 1024 + 0x38
 _EXT_MAGIC = b"\x53\xef"
 _DEBUGFS_TIMEOUT = 60.0
+_DEBUGFS_TRIES = 3
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,63 +89,87 @@ def root_device(disk0_path: str | None, disk0_raw: bool = True) -> str:
 
 
 def _debugfs(disk: str, request: str) -> str:
-    """One read-only debugfs request against ``disk``; '' if debugfs is missing/fails."""
-    try:
-        proc = subprocess.run([DEBUGFS, "-R", request, disk], capture_output=True,
-                              text=True, timeout=_DEBUGFS_TIMEOUT,
-                              env={"PATH": "/sbin:/usr/sbin:/bin:/usr/bin", "LC_ALL": "C"})
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return proc.stdout if proc.returncode == 0 else ""
+    """One read-only debugfs request against ``disk``: its output.  debugfs exits 0
+    even when it cannot open the file system: that is read from stderr, retried (the
+    guest of a running instance may be writing its superblock: a migration's target
+    reads a disk in use), and then raised as one sentence."""
+    err = ""
+    for attempt in range(_DEBUGFS_TRIES):
+        if attempt:
+            time.sleep(0.2 * attempt)
+        try:
+            proc = subprocess.run([DEBUGFS, "-R", request, disk], capture_output=True,
+                                  text=True, timeout=_DEBUGFS_TIMEOUT,
+                                  env={"PATH": "/sbin:/usr/sbin:/bin:/usr/bin",
+                                       "LC_ALL": "C"})
+        except FileNotFoundError as exc:
+            raise OpPrereqError(f"Cannot look for a kernel in {disk}: debugfs is missing; "
+                                f"install e2fsprogs, or boot with -H kernel_path.") from exc
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            err = str(exc)
+            continue
+        err = " ".join(line for line in proc.stderr.splitlines()
+                       if line and not line.startswith("debugfs "))
+        if "while trying to open" not in err and "not open" not in err:
+            return proc.stdout
+    raise OpPrereqError(f"Cannot read the file system of {disk} to find its kernel "
+                        f"(debugfs: {err or 'no answer'}); check it with e2fsck -n, or boot "
+                        f"with -H kernel_path.")
 
 
-def disk_kernel(disk0_path: str) -> tuple[str, str] | None:
-    """``(vmlinuz, initrd or "")``: names under ``/boot`` of the newest kernel in the file
-    system of disk 0, or None if it has none (or is no ext file system)."""
+def disk_kernel(disk0_path: str) -> tuple[tuple[str, int], tuple[str, int] | None] | None:
+    """The newest kernel in the file system of disk 0 and its initrd, each as (name under
+    ``/boot``, size), or None if it has none (or is no ext file system)."""
     if not is_ext_filesystem(disk0_path):
         return None
-    names = set()
+    sizes: dict[str, int] = {}
     for line in _debugfs(disk0_path, "ls -p /boot").splitlines():
         # "/inode/mode/uid/gid/name/size/"; regular files have mode 100xxx
         fields = line.strip().split("/")
-        if len(fields) >= 7 and fields[2].startswith("100"):
-            names.add(fields[5])
-    kernels = sorted((n for n in names if n.startswith("vmlinuz-")),
+        if len(fields) >= 7 and fields[2].startswith("100") and fields[6].isdigit():
+            sizes[fields[5]] = int(fields[6])
+    kernels = sorted((n for n in sizes if n.startswith("vmlinuz-")),
                      key=lambda n: _natural_key(n[len("vmlinuz-"):]))
     if not kernels:
         return None
     best = kernels[-1]
     initrd = "initrd.img-" + best[len("vmlinuz-"):]
-    return best, initrd if initrd in names else ""
+    return (best, sizes[best]), ((initrd, sizes[initrd]) if initrd in sizes else None)
 
 
-def _dump(disk: str, name: str, dest: Path) -> None:
-    """Copy ``/boot/<name>`` out of the disk's file system to ``dest`` (atomically)."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    os.close(fd)
-    try:
-        os.unlink(tmp)  # debugfs refuses to overwrite
-        _debugfs(disk, f"dump /boot/{name} {tmp}")
-        if not os.path.isfile(tmp) or os.path.getsize(tmp) == 0:
-            raise OpPrereqError(f"Could not copy /boot/{name} out of the disk {disk}; "
-                                f"check the disk's file system with e2fsck -n {disk}.")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _dump(disk: str, name: str, size: int, dest: Path) -> None:
+    """Copy ``/boot/<name>`` (``size`` bytes) out of the disk's file system to ``dest``,
+    atomically; a short copy is retried, then refused."""
+    for _ in range(_DEBUGFS_TRIES):
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        os.close(fd)
+        try:
+            os.unlink(tmp)  # debugfs does not overwrite
+            _debugfs(disk, f"dump /boot/{name} {tmp}")
+            if os.path.isfile(tmp) and os.path.getsize(tmp) == size:
+                os.replace(tmp, dest)
+                return
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise OpPrereqError(f"Could not copy /boot/{name} out of {disk}; check the disk's "
+                        f"file system with e2fsck -n, or boot with -H kernel_path.")
 
 
-def _copy_disk_kernel(disk0_path: str, boot_dir: Path) -> tuple[str, str] | None:
+def _copy_disk_kernel(name: str, disk0_path: str, boot_dir: Path
+                      ) -> tuple[str, str] | None:
     found = disk_kernel(disk0_path)
     if found is None:
         return None
-    vmlinuz, initrd = found
+    (vmlinuz, vsize), initrd = found
     boot_dir.mkdir(parents=True, exist_ok=True)
-    _dump(disk0_path, vmlinuz, boot_dir / "vmlinuz")
+    _dump(disk0_path, vmlinuz, vsize, boot_dir / "vmlinuz")
     if initrd:
-        _dump(disk0_path, initrd, boot_dir / "initrd.img")
+        _dump(disk0_path, initrd[0], initrd[1], boot_dir / "initrd.img")
     else:
         (boot_dir / "initrd.img").unlink(missing_ok=True)
+    log.info("Instance %s boots the kernel in its disk: /boot/%s%s", name, vmlinuz,
+             f" and /boot/{initrd[0]}" if initrd else " (no initrd)")
     return str(boot_dir / "vmlinuz"), str(boot_dir / "initrd.img") if initrd else ""
 
 
@@ -213,7 +242,7 @@ def plan_boot(name: str, hvparams: Mapping[str, object], os_boot: BootHints | No
             args = f"root={root_path} {args}"
         return BootPlan(os_boot.kernel_path, initrd, args, "os")
     if inspect and disk0_path and disk0_raw:
-        copied = _copy_disk_kernel(disk0_path, boot_dir)
+        copied = _copy_disk_kernel(name, disk0_path, boot_dir)
         if copied is not None:
             return BootPlan(copied[0], user_initrd or copied[1],
                             _ganeti_args(root_path or WHOLE_DISK_ROOT,
