@@ -270,3 +270,18 @@ def test_create_with_no_start_says_why_it_does_not_wait(
     assert "copied once it runs (gnt-instance startup vm2)" in log.lines[-1]
     # The job still holds the lock: nothing was handed back early.
     assert ctx.store.get(Keys.lock("instance/vm2")) is not None
+
+
+def test_rapi_create_body_takes_wait_for_sync() -> None:
+    from haven.api.instances_api import create_op
+
+    op = create_op({"__version__": 1, "name": "vm2", "disk_template": "drbd",
+                    "os_type": "busybox", "disks": [{"size": 64}], "wait_for_sync": False})
+    unit = lu_class(op)(None, op, Log())
+    unit.check_arguments()
+    assert unit.op["wait_for_sync"] is False
+    op = create_op({"name": "vm2", "disk_template": "drbd", "os_type": "busybox",
+                    "disks": [{"size": 64}]})
+    unit = lu_class(op)(None, op, Log())
+    unit.check_arguments()
+    assert unit.op["wait_for_sync"] is True  # Ganeti's default: wait

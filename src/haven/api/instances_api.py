@@ -135,7 +135,9 @@ def install(r: Router, d: NodeDaemon) -> None:
 
 
 def create_op(body: dict[str, Any]) -> dict[str, Any]:
-    """RAPI's instance-create body (``__version__`` 1) as an OP_INSTANCE_CREATE."""
+    """RAPI's instance-create body (``__version__`` 1) as an OP_INSTANCE_CREATE; its
+    fields are the opcode's (``wait_for_sync``: false returns before a drbd replica is
+    in sync, as ``--no-wait-for-sync``)."""
     op = {k: v for k, v in body.items() if k not in ("__version__", "mode")}
     op["OP_ID"] = "OP_INSTANCE_CREATE"
     if "name" in op and "instance_name" not in op:
