@@ -88,7 +88,7 @@ class NodeMigration:
         pauses it for the whole copy."""
         from dataclasses import asdict
 
-        from haven.hypervisor.qemu import QemuHypervisor, migration
+        from haven.hypervisor.qemu import QemuHypervisor, migration, replication
 
         m = self.d.instances
         inst, _ = m.instance(name)
@@ -98,6 +98,11 @@ class NodeMigration:
         downtime, bandwidth = migration.migration_params(inst.hvparams)
         callback = None
         if inst.disk_template == "drbd":
+            # A mirror left on a dead connection (the secondary restarted while the
+            # guest wrote nothing) would fail the completion's flush: reconnect first.
+            vm = hv.list().get(name)
+            replication.refresh(qmp, self.d.replication.targets(inst),
+                                vm.pid if vm else None)
             node = state.node(self.d.store(), target)
             rpc = self.d.rpc()
 

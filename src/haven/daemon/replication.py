@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
     from haven.hypervisor.qemu import QemuHypervisor
     from haven.hypervisor.qemu.exports import ExportManager
-    from haven.hypervisor.qemu.mirror_spec import MirrorState
+    from haven.hypervisor.qemu.mirror_spec import MirrorState, NbdTarget
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +154,22 @@ class NodeReplication:
         """Stop the export and wait for its process to exit: its image lock is free."""
         self.exports.stop(name)
 
+    def targets(self, inst: Instance) -> dict[int, NbdTarget]:
+        """Disk index -> the export of its replica on the instance's secondary."""
+        from haven.hypervisor.qemu.mirror_spec import NbdTarget
+
+        snode = state.node(self.d.store(), inst.secondary_nodes[0])
+        psk_dir = self._psk_dir(inst)
+        return {d.index: NbdTarget(snode.secondary_ip, inst.network_port, d.uuid, psk_dir)
+                for d in inst.disks}
+
     def _for_disks(self, inst: Instance, disks: tuple[int, ...], what: str) -> None:
         from haven.hypervisor.qemu import replication
 
         snode = state.node(self.d.store(), inst.secondary_nodes[0])
-        psk_dir = self._psk_dir(inst)
+        targets = self.targets(inst)
         for i in disks:
-            disk = next(d for d in inst.disks if d.index == i)
-            target = replication.NbdTarget(snode.secondary_ip, inst.network_port, disk.uuid,
-                                           psk_dir)
+            target = targets[i]
             if what == "protect":
                 replication.protect(self._qmp(inst.name), i, target)
                 log.info("protecting disk %d of %s to %s", i, inst.name, snode.name)

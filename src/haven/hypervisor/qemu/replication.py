@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import struct
 import time
@@ -99,9 +100,11 @@ __all__ = [
     "hand_over",
     "mirror_args",
     "nbd_node_args",
+    "peer_connected",
     "phase_of",
     "probe",
     "protect",
+    "refresh",
     "resync",
     "sever",
     "stalled",
@@ -447,6 +450,81 @@ def hand_over(qmp: Qmp, disks: Iterable[int], timeout: float = 10.0) -> None:
     if not_in_sync:
         raise HypervisorError(f"The mirror of disk(s) {not_in_sync} was not in sync when it "
                               "ended; export and resync it.")
+
+
+# -- a connection lost without a write ---------------------------------------------------
+
+# /proc/net/tcp socket states (include/net/tcp_states.h)
+_TCP_ESTABLISHED = "01"
+
+
+def peer_connected(pid: int, port: int) -> bool:
+    """True if process ``pid`` (the primary's QEMU) has an established TCP connection
+    to remote ``port`` (the instance's replication port), read from the process's own
+    network namespace in ``/proc``.  A storage daemon that died or restarted leaves the
+    NBD client's socket in ``CLOSE_WAIT`` (or, after a failed request, no socket):
+    QEMU's NBD client only notices on its next request, so with an idle guest the
+    mirror stays ``ready`` on a dead connection.  False when it cannot tell."""
+    try:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        for table in ("tcp", "tcp6"):
+            with contextlib.suppress(FileNotFoundError):
+                for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[9] in inodes and \
+                            int(fields[2].rpartition(":")[2], 16) == port and \
+                            fields[3] == _TCP_ESTABLISHED:
+                        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def refresh(qmp: Qmp, targets: dict[int, NbdTarget], pid: int | None,
+            timeout: float = 60.0) -> list[int]:
+    """Make sure the ready mirrors of ``targets`` (disk -> its replica's export) write
+    through a live connection; the disks whose connection had to be made again.
+
+    Why: a secondary whose storage daemon was restarted (its node killed and started
+    again) while the guest wrote nothing leaves the primary's mirror ``ready`` on a dead
+    NBD connection.  The first request QEMU's NBD client then gets finds it dead: a
+    guest write fails the job (and the agent resyncs), but a migration's completion
+    first flushes every node, that flush fails with EIO and QEMU fails the migration
+    ("Error in migration completion: Input/output error"), again at the next try.  Even
+    a graceful end of such a mirror fails (its final flush does), so a dead connection
+    is replaced the way a lost peer is resynced: the mirror is dropped with the guest
+    paused, a new connection made, and the resync bitmap -- every write since the last
+    :func:`checkpoint`, a superset of what the replica could lack, since the mirror was
+    ``ready`` -- copied before a ``sync: none`` mirror takes over (:func:`resync`'s
+    ``bitmap`` mode; two pauses of a few ms).  Connections found established
+    (:func:`peer_connected`) are left alone: no pause at all in the usual case.
+
+    Raises :class:`HypervisorError` when a mirror is not ``ready`` (or has no resync
+    bitmap) -- nothing is changed then -- or the export does not answer."""
+    stale = {d: t for d, t in sorted(targets.items())
+             if pid is None or not peer_connected(pid, t.port)}
+    if not stale:
+        return []
+    nodes = _nodes(qmp)
+    for d, target in stale.items():
+        job = _job(qmp, JOB.format(d))
+        if job is None or phase_of(job) != "ready" or _bitmap(nodes, d) is None:
+            raise HypervisorError(f"The replica of disk {d} ({qmp}) is not in sync; "
+                                  "resync it first.")
+        probe(target)  # before dropping anything: the export must answer
+    for d, target in stale.items():
+        log.warning("Disk %d of %s: the replica connection is dead although the mirror "
+                    "is ready (its storage daemon restarted while the guest wrote "
+                    "nothing); reconnecting", d, qmp)
+        _end_job(qmp, JOB.format(d))  # forced, guest paused: see _force_cancel
+        # No job and a trusted bitmap: choose_mode says "bitmap".
+        resync(qmp, d, target, trust_bitmap=True, timeout=timeout, resume_timeout=0)
+    return sorted(stale)
 
 
 # -- resync -------------------------------------------------------------------------------
