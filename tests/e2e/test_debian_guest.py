@@ -2,8 +2,10 @@
 through Haven's OS API (``-o debootstrap+default``, configured by ``make setup`` in
 /etc/default/ganeti-instance-debootstrap); the instance boots the kernel and initrd of
 its own image to ``login:`` on the serial console under TCG; root logs in (the package
-leaves root without a password); ``gnt-instance shutdown`` powers it off over ACPI; and
-Ganeti's ``-H kernel_path,initrd_path,root_path,kernel_args`` boot a kernel of the node.
+leaves root without a password); after a live migration to the secondary (``-t drbd``,
+as in the reference deployment) the guest reboots itself into its kernel there;
+``gnt-instance shutdown`` powers it off over ACPI; and Ganeti's ``-H kernel_path,
+initrd_path,root_path,kernel_args`` boot a kernel of the node.
 
 The first create on a machine downloads Debian (1.5-2 min here); later ones unpack the
 package's cache (/var/cache/ganeti-instance-debootstrap) in seconds.  Times are printed
@@ -88,31 +90,45 @@ class Console:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    yield from make_sim(tmp_path_factory.mktemp("debian"), 1)
+    yield from make_sim(tmp_path_factory.mktemp("debian"), 2)
 
 
-def console_log(sim: Sim, name: str) -> Path:
-    return sim.base / "node01" / "run" / f"{name}.console.log"
+def console_log(sim: Sim, node: str, name: str) -> Path:
+    return sim.base / node / "run" / f"{name}.console.log"
 
 
-def wait_login(sim: Sim, name: str, since: float) -> float:
-    """Seconds from ``since`` until the guest printed ``login:`` on ttyS0."""
-    log = console_log(sim, name)
+def wait_login(sim: Sim, node: str, name: str, since: float, after: str = "") -> float:
+    """Seconds from ``since`` until the guest printed ``login:`` on ttyS0 (after the
+    text ``after``, if given) in ``node``'s console log."""
+    log = console_log(sim, node, name)
     deadline = since + BOOT_TIMEOUT
     while time.monotonic() < deadline:
         try:
-            if "login:" in log.read_text(errors="replace"):
-                return time.monotonic() - since
+            text = log.read_text(errors="replace")
         except FileNotFoundError:
-            pass
+            text = ""
+        start = text.find(after) if after else 0
+        if start >= 0 and "login:" in text[start:]:
+            return time.monotonic() - since
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no console log)"
-    raise AssertionError(f"{name} printed no login: within {BOOT_TIMEOUT} s:\n{tail}")
+    raise AssertionError(f"{name} printed no login:{f' after {after!r}' if after else ''} "
+                         f"on {node} within {BOOT_TIMEOUT} s:\n{tail}")
 
 
-def qemu_argv(sim: Sim, name: str) -> list[str]:
-    meta = json.loads((sim.base / "node01" / "run" / f"{name}.json").read_text())
+def qemu_argv(sim: Sim, node: str, name: str) -> list[str]:
+    meta = json.loads((sim.base / node / "run" / f"{name}.json").read_text())
     return [str(a) for a in meta["argv"]]
+
+
+def check_disk_kernel(sim: Sim, node: str, name: str) -> None:
+    """The kernel and initrd are the image's own, copied out of its /boot on ``node``;
+    the root file system is the whole disk (PARTITION_STYLE=none)."""
+    argv = qemu_argv(sim, node, name)
+    boot_dir = sim.base / node / "boot" / name
+    assert arg(argv, "-kernel") == str(boot_dir / "vmlinuz")
+    assert arg(argv, "-initrd") == str(boot_dir / "initrd.img")
+    assert arg(argv, "-append").startswith("root=/dev/vda ro console=ttyS0")
 
 
 def arg(argv: list[str], flag: str) -> str:
@@ -148,40 +164,50 @@ def shut_down(sim: Sim, name: str) -> float:
     return took
 
 
-def test_debootstrap_default_boots_the_images_own_kernel_to_a_root_login(sim: Sim) -> None:
+def test_debootstrap_default_boots_its_own_kernel_migrates_and_reboots(sim: Sim) -> None:
     t0 = time.monotonic()
-    p = sim.run("gnt-instance", "add", "-t", "file", "--disk", "0:size=1g", "-B",
-                "memory=512", "-o", "debootstrap+default", "-n", "node01", NAME,
+    p = sim.run("gnt-instance", "add", "-t", "drbd", "--disk", "0:size=1g", "-B",
+                "memory=512", "-o", "debootstrap+default", "-n", "node01:node02", NAME,
                 timeout=CREATE_TIMEOUT)
     create = time.monotonic() - t0
     assert p.returncode == 0, p.stdout + p.stderr
-    boot = wait_login(sim, NAME, time.monotonic())
-    listing = sim.run("gnt-instance", "list", "--no-headers", "-o", "name,os,status",
+    boot = wait_login(sim, "node01", NAME, time.monotonic())
+    listing = sim.run("gnt-instance", "list", "--no-headers", "-o", "name,os,pnode,status",
                       NAME, check=True).stdout.split()
-    assert listing == [NAME, "debootstrap+default", "running"]
-    # The kernel and initrd are the image's own, copied out of its /boot; the root file
-    # system is the whole disk (PARTITION_STYLE=none).
-    argv = qemu_argv(sim, NAME)
-    boot_dir = sim.base / "node01" / "boot" / NAME
-    assert arg(argv, "-kernel") == str(boot_dir / "vmlinuz")
-    assert arg(argv, "-initrd") == str(boot_dir / "initrd.img")
-    assert arg(argv, "-append").startswith("root=/dev/vda ro console=ttyS0")
+    assert listing == [NAME, "debootstrap+default", "node01", "running"]
+    check_disk_kernel(sim, "node01", NAME)
     login, answer = log_in_and_run(sim, NAME)
     words = answer.split()
     assert len(words) == 3 and words[0].endswith("-cloud-amd64") and words[2] == "root", \
         answer
     assert words[1].startswith("12."), answer  # Debian 12 (SUITE=bookworm)
+    # The migration target copies the kernel out of its own replica: a reboot from
+    # inside the guest (QEMU's reset, no new process) boots it there.
+    sim.run("gnt-instance", "migrate", "-f", NAME, check=True, timeout=300)
+    check_disk_kernel(sim, "node02", NAME)
+    t0 = time.monotonic()
+    con = Console(sim, NAME)
+    try:
+        con.type("")
+        at = con.expect("login:", 60)
+        con.type("root")
+        at = con.expect("#", 60, at)
+        con.type("reboot")
+        reboot = wait_login(sim, "node02", NAME, t0, after="Linux version")
+    finally:
+        con.close()
     # The guest hears the ACPI power button (dbus + systemd-logind are in the image).
     shutdown = shut_down(sim, NAME)
     assert shutdown < 60, f"gnt-instance shutdown took {shutdown:.1f} s"
-    print(f"\ndebian guest: create+start {create:.1f} s, start to login: {boot:.1f} s, "
-          f"root login + command {login:.1f} s, shutdown {shutdown:.1f} s")
+    print(f"\ndebian guest (drbd): create+start+sync {create:.1f} s, start to login: "
+          f"{boot:.1f} s, root login + command {login:.1f} s, reboot on node02 to login: "
+          f"{reboot:.1f} s, shutdown {shutdown:.1f} s")
 
 
 def test_hvparams_boot_a_kernel_of_the_node(sim: Sim, tmp_path: Path) -> None:
     """Ganeti's way: a kernel and initrd on the node (here: copies of the image's own),
     ``root_path`` and ``kernel_args``, set with gnt-instance modify -H."""
-    boot_dir = sim.base / "node01" / "boot" / NAME
+    boot_dir = sim.base / "node02" / "boot" / NAME
     if not (boot_dir / "vmlinuz").exists():
         pytest.skip("the first test did not boot the Debian guest")
     kernel, initrd = tmp_path / "vmlinuz-guest", tmp_path / "initrd-guest"
@@ -192,8 +218,8 @@ def test_hvparams_boot_a_kernel_of_the_node(sim: Sim, tmp_path: Path) -> None:
             "kernel_args=ro quiet", NAME, check=True)
     t0 = time.monotonic()
     sim.run("gnt-instance", "startup", NAME, check=True, timeout=120)
-    boot = wait_login(sim, NAME, t0)
-    argv = qemu_argv(sim, NAME)
+    boot = wait_login(sim, "node02", NAME, t0)
+    argv = qemu_argv(sim, "node02", NAME)
     assert (arg(argv, "-kernel"), arg(argv, "-initrd")) == (str(kernel), str(initrd))
     assert arg(argv, "-append").startswith("root=/dev/vda ro quiet console=ttyS0")
     login, answer = log_in_and_run(sim, NAME)
@@ -205,9 +231,9 @@ def test_hvparams_boot_a_kernel_of_the_node(sim: Sim, tmp_path: Path) -> None:
 
 def test_a_missing_kernel_is_refused_before_the_install(sim: Sim) -> None:
     t0 = time.monotonic()
-    p = sim.run("gnt-instance", "add", "-t", "file", "--disk", "0:size=1g", "-o",
+    p = sim.run("gnt-instance", "add", "-t", "drbd", "--disk", "0:size=1g", "-o",
                 "debootstrap+default", "-H", "kernel_path=/nonexistent/vmlinuz", "-n",
-                "node01", "deb2", timeout=120)
+                "node01:node02", "deb2", timeout=120)
     took = time.monotonic() - t0
     assert p.returncode != 0
     assert ("the kernel /nonexistent/vmlinuz (-H kernel_path) does not exist on node "
