@@ -60,11 +60,13 @@ class NodeMigration:
         for nic in spec.nics:
             if nic.mode == "bridged":
                 netdev.plug(nic.tap, nic.link, self.d.name)
-        hv.start(spec)
+        vm = hv.start(spec)
         port = free_port(me.secondary_ip)
         bitmaps = [d.index for d in inst.disks] if inst.disk_template == "drbd" else []
         try:
             uri = migration.accept(str(hv.qmp_path(name)), me.secondary_ip, port, bitmaps)
+            if bitmaps:
+                self.d.replication.note_migration(inst, vm.pid)
         except Exception:
             hv.kill(name)
             hv.cleanup(name)

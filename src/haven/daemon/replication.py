@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from haven.agent.replan import Mirror, RepAction
 from haven.daemon.mirror_watch import MirrorWatch
@@ -38,6 +38,43 @@ log = logging.getLogger(__name__)
 # every guest write would wait for TCP to give up, ~15 min.  Its connection is cut and
 # the VM runs degraded, as DRBD does after ``timeout`` x ``ko-count``.
 STALL_SECONDS = 6.0
+# How long the new primary waits, right after a migration, for the old one to export
+# its disks (its agent does so once it sees the switch).
+EXPORT_WAIT = 3.0
+
+
+def process_start(pid: int) -> str:
+    """The start time of process ``pid`` (``/proc/<pid>/stat`` field 22, in clock ticks
+    since boot): with the pid it names one process, never a later one reusing the pid.
+    "" if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def migration_bitmaps_cover(record: dict[str, Any], inst: Instance, node: str, pid: int,
+                            start: str) -> bool:
+    """Whether the resync bitmaps of the VM ``pid`` (started at ``start``) on ``node``
+    hold every block in which the disks of ``inst`` differ from its secondary's replicas,
+    so that protecting them may copy just those blocks (pure).
+
+    ``record`` was written when this node accepted the migration of ``inst`` (see
+    :meth:`NodeReplication.note_migration`).  The bitmaps were added to the incoming
+    VM's disks before it activated them, so they hold every write it made.  At its
+    activation the disks equalled the source's: the source's mirrors had ended in sync
+    (``hand_over``) with its guest stopped, and the source never ran again.  So the
+    difference is exactly those writes, *provided* that: this is still that VM process
+    (a restarted QEMU has no bitmap: bitmaps on raw images are not persistent), the
+    secondary is that migration's source (its image untouched since: it only quit, then
+    got exported), and the generation is the one the migration's switch made (one more:
+    any other change of primary, secondary or disks bumps it again)."""
+    return (record.get("pid") == pid and bool(start) and record.get("start") == start
+            and record.get("instance") == inst.name and inst.primary_node == node
+            and tuple(inst.secondary_nodes[:1]) == (record.get("source"),)
+            and inst.generation == int(record.get("generation", -2)) + 1)
 
 
 class NodeReplication:
@@ -163,14 +200,61 @@ class NodeReplication:
         return {d.index: NbdTarget(snode.secondary_ip, inst.network_port, d.uuid, psk_dir)
                 for d in inst.disks}
 
+    # -- the bitmaps of an incoming migration --------------------------------------
+    def _migration_path(self, name: str) -> Path:
+        return self.d.instances.run_dir / f"{name}.migrated.json"
+
+    def note_migration(self, inst: Instance, pid: int) -> None:
+        """This node accepts the migration of ``inst`` into VM process ``pid``, whose
+        disks got their resync bitmaps before activation: remember it, so that the
+        mirror to the old primary can start from those bitmaps (see
+        :func:`migration_bitmaps_cover`).  A local file: a node daemon restarted
+        meanwhile still finds it; a new VM process does not match it."""
+        from haven.daemon.localstate import write_private
+
+        write_private(self._migration_path(inst.name), json.dumps({
+            "instance": inst.name, "pid": pid, "start": process_start(pid),
+            "source": inst.primary_node, "generation": inst.generation}))
+
+    def _migrated_bitmaps(self, inst: Instance) -> bool:
+        try:
+            record = json.loads(self._migration_path(inst.name).read_text())
+        except (OSError, ValueError):
+            return False
+        vm = self._hv().list().get(inst.name)
+        return isinstance(record, dict) and vm is not None and migration_bitmaps_cover(
+            record, inst, self.d.name, vm.pid, process_start(vm.pid))
+
     def _for_disks(self, inst: Instance, disks: tuple[int, ...], what: str) -> None:
         from haven.hypervisor.qemu import replication
 
         snode = state.node(self.d.store(), inst.secondary_nodes[0])
         targets = self.targets(inst)
+        # After a migration here the old primary holds what this VM had at activation:
+        # copy only what it wrote since, not the whole disks.
+        migrated = what == "protect" and self._migrated_bitmaps(inst)
         for i in disks:
             target = targets[i]
-            if what == "protect":
+            if migrated and replication.has_bitmap(self._qmp(inst.name), i):
+                # The old primary exports as soon as its agent sees the switch: wait for
+                # it briefly rather than a whole agent period.
+                deadline = time.monotonic() + EXPORT_WAIT
+                while True:
+                    try:
+                        replication.probe(target, timeout=1.0)
+                        break
+                    except HavenError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+                res = replication.resync(self._qmp(inst.name), i, target,
+                                         trust_bitmap=True, resume_timeout=0)
+                log.info("protecting disk %d of %s to %s from its migration bitmap: %s",
+                         i, inst.name, snode.name, res)
+                self.d.instances.emit("resynced", inst, f"disk/{i} synced to {snode.name} "
+                                      f"after the migration ({res.mode}, "
+                                      f"{res.bytes_copied} bytes)")
+            elif what == "protect":
                 replication.protect(self._qmp(inst.name), i, target)
                 log.info("protecting disk %d of %s to %s", i, inst.name, snode.name)
             else:
@@ -182,6 +266,10 @@ class NodeReplication:
                 log.info("resynced disk %d of %s to %s: %s", i, inst.name, snode.name, res)
                 self.d.instances.emit("resynced", inst, f"disk/{i} resynced to {snode.name} "
                                       f"({res.mode}, {res.bytes_copied} bytes)")
+        if migrated:  # used: from now on the mirrors' own state says what to copy
+            self._migration_path(inst.name).unlink(missing_ok=True)
+        if what == "resync" or migrated:  # in sync now: report it without waiting
+            self._woken(inst.name, list(disks))
 
     def report(self, inst: Instance, a: RepAction) -> None:
         store = self.d.store()
@@ -219,6 +307,7 @@ class NodeReplication:
         """Remove the replication files instance ``name`` left here (removed or renamed):
         its TLS pre-shared key, secret material, and the log of an export that ended."""
         shutil.rmtree(self._psk_path(name), ignore_errors=True)
+        self._migration_path(name).unlink(missing_ok=True)
         if not self.exports.alive(name):
             self.exports.path(name, ".log").unlink(missing_ok=True)
 

@@ -98,6 +98,7 @@ __all__ = [
     "disk_of_job",
     "freeze",
     "hand_over",
+    "has_bitmap",
     "mirror_args",
     "nbd_node_args",
     "peer_connected",
@@ -140,6 +141,11 @@ def _bitmap(nodes: dict[str, dict[str, Any]], disk: int) -> dict[str, Any] | Non
     persistent one that QEMU found marked in-use at start (it crashed) is not."""
     return next((b for b in nodes.get(f"disk{disk}", {}).get("dirty-bitmaps", [])
                  if b.get("name") == BITMAP.format(disk) and not b.get("inconsistent")), None)
+
+
+def has_bitmap(qmp: Qmp, disk: int) -> bool:
+    """True if ``disk`` has a usable resync bitmap."""
+    return _bitmap(_nodes(qmp), disk) is not None
 
 
 def _new_bitmap(s: QmpSession, nodes: dict[str, dict[str, Any]], disk: int) -> None:
