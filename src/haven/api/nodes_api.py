@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from haven.api.http import HttpError, Request, Router
@@ -92,7 +93,8 @@ def node_info(d: NodeDaemon) -> dict[str, Any]:
     js = d.local.joined()
     return {"name": d.name, "address": d.settings.address, "port": d.settings.api_port,
             "cluster": js.cluster_name if js else None, "etcd_member": d.member.running(),
-            "active": d.joined is not None}
+            "active": d.joined is not None, "data_dir": str(d.settings.data_dir),
+            "pid": os.getpid()}
 
 
 def _local_only(d: NodeDaemon, q: Request, fn: Any) -> Any:

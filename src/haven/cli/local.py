@@ -47,6 +47,15 @@ def start_daemon(name: str, address: str, directory: Path, port: int,
             if info.get("name") != name:
                 raise NodeSetupError(f"Another node daemon ({info.get('name')}) already "
                                      f"listens on {address}:{port}.")
+            theirs = info.get("data_dir")
+            if theirs is not None and Path(str(theirs)).resolve() != directory.resolve():
+                # The same node name from another local cluster (a leftover of an
+                # earlier run): talking to it would mix two clusters.
+                raise NodeSetupError(
+                    f"Node daemon {name} of another cluster (data in "
+                    f"{info['data_dir']}, pid {info.get('pid')}) already listens on "
+                    f"{address}:{port}; stop it first ('haven --base-dir "
+                    f"{Path(str(info['data_dir'])).parent} down').")
             return client
         except NodeSetupError:
             raise
