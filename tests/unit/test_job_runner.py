@@ -583,3 +583,33 @@ def test_an_interrupted_migration_without_a_job_gets_one_cleanup_job(master: Mas
     jobs = [j for j in jobqueue.list_jobs(master.store) if j.ops[0]["OP_ID"] ==
             "OP_INSTANCE_MIGRATE"]
     assert [(j.ops[0]["instance_name"], j.ops[0]["cleanup"]) for j in jobs] == [("vm1", True)]
+
+
+def test_a_job_started_by_the_watcher_and_the_scan_at_once_runs_once(
+        master: Master, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The watcher's event and the first scan both start a queued job.  A thread that
+    # one of them registered is not alive until started: it must still count as taken
+    # (a NODE_ADD ran twice this way: "node02 is already in the cluster").
+    import time
+
+    real_thread = threading.Thread
+    started: list[str] = []
+
+    class SlowStart(real_thread):
+        def start(self) -> None:
+            started.append(self.name)
+            time.sleep(0.05)
+            super().start()
+
+    job_id = master.submit(step("a"))
+    r = master.runner(start=False)
+    callers = [real_thread(target=r._start_job, args=(job_id,)) for _ in range(2)]
+    monkeypatch.setattr(threading, "Thread", SlowStart)
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join()
+    job = master.wait_final(job_id)
+    assert job.status == JobStatus.SUCCESS
+    assert master.rec.events.count("+a") == 1, master.rec.events
+    assert started.count(f"job-{job_id}") == 1, started

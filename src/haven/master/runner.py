@@ -236,7 +236,10 @@ class JobRunner:
         if self._stopping.is_set():
             return
         with self._lock:
-            if job_id in self._running and self._running[job_id].is_alive():
+            # _handling, not is_alive(): a thread registered by a concurrent caller (the
+            # watcher and the scan both start queued jobs) is not alive until started,
+            # and the job ran twice (NODE_ADD: "node02 is already in the cluster").
+            if job_id in self._handling:
                 return
             self._running = {k: t for k, t in self._running.items() if t.is_alive()}
             if len(self._running) >= self.max_parallel:
