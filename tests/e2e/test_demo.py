@@ -1,6 +1,6 @@
-"""``haven demo`` runs the reference scenarios end to end and exits 0 only if every one
-succeeded (create, start, console, migrate, planned maintenance, node back, rebalance,
-unplanned loss of the master)."""
+"""``haven demo`` runs the two-node reference scenarios end to end and exits 0 only if
+every one succeeded (create, start, console, migrate, failover, master hand-over, node
+shut down and back, unplanned loss of the master recovered with --no-voting)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def test_haven_demo_succeeds_and_reports_every_scenario(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
         report = proc.stdout.split("=== Haven demo report ===")[1]
         for step in ("haven up", "gnt-instance add vm3", "gnt-instance migrate vm2",
-                     "planned maintenance of node01", "node01 back",
-                     "rebalance", "SIGKILL of master"):
+                     "gnt-instance failover vm1", "master-failover (run on node02)",
+                     "node01 back", "--no-voting", "gnt-node failover", "node02 back"):
             assert step in report, report
     finally:
         subprocess.run([str(BIN / "haven"), "--base-dir", str(base), "down", "--destroy"],

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from haven.daemon import netdev
 from haven.errors import HavenError, OpPrereqError
+from haven.hypervisor.base import HypervisorError
 from haven.master import state
 
 if TYPE_CHECKING:
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PORTS = range(12000, 13000)
+EXPORT_WAIT = 10.0  # seconds a migration waits for the secondary's export to answer
 
 
 def free_port(address: str) -> int:
@@ -103,8 +106,17 @@ class NodeMigration:
             # A mirror left on a dead connection (the secondary restarted while the
             # guest wrote nothing) would fail the completion's flush: reconnect first.
             vm = hv.list().get(name)
-            replication.refresh(qmp, self.d.replication.targets(inst),
-                                vm.pid if vm else None)
+            targets = self.d.replication.targets(inst)
+            deadline = time.monotonic() + EXPORT_WAIT
+            while True:
+                try:
+                    replication.refresh(qmp, targets, vm.pid if vm else None)
+                    break
+                except HypervisorError:
+                    # An export just (re)started may not listen yet.
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
             node = state.node(self.d.store(), target)
             rpc = self.d.rpc()
 

@@ -158,7 +158,12 @@ class ClusterVerify(LogicalUnit):
                     warnings.append(f"etcd: member {m.name} database is {size >> 20} MiB")
                 checked.append(f"etcd member {m.name}: healthy")
             except HavenError as exc:
-                errors.append(f"etcd: member {m.name} does not answer: {exc.message}")
+                if m.is_learner:
+                    # A member that has just (re)joined takes seconds to publish itself.
+                    warnings.append(f"etcd: learner {m.name} does not answer yet (it may "
+                                    f"still be joining): {exc.message}")
+                else:
+                    errors.append(f"etcd: member {m.name} does not answer: {exc.message}")
         try:
             alarms = admin.alarm_list()
         except HavenError:

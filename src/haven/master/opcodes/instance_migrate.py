@@ -117,6 +117,12 @@ class InstanceMigrate(InstanceLU):
                               f"gnt-instance failover --ignore-consistency {self.inst.name} "
                               f"if losing its latest writes is acceptable.")
         inst, source, target = self.inst, self.inst.primary_node, self.target
+        if inst.disk_template == "drbd":
+            # A secondary that has just come back exports its replica at its agent's
+            # next cycle, but agents leave a locked instance alone: this job holds the
+            # lock, so it starts the export itself (a no-op when it runs), and the
+            # source reconnects its mirror to it before migrating.
+            iu.node_call(self, target, "export", inst.name)
         self._save_record(step="accept", source=source, target=target,
                           generation=inst.generation)
         self.feedback(f"* starting the destination on {target}")
