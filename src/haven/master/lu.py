@@ -84,6 +84,10 @@ class LogicalUnit:
     def lock_names(self) -> list[str]:
         return []
 
+    def before_lock(self) -> None:
+        """Wait, without any lock, for what the agents must do first (they leave a
+        locked instance alone); read-only and bounded.  Most opcodes need nothing."""
+
     def check_prereq(self) -> None:
         """Read-only checks against the current state."""
 

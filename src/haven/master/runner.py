@@ -301,6 +301,7 @@ class JobRunner:
         try:
             lu = lu_class(op)(self.ctx, op, feedback)
             lu.check_arguments()
+            lu.before_lock()
             names = sorted(set(lu.lock_names()))
             if names and not locks.try_acquire(self.store, job_id, names, self._guard()):
                 t.commit(lambda j: _waiting(j, idx))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from haven.errors import HavenError, OpExecError, OpPrereqError
@@ -26,6 +27,7 @@ from haven.model.node import NodeFacts
 from haven.model.replica import INCONSISTENT, UP_TO_DATE, DiskReplica, Replicas
 
 NAME = (str, REQUIRED)
+SYNC_WAIT = 60.0  # seconds a migration waits for its target replica to be in sync
 
 
 def migration_key(name: str) -> str:
@@ -47,6 +49,41 @@ class InstanceMigrate(InstanceLU):
         if self.op["mode"] not in ("", "live", "non-live"):
             raise OpPrereqError(f"Migration mode {self.op['mode']!r} is not valid; use live "
                                 f"or non-live.")
+
+    def before_lock(self) -> None:
+        """A secondary that has just come back is resynced by the primary's agent,
+        which leaves a locked instance alone: wait for it here, before taking the
+        lock, as Ganeti's migration waits for DRBD to sync (bounded; the prerequisite
+        check then refuses with the state it finds)."""
+        if self.op["cleanup"]:
+            return
+        name = self.op["instance_name"]
+        # Real time, not the context's clock: this sleeps.
+        deadline = last_line = time.monotonic()
+        deadline += SYNC_WAIT
+        while True:
+            kv = self.c.store.get(Keys.instance(name))
+            if kv is None:
+                return
+            inst = Instance.from_json(json.loads(kv.value))
+            if inst.disk_template != "drbd" or not inst.secondary_nodes:
+                return
+            target = self.op["target_node"] or inst.secondary_nodes[0]
+            if target not in state.alive(self.c.store):
+                return
+            reps, _ = read_replicas(self, name)
+            if reps is not None and reps.node_up_to_date(target, len(inst.disks),
+                                                         inst.generation):
+                return
+            now = time.monotonic()
+            if now > deadline:
+                return
+            if now >= last_line:
+                what = ", ".join(reps.degraded(len(inst.disks))) if reps else "no state"
+                self.feedback(f"- INFO: waiting for the replica on {target} to be in "
+                              f"sync ({what})")
+                last_line = now + 5.0
+            time.sleep(0.5)
 
     def check_prereq(self) -> None:
         self.load()
