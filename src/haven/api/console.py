@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from typing import Any
 
@@ -48,8 +49,13 @@ def _join(client: socket.socket, client_rfile: Any, other: socket.socket) -> Non
         except (OSError, ValueError):
             pass
         finally:
-            with contextlib.suppress(OSError):
-                other.shutdown(socket.SHUT_WR)
+            # TLS has no half-close, and SSLSocket.shutdown() drops the TLS layer at
+            # once: the reading thread's next recv() then returned raw TLS records (a
+            # peer's close_notify reached a console as garbage).  Only a plain socket
+            # (the VM's own console socket) is half-closed.
+            if not isinstance(other, ssl.SSLSocket):
+                with contextlib.suppress(OSError):
+                    other.shutdown(socket.SHUT_WR)
             done.set()
 
     t = threading.Thread(target=to_other, daemon=True, name="console-in")
