@@ -59,6 +59,8 @@ bench: setup
 	uv run --group bench python bench/migration_integrity.py
 	uv run --group bench python bench/migration.py
 	uv run --group bench python bench/outdated.py
+	uv run --group bench python bench/debian_guest.py
+	uv run --group bench python bench/two_node.py
 
 clean:
 	-$(VENV)/bin/haven down --destroy 2>/dev/null
