@@ -25,7 +25,7 @@ rules want while a change is under way.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from haven.errors import HavenError
 from haven.model.node import Node
@@ -131,15 +131,20 @@ def reconcile(admin: EtcdStore, master: str, nodes: list[Node], *,
               promote_timeout: float = 5.0) -> str:
     """Carry out the next change, if any; returns what it did, in one line."""
     try:
-        view = view_of(master, nodes, admin.member_list(), lambda m: _answers(admin, m))
+        members = admin.member_list()
+        change = plan(view_of(master, nodes, members))
+        if change is not None and change.kind == "demote":
+            # Only a demotion needs the members' health (a status call each): asked
+            # then, not every second in the steady state.
+            view = view_of(master, nodes, members, lambda m: _answers(admin, m))
+            change = plan(view)
+            if change is None:
+                down = [m.node for m in view.members if m.voter and not m.healthy]
+                return (f"waiting for the etcd member(s) of {', '.join(down)} to answer "
+                        f"before changing votes")
     except HavenError as exc:
         return f"cannot list etcd members: {exc.message}"
-    change = plan(view)
     if change is None:
-        down = [m.node for m in view.members if m.voter and not m.healthy]
-        if down and plan(replace(view, members=tuple(
-                replace(m, healthy=True) for m in view.members))) is not None:
-            return f"waiting for the etcd member(s) of {', '.join(down)} to change votes"
         return "voters as they should be"
     try:
         if change.kind == "promote":
