@@ -35,8 +35,14 @@ def test_two_node_cluster_recovers_with_no_voting_and_the_dead_node_rejoins(
     assert b"force" not in (cluster2.base / "node02" / "etcd.json").read_bytes()
     # node01 comes back as a fresh member of the recovered etcd.
     cluster2.run("haven", "start", "node01", check=True)
-    out = cluster2.wait_verify_ok(timeout=90)
-    assert "Verified etcd member node01: healthy" in out
+    # A fresh learner takes seconds to publish itself: verify warns meanwhile.
+    deadline = time.monotonic() + 90
+    while True:
+        out = cluster2.wait_verify_ok(timeout=90)
+        if "Verified etcd member node01: healthy" in out:
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(1)
     assert cluster2.master() == "node02"
 
 
