@@ -193,7 +193,6 @@ class EtcdMember:
                 f"etcd member {conf.name} did not restart after recovery; "
                 f"see {self.log_path}.")
 
-
     def _restore_from_snapshot(self, conf: MemberConfig) -> None:
         db = self.data / "member" / "snap" / "db"
         if not db.exists():
