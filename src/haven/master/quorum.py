@@ -127,9 +127,18 @@ def view_of(master: str, nodes: list[Node], members: list[Member],
     return QuorumView(master, candidates, tuple(views))
 
 
+@dataclass(frozen=True)
+class Step:
+    """What one :func:`reconcile` did."""
+
+    summary: str  # one line, for the log or a job's feedback
+    changed: bool = False  # a vote moved: the next change may follow at once
+    settled: bool = False  # the voters are as the rules want: nothing to do
+
+
 def reconcile(admin: EtcdStore, master: str, nodes: list[Node], *,
-              promote_timeout: float = 5.0) -> str:
-    """Carry out the next change, if any; returns what it did, in one line."""
+              promote_timeout: float = 5.0) -> Step:
+    """Carry out the next change, if any."""
     try:
         members = admin.member_list()
         change = plan(view_of(master, nodes, members))
@@ -140,12 +149,12 @@ def reconcile(admin: EtcdStore, master: str, nodes: list[Node], *,
             change = plan(view)
             if change is None:
                 down = [m.node for m in view.members if m.voter and not m.healthy]
-                return (f"waiting for the etcd member(s) of {', '.join(down)} to answer "
-                        f"before changing votes")
+                return Step(f"waiting for the etcd member(s) of {', '.join(down)} to "
+                            f"answer before changing votes")
     except HavenError as exc:
-        return f"cannot list etcd members: {exc.message}"
+        return Step(f"cannot list etcd members: {exc.message}")
     if change is None:
-        return "voters as they should be"
+        return Step("voters as they should be", settled=True)
     try:
         if change.kind == "promote":
             members_mod.promote_member(admin, change.member_id, timeout=promote_timeout)
@@ -154,8 +163,8 @@ def reconcile(admin: EtcdStore, master: str, nodes: list[Node], *,
             members_mod.remove_member(admin, change.member_id, timeout=15.0,
                                       prefer_not=own)
     except HavenError as exc:
-        return f"{change.describe()} failed: {exc.message}"
-    return change.describe()
+        return Step(f"{change.describe()} failed: {exc.message}")
+    return Step(change.describe(), changed=True)
 
 
 def _answers(admin: EtcdStore, m: Member) -> bool:

@@ -210,12 +210,12 @@ class JobRunner:
         self._last_quorum_check = now
         from haven.master import quorum, state
 
-        summary = quorum.reconcile(self.ctx.etcd_admin, self.ctx.master_node,
-                                   state.nodes(self.store))
-        if summary != self._quorum_summary:
-            log.info("quorum: %s", summary)
-            self._quorum_summary = summary
-        if summary.startswith(("promoting", "removing")):
+        step = quorum.reconcile(self.ctx.etcd_admin, self.ctx.master_node,
+                                state.nodes(self.store))
+        if step.summary != self._quorum_summary:
+            log.info("quorum: %s", step.summary)
+            self._quorum_summary = step.summary
+        if step.changed:
             self._last_quorum_check = -1e9
             self._wake.set()  # the next step (a demotion after a promotion) at once
 

@@ -119,14 +119,13 @@ class NodeAdd(LogicalUnit):
         assert self.c.etcd_admin is not None
         deadline = self.c.clock() + 60.0
         while True:
-            nodes = state.nodes(self.c.store)
-            if quorum.settled(self.c.etcd_admin, self.c.master_node, nodes):
+            step = quorum.reconcile(self.c.etcd_admin, self.c.master_node,
+                                    state.nodes(self.c.store), promote_timeout=20.0)
+            if step.settled:
                 return
-            summary = quorum.reconcile(self.c.etcd_admin, self.c.master_node, nodes,
-                                       promote_timeout=20.0)
-            self.feedback(summary[0].upper() + summary[1:])
+            self.feedback(step.summary[0].upper() + step.summary[1:])
             if self.c.clock() > deadline:
-                raise OpExecError(f"etcd's votes did not settle: {summary}; see "
+                raise OpExecError(f"etcd's votes did not settle: {step.summary}; see "
                                   f"'gnt-cluster verify'.")
 
     def _endpoints(self, cluster: Any) -> list[str]:
