@@ -562,3 +562,19 @@ def test_a_disk_that_looks_like_ext4_but_cannot_be_read_is_one_sentence(
     monkeypatch.setattr(boot, "DEBUGFS", "debugfs-not-installed")
     with pytest.raises(OpPrereqError, match="debugfs is missing; install e2fsprogs"):
         boot.plan_boot("vm1", {}, None, str(disk), tmp_path / "b")
+
+
+@needs_mke2fs
+def test_the_kernel_is_read_from_a_disk_whose_bitmaps_are_stale(tmp_path: Path) -> None:
+    """A running guest's file system has on-disk bitmaps that do not match their checksums
+    (the guest holds the current ones in memory): a migration target reads it anyway."""
+    from haven.osdef.boot import plan_boot
+
+    disk = ext4_disk(tmp_path, {"vmlinuz-6.1.0-10-cloud-amd64": b"the kernel"})
+    subprocess.run(["debugfs", "-w", "-R", "set_bg 0 block_bitmap_csum 0x1234", str(disk)],
+                   check=True, capture_output=True)
+    plain = subprocess.run(["debugfs", "-R", "ls /boot", str(disk)], capture_output=True,
+                           text=True)
+    assert "checksum does not match" in plain.stderr  # the state the guest leaves
+    plan = plan_boot("vm1", {}, None, str(disk), tmp_path / "boot")
+    assert Path(plan.kernel_path).read_bytes() == b"the kernel"
