@@ -30,7 +30,7 @@ def test_keeper_deadline_is_send_time_plus_ttl_minus_margin(fake_clock):
     keeper = LeaseKeeper(store, ttl=5, margin=1.0, clock=fake_clock, run_thread=False)
     renewed: list[float] = []
     lost: list[str] = []
-    keeper.on_renewed(renewed.append)
+    keeper.on_renewed(lambda d, _l: renewed.append(d))
     keeper.on_lost(lost.append)
     start = fake_clock()
     assert keeper.valid() and keeper.deadline == start + 4
@@ -94,7 +94,7 @@ def test_keeper_refuses_a_renewal_answered_after_the_deadline(fake_clock):
 def test_keeper_thread_keeps_the_lease_alive_then_revokes_it(backend):
     keeper = LeaseKeeper(backend.store, ttl=2, margin=0.5)
     renewals: list[float] = []
-    keeper.on_renewed(renewals.append)
+    keeper.on_renewed(lambda d, _l: renewals.append(d))
     backend.store.put("alive/n1", b"", lease=keeper.lease_id)
     # On etcd, six renewals at ttl/5 take ~2.4 s: longer than the TTL, so the key
     # survives only because of them.  (The memory store's clock is fake: two will do.)
@@ -309,3 +309,25 @@ def test_update_json_gives_up_after_too_many_conflicts_and_obeys_the_guard(backe
     s.create("master", b"")
     with pytest.raises(FencedOut):
         update_json(s, "hot", lambda cur: {"n": 1}, guard=Guard("master", token))
+
+
+def test_a_new_keeper_takes_over_a_live_lease_and_not_an_expired_one(fake_clock):
+    """A restarted node daemon keeps its VMs only by taking over the same lease."""
+    store = MemoryStore(clock=fake_clock)
+    first = LeaseKeeper(store, ttl=5, margin=1.0, clock=fake_clock, run_thread=False)
+    store.put("alive/n1", b"", lease=first.lease_id)
+    first.stop(revoke=False)
+    fake_clock.advance(3)
+    fed: list[tuple[float, int]] = []
+    second = LeaseKeeper(store, ttl=5, margin=1.0, clock=fake_clock, run_thread=False,
+                         adopt=first.lease_id, on_renewed=lambda d, l: fed.append((d, l)))
+    assert second.lease_id == first.lease_id and second.valid()
+    assert fed == [(fake_clock() + 4, first.lease_id)]  # fed at once, from the renewal
+    fake_clock.advance(2)
+    assert store.get("alive/n1") is not None  # etcd's countdown restarted at the takeover
+    second.stop(revoke=False)
+    fake_clock.advance(6)
+    third = LeaseKeeper(store, ttl=5, margin=1.0, clock=fake_clock, run_thread=False,
+                        adopt=first.lease_id)
+    assert third.lease_id != first.lease_id and third.valid()
+    assert store.get("alive/n1") is None

@@ -35,7 +35,8 @@ class LeaseKeeper:
 
     def __init__(self, store: Store, ttl: int, margin: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, *,
-                 interval: float | None = None, run_thread: bool = True) -> None:
+                 interval: float | None = None, run_thread: bool = True, adopt: int = 0,
+                 on_renewed: Callable[[float, int], None] | None = None) -> None:
         if ttl <= margin:
             raise ValueError(f"lease TTL {ttl} s must exceed the safety margin {margin} s")
         self._store = store
@@ -46,7 +47,8 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._on_lost: list[Callable[[str], None]] = []
-        self._on_renewed: list[Callable[[float], None]] = []
+        self._on_renewed: list[Callable[[float, int], None]] = \
+            [on_renewed] if on_renewed else []
         self._lease_id = 0
         self._granted_ttl = 0
         self._deadline = 0.0
@@ -54,7 +56,8 @@ class LeaseKeeper:
         self._lost_reported = True
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._grant()
+        if not (adopt and self._adopt(adopt)):
+            self._grant()
         if run_thread:
             self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
             self._thread.start()
@@ -85,7 +88,7 @@ class LeaseKeeper:
     def on_lost(self, callback: Callable[[str], None]) -> None:
         self._on_lost.append(callback)
 
-    def on_renewed(self, callback: Callable[[float], None]) -> None:
+    def on_renewed(self, callback: Callable[[float, int], None]) -> None:
         self._on_renewed.append(callback)
 
     # -- actions -------------------------------------------------------------------
@@ -156,6 +159,28 @@ class LeaseKeeper:
                 log.warning("Could not revoke lease %x (it will expire): %s", lease_id, exc)
 
     # -- internals -----------------------------------------------------------------
+    def _adopt(self, lease_id: int) -> bool:
+        """Take over ``lease_id`` (a previous daemon's, still alive in etcd): a daemon
+        restart keeps the node's VMs only this way, within the lease's TTL."""
+        sent = self._clock()
+        try:
+            ttl = self._store.lease_keepalive(lease_id)
+        except StoreError as exc:
+            log.info("Could not take over lease %x (%s): granting a new one", lease_id, exc)
+            return False
+        if ttl <= 0:
+            log.info("Lease %x of the previous daemon has expired: granting a new one",
+                     lease_id)
+            return False
+        with self._lock:
+            self._lease_id, self._granted_ttl = lease_id, ttl
+            self._deadline = sent + ttl - self._margin
+            self._lost, self._lost_reported = None, False
+            deadline = self._deadline
+        log.info("Took over lease %x of the previous daemon (TTL %d s)", lease_id, ttl)
+        self._notify_renewed(lease_id, deadline)
+        return True
+
     def _grant(self) -> None:
         sent = self._clock()
         lease_id, ttl = self._store.lease_grant(self._ttl)
@@ -170,7 +195,7 @@ class LeaseKeeper:
     def _notify_renewed(self, lease_id: int, deadline: float) -> None:
         for cb in list(self._on_renewed):
             try:
-                cb(deadline)
+                cb(deadline, lease_id)
             except Exception:
                 log.exception("An on_renewed callback of lease %x failed", lease_id)
 
