@@ -320,7 +320,7 @@ def test_a_new_keeper_takes_over_a_live_lease_and_not_an_expired_one(fake_clock)
     fake_clock.advance(3)
     fed: list[tuple[float, int]] = []
     second = LeaseKeeper(store, ttl=5, margin=1.0, clock=fake_clock, run_thread=False,
-                         adopt=first.lease_id, on_renewed=lambda d, l: fed.append((d, l)))
+                         adopt=first.lease_id, on_renewed=lambda d, lid: fed.append((d, lid)))
     assert second.lease_id == first.lease_id and second.valid()
     assert fed == [(fake_clock() + 4, first.lease_id)]  # fed at once, from the renewal
     fake_clock.advance(2)

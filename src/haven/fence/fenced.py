@@ -38,6 +38,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("haven.fenced")
@@ -94,7 +95,7 @@ def kill_all(run_dir: Path) -> list[str]:
 class Fencer:
     """The state machine; :meth:`step` is one turn of the loop (tests drive it)."""
 
-    def __init__(self, run_dir: Path, clock: Any = time.monotonic,
+    def __init__(self, run_dir: Path, clock: Callable[[], float] = time.monotonic,
                  watchdog: str | None = WATCHDOG) -> None:
         self.run_dir = run_dir
         self.clock = clock
