@@ -63,6 +63,8 @@ class Agent:
                 self.execute(a, view)
             line = summary(actions, sum(1 for i in view.instances.values()
                                         if i.primary_node == view.node))
+            if view.start_blocked:
+                line += f"; no VM is started here: {view.start_blocked}"
             if any(i.disk_template == "drbd" for i in view.instances.values()):
                 line += self.replicate(view)
             return line
@@ -110,7 +112,7 @@ class Agent:
         node = self.d.node_record()
         vms = {name: info for name, (_hv, info) in self.d.instances.all_vms().items()}
         return AgentView(self.d.name, bool(node and node.offline), instances, observed,
-                         locked, vms)
+                         locked, vms, self.d.start_blocked())
 
     def execute(self, a: Action, view: AgentView) -> None:
         store = self.d.store()

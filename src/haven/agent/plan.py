@@ -28,6 +28,9 @@ class AgentView:
     observed: dict[str, Observed]
     locked: frozenset[str]
     vms: dict[str, VmInfo]
+    # Why this node may not start VMs now ("" if it may): its lease is not valid, its
+    # fencer is not fed, or the HA manager fenced it and recovers its instances.
+    start_blocked: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,12 @@ def _plan_one(v: AgentView, name: str) -> Action | None:
     if vm is not None:
         return None  # status unknown for now (monitor busy): look again next cycle
     # Should run here and does not.
+    if v.start_blocked:
+        return None
     if mine and obs is not None and obs.state in ("failed", "user_down"):
         return None  # gave up, or shut down from inside: the administrator decides
     restarts = obs.restarts if mine and obs is not None else 0
-    if restarts >= MAX_RESTARTS:
+    if restarts >= (inst.ha_max_restart or MAX_RESTARTS):
         return Action("give_up", name, f"it failed {restarts} automatic restarts",
                       inst.generation, restarts)
     crashed = mine and obs is not None and obs.state == "running"

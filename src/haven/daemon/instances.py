@@ -235,7 +235,8 @@ class NodeInstances:
         for nic in spec.nics:
             if nic.mode == "bridged":
                 netdev.plug(nic.tap, nic.link, self.d.name)
-        info = hv.start(spec)
+        with self.d.vm_start_gate(name):
+            info = hv.start(spec)
         self.publish(inst, "running", info, restarts=restarts)
         self.emit(reason, inst, f"{reason} on {self.d.name} (pid {info.pid})")
         return {"pid": info.pid, "accel": info.accel}

@@ -30,6 +30,7 @@ from haven.errors import (
     OpPrereqError,
 )
 from haven.master import quorum, state
+from haven.model import ha
 from haven.model.cluster import Cluster
 from haven.model.keys import ALIVE, HANDOVER, MASTER, Keys, store_prefix
 from haven.model.node import Node
@@ -272,6 +273,17 @@ def recover_alone(d: NodeDaemon) -> None:
                     with contextlib.suppress(StoreError):
                         store.lease_revoke(kv.lease)
                     store.delete(kv.key)
+            # No lease expiry proved them fenced (a cut-off old master keeps its own
+            # etcd, lease and VMs): nothing of theirs is recovered automatically; the
+            # administrator fails them over by hand, as after Ganeti's --no-voting.
+            now = time.time()
+            for n in state.nodes(store):
+                if n.name != d.name:
+                    rec = ha.NodeHA(n.name, ha.MANUAL, now, now,
+                                    f"declared gone by master-failover --no-voting on "
+                                    f"{d.name}; fail its instances over by hand (gnt-node "
+                                    f"failover --ignore-consistency {n.name})")
+                    store.put(ha.node_key(n.name), state.dumps(rec.to_json()))
             # The old master is gone with its quorum: clear its key now instead of
             # waiting for its lease, restored by the recovery, to run out.
             store.delete(MASTER)

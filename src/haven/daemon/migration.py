@@ -63,7 +63,8 @@ class NodeMigration:
         for nic in spec.nics:
             if nic.mode == "bridged":
                 netdev.plug(nic.tap, nic.link, self.d.name)
-        vm = hv.start(spec)
+        with self.d.vm_start_gate(name):
+            vm = hv.start(spec)
         port = free_port(me.secondary_ip)
         bitmaps = [d.index for d in inst.disks] if inst.disk_template == "drbd" else []
         try:

@@ -14,6 +14,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from haven.agent.loop import Agent
@@ -27,7 +29,8 @@ from haven.daemon.migration import NodeMigration
 from haven.daemon.replication import NodeReplication
 from haven.daemon.role import MasterRole
 from haven.daemon.settings import DaemonSettings
-from haven.errors import HavenError, NodeSetupError
+from haven.errors import HavenError, NodeSetupError, OpPrereqError
+from haven.fence.feeder import Feeder
 from haven.master import state
 from haven.master.lu import MasterContext
 from haven.model.cluster import Cluster
@@ -74,6 +77,10 @@ class NodeDaemon:
         self.instances = NodeInstances(self)
         self.replication = NodeReplication(self)
         self.migration = NodeMigration(self)
+        self.fencer = Feeder(self.instances.run_dir, settings.data_dir / "fenced.log")
+        # Held while a VM is started and while a new lease is granted: a VM is started
+        # only under the lease (and fencer deadline) that was checked for it.
+        self.vm_start_lock = threading.Lock()
 
     # -- process lifecycle -----------------------------------------------------------
     def run(self) -> None:
@@ -137,7 +144,9 @@ class NodeDaemon:
                 self.member.start()
             store = EtcdStore(self._endpoints(js), store_prefix(js.cluster_name))
             cluster = state.cluster(store)
-            lease = LeaseKeeper(store, cluster.lease_ttl, margin=1.0)
+            self._ensure_fencer()
+            lease = LeaseKeeper(store, cluster.lease_ttl, margin=1.0,
+                                adopt=self._saved_lease(), on_renewed=self._lease_renewed)
             hub = EventHub(store)
             joined = Joined(store, lease, hub, cluster)
             self.joined = joined
@@ -174,9 +183,84 @@ class NodeDaemon:
         if joined.role is not None:
             joined.role.stop(resign=revoke)
         joined.hub.stop()
+        vms = sorted(self.instances.all_vms()) if revoke else []
+        if vms:
+            # The cluster must not believe the node gone while its VMs run: the lease
+            # stays, the fencer keeps its deadline.  A daemon started before it takes
+            # the lease over and keeps them; otherwise the fencer stops them first.
+            log.warning("Stopping with %d VM(s) running (%s): lease %x is kept; a daemon "
+                        "started within %.0f s takes it over, else haven-fenced stops "
+                        "them before it expires", len(vms), ", ".join(vms),
+                        joined.lease.lease_id, max(joined.lease.deadline - time.monotonic(),
+                                                   0))
+            revoke = False
         with contextlib.suppress(StoreError):
             joined.lease.stop(revoke=revoke)
+        if revoke:
+            self.fencer.disarm("the node daemon stopped cleanly with no VM running")
         joined.store.close()
+
+    # -- fencing -------------------------------------------------------------------------
+    def _ensure_fencer(self) -> None:
+        if self.fencer.ensure_running():
+            deadline = time.monotonic() + 5
+            while not (self.instances.run_dir / "fenced.sock").exists():
+                if time.monotonic() > deadline:
+                    log.warning("haven-fenced did not open its socket within 5 s")
+                    return
+                time.sleep(0.02)
+            joined = self.joined
+            if joined is not None and joined.lease.valid():
+                self.fencer.feed(joined.lease.deadline, joined.lease.lease_id)
+
+    def _lease_path(self) -> Path:
+        return self.instances.run_dir / "lease.json"
+
+    def _saved_lease(self) -> int:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return int(json.loads(self._lease_path().read_text())["lease"])
+        return 0
+
+    def _lease_renewed(self, deadline: float, lease_id: int) -> None:
+        self.fencer.feed(deadline, lease_id)
+        if lease_id != self._saved_lease():
+            write_private(self._lease_path(), json.dumps({"lease": lease_id}))
+
+    def start_blocked(self, check_store: bool = True) -> str:
+        """Why this node may not start a VM now, or "" if it may: it needs a valid
+        lease that holds its alive key, a fed fencer, and the HA manager not to have
+        fenced it (ARCHITECTURE.md, "Fencing")."""
+        joined = self.joined
+        if joined is None:
+            return f"node {self.name} is not connected to the cluster"
+        if not joined.lease.valid():
+            return f"node {self.name} holds no valid lease"
+        if self.fencer.fed_until() <= time.monotonic():
+            return f"haven-fenced of node {self.name} is not running or not fed"
+        if not check_store:
+            return ""
+        from haven.model import ha
+
+        kv = joined.store.get(Keys.alive(self.name))
+        if kv is None or kv.lease != joined.lease.lease_id:
+            return f"node {self.name}'s alive key is not held by its lease"
+        kv = joined.store.get(ha.node_key(self.name))
+        if kv is not None:
+            rec = ha.NodeHA.from_json(json.loads(kv.value))
+            if rec.state in ha.BLOCKED:
+                return (f"the HA manager has node {self.name} {rec.state} ({rec.reason}); "
+                        f"its instances are being recovered elsewhere")
+        return ""
+
+    @contextlib.contextmanager
+    def vm_start_gate(self, name: str) -> Iterator[None]:
+        """Hold while starting VM ``name``: refuses (one sentence) unless this node may
+        start VMs, and keeps a new lease from being granted meanwhile."""
+        with self.vm_start_lock:
+            why = self.start_blocked()
+            if why:
+                raise OpPrereqError(f"Not starting {name} on {self.name}: {why}.")
+            yield
 
     def _endpoints(self, js: JoinedState) -> list[str]:
         eps = list(js.etcd_endpoints)
@@ -249,15 +333,30 @@ class NodeDaemon:
         if joined is None:
             self._activate_with_retry()
             return "activating"
+        self._ensure_fencer()
         if not joined.lease.valid() or joined.lease.lease_id != self._alive_lease:
-            joined.lease.restart()
-            self._put_alive()
+            with self.vm_start_lock:
+                joined.lease.restart()
+                self._put_alive()
             done.append("renewed lease")
+        fired = self.fencer.take_record()
+        if fired:
+            self._report_fenced(fired)
         if time.monotonic() - self._last_facts > self.settings.facts_period:
             self.publish_facts()
             self._refresh_endpoints()
             self._remember_cluster_id(js)
         return ", ".join(done) or "ok"
+
+    def _report_fenced(self, fired: dict[str, Any]) -> None:
+        from haven.model import event
+
+        killed = ", ".join(fired.get("killed") or []) or "no VM"
+        ev = event.new("self-fenced", f"node/{self.name}", self.name,
+                       f"Node {self.name} fenced itself: its lease {fired.get('lease')} was "
+                       f"not renewed in time; haven-fenced killed {killed}", "warning")
+        with contextlib.suppress(StoreError):
+            self.store().put(ev.key(), ev.encode())
 
     def _put_alive(self) -> None:
         joined = self.joined

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from haven.master.ha_loop import HaManager
 from haven.master.lu import MasterContext
 from haven.master.runner import JobRunner
 from haven.model.keys import HANDOVER, MASTER
@@ -109,6 +110,7 @@ class MasterRole:
                                  value=json.dumps({"node": me}).encode())
         self.token: int | None = None
         self.runner: JobRunner | None = None
+        self.ha: HaManager | None = None
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -181,6 +183,8 @@ class MasterRole:
 
     def on_lease_lost(self) -> None:
         """Called by the lease keeper: stop acting at once, without a store round trip."""
+        if self.ha is not None:
+            self.ha.stop()
         runner = self.runner
         if runner is not None:
             runner.stop()
@@ -191,6 +195,8 @@ class MasterRole:
         ctx = self.make_context(self.guard)
         self.runner = JobRunner(ctx)
         self.runner.start()
+        self.ha = HaManager(ctx)
+        self.ha.start()
         # A handover addressed to us is complete.
         handover = self.store.get(HANDOVER)
         if handover is not None and _field(handover.value, "target") == self.me:
@@ -198,6 +204,9 @@ class MasterRole:
         self.became_master.set()
 
     def _step_down(self, resign: bool) -> None:
+        ha, self.ha = self.ha, None
+        if ha is not None:
+            ha.stop()
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.stop()

@@ -37,8 +37,8 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("haven.fenced")

@@ -24,6 +24,19 @@ def try_acquire(store: Store, job_id: int, names: list[str], guard: Guard) -> bo
     return res.succeeded
 
 
+def take_over(store: Store, job_id: int, names: list[str], guard: Guard) -> dict[str, int]:
+    """Take every lock in ``names`` whoever holds it (an HA recovery bypassing a user
+    job stuck on a dead node); returns the previous holders."""
+    before = {n: int(kv.value) for n in names if (kv := store.get(Keys.lock(n)))}
+    res = store.txn([Compare(guard.key, "create", "=", guard.create_revision)],
+                    [Put(Keys.lock(n), str(job_id).encode()) for n in names])
+    if not res.succeeded:
+        from haven.store.errors import FencedOut
+
+        raise FencedOut("This node is no longer master.")
+    return {n: j for n, j in before.items() if j != job_id}
+
+
 def release(store: Store, job_id: int, names: list[str], guard: Guard | None) -> None:
     for n in names:
         kv = store.get(Keys.lock(n))

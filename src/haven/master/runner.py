@@ -303,7 +303,12 @@ class JobRunner:
             lu.check_arguments()
             lu.before_lock()
             names = sorted(set(lu.lock_names()))
-            if names and not locks.try_acquire(self.store, job_id, names, self._guard()):
+            if names and getattr(lu, "steals_locks", False):
+                taken = locks.take_over(self.store, job_id, names, self._guard())
+                if taken:
+                    feedback(f"took the lock(s) of {', '.join(sorted(taken))} from job(s) "
+                             f"{', '.join(str(j) for j in sorted(set(taken.values())))}")
+            elif names and not locks.try_acquire(self.store, job_id, names, self._guard()):
                 t.commit(lambda j: _waiting(j, idx))
                 while not locks.try_acquire(self.store, job_id, names, self._guard()):
                     t.refresh()

@@ -83,6 +83,14 @@ class Instance:
     # drbd: the pre-shared key only the two nodes' QEMUs know (NBD over TLS-PSK), so
     # nobody else who reaches the port can read or write the replica.
     replication_secret: str = ""
+    # High availability (see haven.model.ha): "" = the template's default, "on", "off";
+    # recoveries run in priority order (higher first); ha_max_restart bounds the
+    # agent's restarts in place (0: Ganeti's 5), ha_max_relocate the recovery attempts
+    # to another node per failure (0: the default, 2).
+    ha: str = ""
+    ha_priority: int = 0
+    ha_max_restart: int = 0
+    ha_max_relocate: int = 0
     ctime: float = 0.0
     mtime: float = 0.0
     serial_no: int = 1

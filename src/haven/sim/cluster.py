@@ -261,12 +261,20 @@ def stop_node(n: SimNode, stop_etcd: bool = True) -> None:
 
 def shutdown_node(n: SimNode) -> list[str]:
     """A clean shutdown of one node, as its machine's own shutdown would do it: the
-    daemon stops (handing back its lease), the VMs shut down cleanly, then etcd.
-    Returns the VMs that were stopped."""
+    daemon stops (handing back its lease if no VM runs), the VMs shut down cleanly,
+    then etcd and the fencer.  Returns the VMs that were stopped."""
     stop_node(n, stop_etcd=False)
     stopped = stop_vms(n)
     stop_node(n, stop_etcd=True)
+    stop_fencer(n)
     return stopped
+
+
+def stop_fencer(n: SimNode) -> None:
+    """Stop the node's haven-fenced (after its VMs: stopped while armed, it kills them)."""
+    pid = procs.running_pid(n.dir / "run" / "fenced.pid", "haven.fence.fenced")
+    if pid is not None:
+        procs.terminate(pid, timeout=5)
 
 
 def down(base: Path = DEFAULT_BASE) -> SimLayout | None:
@@ -284,6 +292,7 @@ def down(base: Path = DEFAULT_BASE) -> SimLayout | None:
         stop_vms(n)
     for n in layout.nodes:
         stop_node(n, stop_etcd=True)
+        stop_fencer(n)
     return layout
 
 

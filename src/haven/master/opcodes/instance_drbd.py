@@ -34,11 +34,22 @@ class InstanceFailover(InstanceLU):
     OP_ID = "OP_INSTANCE_FAILOVER"
     PARAMS = {"instance_name": NAME, "ignore_consistency": (bool, False),
               "shutdown_timeout": (float, 120.0), "target_node": (str, ""),
-              "iallocator": (str, ""), "cleanup": (bool, False)}
+              "iallocator": (str, ""), "cleanup": (bool, False),
+              # Set by the HA manager: the node it recovers from was fenced (its VMs
+              # killed); the job takes the instance's lock even from a stuck user job.
+              "ha_recovery": (bool, False), "from_node": (str, "")}
+
+    @property
+    def steals_locks(self) -> bool:
+        return bool(self.op["ha_recovery"])
 
     def check_prereq(self) -> None:
         self.load()
         inst = self.inst
+        if self.op["from_node"] and inst.primary_node != self.op["from_node"]:
+            raise OpPrereqError(f"Instance {inst.name} is no longer on "
+                                f"{self.op['from_node']} (its primary node is "
+                                f"{inst.primary_node}); nothing to recover.")
         if inst.disk_template == "drbd":
             self.target = inst.secondary_nodes[0]
             if self.op["target_node"] and self.op["target_node"] != self.target:
@@ -71,7 +82,10 @@ class InstanceFailover(InstanceLU):
 
     def exec(self) -> Any:
         inst, old, new = self.inst, self.inst.primary_node, self.target
-        if old in self.alive:
+        if self.op["ha_recovery"]:
+            self.feedback(f"* {old} was fenced (its lease expired, its fencer killed its "
+                          f"VMs): recovering {inst.name} on {new}")
+        elif old in self.alive:
             self.feedback(f"* shutting down {inst.name} on {old}")
             iu.node_call(self, old, "stop", inst.name,
                          {"timeout": self.op["shutdown_timeout"]},

@@ -1,0 +1,274 @@
+"""The HA manager's decisions: a pure function from one observation to actions.
+
+Level-triggered, as the agent: every cycle recomputes from the store, so a new master
+finishes what the old one started.  The rules (ARCHITECTURE.md, "Fencing"):
+
+- A node whose lease key is gone is ``unreachable``; after ``grace`` more seconds it is
+  ``fenced``: its fencer killed its VMs before etcd could expire the lease (its local
+  deadline is TTL - margin after its last renewal), and the grace covers the kill
+  itself.  A node that renews before that is ``online`` again; its agent restarts
+  whatever the fencer killed.
+- The instances of a fenced node are recovered by jobs, highest ``ha_priority`` first:
+  a ``drbd`` instance to its secondary only if that replica is ``UpToDate`` at the
+  instance's generation; a shared-storage one to the live node with the most free
+  memory.  Anything else stays down with the reason recorded and told once.
+- A recovery that fails is retried up to ``max_relocate`` attempts, then refused.
+- When the node holds a lease again it stays ``back`` (its agent starts nothing) until
+  no recovery from it runs, then ``online``.  Nothing moves back by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from haven.model import ha as H
+from haven.model.ha import InstanceHA, NodeHA
+from haven.model.instance import Instance
+from haven.model.node import Node
+from haven.model.replica import Replicas
+
+ActionKind = Literal["node", "recover", "refuse", "outcome", "cancel"]
+
+
+@dataclass(frozen=True)
+class HAView:
+    now: float
+    master: str
+    nodes: dict[str, Node]
+    alive: frozenset[str]
+    node_ha: dict[str, NodeHA]
+    instances: dict[str, Instance]
+    replicas: dict[str, Replicas]
+    inst_ha: dict[str, InstanceHA]
+    # Status of the jobs the HA records name ("success", "error", "running"...).
+    jobs: dict[int, str]
+    job_errors: dict[int, str]
+    locks: dict[str, int]  # instance name -> job id holding its lock
+    free_memory: dict[str, int]  # MiB, per node (facts)
+    running: frozenset[str]  # instances observed running on their primary node
+    grace: float = 1.0
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    target: str  # node name for "node", instance name otherwise
+    reason: str
+    state: str = ""
+    node: str = ""  # "recover": where to; "node": -
+    job: int = 0
+    record: InstanceHA | None = None
+    node_record: NodeHA | None = None
+    priority: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def plan(v: HAView) -> list[Action]:
+    out: list[Action] = []
+    states = {n: _node_state(v, n) for n in v.nodes}
+    for name, node in sorted(v.nodes.items()):
+        act = _plan_node(v, node, states)
+        if act is not None:
+            out.append(act)
+            states[name] = act.node_record or states[name]
+    out.extend(_plan_instances(v, states))
+    return out
+
+
+def _node_state(v: HAView, name: str) -> NodeHA:
+    return v.node_ha.get(name) or NodeHA(name, H.ONLINE)
+
+
+def _pending_from(v: HAView, node: str) -> list[str]:
+    """Instances of ``node`` whose recovery job has not finished."""
+    return sorted(r.name for r in v.inst_ha.values()
+                  if r.node == node and r.state == "recovering"
+                  and not _final(v.jobs.get(r.job, "")))
+
+
+def _final(status: str) -> bool:
+    return status in ("success", "error", "canceled", "gone")
+
+
+def _plan_node(v: HAView, node: Node, states: dict[str, NodeHA]) -> Action | None:
+    cur = states[node.name]
+    alive = node.name in v.alive or node.name == v.master
+
+    def to(state: str, reason: str, lost_at: float | None = None) -> Action:
+        rec = NodeHA(node.name, state, v.now, cur.lost_at if lost_at is None else lost_at,
+                     reason)
+        return Action("node", node.name, reason, state=state, node_record=rec)
+
+    if alive:
+        if cur.state == H.UNREACHABLE:
+            return to(H.ONLINE, "its lease was renewed before it was fenced", 0.0)
+        if cur.state in (H.FENCED, H.RECOVERING):
+            pending = _pending_from(v, node.name)
+            if pending:
+                return to(H.BACK, f"it is back; starts held until the recovery of "
+                          f"{', '.join(pending)} ends")
+            return to(H.ONLINE, "it is back", 0.0)
+        if cur.state == H.BACK and not _pending_from(v, node.name):
+            return to(H.ONLINE, "its recoveries ended", 0.0)
+        if cur.state == H.MANUAL:
+            return to(H.ONLINE, "it is back", 0.0)
+        return None
+    if node.offline:
+        return None  # declared offline by the administrator: nothing is automatic
+    if cur.state in (H.ONLINE, H.BACK):
+        return to(H.UNREACHABLE, "its lease expired", v.now)
+    if cur.state == H.UNREACHABLE and v.now - cur.since >= v.grace:
+        return to(H.FENCED, f"its lease expired {v.now - cur.lost_at:.1f} s ago; its "
+                  f"fencer has stopped its VMs")
+    return None
+
+
+def _plan_instances(v: HAView, states: dict[str, NodeHA]) -> list[Action]:
+    out: list[Action] = []
+    records = dict(v.inst_ha)
+    # Outcomes first: a finished recovery job is recorded whatever happened since.
+    for name, done in sorted(records.items()):
+        status = v.jobs.get(done.job, "") if done.state == "recovering" else ""
+        if not _final(status):
+            continue
+        if status == "success":
+            new = _rec(done, "recovered", v.now, "")
+            reason = f"recovered on {done.target} {v.now - done.lost_at:.1f} s after the loss"
+        else:
+            reason = v.job_errors.get(done.job) or f"its job {done.job} ended {status}"
+            new = _rec(done, "failed", v.now, reason)
+        records[name] = new
+        out.append(Action("outcome", name, reason, state=new.state, record=new))
+    planned_memory: dict[str, int] = {}
+    candidates = sorted((i for i in v.instances.values()
+                         if i.primary_node in states
+                         and states[i.primary_node].state in (H.FENCED, H.RECOVERING)),
+                        key=lambda i: (-i.ha_priority, i.name))
+    recovering_nodes: set[str] = set()
+    for inst in candidates:
+        node = inst.primary_node
+        lost_at = states[node].lost_at
+        rec = records.get(inst.name)
+        if rec is not None and not (rec.node == node and rec.lost_at == lost_at):
+            rec = None  # an earlier incident's
+        if rec is not None and rec.state == "recovering":
+            recovering_nodes.add(node)
+            continue
+        if rec is not None and rec.state == "recovered":
+            continue
+        if inst.admin_state != "up":
+            continue  # nothing to recover: it was not meant to run
+        attempts = rec.attempts if rec else 0
+        refusal = _refusal(v, inst, states, attempts)
+        target = "" if refusal else _target(v, inst, states, planned_memory)
+        if not refusal and not target:
+            refusal = _no_capacity(v, inst, states)
+        if refusal:
+            if rec is None or rec.state != "refused" or rec.reason != refusal:
+                new = InstanceHA(inst.name, "refused", node, attempts=attempts,
+                                 lost_at=lost_at, finished=v.now, reason=refusal)
+                out.append(Action("refuse", inst.name, refusal, record=new))
+            continue
+        planned_memory[target] = planned_memory.get(target, 0) + inst.memory
+        holder = v.locks.get(inst.name, 0)
+        new = InstanceHA(inst.name, "recovering", node, target, 0, attempts + 1, lost_at,
+                         v.now)
+        out.append(Action("recover", inst.name, f"its node {node} was fenced",
+                          node=target, job=holder, record=new, priority=inst.ha_priority))
+        recovering_nodes.add(node)
+    for node in sorted(recovering_nodes):
+        if states[node].state == H.FENCED:
+            rec_n = NodeHA(node, H.RECOVERING, v.now, states[node].lost_at,
+                           "restarting its instances elsewhere")
+            out.insert(0, Action("node", node, rec_n.reason, state=H.RECOVERING,
+                                 node_record=rec_n))
+    return out
+
+
+def _rec(rec: InstanceHA, state: str, now: float, reason: str) -> InstanceHA:
+    return InstanceHA(rec.name, state, rec.node, rec.target, rec.job, rec.attempts,
+                      rec.lost_at, rec.started, now, reason)
+
+
+def _refusal(v: HAView, inst: Instance, states: dict[str, NodeHA], attempts: int) -> str:
+    if not H.ha_enabled(inst):
+        if inst.disk_template not in H.RECOVERABLE_TEMPLATES and inst.ha != "off":
+            return (f"its {inst.disk_template} disks live on {inst.primary_node} only; it "
+                    f"starts again when that node returns")
+        return "HA is off for it (gnt-instance modify --ha on to change that)"
+    if inst.disk_template not in H.RECOVERABLE_TEMPLATES:
+        return (f"its {inst.disk_template} disks live on {inst.primary_node} only; it "
+                f"starts again when that node returns")
+    if attempts >= H.max_relocate(inst):
+        return (f"{attempts} recovery attempt(s) failed (max_relocate "
+                f"{H.max_relocate(inst)}); start it by hand once the cause is fixed")
+    if inst.disk_template == "drbd":
+        snode = inst.secondary_nodes[0] if inst.secondary_nodes else ""
+        if not snode:
+            return "it has no secondary node"
+        reps = v.replicas.get(inst.name)
+        if reps is None or not reps.node_up_to_date(snode, len(inst.disks),
+                                                     inst.generation):
+            what = ", ".join(reps.degraded(len(inst.disks))) if reps else "unknown"
+            return (f"its replica on {snode} is not UpToDate ({what}); starting it there "
+                    f"could lose acknowledged writes, so it waits for {inst.primary_node}")
+        if not _usable(v, snode, states):
+            return f"its secondary {snode} is {_why_unusable(v, snode, states)}"
+    return ""
+
+
+def _usable(v: HAView, node: str, states: dict[str, NodeHA]) -> bool:
+    n = v.nodes.get(node)
+    return (n is not None and (node in v.alive or node == v.master) and not n.offline
+            and n.vm_capable and states.get(node, NodeHA(node)).state == H.ONLINE)
+
+
+def _why_unusable(v: HAView, node: str, states: dict[str, NodeHA]) -> str:
+    n = v.nodes.get(node)
+    if n is None:
+        return "not in the cluster"
+    if n.offline:
+        return "offline"
+    if not n.vm_capable:
+        return "not vm_capable"
+    if node not in v.alive and node != v.master:
+        return "down too"
+    return states.get(node, NodeHA(node)).state
+
+
+def _target(v: HAView, inst: Instance, states: dict[str, NodeHA],
+            planned: dict[str, int]) -> str:
+    def room(node: str) -> int:
+        return v.free_memory.get(node, 0) - planned.get(node, 0)
+
+    if inst.disk_template == "drbd":
+        snode = inst.secondary_nodes[0]
+        return snode if room(snode) >= inst.memory else ""
+    nodes = [n for n in sorted(v.nodes) if n != inst.primary_node and _usable(v, n, states)
+             and not v.nodes[n].drained and room(n) >= inst.memory]
+    if not nodes:
+        return ""
+    return max(nodes, key=lambda n: (room(n), n == v.master, n))
+
+
+def _no_capacity(v: HAView, inst: Instance, states: dict[str, NodeHA]) -> str:
+    if inst.disk_template == "drbd":
+        snode = inst.secondary_nodes[0]
+        return (f"not enough memory on its secondary {snode} "
+                f"({v.free_memory.get(snode, 0)} MiB free, {inst.memory} MiB needed)")
+    return f"no live node has {inst.memory} MiB of memory free for it"
+
+
+def summary(actions: list[Action]) -> str:
+    if not actions:
+        return "nothing to do"
+    parts = []
+    for a in actions:
+        if a.kind == "node":
+            parts.append(f"{a.target} {a.state} ({a.reason})")
+        elif a.kind == "recover":
+            parts.append(f"recover {a.target} on {a.node}")
+        else:
+            parts.append(f"{a.kind} {a.target}: {a.reason}")
+    return "; ".join(parts)

@@ -1,0 +1,193 @@
+"""The HA manager's loop on the master: observe -> :func:`haven.master.ha.plan` ->
+execute, one summary line per change.
+
+Woken at once when an ``alive/`` key goes or comes, and every ``PERIOD`` anyway (the
+grace period is timed by the cycles).  Every write is guarded by the master's token: a
+deposed master's HA manager changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from haven.errors import HavenError
+from haven.master import jobqueue, state
+from haven.master.ha import Action, HAView, plan, summary
+from haven.master.lu import MasterContext
+from haven.model import event
+from haven.model import ha as H
+from haven.model.ha import InstanceHA, NodeHA
+from haven.model.instance import Instance, Observed
+from haven.model.keys import ALIVE, INSTANCES, LOCKS, OBSERVED, REPLICAS
+from haven.model.replica import Replicas
+from haven.store.base import Guard
+from haven.store.errors import FencedOut, StoreError
+
+log = logging.getLogger(__name__)
+
+PERIOD = 0.5  # seconds between cycles when nothing wakes the loop
+GRACE = 1.0  # seconds after a lease's expiry before its node counts as fenced
+# Recoveries outrank user jobs: Ganeti's highest priority.
+RECOVERY_PRIORITY = -20
+
+
+def observe(ctx: MasterContext, grace: float = GRACE) -> HAView:
+    """One snapshot of everything the plan needs (the store only)."""
+    store = ctx.store
+    nodes = {n.name: n for n in state.nodes(store)}
+    alive = frozenset(state.alive(store))
+    kvs, _ = store.list(H.HA_NODES)
+    node_ha = {r.node: r for r in (NodeHA.from_json(json.loads(kv.value)) for kv in kvs)}
+    kvs, _ = store.list(INSTANCES)
+    instances = {i.name: i for i in (Instance.from_json(json.loads(kv.value)) for kv in kvs)}
+    kvs, _ = store.list(REPLICAS)
+    replicas = {r.instance: r for r in (Replicas.from_json(json.loads(kv.value))
+                                        for kv in kvs)}
+    kvs, _ = store.list(H.HA_INSTANCES)
+    inst_ha = {r.name: r for r in (InstanceHA.from_json(json.loads(kv.value)) for kv in kvs)}
+    jobs: dict[int, str] = {}
+    errors: dict[int, str] = {}
+    for rec in inst_ha.values():
+        if rec.job and rec.state == "recovering":
+            try:
+                job, _rev = jobqueue.read(store, rec.job)
+            except HavenError:
+                jobs[rec.job] = "gone"
+                continue
+            jobs[rec.job] = str(job.status)
+            if str(job.status) == "error":
+                errors[rec.job] = _job_error(job.opresult)
+    kvs, _ = store.list(LOCKS + "instance/")
+    locks = {kv.key[len(LOCKS + "instance/"):]: int(kv.value) for kv in kvs}
+    free = {name: f.memory_free for name, f in state.facts(store).items()}
+    kvs, _ = store.list(OBSERVED)
+    running = frozenset(o.name for o in (Observed.from_json(json.loads(kv.value))
+                                         for kv in kvs)
+                        if o.state == "running" and o.name in instances
+                        and instances[o.name].primary_node == o.node)
+    return HAView(ctx.clock(), ctx.master_node, nodes, alive, node_ha, instances, replicas,
+                  inst_ha, jobs, errors, locks, free, running, grace)
+
+
+def _job_error(opresult: tuple[Any, ...]) -> str:
+    for res in opresult:
+        if isinstance(res, list) and len(res) == 2 and isinstance(res[1], list) and res[1]:
+            return str(res[1][0])
+    return "its job failed"
+
+
+class HaManager:
+    def __init__(self, ctx: MasterContext, grace: float = GRACE) -> None:
+        self.ctx = ctx
+        self.grace = grace
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watcher: Any = None
+        self.last_summary = ""
+
+    def start(self) -> None:
+        from haven.store.watcher import Watcher
+
+        self._watcher = Watcher(self.ctx.store, ALIVE, lambda _ev: self.wake.set(),
+                                lambda _kvs, _rev: self.wake.set())
+        self._watcher.start()
+        self._thread = threading.Thread(target=self._loop, name="ha-manager", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wake.set()
+        if self._watcher is not None:
+            self._watcher.stop()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                line = self.cycle()
+            except FencedOut:
+                return
+            except (HavenError, StoreError) as exc:
+                line = f"cannot run a cycle: {exc}"
+            except Exception:  # the loop must survive a bug in one cycle
+                log.exception("HA cycle failed")
+                line = "cycle failed"
+            if line not in (self.last_summary, "nothing to do"):
+                log.info("ha: %s", line)
+            self.last_summary = line
+            self.wake.wait(PERIOD)
+            self.wake.clear()
+
+    def cycle(self) -> str:
+        if self.ctx.guard() is None:
+            return "not master"
+        view = observe(self.ctx, self.grace)
+        actions = plan(view)
+        for a in actions:
+            self.execute(a, view)
+        return summary(actions)
+
+    # -- actions -----------------------------------------------------------------------
+    def _guard(self) -> Guard:
+        guard = self.ctx.guard()
+        if guard is None:
+            raise FencedOut("This node is no longer master.")
+        return guard
+
+    def execute(self, a: Action, view: HAView) -> None:
+        store = self.ctx.store
+        if a.kind == "node":
+            assert a.node_record is not None
+            store.put(H.node_key(a.target), state.dumps(a.node_record.to_json()),
+                      guard=self._guard())
+            level = "warning" if a.state in (H.UNREACHABLE, H.FENCED) else "info"
+            self._event(f"node-{a.state}", f"node/{a.target}",
+                        f"Node {a.target}: {a.state} ({a.reason})", level)
+        elif a.kind == "recover":
+            assert a.record is not None
+            inst = view.instances[a.target]
+            if a.job:
+                self._bypass(a.job, a.target, inst.primary_node)
+            op: dict[str, Any] = {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": a.target,
+                                  "ha_recovery": True, "from_node": inst.primary_node,
+                                  "priority": RECOVERY_PRIORITY}
+            if inst.disk_template != "drbd":
+                op["target_node"] = a.node
+            job_id = jobqueue.submit(store, [op], self.ctx.clock())
+            started = InstanceHA(**{**a.record.to_json(), "job": job_id})
+            store.put(H.instance_key(a.target), state.dumps(started.to_json()),
+                      guard=self._guard())
+            self._event("recovering", f"instance/{a.target}",
+                        f"Instance {a.target}: restarting on {a.node} ({a.reason}; "
+                        f"attempt {started.attempts}, job {job_id})", "warning")
+        elif a.kind in ("refuse", "outcome"):
+            assert a.record is not None
+            store.put(H.instance_key(a.target), state.dumps(a.record.to_json()),
+                      guard=self._guard())
+            if a.kind == "refuse":
+                self._event("recovery-refused", f"instance/{a.target}",
+                            f"Instance {a.target} stays down: {a.reason}", "error")
+            elif a.state == "recovered":
+                self._event("recovered", f"instance/{a.target}",
+                            f"Instance {a.target}: {a.reason}")
+            else:
+                self._event("recovery-failed", f"instance/{a.target}",
+                            f"Instance {a.target}: recovery failed: {a.reason}", "error")
+
+    def _bypass(self, job_id: int, name: str, node: str) -> None:
+        """A user job holds the lock of an instance to recover (stuck on the dead node,
+        most likely): ask it to stop; the recovery job takes the lock over."""
+        try:
+            jobqueue.cancel(self.ctx.store, job_id, self.ctx.clock())
+        except HavenError as exc:
+            log.info("ha: job %d holding %s: %s", job_id, name, exc.message)
+        self._event("job-bypassed", f"instance/{name}",
+                    f"Job {job_id} held instance {name} when its node {node} was fenced: "
+                    f"canceled, the recovery takes its lock", "warning")
+
+    def _event(self, kind: str, obj: str, message: str, level: str = "info") -> None:
+        ev = event.new(kind, obj, self.ctx.master_node, message, level)
+        self.ctx.store.put(ev.key(), ev.encode())
