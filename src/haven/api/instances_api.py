@@ -9,11 +9,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from haven.api import console
+from haven.api.ha_api import instance_ha
+from haven.api.ha_api import records as ha_records
 from haven.api.http import Request, Router, Stream
 from haven.daemon import diskcopy
 from haven.errors import NotFoundError, OpPrereqError
 from haven.master import state
 from haven.model.event import Event
+from haven.model.ha import InstanceHA
 from haven.model.instance import Instance, Observed, ganeti_status
 from haven.model.keys import EVENTS, INSTANCES, OBSERVED, REPLICAS, Keys
 from haven.model.replica import Replicas
@@ -167,7 +170,8 @@ def _replicas(d: NodeDaemon) -> dict[str, Replicas]:
 
 
 def instance_view(inst: Instance, obs: Observed | None, alive: set[str],
-                  offline: set[str], reps: Replicas | None = None) -> dict[str, Any]:
+                  offline: set[str], reps: Replicas | None = None,
+                  ha_rec: InstanceHA | None = None) -> dict[str, Any]:
     """An instance in RAPI's bulk shape (Ganeti's field names)."""
     elsewhere = obs.node if obs is not None and obs.state == "running" and \
         obs.node != inst.primary_node else None
@@ -199,6 +203,7 @@ def instance_view(inst: Instance, obs: Observed | None, alive: set[str],
         "replicas": reps.to_json()["nodes"] if reps else {},
         "replica_generation": reps.generation if reps else None,
         "degraded": _degraded(inst, reps),
+        **instance_ha(inst, ha_rec),
     }
 
 
@@ -221,8 +226,9 @@ def list_instances(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
     alive = set(state.alive(store))
     offline = {n.name for n in state.nodes(store) if n.offline}
     reps = _replicas(d)
-    return [instance_view(i, obs.get(i.name), alive, offline, reps.get(i.name))
-            for i in insts]
+    recs = ha_records(d)
+    return [instance_view(i, obs.get(i.name), alive, offline, reps.get(i.name),
+                          recs.get(i.name)) for i in insts]
 
 
 def one_instance(d: NodeDaemon, name: str) -> dict[str, Any]:
@@ -237,7 +243,7 @@ def one_instance(d: NodeDaemon, name: str) -> dict[str, Any]:
     offline = {n.name for n in state.nodes(store) if n.offline}
     rkv = store.get(Keys.replicas(name))
     reps = Replicas.from_json(json.loads(rkv.value)) if rkv else None
-    return instance_view(inst, obs, alive, offline, reps)
+    return instance_view(inst, obs, alive, offline, reps, ha_records(d).get(name))
 
 
 def console_info(d: NodeDaemon, name: str) -> dict[str, Any]:

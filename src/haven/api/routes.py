@@ -26,8 +26,9 @@ WAIT_TIMEOUT = 10.0  # Ganeti's RAPI job wait returns after at most this long
 
 def install(r: Router, d: NodeDaemon) -> None:
     """Register every route of the API against daemon ``d``."""
-    from haven.api import instances_api, nodes_api
+    from haven.api import ha_api, instances_api, nodes_api
 
+    ha_api.install(r, d)
     r.add("GET", "/", lambda _q: "Haven Remote API")
     r.add("GET", "/version", lambda _q: 2)
     r.add("GET", "/2", lambda _q: [])

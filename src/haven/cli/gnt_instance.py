@@ -35,6 +35,8 @@ FIELDS: dict[str, tuple[str, bool, Any]] = {
     "tags": ("Tags", False, None), "restarts": ("Restarts", True, None),
     "accel": ("Accel", False, None), "generation": ("Generation", True, None),
     "degraded": ("Degraded", False, None), "network_port": ("Network_port", True, None),
+    "ha": ("HA", False, None), "ha_priority": ("HA_priority", True, None),
+    "ha_state": ("HA_state", False, None), "ha_reason": ("HA_reason", False, None),
 }
 DEFAULT_FIELDS = ["name", "hypervisor", "os", "pnode", "status", "oper_ram"]
 
@@ -104,6 +106,14 @@ def cmd_info(args: Any) -> int:
         print(f"    - secondaries: {', '.join(i['snodes']) or ''}")
         print(f"  Operating system: {i['os']}")
         print(f"  Generation: {i['generation']}; automatic restarts: {i['restarts']}")
+        if "ha" in i:
+            print(f"  High availability: {i['ha']} (priority {i['ha_priority']}, "
+                  f"max_restart {i['ha_max_restart']}, max_relocate {i['ha_max_relocate']})")
+            if i.get("ha_state"):
+                rec = i.get("ha_recovery") or {}
+                print(f"    last recovery: {i['ha_state']} from {rec.get('node', '?')}"
+                      + (f" to {rec['target']}" if rec.get("target") else "")
+                      + (f": {i['ha_reason']}" if i.get("ha_reason") else ""))
         if i.get("observed"):
             print(f"  Last agent message: {i['observed']}")
         print("  Hypervisor: " + i["hypervisor"]
@@ -200,6 +210,11 @@ def cmd_modify(args: Any) -> int:
         op["offline"] = True
     if args.online:
         op["offline"] = False
+    if args.ha:
+        op["ha"] = args.ha
+    for key in ("ha_priority", "ha_max_restart", "ha_max_relocate"):
+        if getattr(args, key) is not None:
+            op[key] = getattr(args, key)
     result = submit_and_wait(Client.from_config(), [op], args.submit)
     if result:
         print(f"Modified instance {args.name}")
@@ -389,6 +404,13 @@ def build_parser(prog: str = "gnt-instance") -> ArgParser:
     m.add_argument("-o", "--os-type", dest="os")
     m.add_argument("--offline", action="store_true")
     m.add_argument("--online", action="store_true")
+    m.add_argument("--ha", metavar="on|off", default="",
+                   help="(Haven) restart it elsewhere by itself when its node dies")
+    m.add_argument("--ha-priority", type=int, help="(Haven) recovered first if higher")
+    m.add_argument("--ha-max-restart", type=int,
+                   help="(Haven) automatic restarts in place before giving up (0: 5)")
+    m.add_argument("--ha-max-relocate", type=int,
+                   help="(Haven) recovery attempts on another node per failure (0: 2)")
     m.add_argument("--submit", action="store_true")
     m.add_argument("name")
     m.set_defaults(fn=cmd_modify)

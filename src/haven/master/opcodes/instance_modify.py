@@ -11,8 +11,13 @@ from haven.master import state
 from haven.master.lu import REQUIRED, register
 from haven.master.opcodes import instance_util as iu
 from haven.master.opcodes.instance import InstanceLU, check_beparams, check_hvparams, emit
+from haven.model.ha import HA_VALUES
 from haven.model.instance import Disk
 from haven.model.keys import Keys
+
+# gnt-instance modify's numeric HA settings and their ranges (0: the default).
+_HA_NUMBERS = {"ha_priority": (-1000, 1000), "ha_max_restart": (0, 100),
+               "ha_max_relocate": (0, 100)}
 
 
 @register
@@ -25,7 +30,10 @@ class InstanceSetParams(InstanceLU):
               "hvparams": (dict, {}), "osparams": (dict, {}), "disks": (list, []),
               "nics": (list, []), "pnode": (str, ""), "os_name": (str, ""),
               "force": (bool, False), "offline": ((bool, type(None)), None),
-              "wait_for_sync": (bool, True)}
+              "wait_for_sync": (bool, True), "ha": (str, ""),
+              "ha_priority": ((int, type(None)), None),
+              "ha_max_restart": ((int, type(None)), None),
+              "ha_max_relocate": ((int, type(None)), None)}
 
     def check_arguments(self) -> None:
         super().check_arguments()
@@ -42,10 +50,23 @@ class InstanceSetParams(InstanceLU):
         if self.op["nics"]:
             raise InvalidInput("Changing NICs of an existing instance is not supported yet; "
                                "recreate the instance.")
+        self._check_ha(name)
         if not any(self.op[k] for k in ("beparams", "hvparams", "osparams", "disks", "pnode",
-                                        "os_name")) and self.op["offline"] is None:
+                                        "os_name", "ha")) and self.op["offline"] is None \
+                and all(self.op[k] is None for k in _HA_NUMBERS):
             raise InvalidInput(f"Nothing to change for {name}; give -B, -H, --disk, "
-                               f"--new-primary or -O.")
+                               f"--new-primary, -O or --ha.")
+
+    def _check_ha(self, name: str) -> None:
+        if self.op["ha"] and self.op["ha"] not in HA_VALUES:
+            raise InvalidInput(f"--ha {self.op['ha']} for {name} is not valid; use --ha on "
+                               f"or --ha off.")
+        for key, (low, high) in _HA_NUMBERS.items():
+            value = self.op[key]
+            if value is not None and not low <= value <= high:
+                flag = "--" + key.replace("_", "-")
+                raise InvalidInput(f"{flag} {value} for {name} is out of range; give a "
+                                   f"whole number from {low} to {high}.")
 
     def check_prereq(self) -> None:
         self.load()
@@ -103,6 +124,11 @@ class InstanceSetParams(InstanceLU):
         if self.op["offline"] is not None:
             inst = inst.modified(now, admin_state="offline" if self.op["offline"] else "down")
             changes.append(["admin_state", inst.admin_state])
+        ha_changes = {k: self.op[k] for k in ("ha", *_HA_NUMBERS)
+                      if self.op[k] not in ("", None)}
+        if ha_changes:
+            inst = inst.modified(now, **ha_changes)
+            changes += [[k, v] for k, v in ha_changes.items()]
         if self.op["pnode"]:
             inst = inst.modified(now, primary_node=self.op["pnode"],
                                  generation=inst.generation + 1)
