@@ -21,9 +21,9 @@ from haven.model import event
 from haven.model import ha as H
 from haven.model.ha import InstanceHA, NodeHA
 from haven.model.instance import Instance, Observed
-from haven.model.keys import ALIVE, INSTANCES, LOCKS, OBSERVED, REPLICAS
+from haven.model.keys import ALIVE, INSTANCES, LOCKS, OBSERVED, REPLICAS, Keys
 from haven.model.replica import Replicas
-from haven.store.base import Guard
+from haven.store.base import Compare, Guard, Put
 from haven.store.errors import FencedOut, StoreError
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,10 @@ class HaManager:
             return "not master"
         view = observe(self.ctx, self.grace)
         actions = plan(view)
-        for a in actions:
-            self.execute(a, view)
+        for i, a in enumerate(actions):
+            if not self.execute(a, view):
+                # The world changed under the plan: what follows rests on it.
+                return summary(actions[:i]) + f"; stopped before {a.target} ({a.state})"
         return summary(actions)
 
     # -- actions -----------------------------------------------------------------------
@@ -137,12 +139,27 @@ class HaManager:
             raise FencedOut("This node is no longer master.")
         return guard
 
-    def execute(self, a: Action, view: HAView) -> None:
+    def execute(self, a: Action, view: HAView) -> bool:
+        """Carry out ``a``; False if it no longer applies (the rest of the plan then
+        waits for the next cycle)."""
         store = self.ctx.store
         if a.kind == "node":
             assert a.node_record is not None
-            store.put(H.node_key(a.target), state.dumps(a.node_record.to_json()),
-                      guard=self._guard())
+            value = state.dumps(a.node_record.to_json())
+            if a.state in (H.UNREACHABLE, H.FENCED):
+                # Only while its lease key is still gone: a node that got a new lease
+                # meanwhile may already be starting VMs, and must not be recovered.
+                guard = self._guard()
+                res = store.txn([Compare(Keys.alive(a.target), "create", "=", 0),
+                                 Compare(guard.key, "create", "=", guard.create_revision)],
+                                [Put(H.node_key(a.target), value)])
+                if not res.succeeded:
+                    log.info("ha: %s is back (or this node is no longer master): not "
+                             "marking it %s", a.target, a.state)
+                    self.wake.set()
+                    return False
+            else:
+                store.put(H.node_key(a.target), value, guard=self._guard())
             level = "warning" if a.state in (H.UNREACHABLE, H.FENCED) else "info"
             self._event(f"node-{a.state}", f"node/{a.target}",
                         f"Node {a.target}: {a.state} ({a.reason})", level)
@@ -176,6 +193,7 @@ class HaManager:
             else:
                 self._event("recovery-failed", f"instance/{a.target}",
                             f"Instance {a.target}: recovery failed: {a.reason}", "error")
+        return True
 
     def _bypass(self, job_id: int, name: str, node: str) -> None:
         """A user job holds the lock of an instance to recover (stuck on the dead node,

@@ -1,0 +1,163 @@
+"""Automatic, fenced failover on real 3-node clusters (issue 11).
+
+A node dies (SIGKILL of every process of it: daemon, etcd, QEMUs, fencer) or freezes
+(SIGSTOP of all of them) with `drbd` instances on it; nobody types anything.  Checked:
+the instances run on their secondaries by themselves, exactly one QEMU per instance at
+every look, every write the guest writer saw acknowledged is on the new primary's disk,
+the events and `haven ha status` say what happened, and when the node returns it takes
+the secondary role, resyncs, and nothing moves back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Sim, make_sim
+from tests.e2e.test_drbd import wait_replica
+from tests.e2e.test_instances import console_until
+from tests.e2e.test_two_node import acked, check_write_kept, placement, qemus, start_writer
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture()
+def three(tmp_path: Path) -> Iterator[Sim]:
+    yield from make_sim(tmp_path, 3)
+
+
+def add(sim: Sim, name: str, nodes: str, *extra: str) -> None:
+    p = sim.run("gnt-instance", "add", "-t", "drbd", "--disk", "0:size=64m", *extra,
+                "-B", "memory=128", "-o", "busybox", "-n", nodes, name, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def wait_placement(sim: Sim, want: dict[str, tuple[str, str]], timeout: float,
+                   watch: tuple[str, ...]) -> float:
+    """Seconds until ``gnt-instance list`` shows ``want``; checks at every look that no
+    instance in ``watch`` has two QEMUs."""
+    t0 = time.monotonic()
+    while True:
+        for name in watch:
+            pids = qemus(sim, name)
+            assert len(pids) <= 1, f"{name} runs {len(pids)} QEMU processes: {pids}"
+        got = placement(sim)
+        if all(got.get(n) == w for n, w in want.items()):
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < timeout, f"after {timeout} s: {got}"
+        time.sleep(0.2)
+
+
+def node_pids(sim: Sim, node: str) -> list[int]:
+    from haven.sim import cluster
+
+    layout = cluster.load_layout(sim.base)
+    assert layout is not None
+    return list(cluster.node_pids(layout.node(node)).values())
+
+
+def test_a_killed_node_s_instances_restart_on_their_secondaries_by_themselves(
+        three: Sim) -> None:
+    sim = three
+    master = sim.master()
+    victim, other = [n for n in ("node01", "node02", "node03") if n != master][:2]
+    add(sim, "vm1", f"{victim}:{other}", "--disk", "1:size=8m")
+    add(sim, "vm2", f"{victim}:{master}")
+    add(sim, "vm3", f"{other}:{victim}")  # its secondary dies: it runs on, degraded
+    for name in ("vm1", "vm2"):
+        wait_replica(sim, name, "secondary", "UpToDate")
+    start_writer(sim, 0)
+    sim.run("haven", "kill", victim, check=True)
+    seq = acked(sim, victim)
+    took = wait_placement(sim, {"vm1": ("running", other), "vm2": ("running", master),
+                                "vm3": ("running", other)}, 90, ("vm1", "vm2", "vm3"))
+    print(f"recovered in {took:.1f} s after the kill")
+    check_write_kept(sim, 0, seq)
+    for name in ("vm1", "vm2", "vm3"):
+        assert len(qemus(sim, name)) == 1
+    status = sim.run("haven", "ha", "status", check=True).stdout
+    assert victim in status and ("fenced" in status or "recovering" in status), status
+    assert "recovered" in status, status
+    listing = sim.run("gnt-instance", "list", "--no-headers", "-o", "name,ha,ha_state",
+                      "vm1", check=True).stdout.split()
+    assert listing == ["vm1", "on", "recovered"], listing
+    events = sim.run("haven", "events", check=True).stdout
+    assert f"Node {victim}: fenced" in events, events
+    assert "Instance vm1: recovered on" in events, events
+
+    # The node returns: it takes the secondary role, resyncs; nothing moves back.
+    sim.run("haven", "start", victim, check=True)
+    for name in ("vm1", "vm2", "vm3"):
+        wait_replica(sim, name, "secondary", "UpToDate", timeout=120)
+    wait_placement(sim, {"vm1": ("running", other), "vm2": ("running", master),
+                         "vm3": ("running", other)}, 10, ("vm1", "vm2", "vm3"))
+    status = sim.run("haven", "ha", "status", check=True).stdout
+    row = next(ln for ln in status.splitlines() if ln.startswith(victim))
+    assert " online " in f" {row} ", status
+    # The guest on the new primary still answers and the writer's data is there.
+    check_write_kept(sim, 0, seq)
+
+
+def test_a_frozen_node_is_fenced_recovered_and_stays_out_when_resumed(three: Sim) -> None:
+    """SIGSTOP of every process of a node: nothing of it runs, so it cannot fence itself;
+    its lease expires, its instances restart elsewhere.  Resumed, its fencer fires first
+    (the deadline has long passed) and its agent sees the new primaries: one copy."""
+    sim = three
+    master = sim.master()
+    victim, other = [n for n in ("node01", "node02", "node03") if n != master][:2]
+    add(sim, "vm1", f"{victim}:{other}")
+    wait_replica(sim, "vm1", "secondary", "UpToDate")
+    pids = node_pids(sim, victim)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_placement(sim, {"vm1": ("running", other)}, 90, ())
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    # Resumed: for a while, exactly one QEMU of vm1, on the new primary.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        pids_now = qemus(sim, "vm1")
+        assert len(pids_now) == 1, f"vm1 runs {len(pids_now)} QEMUs: {pids_now}"
+        time.sleep(0.3)
+    assert placement(sim)["vm1"] == ("running", other)
+    assert "alive-42" in console_until(sim, "vm1", "echo alive-$((40+2))", "alive-42")
+    wait_replica(sim, "vm1", "secondary", "UpToDate", timeout=120)
+    events = sim.run("haven", "events", check=True).stdout
+    assert f"Node {victim} fenced itself" in events or "haven-fenced killed" in events, \
+        events
+
+
+def test_a_primary_that_lost_its_secondary_then_dies_is_not_started_from_stale_data(
+        three: Sim) -> None:
+    sim = three
+    master = sim.master()
+    victim, other = [n for n in ("node01", "node02", "node03") if n != master][:2]
+    add(sim, "vm1", f"{victim}:{other}")
+    wait_replica(sim, "vm1", "secondary", "UpToDate")
+    console_until(sim, "vm1", "echo before > /mnt/f; sync; echo ok-$((1+1))", "ok-2")
+    sim.run("haven", "kill", other, check=True)
+    # The guest writes on, alone: its peer must be Outdated before this is acknowledged.
+    console_until(sim, "vm1", "echo after > /mnt/f; sync; echo ok-$((2+2))", "ok-4")
+    sim.run("haven", "kill", victim, check=True)
+    sim.run("haven", "start", other, check=True)
+    deadline = time.monotonic() + 60
+    while True:
+        got = sim.run("gnt-instance", "list", "--no-headers", "--separator=|", "-o",
+                      "name,pnode,ha_state,ha_reason", "vm1", check=True).stdout.strip()
+        if "|refused|" in got:
+            break
+        assert time.monotonic() < deadline, got
+        time.sleep(0.5)
+    assert got.startswith(f"vm1|{victim}|refused|") and "not UpToDate" in got, got
+    assert qemus(sim, "vm1") == []
+    # Its own node returns: it starts there, with the last acknowledged write.
+    sim.run("haven", "start", victim, check=True)
+    wait_placement(sim, {"vm1": ("running", victim)}, 90, ("vm1",))
+    assert "after" in console_until(sim, "vm1", "cat /mnt/f; echo end-$((3+4))", "end-7")
