@@ -1,0 +1,390 @@
+"""A deterministic, virtual-time HA simulator (issue 11; Proxmox's ``pve-ha-simulator``).
+
+The master's HA manager, every node's lease keeping, fencer rule and agent, master
+election and a simple replication model run together on the in-memory store, with a
+fake clock and a fake hypervisor; a scenario (:mod:`haven.sim.hasim_model`) injects
+faults at virtual seconds.  ``Simulation(scenario).run()`` returns the event log, the
+final placement and every invariant violation seen:
+
+- never two running copies of one instance at any virtual instant (a frozen node's VMs
+  do not run; they count again if they are resumed unkilled);
+- never a VM started on a node that is not the instance's primary, or (``drbd``) from
+  a replica not ``UpToDate`` at the instance's generation, as the store says.
+
+Events run in time order (integer milliseconds, ties in scheduling order); the
+invariants are checked after every event.  Loops run on their periods (lease renewal
+and supervision 1 s, HA 0.5 s, agent 2 s, role 1 s, fencer rescan 0.1 s) and are woken
+by the store changes their daemons watch (``wake_latency`` later).
+
+Replication model (``drbd``): a running primary whose secondary it cannot reach marks
+it ``Outdated`` after ``outdate_delay`` if the primary reaches the store (quorum);
+until then the guest's I/O waits (DRBD's resource-and-stonith).  A reachable secondary
+that is not ``UpToDate`` is resynced after ``resync_time``.
+
+Simplifications: RPC timeouts are immediate; etcd does not extend leases on a leader
+change; ``no_voting`` assumes the old master is dead (two diverged etcd copies are not
+modelled).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from haven.errors import HavenError
+from haven.model.instance import Disk, Instance
+from haven.model.keys import ALIVE, HANDOVER, INSTANCES, MASTER, Keys
+from haven.model.node import Node
+from haven.model.replica import OUTDATED, UP_TO_DATE, DiskReplica, Replicas
+from haven.sim.hasim_master import Master
+from haven.sim.hasim_model import Fault, Result, Scenario, load
+from haven.sim.hasim_world import FROZEN, UP, SimNode, World, up_to_date
+from haven.store.errors import StoreError
+
+MAX_EVENTS_PER_INSTANT = 5000
+
+
+class Simulation(World):
+    def __init__(self, scenario: Scenario) -> None:
+        super().__init__(scenario.nodes, scenario.settings)
+        self.scenario = scenario
+        self._heap: list[tuple[int, int, Callable[[], None]]] = []
+        self._seq = 0
+        self._woken: dict[str, int] = {}
+        self.violations: list[str] = []
+        self._seen: set[str] = set()
+        self.master = Master(self)
+        self.by_ip = {f"10.0.0.{i + 1}": n for i, n in enumerate(self.nodes.values())}
+        self.broken: set[tuple[str, str]] = set()
+        self.kill_targets: set[str] = set()
+        self._repl: dict[str, list[float | None]] = {}
+        self._alive: frozenset[str] = frozenset()
+        self._master_rev = 0
+        self.on_vm_start = self._check_start
+
+    # -- scheduling ----------------------------------------------------------------------
+    def at_ms(self, t_ms: int, fn: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t_ms, self._seq, fn))
+
+    def after(self, seconds: float, fn: Callable[[], None]) -> None:
+        self.at_ms(self.now_ms + round(seconds * 1000), fn)
+
+    def every(self, period: float, phase_ms: int, fn: Callable[[], None]) -> None:
+        step = round(period * 1000)
+
+        def tick() -> None:
+            fn()
+            self.at_ms(self.now_ms + step, tick)
+
+        self.at_ms(phase_ms, tick)
+
+    def wake(self, key: str, fn: Callable[[], None]) -> None:
+        t = self.now_ms + round(self.settings.wake_latency * 1000)
+        if self._woken.get(key, -1) >= self.now_ms:
+            return  # already due
+
+        def run() -> None:
+            self._woken.pop(key, None)
+            fn()
+
+        self._woken[key] = t
+        self.at_ms(t, run)
+
+    def wake_ha(self) -> None:
+        self.wake("ha", self._ha_all)
+
+    def _ha_all(self) -> None:
+        for node in self.nodes.values():
+            self.master.ha_cycle(node)
+
+    # -- setup -------------------------------------------------------------------------
+    def _seed(self) -> None:
+        st = self.truth
+        for i, n in enumerate(self.scenario.nodes):
+            node = Node(n.name, n.name, f"10.0.0.{i + 1}", f"10.0.0.{i + 1}", 1811,
+                        master_candidate=n.candidate, vm_capable=n.vm, offline=n.offline,
+                        drained=n.drained)
+            st.put(Keys.node(n.name), json.dumps(node.to_json()).encode())
+        for s in self.scenario.instances:
+            disks = tuple(Disk(f"{s.name}-{d}", d, 1024) for d in range(s.disks))
+            inst = Instance(s.name, s.name, "busybox", "kvm", s.template, s.primary,
+                            (s.secondary,) if s.secondary else (), disks,
+                            beparams={"memory": s.memory}, admin_state=s.admin, ha=s.ha,
+                            ha_priority=s.priority, ha_max_restart=s.max_restart,
+                            ha_max_relocate=s.max_relocate)
+            st.put(Keys.instance(s.name), json.dumps(inst.to_json()).encode())
+            if s.template == "drbd":
+                ok = {d: DiskReplica(UP_TO_DATE) for d in range(s.disks)}
+                reps = Replicas(s.name, 1, {s.primary: ok, s.secondary: ok})
+                st.put(Keys.replicas(s.name), json.dumps(reps.to_json()).encode())
+        for i, node in enumerate(self.nodes.values()):
+            self.boot(node)
+            for s in self.scenario.instances:
+                if s.primary == node.name and s.admin == "up" and node.spec.vm:
+                    self.start_vm(node, s.name, None, 0)
+            p = i * 37
+            self.every(self.settings.renew, p, lambda n=node: self.supervise(n))  # type: ignore[misc]
+            self.every(0.1, p + 3, lambda n=node: self.fence_check(n))  # type: ignore[misc]
+            self.every(self.settings.agent_period, p + 500,
+                       lambda n=node: self.agent_cycle(n))  # type: ignore[misc]
+            if node.spec.candidate:
+                self.every(self.settings.role_period, p + 5,
+                           lambda n=node: self.master.role_cycle(n))  # type: ignore[misc]
+        self.every(self.settings.ha_period, 250, self._ha_all)
+        self.every(0.1, 7, self._expire)
+        self.every(0.25, 11, self.replicate)
+        for f in self.scenario.timeline:
+            self.at_ms(round(f.at * 1000), lambda f=f: self.apply(f))  # type: ignore[misc]
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> Result:
+        self._seed()
+        end = round(self.settings.duration * 1000)
+        same, last = 0, -1
+        while self._heap and self._heap[0][0] <= end:
+            t, _, fn = heapq.heappop(self._heap)
+            same = same + 1 if t == last else 0
+            if same > MAX_EVENTS_PER_INSTANT:
+                raise RuntimeError(f"more than {MAX_EVENTS_PER_INSTANT} events at t={t} ms")
+            self.now_ms, last = t, t
+            fn()
+            self._after_event()
+        res = Result(violations=list(self.violations))
+        res.log = [line for _, line in self.log_lines]
+        res.timed = [f"{t:7.2f} {line}" for t, line in self.log_lines]
+        res.placement = self.placement()
+        return res
+
+    def _after_event(self) -> None:
+        keys, self.dirty[:] = list(self.dirty), []
+        if any(k.startswith(("instances/", "observed/", "locks/")) for k in keys):
+            for name, node in self.nodes.items():
+                if node.running:
+                    self.wake(f"agent/{name}", lambda n=node: self.agent_cycle(n))  # type: ignore[misc]
+        alive = frozenset(kv.key for kv in self.truth.list(ALIVE)[0])
+        if alive != self._alive or any(k.startswith("jobs/") for k in keys):
+            self._alive = alive
+            self.wake_ha()
+        kv = self.truth.get(MASTER)
+        rev = kv.create_revision if kv else 0
+        if rev != self._master_rev:
+            self._master_rev = rev
+            for name, node in self.nodes.items():
+                if node.spec.candidate:
+                    self.wake(f"role/{name}", lambda n=node: self.master.role_cycle(n))  # type: ignore[misc]
+        self._check_copies()
+
+    def _expire(self) -> None:
+        if self.any_quorum():  # without an etcd leader no lease expires
+            self.truth.expire_leases()
+
+    # -- invariants --------------------------------------------------------------------
+    def violate(self, key: str, message: str) -> None:
+        if key not in self._seen:
+            self._seen.add(key)
+            self.violations.append(f"t={self.clock():.2f}: {message}")
+
+    def _check_copies(self) -> None:
+        where: dict[str, list[str]] = {}
+        for name, node in self.nodes.items():
+            if node.state == UP:
+                for vm in node.vms:
+                    where.setdefault(vm, []).append(name)
+        for inst, nodes in where.items():
+            if len(nodes) > 1:
+                self.violate(f"copies/{inst}/{nodes}",
+                             f"two running copies of {inst}: on {' and '.join(nodes)}")
+
+    def _check_start(self, node: SimNode, _inst: Instance) -> None:
+        kv = self.truth.get(Keys.instance(_inst.name))
+        assert kv is not None
+        inst = Instance.from_json(json.loads(kv.value))
+        if inst.primary_node != node.name:
+            self.violate(f"start/{inst.name}/{self.now_ms}", f"{inst.name} started on "
+                         f"{node.name}, its primary is {inst.primary_node}")
+        if inst.disk_template == "drbd":
+            rkv = self.truth.get(Keys.replicas(inst.name))
+            reps = Replicas.from_json(json.loads(rkv.value)) if rkv else None
+            if not up_to_date(reps, node.name, len(inst.disks), inst.generation):
+                self.violate(f"stale/{inst.name}/{self.now_ms}",
+                             f"{inst.name} started on {node.name} from a replica that is "
+                             f"not UpToDate at generation {inst.generation}")
+        if (inst.name, node.name) in self.broken:
+            pid = node.vms[inst.name].pid
+            self.after(1.0, lambda: self._crash(node, inst.name, pid))
+
+    def placement(self) -> dict[str, str]:
+        out = {}
+        for s in self.scenario.instances:
+            nodes = [n for n, node in self.nodes.items()
+                     if node.state == UP and s.name in node.vms]
+            out[s.name] = "+".join(nodes) or "down"
+        return out
+
+    # -- replication -------------------------------------------------------------------
+    def replicate(self) -> None:
+        for kv in self.truth.list(INSTANCES)[0]:
+            inst = Instance.from_json(json.loads(kv.value))
+            if inst.disk_template != "drbd" or not inst.secondary_nodes:
+                continue
+            p, s = inst.primary_node, inst.secondary_nodes[0]
+            pn = self.nodes[p]
+            st = self._repl.setdefault(inst.name, [None, None])  # broken since, syncing
+            if not pn.running or inst.name not in pn.vms:
+                st[0] = st[1] = None
+                continue
+            rkv = self.truth.get(Keys.replicas(inst.name))
+            reps = Replicas.from_json(json.loads(rkv.value)) if rkv else None
+            n, gen, now = len(inst.disks), inst.generation, self.clock()
+            if not self.linked(p, s):
+                st[1] = None
+                st[0] = now if st[0] is None else st[0]
+                if now - st[0] >= self.settings.outdate_delay and \
+                        up_to_date(reps, s, n, gen):
+                    self._report(pn, inst, s, OUTDATED, f"{s} stopped answering")
+                continue
+            st[0] = None
+            if up_to_date(reps, s, n, gen) and up_to_date(reps, p, n, gen):
+                st[1] = None
+                continue
+            st[1] = now if st[1] is None else st[1]
+            if now - st[1] >= self.settings.resync_time:
+                self._report(pn, inst, s, UP_TO_DATE, "resynced")
+
+    def _report(self, pn: SimNode, inst: Instance, s: str, state: str, msg: str) -> None:
+        """The primary's agent writes the replica states (needs the store: quorum)."""
+        n = range(len(inst.disks))
+        reps = Replicas(inst.name, inst.generation,
+                        {pn.name: {i: DiskReplica(UP_TO_DATE) for i in n},
+                         s: {i: DiskReplica(state, message=msg) for i in n}})
+        try:
+            pn.store.put(Keys.replicas(inst.name), json.dumps(reps.to_json()).encode())
+        except StoreError:
+            return
+        self.log(f"{inst.name} replica on {s} {state}")
+
+    # -- faults --------------------------------------------------------------------------
+    def apply(self, f: Fault) -> None:
+        arg = f.arg
+        self.log(f"! {f.action} {_describe(arg)}")
+        node = self.nodes.get(arg) if isinstance(arg, str) else None
+        if f.action == "kill" and node is not None:
+            self.kill(node)
+        elif f.action == "boot" and node is not None and not node.running:
+            self.boot(node)
+        elif f.action == "freeze" and node is not None:
+            node.state = FROZEN
+            self.update_reachability()
+        elif f.action == "resume" and node is not None:
+            node.state = UP
+            self.update_reachability()
+            self.fence_check(node)  # the fencer's recv times out first
+            self.supervise(node)
+            self.wake(f"agent/{node.name}", lambda: self.agent_cycle(node))
+        elif f.action == "partition":
+            groups = [frozenset(g) for g in arg]
+            rest = frozenset(self.nodes) - frozenset().union(*groups)
+            self.groups = groups + ([rest] if rest else [])
+            self.update_reachability()
+        elif f.action == "heal":
+            self.groups = [frozenset(self.nodes)]
+            self.update_reachability()
+        elif f.action == "clock":
+            self.nodes[arg["node"]].wall += float(arg["jump"])
+        elif f.action == "user_job":
+            self.master.user_job(arg["instance"], float(arg.get("duration", 100)))
+        elif f.action == "set_instance":
+            self._modify(Keys.instance(arg["name"]), Instance, arg)
+        elif f.action == "set_node":
+            self._modify(Keys.node(arg["name"]), Node, arg)
+        elif f.action == "replica":
+            self._set_replica(arg["instance"], arg["node"], arg["state"])
+        elif f.action == "crash":
+            for n in self.nodes.values():
+                if arg in n.vms:
+                    self._crash(n, arg, n.vms[arg].pid)
+        elif f.action == "break":
+            self.broken.add((arg["instance"], arg["node"]))
+        elif f.action in ("rpc_fail", "rpc_ok") and node is not None:
+            node.rpc_fail = f.action == "rpc_fail"
+        elif f.action == "kill_target":
+            self.kill_targets.add(arg)
+        elif f.action == "no_voting" and node is not None:
+            self._no_voting(node)
+
+    def recovery_started(self, instance: str, target: str) -> None:
+        """A recovery job took its lock: a ``kill_target`` fault fires halfway."""
+        if instance not in self.kill_targets:
+            return
+        self.kill_targets.discard(instance)
+        kv = self.truth.get(Keys.instance(instance))
+        assert kv is not None
+        inst = Instance.from_json(json.loads(kv.value))
+        victim = target or (inst.secondary_nodes[0] if inst.secondary_nodes else "")
+        if victim in self.nodes:
+            self.after(self.settings.recovery_time / 2,
+                       lambda: self.apply(Fault(self.clock(), "kill", victim)))
+
+    def _crash(self, node: SimNode, name: str, pid: int) -> None:
+        vm = node.vms.get(name)
+        if vm is not None and vm.pid == pid and node.running:
+            del node.vms[name]
+            self.log(f"{name} crashed on {node.name}")
+
+    def _modify(self, key: str, cls: type[Instance] | type[Node], arg: dict[str, object]
+                ) -> None:
+        kv = self.truth.get(key)
+        assert kv is not None, key
+        obj = cls.from_json(json.loads(kv.value))
+        changes = {k: v for k, v in arg.items() if k != "name"}
+        self.truth.put(key, json.dumps(obj.modified(self.clock(), **changes).to_json())
+                       .encode())
+
+    def _set_replica(self, name: str, node: str, state: str) -> None:
+        ikv = self.truth.get(Keys.instance(name))
+        rkv = self.truth.get(Keys.replicas(name))
+        assert ikv is not None and rkv is not None
+        inst = Instance.from_json(json.loads(ikv.value))
+        reps = Replicas.from_json(json.loads(rkv.value))
+        new = reps.with_node(node, {i: DiskReplica(state, 0.0) for i in
+                                    range(len(inst.disks))})
+        self.truth.put(Keys.replicas(name), json.dumps(new.to_json()).encode())
+
+    def _no_voting(self, node: SimNode) -> None:
+        """``gnt-cluster master-failover --no-voting --yes-do-it`` on ``node``
+        (``daemon/membership.py``): its member alone votes, the others' leases end,
+        they are ``manual`` for the HA manager, the old master key goes."""
+        from haven.model import ha as H
+
+        self.voters = frozenset({node.name})
+        self.update_reachability()
+        st = self.truth
+        for kv in st.list(ALIVE)[0]:
+            if kv.key != Keys.alive(node.name) and kv.lease:
+                st.lease_revoke(kv.lease)
+        now = self.wall(node.name)
+        for other in self.nodes:
+            if other != node.name:
+                rec = H.NodeHA(other, H.MANUAL, now, now, "declared gone by --no-voting")
+                st.put(H.node_key(other), json.dumps(rec.to_json()).encode())
+        st.delete(MASTER)
+        st.delete(HANDOVER)
+
+
+def _describe(arg: object) -> str:
+    if isinstance(arg, list):
+        return " | ".join(",".join(g) for g in arg)
+    if isinstance(arg, dict):
+        return " ".join(f"{k}={v}" for k, v in arg.items())
+    return str(arg)
+
+
+def run_file(path: Path) -> Result:
+    """Run one scenario file."""
+    return Simulation(load(path)).run()
+
+
+__all__ = ["HavenError", "Simulation", "run_file"]
