@@ -61,6 +61,7 @@ bench: setup
 	uv run --group bench python bench/outdated.py
 	uv run --group bench python bench/debian_guest.py
 	uv run --group bench python bench/two_node.py
+	uv run --group bench python bench/node_failover.py
 
 clean:
 	-$(VENV)/bin/haven down --destroy 2>/dev/null

@@ -172,3 +172,20 @@ def test_manual_and_offline_nodes_are_never_recovered_automatically() -> None:
 def test_an_admin_down_instance_is_not_started_elsewhere() -> None:
     vm1 = replace(inst("vm1", "node02", "node03"), admin_state="down")
     assert plan(view([vm1], [reps(vm1)], node_ha=[fenced()])) == []
+
+
+def test_a_node_whose_heartbeats_stop_is_lost_although_etcd_keeps_its_lease() -> None:
+    """A new etcd leader renews every lease on taking office: the master times silence
+    from the heartbeat writes it saw instead."""
+    vm1 = inst("vm1", "node02", "node03")
+    v = replace(view([vm1], [reps(vm1)], alive=("node01", "node02", "node03")),
+                silent={"node02": 3.9, "node03": 0.2}, silent_limit=4.0)
+    assert plan(v) == []
+    acts = plan(replace(v, silent={"node02": 4.0, "node03": 0.2}))
+    assert kinds(acts) == [("node", "node02", H.UNREACHABLE)]
+    assert "no lease renewal seen for 4.0 s" in acts[0].reason
+    # A silent secondary is no recovery target either.
+    fenced02 = NodeHA("node02", H.FENCED, 101.0, 100.0)
+    acts = plan(replace(v, node_ha={"node02": fenced02},
+                        silent={"node02": 9.0, "node03": 9.0}))
+    assert [a.kind for a in acts if a.target == "vm1"] == ["refuse"]

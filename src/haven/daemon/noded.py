@@ -146,7 +146,8 @@ class NodeDaemon:
             cluster = state.cluster(store)
             self._ensure_fencer()
             lease = LeaseKeeper(store, cluster.lease_ttl, margin=1.0,
-                                adopt=self._saved_lease(), on_renewed=self._lease_renewed)
+                                adopt=self._saved_lease(), on_renewed=self._lease_renewed,
+                                heartbeat=lambda lid: self._heartbeat(store, lid))
             hub = EventHub(store)
             joined = Joined(store, lease, hub, cluster)
             self.joined = joined
@@ -358,13 +359,24 @@ class NodeDaemon:
         with contextlib.suppress(StoreError):
             self.store().put(ev.key(), ev.encode())
 
+    def _heartbeat(self, store: EtcdStore, lease_id: int) -> None:
+        """Re-write the alive key at every renewal: the master's HA manager times this
+        node's silence from these writes (``master/ha.py``)."""
+        if self._alive_lease != lease_id:
+            return  # not ours yet: supervise() writes it first
+        store.put(Keys.alive(self.name), self._alive_value(), lease=lease_id)
+
+    def _alive_value(self) -> bytes:
+        return json.dumps({"node": self.name, "pid": os.getpid(), "since": self.started,
+                           "api": f"{self.settings.address}:{self.settings.api_port}"}
+                          ).encode()
+
     def _put_alive(self) -> None:
         joined = self.joined
         if joined is None or not joined.lease.valid():
             return
-        value = json.dumps({"node": self.name, "pid": os.getpid(), "since": self.started,
-                            "api": f"{self.settings.address}:{self.settings.api_port}"})
-        joined.store.put(Keys.alive(self.name), value.encode(), lease=joined.lease.lease_id)
+        joined.store.put(Keys.alive(self.name), self._alive_value(),
+                         lease=joined.lease.lease_id)
         self._alive_lease = joined.lease.lease_id
 
     def publish_facts(self) -> None:

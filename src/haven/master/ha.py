@@ -3,11 +3,12 @@
 Level-triggered, as the agent: every cycle recomputes from the store, so a new master
 finishes what the old one started.  The rules (ARCHITECTURE.md, "Fencing"):
 
-- A node whose lease key is gone is ``unreachable``; after ``grace`` more seconds it is
-  ``fenced``: its fencer killed its VMs before etcd could expire the lease (its local
-  deadline is TTL - margin after its last renewal), and the grace covers the kill
-  itself.  A node that renews before that is ``online`` again; its agent restarts
-  whatever the fencer killed.
+- A node whose lease key is gone, or whose key this master has not seen rewritten for
+  ``silent_limit`` (TTL - margin) seconds, is ``unreachable``; after ``grace`` more
+  seconds it is ``fenced``: its fencer killed its VMs by then (its local deadline is
+  TTL - margin after the send time of its last renewal, whose heartbeat write this
+  master saw later), and the grace covers the kill itself.  A node that renews before
+  that is ``online`` again; its agent restarts whatever the fencer killed.
 - The instances of a fenced node are recovered by jobs, highest ``ha_priority`` first:
   a ``drbd`` instance to its secondary only if that replica is ``UpToDate`` at the
   instance's generation; a shared-storage one to the live node with the most free
@@ -48,6 +49,14 @@ class HAView:
     free_memory: dict[str, int]  # MiB, per node (facts)
     running: frozenset[str]  # instances observed running on their primary node
     grace: float = 1.0
+    # Seconds since this master last saw each node's alive key rewritten (a heartbeat
+    # at every lease renewal), and the key's mod revision then.  A node silent for
+    # ``silent_limit`` counts as lost although etcd still holds its lease: a new etcd
+    # leader renews every lease on taking office, which would delay the expiry by a
+    # whole TTL when the dead node held the raft leadership.
+    silent: dict[str, float] = field(default_factory=dict)
+    alive_rev: dict[str, int] = field(default_factory=dict)
+    silent_limit: float = float("inf")
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ def _final(status: str) -> bool:
 
 def _plan_node(v: HAView, node: Node, states: dict[str, NodeHA]) -> Action | None:
     cur = states[node.name]
-    alive = node.name in v.alive or node.name == v.master
+    alive = _alive(v, node.name)
 
     def to(state: str, reason: str, lost_at: float | None = None) -> Action:
         rec = NodeHA(node.name, state, v.now, cur.lost_at if lost_at is None else lost_at,
@@ -117,10 +126,13 @@ def _plan_node(v: HAView, node: Node, states: dict[str, NodeHA]) -> Action | Non
     if node.offline:
         return None  # declared offline by the administrator: nothing is automatic
     if cur.state in (H.ONLINE, H.BACK):
+        if node.name in v.alive:
+            return to(H.UNREACHABLE, f"no lease renewal seen for "
+                      f"{v.silent.get(node.name, 0.0):.1f} s", v.now)
         return to(H.UNREACHABLE, "its lease expired", v.now)
     if cur.state == H.UNREACHABLE and v.now - cur.since >= v.grace:
-        return to(H.FENCED, f"its lease expired {v.now - cur.lost_at:.1f} s ago; its "
-                  f"fencer has stopped its VMs")
+        return to(H.FENCED, f"lost {v.now - cur.lost_at:.1f} s ago; its fencer has "
+                  f"stopped its VMs")
     return None
 
 
@@ -218,9 +230,14 @@ def _refusal(v: HAView, inst: Instance, states: dict[str, NodeHA], attempts: int
     return ""
 
 
+def _alive(v: HAView, node: str) -> bool:
+    return node == v.master or (node in v.alive
+                                and v.silent.get(node, 0.0) < v.silent_limit)
+
+
 def _usable(v: HAView, node: str, states: dict[str, NodeHA]) -> bool:
     n = v.nodes.get(node)
-    return (n is not None and (node in v.alive or node == v.master) and not n.offline
+    return (n is not None and _alive(v, node) and not n.offline
             and n.vm_capable and states.get(node, NodeHA(node)).state == H.ONLINE)
 
 
@@ -232,7 +249,7 @@ def _why_unusable(v: HAView, node: str, states: dict[str, NodeHA]) -> str:
         return "offline"
     if not n.vm_capable:
         return "not vm_capable"
-    if node not in v.alive and node != v.master:
+    if not _alive(v, node):
         return "down too"
     return states.get(node, NodeHA(node)).state
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from haven.errors import HavenError
@@ -23,22 +25,38 @@ from haven.model.ha import InstanceHA, NodeHA
 from haven.model.instance import Instance, Observed
 from haven.model.keys import ALIVE, INSTANCES, LOCKS, OBSERVED, REPLICAS, Keys
 from haven.model.replica import Replicas
-from haven.store.base import Compare, Guard, Put
+from haven.store.base import Compare, Guard, Put, WatchEvent
 from haven.store.errors import FencedOut, StoreError
 
 log = logging.getLogger(__name__)
 
 PERIOD = 0.5  # seconds between cycles when nothing wakes the loop
 GRACE = 1.0  # seconds after a lease's expiry before its node counts as fenced
+LEASE_MARGIN = 1.0  # the node daemons' LeaseKeeper margin (noded.py)
 # Recoveries outrank user jobs: Ganeti's highest priority.
 RECOVERY_PRIORITY = -20
 
 
-def observe(ctx: MasterContext, grace: float = GRACE) -> HAView:
-    """One snapshot of everything the plan needs (the store only)."""
+def observe(ctx: MasterContext, grace: float = GRACE,
+            beats: dict[str, tuple[int, float]] | None = None,
+            monotonic: Callable[[], float] = time.monotonic) -> HAView:
+    """One snapshot of everything the plan needs (the store only).  ``beats`` (node ->
+    alive key's mod revision, when this master first saw it) is updated in place: the
+    caller keeps it from cycle to cycle to time each node's silence."""
     store = ctx.store
     nodes = {n.name: n for n in state.nodes(store)}
-    alive = frozenset(state.alive(store))
+    kvs, _ = store.list(ALIVE)
+    alive_rev = {kv.key[len(ALIVE):]: kv.mod_revision for kv in kvs}
+    alive = frozenset(alive_rev)
+    beats = {} if beats is None else beats
+    now_m = monotonic()
+    for name, rev in alive_rev.items():
+        if beats.get(name, (0, 0.0))[0] != rev:
+            beats[name] = (rev, now_m)
+    for name in set(beats) - set(alive_rev):
+        del beats[name]
+    silent = {name: now_m - seen for name, (_rev, seen) in beats.items()}
+    cluster = state.cluster(store)
     kvs, _ = store.list(H.HA_NODES)
     node_ha = {r.node: r for r in (NodeHA.from_json(json.loads(kv.value)) for kv in kvs)}
     kvs, _ = store.list(INSTANCES)
@@ -69,7 +87,8 @@ def observe(ctx: MasterContext, grace: float = GRACE) -> HAView:
                         if o.state == "running" and o.name in instances
                         and instances[o.name].primary_node == o.node)
     return HAView(ctx.clock(), ctx.master_node, nodes, alive, node_ha, instances, replicas,
-                  inst_ha, jobs, errors, locks, free, running, grace)
+                  inst_ha, jobs, errors, locks, free, running, grace, silent, alive_rev,
+                  max(cluster.lease_ttl - LEASE_MARGIN, 1.0))
 
 
 def _job_error(opresult: tuple[Any, ...]) -> str:
@@ -87,16 +106,22 @@ class HaManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watcher: Any = None
+        self._beats: dict[str, tuple[int, float]] = {}
         self.last_summary = ""
 
     def start(self) -> None:
         from haven.store.watcher import Watcher
 
-        self._watcher = Watcher(self.ctx.store, ALIVE, lambda _ev: self.wake.set(),
+        # Woken when a lease key goes; heartbeats (its rewrites) are read every cycle.
+        self._watcher = Watcher(self.ctx.store, ALIVE, self._on_alive,
                                 lambda _kvs, _rev: self.wake.set())
         self._watcher.start()
         self._thread = threading.Thread(target=self._loop, name="ha-manager", daemon=True)
         self._thread.start()
+
+    def _on_alive(self, ev: WatchEvent) -> None:
+        if ev.type != "PUT" or ev.kv.version == 1:
+            self.wake.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -124,7 +149,7 @@ class HaManager:
     def cycle(self) -> str:
         if self.ctx.guard() is None:
             return "not master"
-        view = observe(self.ctx, self.grace)
+        view = observe(self.ctx, self.grace, self._beats)
         actions = plan(view)
         for i, a in enumerate(actions):
             if not self.execute(a, view):
@@ -147,10 +172,11 @@ class HaManager:
             assert a.node_record is not None
             value = state.dumps(a.node_record.to_json())
             if a.state in (H.UNREACHABLE, H.FENCED):
-                # Only while its lease key is still gone: a node that got a new lease
-                # meanwhile may already be starting VMs, and must not be recovered.
+                # Only while its lease key is as seen (gone, or not rewritten): a node
+                # that renewed meanwhile may be starting VMs, and must not be recovered.
                 guard = self._guard()
-                res = store.txn([Compare(Keys.alive(a.target), "create", "=", 0),
+                res = store.txn([Compare(Keys.alive(a.target), "mod", "=",
+                                         view.alive_rev.get(a.target, 0)),
                                  Compare(guard.key, "create", "=", guard.create_revision)],
                                 [Put(H.node_key(a.target), value)])
                 if not res.succeeded:

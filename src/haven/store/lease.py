@@ -10,7 +10,8 @@ that stepped down must never quietly become a holder again.  A fresh lease is gr
 only by :meth:`LeaseKeeper.restart`.
 
 ``on_renewed`` callbacks get the new local deadline after every successful renewal
-(the fencing watchdog is fed from there); ``on_lost`` callbacks get a sentence saying
+(the fencing watchdog is fed from there); an optional ``heartbeat`` write is part of
+every renewal (see :meth:`LeaseKeeper.renew_once`); ``on_lost`` callbacks get a sentence saying
 why, once per lost lease.  Callbacks run on the keeper's thread.
 """
 
@@ -36,10 +37,12 @@ class LeaseKeeper:
     def __init__(self, store: Store, ttl: int, margin: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, *,
                  interval: float | None = None, run_thread: bool = True, adopt: int = 0,
-                 on_renewed: Callable[[float, int], None] | None = None) -> None:
+                 on_renewed: Callable[[float, int], None] | None = None,
+                 heartbeat: Callable[[int], None] | None = None) -> None:
         if ttl <= margin:
             raise ValueError(f"lease TTL {ttl} s must exceed the safety margin {margin} s")
         self._store = store
+        self._heartbeat = heartbeat
         self._ttl = ttl
         self._margin = margin
         self._clock = clock
@@ -104,6 +107,11 @@ class LeaseKeeper:
             return False
         try:
             ttl = self._store.lease_keepalive(lease_id)
+            if ttl > 0 and self._heartbeat is not None:
+                # A write through raft after the keepalive: the master times a node's
+                # silence from these (a keepalive leaves no trace a new etcd leader
+                # sees), so the renewal counts only once it is committed.
+                self._heartbeat(lease_id)
         except StoreError as exc:
             log.warning("Could not renew lease %x: %s", lease_id, exc)
             self.valid()  # lost if this failure ran the deadline out
