@@ -47,7 +47,9 @@ SOCKET_NAME = "fenced.sock"
 PID_NAME = "fenced.pid"
 RECORD_NAME = "fenced.json"
 WATCHDOG = "/dev/watchdog"
-RESCAN = 0.1  # seconds between kill sweeps once fired, until fed again
+RESCAN = 0.1  # seconds between kill sweeps once fired, until fed again ...
+RESCAN_SLOW = 0.5  # ... after the first SLOW_AFTER seconds (a /proc scan costs CPU)
+SLOW_AFTER = 10.0
 IDLE = 5.0  # seconds per recv when nothing is due
 
 
@@ -116,7 +118,8 @@ class Fencer:
     def timeout(self) -> float:
         """How long the next recv may block."""
         if self.fired:
-            return RESCAN
+            late = self.deadline is not None and self.clock() - self.deadline > SLOW_AFTER
+            return RESCAN_SLOW if late else RESCAN
         if self.deadline is None:
             return IDLE
         return max(0.0, min(self.deadline - self.clock(), IDLE))

@@ -9,7 +9,11 @@ final placement and every invariant violation seen:
 - never two running copies of one instance at any virtual instant (a frozen node's VMs
   do not run; they count again if they are resumed unkilled);
 - never a VM started on a node that is not the instance's primary, or (``drbd``) from
-  a replica not ``UpToDate`` at the instance's generation, as the store says.
+  a replica not ``UpToDate`` at the instance's generation, as the store says, nor from
+  one that misses acknowledged writes, as the simulator's own bookkeeping says
+  (:attr:`Simulation.current`: a replica misses writes from the moment it is marked
+  ``Outdated`` while the guest runs elsewhere, or a new copy starts mirroring to it
+  while it is not ``UpToDate``, until a resync).
 
 Events run in time order (integer milliseconds, ties in scheduling order); the
 invariants are checked after every event.  Loops run on their periods (lease renewal
@@ -30,10 +34,13 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 from haven.errors import HavenError
+from haven.model.cluster import Cluster
 from haven.model.instance import Disk, Instance
 from haven.model.keys import ALIVE, HANDOVER, INSTANCES, MASTER, Keys
 from haven.model.node import Node
@@ -58,10 +65,15 @@ class Simulation(World):
         self.master = Master(self)
         self.by_ip = {f"10.0.0.{i + 1}": n for i, n in enumerate(self.nodes.values())}
         self.broken: set[tuple[str, str]] = set()
-        self.kill_targets: set[str] = set()
+        self.kill_during: dict[str, str] = {}  # instance -> node to kill mid-recovery
         self._repl: dict[str, list[float | None]] = {}
         self._alive: frozenset[str] = frozenset()
         self._master_rev = 0
+        self._last_rev = 0
+        self._instances: tuple[int, list[Instance]] = (-1, [])
+        # Which replicas hold every write the guest was told is done (the simulator's
+        # own truth, whatever the store says): (instance, node) -> current.
+        self.current: dict[tuple[str, str], bool] = {}
         self.on_vm_start = self._check_start
 
     # -- scheduling ----------------------------------------------------------------------
@@ -103,11 +115,14 @@ class Simulation(World):
     # -- setup -------------------------------------------------------------------------
     def _seed(self) -> None:
         st = self.truth
+        cluster = Cluster("sim", "sim", 0.0, 0.0, True, (), "", "",
+                          lease_ttl=self.settings.ttl)
+        st.put(Keys.cluster, json.dumps(cluster.to_json()).encode())
         for i, n in enumerate(self.scenario.nodes):
-            node = Node(n.name, n.name, f"10.0.0.{i + 1}", f"10.0.0.{i + 1}", 1811,
-                        master_candidate=n.candidate, vm_capable=n.vm, offline=n.offline,
-                        drained=n.drained)
-            st.put(Keys.node(n.name), json.dumps(node.to_json()).encode())
+            rec = Node(n.name, n.name, f"10.0.0.{i + 1}", f"10.0.0.{i + 1}", 1811,
+                       master_candidate=n.candidate, vm_capable=n.vm, offline=n.offline,
+                       drained=n.drained)
+            st.put(Keys.node(n.name), json.dumps(rec.to_json()).encode())
         for s in self.scenario.instances:
             disks = tuple(Disk(f"{s.name}-{d}", d, 1024) for d in range(s.disks))
             inst = Instance(s.name, s.name, "busybox", "kvm", s.template, s.primary,
@@ -120,6 +135,7 @@ class Simulation(World):
                 ok = {d: DiskReplica(UP_TO_DATE) for d in range(s.disks)}
                 reps = Replicas(s.name, 1, {s.primary: ok, s.secondary: ok})
                 st.put(Keys.replicas(s.name), json.dumps(reps.to_json()).encode())
+                self.current[(s.name, s.primary)] = self.current[(s.name, s.secondary)] = True
         for i, node in enumerate(self.nodes.values()):
             self.boot(node)
             for s in self.scenario.instances:
@@ -127,7 +143,6 @@ class Simulation(World):
                     self.start_vm(node, s.name, None, 0)
             p = i * 37
             self.every(self.settings.renew, p, lambda n=node: self.supervise(n))  # type: ignore[misc]
-            self.every(0.1, p + 3, lambda n=node: self.fence_check(n))  # type: ignore[misc]
             self.every(self.settings.agent_period, p + 500,
                        lambda n=node: self.agent_cycle(n))  # type: ignore[misc]
             if node.spec.candidate:
@@ -136,11 +151,25 @@ class Simulation(World):
         self.every(self.settings.ha_period, 250, self._ha_all)
         self.every(0.1, 7, self._expire)
         self.every(0.25, 11, self.replicate)
+        for node in self.nodes.values():
+            if node.spec.candidate:
+                self.master.role_cycle(node)  # the first candidate is the master
+        self.log_lines.clear()  # the initial placement is not news
         for f in self.scenario.timeline:
             self.at_ms(round(f.at * 1000), lambda f=f: self.apply(f))  # type: ignore[misc]
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> Result:
+        # A lost lease is the simulator's daily bread, not a warning to print.
+        quiet = logging.getLogger("haven.store.lease")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            return self._run()
+        finally:
+            quiet.setLevel(level)
+
+    def _run(self) -> Result:
         self._seed()
         end = round(self.settings.duration * 1000)
         same, last = 0, -1
@@ -159,6 +188,10 @@ class Simulation(World):
         return res
 
     def _after_event(self) -> None:
+        self._check_copies()
+        if self._state.revision == self._last_rev:
+            return  # the store did not change: nothing to wake
+        self._last_rev = self._state.revision
         keys, self.dirty[:] = list(self.dirty), []
         if any(k.startswith(("instances/", "observed/", "locks/")) for k in keys):
             for name, node in self.nodes.items():
@@ -175,7 +208,20 @@ class Simulation(World):
             for name, node in self.nodes.items():
                 if node.spec.candidate:
                     self.wake(f"role/{name}", lambda n=node: self.master.role_cycle(n))  # type: ignore[misc]
-        self._check_copies()
+
+    def on_fed(self, node: SimNode) -> None:
+        """The fencer's ``recv`` times out at its deadline: check then."""
+        deadline = node.fencer.deadline
+        if deadline is not None:
+            self.at_ms(math.ceil(deadline * 1000), lambda f=node.fencer: self._fence_tick(node, f))  # type: ignore[misc]
+
+    def _fence_tick(self, node: SimNode, fencer: object) -> None:
+        if node.fencer is not fencer:
+            return  # a fencer of an earlier boot
+        self.fence_check(node)
+        if node.running and node.fencer.fired:
+            # Fired: it sweeps every RESCAN (0.1 s) until fed again.
+            self.after(0.1, lambda: self._fence_tick(node, fencer))
 
     def _expire(self) -> None:
         if self.any_quorum():  # without an etcd leader no lease expires
@@ -212,6 +258,17 @@ class Simulation(World):
                 self.violate(f"stale/{inst.name}/{self.now_ms}",
                              f"{inst.name} started on {node.name} from a replica that is "
                              f"not UpToDate at generation {inst.generation}")
+            if not self.current.get((inst.name, node.name), False):
+                self.violate(f"lost/{inst.name}/{self.now_ms}",
+                             f"{inst.name} started on {node.name} from a replica that "
+                             f"misses acknowledged writes")
+            for other in (inst.primary_node, *inst.secondary_nodes):
+                # The new copy writes: a peer it mirrors to but that is not UpToDate
+                # misses those writes until its resync.  (An unreachable peer gets
+                # none acknowledged until it is marked Outdated: see replicate.)
+                if other != node.name and self.linked(node.name, other) and \
+                        not up_to_date(reps, other, len(inst.disks), inst.generation):
+                    self.current[(inst.name, other)] = False
         if (inst.name, node.name) in self.broken:
             pid = node.vms[inst.name].pid
             self.after(1.0, lambda: self._crash(node, inst.name, pid))
@@ -225,9 +282,16 @@ class Simulation(World):
         return out
 
     # -- replication -------------------------------------------------------------------
+    def truth_instances(self) -> list[Instance]:
+        """Every instance as the store has it now (parsed once per revision)."""
+        if self._instances[0] != self._state.revision:
+            self._instances = (self._state.revision,
+                               [Instance.from_json(json.loads(kv.value))
+                                for kv in self.truth.list(INSTANCES)[0]])
+        return self._instances[1]
+
     def replicate(self) -> None:
-        for kv in self.truth.list(INSTANCES)[0]:
-            inst = Instance.from_json(json.loads(kv.value))
+        for inst in self.truth_instances():
             if inst.disk_template != "drbd" or not inst.secondary_nodes:
                 continue
             p, s = inst.primary_node, inst.secondary_nodes[0]
@@ -240,9 +304,9 @@ class Simulation(World):
             reps = Replicas.from_json(json.loads(rkv.value)) if rkv else None
             n, gen, now = len(inst.disks), inst.generation, self.clock()
             if not self.linked(p, s):
-                st[1] = None
-                st[0] = now if st[0] is None else st[0]
-                if now - st[0] >= self.settings.outdate_delay and \
+                broken = now if st[0] is None else st[0]
+                st[0], st[1] = broken, None
+                if now - broken >= self.settings.outdate_delay and \
                         up_to_date(reps, s, n, gen):
                     self._report(pn, inst, s, OUTDATED, f"{s} stopped answering")
                 continue
@@ -250,8 +314,9 @@ class Simulation(World):
             if up_to_date(reps, s, n, gen) and up_to_date(reps, p, n, gen):
                 st[1] = None
                 continue
-            st[1] = now if st[1] is None else st[1]
-            if now - st[1] >= self.settings.resync_time:
+            syncing = now if st[1] is None else st[1]
+            st[1] = syncing
+            if now - syncing >= self.settings.resync_time:
                 self._report(pn, inst, s, UP_TO_DATE, "resynced")
 
     def _report(self, pn: SimNode, inst: Instance, s: str, state: str, msg: str) -> None:
@@ -264,6 +329,10 @@ class Simulation(World):
             pn.store.put(Keys.replicas(inst.name), json.dumps(reps.to_json()).encode())
         except StoreError:
             return
+        # Outdated: the guest's writes, held until now, are acknowledged on the primary
+        # alone.  UpToDate: the resync copied the primary's data.
+        self.current[(inst.name, s)] = state == UP_TO_DATE and \
+            self.current.get((inst.name, pn.name), False)
         self.log(f"{inst.name} replica on {s} {state}")
 
     # -- faults --------------------------------------------------------------------------
@@ -281,7 +350,7 @@ class Simulation(World):
         elif f.action == "resume" and node is not None:
             node.state = UP
             self.update_reachability()
-            self.fence_check(node)  # the fencer's recv times out first
+            self._fence_tick(node, node.fencer)  # the fencer's recv times out first
             self.supervise(node)
             self.wake(f"agent/{node.name}", lambda: self.agent_cycle(node))
         elif f.action == "partition":
@@ -310,20 +379,20 @@ class Simulation(World):
             self.broken.add((arg["instance"], arg["node"]))
         elif f.action in ("rpc_fail", "rpc_ok") and node is not None:
             node.rpc_fail = f.action == "rpc_fail"
-        elif f.action == "kill_target":
-            self.kill_targets.add(arg)
+        elif f.action == "kill_during_recovery":
+            self.kill_during[arg["instance"]] = arg.get("node", "target")
         elif f.action == "no_voting" and node is not None:
             self._no_voting(node)
 
     def recovery_started(self, instance: str, target: str) -> None:
-        """A recovery job took its lock: a ``kill_target`` fault fires halfway."""
-        if instance not in self.kill_targets:
-            return
-        self.kill_targets.discard(instance)
-        kv = self.truth.get(Keys.instance(instance))
-        assert kv is not None
-        inst = Instance.from_json(json.loads(kv.value))
-        victim = target or (inst.secondary_nodes[0] if inst.secondary_nodes else "")
+        """A recovery job took its lock: a ``kill_during_recovery`` fault fires
+        halfway through it."""
+        victim = self.kill_during.pop(instance, "")
+        if victim == "target":
+            kv = self.truth.get(Keys.instance(instance))
+            assert kv is not None
+            inst = Instance.from_json(json.loads(kv.value))
+            victim = target or (inst.secondary_nodes[0] if inst.secondary_nodes else "")
         if victim in self.nodes:
             self.after(self.settings.recovery_time / 2,
                        lambda: self.apply(Fault(self.clock(), "kill", victim)))
@@ -351,6 +420,7 @@ class Simulation(World):
         reps = Replicas.from_json(json.loads(rkv.value))
         new = reps.with_node(node, {i: DiskReplica(state, 0.0) for i in
                                     range(len(inst.disks))})
+        self.current[(name, node)] = state == UP_TO_DATE
         self.truth.put(Keys.replicas(name), json.dumps(new.to_json()).encode())
 
     def _no_voting(self, node: SimNode) -> None:

@@ -16,6 +16,7 @@ master was running are failed, their locks freed, as ``JobRunner`` does).
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,6 @@ from haven.master import ha as ha_mod
 from haven.master import ha_loop, jobqueue, locks
 from haven.master.lu import MasterContext
 from haven.master.opcodes.instance_drbd import InstanceFailover
-from haven.model import ha as H
 from haven.model.job import JobStatus, OpStatus
 from haven.model.keys import MASTER, Keys
 from haven.model.node import Node
@@ -73,6 +73,7 @@ class Master:
         self.sim = sim
         self.managers: dict[str, ha_loop.HaManager] = {}
         self.running: dict[int, tuple[str, int]] = {}  # job -> (master node, token)
+        self.beats: dict[str, dict[str, tuple[int, float]]] = {}  # per master node
 
     def context(self, node: SimNode) -> MasterContext:
         def guard() -> Any:
@@ -117,6 +118,7 @@ class Master:
         if guard is None:
             return
         self.managers[node.name] = ha_loop.HaManager(ctx, self.sim.settings.grace)
+        self.beats[node.name] = {}
         mine = (node.name, guard.create_revision)
         for job in jobqueue.list_jobs(node.store):
             if job.status not in _ACTIVE or self.running.get(job.id) == mine:
@@ -140,12 +142,25 @@ class Master:
             return
         try:
             self.run_jobs(node, mgr.ctx)
-            view = ha_loop.observe(mgr.ctx, self.sim.settings.grace)
+            view = ha_loop.observe(mgr.ctx, self.sim.settings.grace,
+                                   **self._observe_args(node))
             for a in ha_mod.plan(view):
-                mgr.execute(a, view)
+                if not mgr.execute(a, view):
+                    break  # the world changed under the plan (HaManager.cycle)
                 self._log(a)
         except HavenError:
             return
+
+    def _observe_args(self, node: SimNode) -> dict[str, Any]:
+        """The heartbeat bookkeeping ``HaManager.cycle`` passes, where observe has it:
+        kept per master, timed on the virtual monotonic clock."""
+        params = inspect.signature(ha_loop.observe).parameters
+        if "beats" not in params:
+            return {}
+        out: dict[str, Any] = {"beats": self.beats.setdefault(node.name, {})}
+        if "monotonic" in params:
+            out["monotonic"] = self.sim.clock
+        return out
 
     def _log(self, a: ha_mod.Action) -> None:
         log = self.sim.log
@@ -247,4 +262,4 @@ class Master:
         self.sim.after(duration, end)
 
 
-__all__ = ["H", "Master", "SimRpc"]
+__all__ = ["Master", "SimRpc"]

@@ -11,13 +11,16 @@ A scenario (``tests/ha_scenarios/*.json``) is one JSON object::
      "timeline": [{"at": 5, "kill": "node02"}, {"at": 30, "boot": "node02"}, ...],
      "expect": ["node02 unreachable", "node02 fenced", "vm1 recovered on node03"],
      "never": ["vm1 started on node02"],
+     "by": {"vm1 recovered on node03": 15},
      "final": {"vm1": "node03"},
      "why_down": {"vm2": "its replica was stale"}}
 
 The first node that is a master candidate is the master at the start.  ``expect`` is
 matched as an ordered subsequence of the run's event log, each expected line being a
 prefix of the log line it matches (so a refusal can be named by its first words);
-``never`` lines may not prefix any log line.  ``final`` maps each instance to the node
+``never`` lines may not prefix any log line; ``by`` gives the virtual second by which
+a line (a prefix, as in ``expect``) must have appeared.  The initial placement is not
+logged: the log starts with the first change.  ``final`` maps each instance to the node
 it runs on at the end, or ``"down"`` (then ``why_down`` must say why, for the reader).
 
 Timeline entries (``at`` in virtual seconds; one action key each), see
@@ -29,8 +32,9 @@ Timeline entries (``at`` in virtual seconds; one action key each), see
 ``"admin_state": "down"``); ``set_node`` (``{"name", "offline"|"drained": bool}``);
 ``replica`` (``{"instance", "node", "state"}``); ``crash`` (an instance: its VM dies
 once); ``break`` (``{"instance", "node"}``: every start there dies after a second);
-``rpc_fail`` / ``rpc_ok`` (a node whose daemon's API fails every call); ``kill_target``
-(an instance: the target of its next recovery job dies while the job runs);
+``rpc_fail`` / ``rpc_ok`` (a node whose daemon's API fails every call);
+``kill_during_recovery`` (``{"instance", "node"}``: that node, or with ``"target"`` the
+target, dies halfway through the instance's next recovery job);
 ``no_voting`` (a node: ``gnt-cluster master-failover --no-voting`` run there).
 """
 
@@ -43,7 +47,7 @@ from typing import Any
 
 ACTIONS = frozenset({"kill", "boot", "freeze", "resume", "partition", "heal", "clock",
                      "user_job", "set_instance", "set_node", "replica", "crash", "break",
-                     "rpc_fail", "rpc_ok", "kill_target", "no_voting"})
+                     "rpc_fail", "rpc_ok", "kill_during_recovery", "no_voting"})
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class Scenario:
     never: tuple[str, ...] = ()
     final: dict[str, str] = field(default_factory=dict)
     why_down: dict[str, str] = field(default_factory=dict)
+    by: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, name: str, data: dict[str, Any]) -> Scenario:
@@ -133,7 +138,8 @@ class Scenario:
                    tuple(sorted(faults, key=lambda f: f.at)),
                    Settings(**data.get("settings", {})), tuple(data.get("expect", ())),
                    tuple(data.get("never", ())), dict(data.get("final", {})),
-                   dict(data.get("why_down", {})))
+                   dict(data.get("why_down", {})),
+                   {k: float(v) for k, v in data.get("by", {}).items()})
 
 
 def load(path: Path) -> Scenario:
@@ -163,3 +169,15 @@ class Result:
 
     def forbidden(self, never: tuple[str, ...]) -> list[str]:
         return [line for line in self.log if any(line.startswith(n) for n in never)]
+
+    def late(self, by: dict[str, float]) -> list[str]:
+        """The ``by`` lines that did not appear by their time."""
+        times: dict[str, float] = {}
+        for entry in self.timed:
+            t, _, line = entry.strip().partition(" ")
+            for want in by:
+                if want not in times and line.startswith(want):
+                    times[want] = float(t)
+        return [f"{want!r} by {t:g} s (seen at {times[want]:g} s)" if want in times
+                else f"{want!r} by {t:g} s (never seen)"
+                for want, t in sorted(by.items()) if times.get(want, float("inf")) > t]

@@ -16,6 +16,7 @@ kills are simulated, so its ~10 lines of rule are restated here.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ from haven.model.keys import INSTANCES, LOCKS, MIGRATIONS, OBSERVED, Keys
 from haven.model.node import Node, NodeFacts
 from haven.model.replica import UP_TO_DATE, Replicas
 from haven.sim.hasim_model import NodeSpec, Settings
-from haven.store.base import Delete, Op, Put, TxnResult
 from haven.store.base import Compare as _Compare
+from haven.store.base import Delete, Op, Put, TxnResult
 from haven.store.errors import StoreError
 from haven.store.lease import LeaseKeeper
 from haven.store.memory import MemoryStore, _State
@@ -193,7 +194,27 @@ class World:
         self.update_reachability()
 
     def _fed(self, node: SimNode) -> Callable[[float, int], None]:
-        return lambda deadline, _lease: node.fencer.feed(deadline, self.clock())
+        def feed(deadline: float, _lease: int) -> None:
+            node.fencer.feed(deadline, self.clock())
+            self.on_fed(node)
+
+        return feed
+
+    def on_fed(self, node: SimNode) -> None:
+        """Called after every feed (the simulator schedules the fencer's check)."""
+
+    def _beat(self, node: SimNode) -> dict[str, Any]:
+        """``NodeDaemon._heartbeat``: the alive key is rewritten at every renewal, where
+        the lease keeper has that hook."""
+        if "heartbeat" not in inspect.signature(LeaseKeeper).parameters:
+            return {}
+
+        def beat(lease_id: int) -> None:
+            if node.alive_lease == lease_id:
+                node.store.put(Keys.alive(node.name), _alive_value(node.name),
+                               lease=lease_id)
+
+        return {"heartbeat": beat}
 
     def supervise(self, node: SimNode) -> None:
         """One second of the daemon: renew the lease (or get a new one), keep the
@@ -204,7 +225,7 @@ class World:
             if node.lease is None:
                 node.lease = LeaseKeeper(node.store, self.settings.ttl, self.settings.margin,
                                          self.clock, run_thread=False,
-                                         on_renewed=self._fed(node))
+                                         on_renewed=self._fed(node), **self._beat(node))
                 if node.election is None:
                     from haven.store.election import Election
 
@@ -214,7 +235,7 @@ class World:
                 node.lease.renew_once()
             if not node.lease.valid() or node.lease.lease_id != node.alive_lease:
                 node.lease.restart()
-                node.store.put(Keys.alive(node.name), json.dumps({"node": node.name}).encode(),
+                node.store.put(Keys.alive(node.name), _alive_value(node.name),
                                lease=node.lease.lease_id)
                 node.alive_lease = node.lease.lease_id
             free = node.spec.memory - sum(vm.memory for vm in node.vms.values())
@@ -360,6 +381,10 @@ def _instance(store: SimStore, name: str) -> Instance:
     if kv is None:
         raise OpPrereqError(f"Instance {name} does not exist")
     return Instance.from_json(json.loads(kv.value))
+
+
+def _alive_value(name: str) -> bytes:
+    return json.dumps({"node": name}).encode()
 
 
 def _facts(name: str, total: int, free: int, now: float) -> bytes:
