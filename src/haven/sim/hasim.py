@@ -269,9 +269,11 @@ class Simulation(World):
                 if other != node.name and self.linked(node.name, other) and \
                         not up_to_date(reps, other, len(inst.disks), inst.generation):
                     self.current[(inst.name, other)] = False
+        pid = node.vms[inst.name].pid
         if (inst.name, node.name) in self.broken:
-            pid = node.vms[inst.name].pid
             self.after(1.0, lambda: self._crash(node, inst.name, pid))
+        else:
+            self.after(self.settings.boot_time, lambda: self._booted(node, inst.name, pid))
 
     def placement(self) -> dict[str, str]:
         out = {}
@@ -396,6 +398,11 @@ class Simulation(World):
         if victim in self.nodes:
             self.after(self.settings.recovery_time / 2,
                        lambda: self.apply(Fault(self.clock(), "kill", victim)))
+
+    def _booted(self, node: SimNode, name: str, pid: int) -> None:
+        vm = node.vms.get(name)
+        if vm is not None and vm.pid == pid and node.running:
+            self.log(f"{name} answering on {node.name}")
 
     def _crash(self, node: SimNode, name: str, pid: int) -> None:
         vm = node.vms.get(name)

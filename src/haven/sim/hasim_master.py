@@ -16,7 +16,6 @@ master was running are failed, their locks freed, as ``JobRunner`` does).
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -142,25 +141,16 @@ class Master:
             return
         try:
             self.run_jobs(node, mgr.ctx)
+            # As HaManager.cycle: the heartbeats seen are kept per master, timed on
+            # the (virtual) monotonic clock.
             view = ha_loop.observe(mgr.ctx, self.sim.settings.grace,
-                                   **self._observe_args(node))
+                                   self.beats.setdefault(node.name, {}), self.sim.clock)
             for a in ha_mod.plan(view):
                 if not mgr.execute(a, view):
                     break  # the world changed under the plan (HaManager.cycle)
                 self._log(a)
         except HavenError:
             return
-
-    def _observe_args(self, node: SimNode) -> dict[str, Any]:
-        """The heartbeat bookkeeping ``HaManager.cycle`` passes, where observe has it:
-        kept per master, timed on the virtual monotonic clock."""
-        params = inspect.signature(ha_loop.observe).parameters
-        if "beats" not in params:
-            return {}
-        out: dict[str, Any] = {"beats": self.beats.setdefault(node.name, {})}
-        if "monotonic" in params:
-            out["monotonic"] = self.sim.clock
-        return out
 
     def _log(self, a: ha_mod.Action) -> None:
         log = self.sim.log

@@ -7,7 +7,7 @@ A scenario (``tests/ha_scenarios/*.json``) is one JSON object::
      "instances": [{"name": "vm1", "template": "drbd", "primary": "node02",
                     "secondary": "node03", "memory": 512, "ha": "", "priority": 0,
                     "max_restart": 0, "max_relocate": 0, "admin": "up"}, ...],
-     "settings": {"recovery_time": 1.5, "duration": 40},
+     "settings": {"recovery_time": 1.5, "duration": 40},  # default: last fault + 20 s
      "timeline": [{"at": 5, "kill": "node02"}, {"at": 30, "boot": "node02"}, ...],
      "expect": ["node02 unreachable", "node02 fenced", "vm1 recovered on node03"],
      "never": ["vm1 started on node02"],
@@ -18,7 +18,9 @@ A scenario (``tests/ha_scenarios/*.json``) is one JSON object::
 The first node that is a master candidate is the master at the start.  ``expect`` is
 matched as an ordered subsequence of the run's event log, each expected line being a
 prefix of the log line it matches (so a refusal can be named by its first words);
-``never`` lines may not prefix any log line; ``by`` gives the virtual second by which
+``never`` lines may not prefix any log line (a started VM logs ``"vm1 started on
+node03"``, and ``"vm1 answering on node03"`` once its guest booted, ``boot_time``
+later); ``by`` gives the virtual second by which
 a line (a prefix, as in ``expect``) must have appeared.  The initial placement is not
 logged: the log starts with the first change.  ``final`` maps each instance to the node
 it runs on at the end, or ``"down"`` (then ``why_down`` must say why, for the reader).
@@ -134,9 +136,12 @@ class Scenario:
                 if n and n not in names:
                     raise ValueError(f"scenario {name}: instance {i.name} names unknown "
                                      f"node {n}")
+        settings = dict(data.get("settings", {}))
+        # By default a run lasts until things settle: 20 s after the last fault.
+        settings.setdefault("duration", max([30.0, *(f.at + 20.0 for f in faults)]))
         return cls(name, str(data.get("description", "")), nodes, insts,
-                   tuple(sorted(faults, key=lambda f: f.at)),
-                   Settings(**data.get("settings", {})), tuple(data.get("expect", ())),
+                   tuple(sorted(faults, key=lambda f: f.at)), Settings(**settings),
+                   tuple(data.get("expect", ())),
                    tuple(data.get("never", ())), dict(data.get("final", {})),
                    dict(data.get("why_down", {})),
                    {k: float(v) for k, v in data.get("by", {}).items()})

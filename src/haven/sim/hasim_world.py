@@ -16,7 +16,6 @@ kills are simulated, so its ~10 lines of rule are restated here.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -203,18 +202,14 @@ class World:
     def on_fed(self, node: SimNode) -> None:
         """Called after every feed (the simulator schedules the fencer's check)."""
 
-    def _beat(self, node: SimNode) -> dict[str, Any]:
-        """``NodeDaemon._heartbeat``: the alive key is rewritten at every renewal, where
-        the lease keeper has that hook."""
-        if "heartbeat" not in inspect.signature(LeaseKeeper).parameters:
-            return {}
-
+    def _beat(self, node: SimNode) -> Callable[[int], None]:
+        """``NodeDaemon._heartbeat``: the alive key is rewritten at every renewal."""
         def beat(lease_id: int) -> None:
             if node.alive_lease == lease_id:
                 node.store.put(Keys.alive(node.name), _alive_value(node.name),
                                lease=lease_id)
 
-        return {"heartbeat": beat}
+        return beat
 
     def supervise(self, node: SimNode) -> None:
         """One second of the daemon: renew the lease (or get a new one), keep the
@@ -225,7 +220,7 @@ class World:
             if node.lease is None:
                 node.lease = LeaseKeeper(node.store, self.settings.ttl, self.settings.margin,
                                          self.clock, run_thread=False,
-                                         on_renewed=self._fed(node), **self._beat(node))
+                                         on_renewed=self._fed(node), heartbeat=self._beat(node))
                 if node.election is None:
                     from haven.store.election import Election
 
