@@ -30,8 +30,12 @@ from haven.store.errors import FencedOut, StoreError
 
 log = logging.getLogger(__name__)
 
-PERIOD = 0.5  # seconds between cycles when nothing wakes the loop
-GRACE = 1.0  # seconds after a lease's expiry before its node counts as fenced
+# Seconds between cycles when nothing wakes the loop: a node's silence is timed by
+# them (a cycle is ~8 reads of the store).
+PERIOD = 0.25
+# Seconds after a node counts as lost (its fencer's deadline passed by then: see
+# master/ha.py) before it counts as fenced: the fencer's SIGKILL and clock-rate slack.
+GRACE = 0.5
 LEASE_MARGIN = 1.0  # the node daemons' LeaseKeeper margin (noded.py)
 # Recoveries outrank user jobs: Ganeti's highest priority.
 RECOVERY_PRIORITY = -20
