@@ -70,6 +70,7 @@ class Simulation(World):
         self._alive: frozenset[str] = frozenset()
         self._master_rev = 0
         self._last_rev = 0
+        self._seeding = True
         self._instances: tuple[int, list[Instance]] = (-1, [])
         # Which replicas hold every write the guest was told is done (the simulator's
         # own truth, whatever the store says): (instance, node) -> current.
@@ -155,6 +156,7 @@ class Simulation(World):
             if node.spec.candidate:
                 self.master.role_cycle(node)  # the first candidate is the master
         self.log_lines.clear()  # the initial placement is not news
+        self._seeding = False
         for f in self.scenario.timeline:
             self.at_ms(round(f.at * 1000), lambda f=f: self.apply(f))  # type: ignore[misc]
 
@@ -270,6 +272,8 @@ class Simulation(World):
                         not up_to_date(reps, other, len(inst.disks), inst.generation):
                     self.current[(inst.name, other)] = False
         pid = node.vms[inst.name].pid
+        if self._seeding:
+            return  # the initial placement: booted long ago
         if (inst.name, node.name) in self.broken:
             self.after(1.0, lambda: self._crash(node, inst.name, pid))
         else:

@@ -30,7 +30,7 @@ from haven.model.job import JobStatus, OpStatus
 from haven.model.keys import MASTER, Keys
 from haven.model.node import Node
 from haven.noderpc import NodeRpc
-from haven.sim.hasim_world import SimNode
+from haven.sim.hasim_world import FROZEN, SimNode
 from haven.store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -193,10 +193,15 @@ class Master:
             self.sim.recovery_started(lu.op["instance_name"], lu.op.get("target_node", ""))
 
     def finish_job(self, job_id: int) -> None:
-        owner = self.running.pop(job_id, None)
+        owner = self.running.get(job_id)
         if owner is None:
             return
         node = self.sim.nodes[owner[0]]
+        if node.state == FROZEN:
+            # A stopped master's job thread goes on where it was once resumed.
+            self.sim.after(0.1, lambda: self.finish_job(job_id))
+            return
+        del self.running[job_id]
         mgr = self.managers.get(node.name)
         if mgr is None:
             return
