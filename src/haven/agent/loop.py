@@ -89,6 +89,8 @@ class Agent:
                 done.append(f"{a.kind} {a.name}")
             except HavenError as exc:
                 log.warning("agent: %s %s failed: %s", a.kind, a.name, exc.message)
+        done += [f"thaw {n}" for n in rep.release_frozen(view.instances, running,
+                                                          rview.mirrors)]
         return ("; " + ", ".join(done)) if done else ""
 
     def observe(self) -> AgentView:

@@ -24,6 +24,7 @@ from haven.master import state
 from haven.model.instance import Instance
 from haven.model.keys import REPLICAS, Keys
 from haven.model.replica import OUTDATED, UP_TO_DATE, Replicas
+from haven.store.errors import StoreError
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
@@ -84,7 +85,65 @@ class NodeReplication:
         # (instance, disk) -> (when, state) since which its mirror made no progress.
         self._still: dict[tuple[str, int], tuple[float, MirrorState]] = {}
         self._severed: set[tuple[str, int]] = set()  # resync those without resuming
-        self.watch = MirrorWatch(self._woken)
+        # VMs frozen by their mirror watcher on a replication error: thawed once the
+        # peer is recorded not UpToDate (report), or the mirror is healthy again.
+        self._frozen: dict[str, float] = {}
+        self.watch = MirrorWatch(self._on_mirror_error)
+
+    def _on_mirror_error(self, name: str, disks: list[int]) -> None:
+        """A mirror of ``name`` failed: freeze the guest at once (a few ms after the
+        error, instead of at the agent's report ~0.1 s later), so that writes the peer
+        missed are not acknowledged before etcd says ``Outdated``; then run the agent's
+        cycle, whose report thaws it.  Not while a job holds the instance (a migration
+        decides itself)."""
+        from haven.hypervisor.qemu import replication
+
+        try:
+            locked = self.d.store().get(Keys.lock(f"instance/{name}")) is not None
+        except (HavenError, StoreError):
+            locked = False  # etcd unreachable: freeze, the report will wait for it
+        if not locked:
+            try:
+                if replication.freeze(self._qmp(name)):
+                    self._frozen[name] = time.monotonic()
+                    log.info("%s: guest frozen on a replication error until its peer is "
+                             "recorded Outdated", name)
+            except HavenError as exc:
+                log.warning("%s: could not freeze the guest on a replication error: %s",
+                            name, exc.message)
+        self._woken(name, disks)
+
+    def release_frozen(self, instances: dict[str, Instance], running: frozenset[str],
+                       mirrors: dict[str, dict[int, Mirror]]) -> list[str]:
+        """Thaw the VMs frozen by :meth:`_on_mirror_error` whose peer is no longer
+        ``UpToDate`` in etcd, whose mirrors are all ``ready`` again, or that are gone.
+        Returns the names thawed."""
+        from haven.hypervisor.qemu import replication
+
+        if not self._frozen:
+            return []
+        reps = self.replicas()
+        thawed = []
+        for name in list(self._frozen):
+            inst = instances.get(name)
+            if inst is None or name not in running:
+                self._frozen.pop(name, None)
+                continue
+            snode = inst.secondary_nodes[0] if inst.secondary_nodes else ""
+            r = reps.get(name)
+            peer_marked = not snode or r is None or not r.node_up_to_date(
+                snode, len(inst.disks), inst.generation)
+            healthy = bool(mirrors.get(name)) and all(
+                m.phase == "ready" for m in mirrors[name].values())
+            if peer_marked or healthy:
+                try:
+                    replication.thaw(self._qmp(name))
+                except HavenError as exc:
+                    log.warning("%s: could not thaw the guest: %s", name, exc.message)
+                    continue
+                self._frozen.pop(name, None)
+                thawed.append(name)
+        return thawed
 
     def _woken(self, name: str, disks: list[int]) -> None:
         """A mirror of ``name`` failed: run the agent's cycle now, not in up to 2 s."""
@@ -299,6 +358,7 @@ class NodeReplication:
             from haven.hypervisor.qemu import replication
 
             replication.thaw(self._qmp(inst.name))
+            self._frozen.pop(inst.name, None)
         if outdating:
             self.d.instances.emit("degraded", inst, "its secondary stopped answering; "
                                   "replica marked Outdated, running degraded", "warning")
