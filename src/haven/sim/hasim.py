@@ -217,6 +217,17 @@ class Simulation(World):
         if deadline is not None:
             self.at_ms(math.ceil(deadline * 1000), lambda f=node.fencer: self._fence_tick(node, f))  # type: ignore[misc]
 
+    def on_renew_failed(self, node: SimNode) -> None:
+        """``LeaseKeeper``'s thread retries a failed renewal after 0.5 s (then the
+        daemon's next second renews or restarts it again)."""
+        lease = node.lease
+
+        def retry() -> None:
+            if node.running and node.lease is lease and lease is not None and lease.valid():
+                lease.renew_once()
+
+        self.after(0.5, retry)
+
     def _fence_tick(self, node: SimNode, fencer: object) -> None:
         if node.fencer is not fencer:
             return  # a fencer of an earlier boot
@@ -344,7 +355,7 @@ class Simulation(World):
     # -- faults --------------------------------------------------------------------------
     def apply(self, f: Fault) -> None:
         arg = f.arg
-        self.log(f"! {f.action} {_describe(arg)}")
+        self.log(f"! {f.action} {_describe(arg)}".rstrip())
         node = self.nodes.get(arg) if isinstance(arg, str) else None
         if f.action == "kill" and node is not None:
             self.kill(node)
@@ -456,6 +467,8 @@ class Simulation(World):
 
 
 def _describe(arg: object) -> str:
+    if arg is True:
+        return ""
     if isinstance(arg, list):
         return " | ".join(",".join(g) for g in arg)
     if isinstance(arg, dict):

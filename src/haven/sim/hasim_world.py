@@ -202,6 +202,9 @@ class World:
     def on_fed(self, node: SimNode) -> None:
         """Called after every feed (the simulator schedules the fencer's check)."""
 
+    def on_renew_failed(self, node: SimNode) -> None:
+        """Called after a failed renewal (the keeper retries after 0.5 s)."""
+
     def _beat(self, node: SimNode) -> Callable[[int], None]:
         """``NodeDaemon._heartbeat``: the alive key is rewritten at every renewal."""
         def beat(lease_id: int) -> None:
@@ -226,8 +229,8 @@ class World:
 
                     node.election = Election(node.store, Keys.master, lease=node.lease,
                                              value=json.dumps({"node": node.name}).encode())
-            elif node.lease.valid():
-                node.lease.renew_once()
+            elif node.lease.valid() and not node.lease.renew_once():
+                self.on_renew_failed(node)
             if not node.lease.valid() or node.lease.lease_id != node.alive_lease:
                 node.lease.restart()
                 node.store.put(Keys.alive(node.name), _alive_value(node.name),
