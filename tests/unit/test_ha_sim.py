@@ -44,6 +44,13 @@ KNOWN_BUGS: dict[str, str] = {
         "free) sends vm1 to the same full node; its job passes check_memory on those "
         "stale facts, moves the primary, and the start fails, so vm1 ends given up on "
         "node03 instead of staying refused (and down) with the reason"),
+    "user_down_instance_node_dies": (
+        "master/ha.py recovers an instance whose guest had powered itself off (observed "
+        "user_down, Ganeti's USER_down) when its node dies: HAView.running is observed "
+        "but unused by plan(), the failover deletes observed/<name> and the target's "
+        "agent then starts it, although the agent itself never restarts a USER_down "
+        "guest ('the administrator decides'); arguably it should be moved (or not) "
+        "but stay down"),
 }
 
 

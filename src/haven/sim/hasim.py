@@ -250,8 +250,9 @@ class Simulation(World):
         where: dict[str, list[str]] = {}
         for name, node in self.nodes.items():
             if node.state == UP:
-                for vm in node.vms:
-                    where.setdefault(vm, []).append(name)
+                for vm in node.vms.values():
+                    if vm.status == "running":
+                        where.setdefault(vm.name, []).append(name)
         for inst, nodes in where.items():
             if len(nodes) > 1:
                 self.violate(f"copies/{inst}/{nodes}",
@@ -294,7 +295,8 @@ class Simulation(World):
         out = {}
         for s in self.scenario.instances:
             nodes = [n for n, node in self.nodes.items()
-                     if node.state == UP and s.name in node.vms]
+                     if node.state == UP and s.name in node.vms
+                     and node.vms[s.name].status == "running"]
             out[s.name] = "+".join(nodes) or "down"
         return out
 
@@ -314,7 +316,8 @@ class Simulation(World):
             p, s = inst.primary_node, inst.secondary_nodes[0]
             pn = self.nodes[p]
             st = self._repl.setdefault(inst.name, [None, None])  # broken since, syncing
-            if not pn.running or inst.name not in pn.vms:
+            vm = pn.vms.get(inst.name)
+            if not pn.running or vm is None or vm.status != "running":
                 st[0] = st[1] = None
                 continue
             rkv = self.truth.get(Keys.replicas(inst.name))
@@ -392,6 +395,11 @@ class Simulation(World):
             for n in self.nodes.values():
                 if arg in n.vms:
                     self._crash(n, arg, n.vms[arg].pid)
+        elif f.action == "poweroff":
+            for n in self.nodes.values():
+                if arg in n.vms and n.running:
+                    n.vms[arg].status = "shutdown"
+                    self.log(f"{arg} powered off on {n.name}")
         elif f.action == "break":
             self.broken.add((arg["instance"], arg["node"]))
         elif f.action in ("rpc_fail", "rpc_ok") and node is not None:

@@ -33,7 +33,8 @@ Timeline entries (``at`` in virtual seconds; one action key each), see
 ``set_instance`` (``{"name", ...Instance fields}``, e.g. ``"ha": "off"``,
 ``"admin_state": "down"``); ``set_node`` (``{"name", "offline"|"drained": bool}``);
 ``replica`` (``{"instance", "node", "state"}``); ``crash`` (an instance: its VM dies
-once); ``break`` (``{"instance", "node"}``: every start there dies after a second);
+once); ``poweroff`` (an instance: its guest powers itself off, ``USER_down``);
+``break`` (``{"instance", "node"}``: every start there dies after a second);
 ``rpc_fail`` / ``rpc_ok`` (a node whose daemon's API fails every call);
 ``kill_during_recovery`` (``{"instance", "node"}``: that node, or with ``"target"`` the
 target, dies halfway through the instance's next recovery job);
@@ -48,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 ACTIONS = frozenset({"kill", "boot", "freeze", "resume", "partition", "heal", "clock",
-                     "user_job", "set_instance", "set_node", "replica", "crash", "break",
-                     "rpc_fail", "rpc_ok", "kill_during_recovery", "no_voting"})
+                     "user_job", "set_instance", "set_node", "replica", "crash", "poweroff",
+                     "break", "rpc_fail", "rpc_ok", "kill_during_recovery", "no_voting"})
 
 
 @dataclass(frozen=True)

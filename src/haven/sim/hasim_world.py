@@ -69,7 +69,7 @@ class SimVM:
     started: float
     generation: int
     memory: int
-    doomed_at: float | None = None  # a broken VM dies then
+    status: str = "running"  # "shutdown": the guest powered itself off
 
 
 @dataclass
@@ -292,9 +292,10 @@ class World:
                 raise OpPrereqError(f"The replica of {name} on {node.name} is not known "
                                     f"UpToDate at generation {inst.generation}")
         vm = node.vms.get(name)
-        if vm is not None:
+        if vm is not None and vm.status == "running":
             self.publish(node, inst, "running", vm.pid, restarts)
             return vm.pid
+        node.vms.pop(name, None)  # powered off from inside: cleared first
         used = sum(v.memory for v in node.vms.values())
         if used + inst.memory > node.spec.memory:
             raise OpPrereqError(f"Not enough memory on {node.name} for {name}")
@@ -350,7 +351,8 @@ class World:
         locked |= {kv.key[len(MIGRATIONS):] for kv in kvs}
         kv = store.get(Keys.node(node.name))
         offline = bool(kv and Node.from_json(json.loads(kv.value)).offline)
-        vms = {n: VmInfo(n, vm.pid, "running", started=vm.started, memory=vm.memory)
+        vms = {n: VmInfo(n, vm.pid, "shutdown" if vm.status == "shutdown" else "running",
+                         started=vm.started, memory=vm.memory)
                for n, vm in node.vms.items()}
         return agent_plan.AgentView(node.name, offline, instances, observed,
                                     frozenset(locked), vms, self.start_blocked(node))
