@@ -189,3 +189,44 @@ def test_a_node_whose_heartbeats_stop_is_lost_although_etcd_keeps_its_lease() ->
     acts = plan(replace(v, node_ha={"node02": fenced02},
                         silent={"node02": 9.0, "node03": 9.0}))
     assert [a.kind for a in acts if a.target == "vm1"] == ["refuse"]
+
+
+def test_the_grace_is_timed_on_this_masters_own_clock_when_it_has_one() -> None:
+    """A wall clock stepped back (or a new master behind the old one) must not stretch
+    the grace: with ``state_age`` the plan ignores ``NodeHA.since``."""
+    vm1 = inst("vm1", "node02", "node03")
+    unreachable = NodeHA("node02", H.UNREACHABLE, since=5000.0, lost_at=5000.0)
+    v = view([vm1], [reps(vm1)], now=100.0, node_ha=[unreachable])
+    assert plan(replace(v, state_age={"node02": 0.4})) == []
+    acts = plan(replace(v, state_age={"node02": 1.0}))
+    assert kinds(acts)[0] == ("node", "node02", H.FENCED)
+
+
+def test_memory_of_vms_started_since_the_facts_and_of_running_recoveries_counts() -> None:
+    from haven.model.instance import Observed
+
+    a = inst("a", "node02", "node03")
+    b = inst("b", "node03", "node01")
+    # b started on node03 after its facts were taken: those 300 MiB free are 172.
+    v = view([a, b], [reps(a)], node_ha=[fenced()], free=300)
+    v = replace(v, observed={"b": Observed("b", "node03", "running", since=50.0)},
+                facts_updated={"node03": 40.0})
+    assert [x.kind for x in plan(v) if x.target == "a"] == ["recover"]  # 172 >= 128
+    c = inst("c", "node04", "node03")
+    running = InstanceHA("c", "recovering", "node04", "node03", 9, 1, 100.0, 100.5)
+    v2 = replace(v, inst_ha={"c": running}, jobs={9: "running"},
+                 instances={**v.instances, "c": c})
+    refused = [x for x in plan(v2) if x.target == "a"]
+    assert [x.kind for x in refused] == ["refuse"]
+    assert "not enough memory" in refused[0].reason
+
+
+def test_a_guest_that_powered_itself_off_is_not_started_elsewhere() -> None:
+    from haven.model.instance import Observed
+
+    vm1 = inst("vm1", "node02", "node03")
+    v = replace(view([vm1], [reps(vm1)], node_ha=[fenced()]),
+                observed={"vm1": Observed("vm1", "node02", "user_down", generation=3)})
+    acts = plan(v)
+    assert [(x.kind, x.target) for x in acts] == [("refuse", "vm1")]
+    assert "USER_down" in acts[0].reason and "gnt-instance startup vm1" in acts[0].reason

@@ -25,7 +25,7 @@ from typing import Literal
 
 from haven.model import ha as H
 from haven.model.ha import InstanceHA, NodeHA
-from haven.model.instance import Instance
+from haven.model.instance import Instance, Observed
 from haven.model.node import Node
 from haven.model.replica import Replicas
 
@@ -57,6 +57,14 @@ class HAView:
     silent: dict[str, float] = field(default_factory=dict)
     alive_rev: dict[str, int] = field(default_factory=dict)
     silent_limit: float = float("inf")
+    # Seconds since this master saw each node enter its current HA state, on its own
+    # monotonic clock (None: the wall-clock ``NodeHA.since``, which a stepped clock or a
+    # new master whose clock is behind would stretch or shrink).
+    state_age: dict[str, float] | None = None
+    # What the agents observe (by instance), and when each node's facts were taken
+    # (wall clock): memory taken by VMs started since is not in ``free_memory`` yet.
+    observed: dict[str, Observed] = field(default_factory=dict)
+    facts_updated: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,8 @@ def _plan_node(v: HAView, node: Node, states: dict[str, NodeHA]) -> Action | Non
             return to(H.UNREACHABLE, f"no lease renewal seen for "
                       f"{v.silent.get(node.name, 0.0):.1f} s", v.now)
         return to(H.UNREACHABLE, "its lease expired", v.now)
-    if cur.state == H.UNREACHABLE and v.now - cur.since >= v.grace:
+    age = v.state_age.get(node.name, 0.0) if v.state_age is not None else v.now - cur.since
+    if cur.state == H.UNREACHABLE and age >= v.grace:
         return to(H.FENCED, f"lost {v.now - cur.lost_at:.1f} s ago; its fencer has "
                   f"stopped its VMs")
     return None
@@ -152,7 +161,7 @@ def _plan_instances(v: HAView, states: dict[str, NodeHA]) -> list[Action]:
             new = _rec(done, "failed", v.now, reason)
         records[name] = new
         out.append(Action("outcome", name, reason, state=new.state, record=new))
-    planned_memory: dict[str, int] = {}
+    planned_memory = _taken_since_facts(v)
     candidates = sorted((i for i in v.instances.values()
                          if i.primary_node in states
                          and states[i.primary_node].state in (H.FENCED, H.RECOVERING)),
@@ -172,7 +181,7 @@ def _plan_instances(v: HAView, states: dict[str, NodeHA]) -> list[Action]:
         if inst.admin_state != "up":
             continue  # nothing to recover: it was not meant to run
         attempts = rec.attempts if rec else 0
-        refusal = _refusal(v, inst, states, attempts)
+        refusal = _refusal(v, inst, states, attempts) or _stopped_inside(v, inst)
         target = "" if refusal else _target(v, inst, states, planned_memory)
         if not refusal and not target:
             refusal = _no_capacity(v, inst, states)
@@ -196,6 +205,21 @@ def _plan_instances(v: HAView, states: dict[str, NodeHA]) -> list[Action]:
             out.insert(0, Action("node", node, rec_n.reason, state=H.RECOVERING,
                                  node_record=rec_n))
     return out
+
+
+def _stopped_inside(v: HAView, inst: Instance) -> str:
+    """Not running when its node died, by its own doing: the agent would not have
+    restarted it either (Ganeti's watcher leaves USER_down and given-up instances)."""
+    obs = v.observed.get(inst.name)
+    if obs is None or obs.node != inst.primary_node or obs.generation != inst.generation:
+        return ""
+    if obs.state == "user_down":
+        return (f"its guest had powered itself off (USER_down) before {inst.primary_node} "
+                f"was lost; start it with gnt-instance startup {inst.name}")
+    if obs.state == "failed":
+        return (f"it had failed its automatic restarts on {inst.primary_node}; start it "
+                f"with gnt-instance startup {inst.name}")
+    return ""
 
 
 def _rec(rec: InstanceHA, state: str, now: float, reason: str) -> InstanceHA:
@@ -252,6 +276,25 @@ def _why_unusable(v: HAView, node: str, states: dict[str, NodeHA]) -> str:
     if not _alive(v, node):
         return "down too"
     return states.get(node, NodeHA(node)).state
+
+
+def _taken_since_facts(v: HAView) -> dict[str, int]:
+    """Memory (MiB) per node of VMs its facts do not count yet: started after the facts
+    were taken, or being started there by a recovery job."""
+    taken: dict[str, int] = {}
+    counted: set[str] = set()
+    for name, obs in v.observed.items():
+        inst = v.instances.get(name)
+        if inst is not None and obs.state == "running" and \
+                obs.since > v.facts_updated.get(obs.node, 0.0):
+            taken[obs.node] = taken.get(obs.node, 0) + inst.memory
+            counted.add(name)
+    for rec in v.inst_ha.values():
+        inst = v.instances.get(rec.name)
+        if inst is not None and rec.state == "recovering" and rec.name not in counted \
+                and not _final(v.jobs.get(rec.job, "")):
+            taken[rec.target] = taken.get(rec.target, 0) + inst.memory
+    return taken
 
 
 def _target(v: HAView, inst: Instance, states: dict[str, NodeHA],

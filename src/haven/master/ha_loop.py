@@ -43,10 +43,13 @@ RECOVERY_PRIORITY = -20
 
 def observe(ctx: MasterContext, grace: float = GRACE,
             beats: dict[str, tuple[int, float]] | None = None,
-            monotonic: Callable[[], float] = time.monotonic) -> HAView:
+            monotonic: Callable[[], float] = time.monotonic,
+            ages: dict[str, tuple[str, float]] | None = None) -> HAView:
     """One snapshot of everything the plan needs (the store only).  ``beats`` (node ->
-    alive key's mod revision, when this master first saw it) is updated in place: the
-    caller keeps it from cycle to cycle to time each node's silence."""
+    alive key's mod revision, when this master first saw it) and ``ages`` (node -> HA
+    state, when this master first saw it in that state) are updated in place: the
+    caller keeps them from cycle to cycle to time silences and the grace period on its
+    own monotonic clock."""
     store = ctx.store
     nodes = {n.name: n for n in state.nodes(store)}
     kvs, _ = store.list(ALIVE)
@@ -84,15 +87,25 @@ def observe(ctx: MasterContext, grace: float = GRACE,
                 errors[rec.job] = _job_error(job.opresult)
     kvs, _ = store.list(LOCKS + "instance/")
     locks = {kv.key[len(LOCKS + "instance/"):]: int(kv.value) for kv in kvs}
-    free = {name: f.memory_free for name, f in state.facts(store).items()}
+    facts = state.facts(store)
+    free = {name: f.memory_free for name, f in facts.items()}
     kvs, _ = store.list(OBSERVED)
-    running = frozenset(o.name for o in (Observed.from_json(json.loads(kv.value))
-                                         for kv in kvs)
+    observed = {o.name: o for o in (Observed.from_json(json.loads(kv.value)) for kv in kvs)}
+    running = frozenset(o.name for o in observed.values()
                         if o.state == "running" and o.name in instances
                         and instances[o.name].primary_node == o.node)
+    state_age = None
+    if ages is not None:
+        state_age = {}
+        for name in nodes:
+            current = node_ha[name].state if name in node_ha else H.ONLINE
+            if ages.get(name, ("", 0.0))[0] != current:
+                ages[name] = (current, now_m)
+            state_age[name] = now_m - ages[name][1]
     return HAView(ctx.clock(), ctx.master_node, nodes, alive, node_ha, instances, replicas,
                   inst_ha, jobs, errors, locks, free, running, grace, silent, alive_rev,
-                  max(cluster.lease_ttl - LEASE_MARGIN, 1.0))
+                  max(cluster.lease_ttl - LEASE_MARGIN, 1.0), state_age, observed,
+                  {name: f.updated for name, f in facts.items()})
 
 
 def _job_error(opresult: tuple[Any, ...]) -> str:
@@ -111,6 +124,7 @@ class HaManager:
         self._thread: threading.Thread | None = None
         self._watcher: Any = None
         self._beats: dict[str, tuple[int, float]] = {}
+        self._ages: dict[str, tuple[str, float]] = {}
         self.last_summary = ""
 
     def start(self) -> None:
@@ -153,7 +167,7 @@ class HaManager:
     def cycle(self) -> str:
         if self.ctx.guard() is None:
             return "not master"
-        view = observe(self.ctx, self.grace, self._beats)
+        view = observe(self.ctx, self.grace, self._beats, ages=self._ages)
         actions = plan(view)
         for i, a in enumerate(actions):
             if not self.execute(a, view):
