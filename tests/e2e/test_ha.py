@@ -167,6 +167,11 @@ def test_a_primary_that_lost_its_secondary_then_dies_is_not_started_from_stale_d
     master = sim.master()
     victim, other = [n for n in ("node01", "node02", "node03") if n != master][:2]
     add(sim, "vm1", f"{victim}:{other}")
+    # This time the victim has a fence agent (haven up's built-in one): it is turned off
+    # as soon as it is suspected, without waiting for the lease rule.
+    p = sim.run("gnt-node", "modify", "--fence-agent", "fence_nosuchagent", victim)
+    assert p.returncode != 0 and "is not installed on the master" in p.stderr, p.stderr
+    sim.run("gnt-node", "modify", "--fence-agent", "haven-local", victim, check=True)
     wait_replica(sim, "vm1", "secondary", "UpToDate")
     console_until(sim, "vm1", "echo before > /mnt/f; sync; echo ok-$((1+1))", "ok-2")
     sim.run("haven", "kill", other, check=True)
@@ -184,6 +189,8 @@ def test_a_primary_that_lost_its_secondary_then_dies_is_not_started_from_stale_d
         time.sleep(0.5)
     assert got.startswith(f"vm1|{victim}|refused|") and "not UpToDate" in got, got
     assert qemus(sim, "vm1") == []
+    events = sim.run("haven", "events", check=True).stdout
+    assert f"Node {victim}: killed every process of {victim}" in events, events
     # Its own node returns: it starts there, with the last acknowledged write.
     sim.run("haven", "start", victim, check=True)
     wait_placement(sim, {"vm1": ("running", victim)}, 90, ("vm1",))

@@ -52,6 +52,8 @@ def node_view(n: Node, f: NodeFacts | None, master: str | None, alive: bool,
         "ndparams": {}, "powered": True,
         # Haven's own fields
         "alive": alive,
+        # The agent, never its parameters (they hold the BMC's password).
+        "fence_agent": n.fence_agent or None,
         "accel": f.accel if f else None,
         "hypervisors": list(f.hypervisors) if f else [],
         "version": f.version if f else None,

@@ -16,6 +16,7 @@ from haven.cli.common import (
     submit_and_wait,
     yes_no,
 )
+from haven.errors import InvalidInput
 
 # field -> (header, numeric, formatter)
 FIELDS: dict[str, tuple[str, bool, Any]] = {
@@ -108,6 +109,19 @@ def cmd_modify(args: Any) -> int:
                      ("vm_capable", args.vm_capable)):
         if val is not None:
             op[key] = val
+    if args.fence_agent is not None:
+        op["fence_agent"] = "" if args.fence_agent == "none" else args.fence_agent
+        params = {}
+        for item in args.fence_param:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InvalidInput(f"--fence-param {item} is not KEY=VALUE; e.g. "
+                                   f"--fence-param ip=10.0.0.5.")
+            params[key.strip()] = value
+        op["fence_params"] = params
+    elif args.fence_param:
+        raise InvalidInput("--fence-param needs --fence-agent too (the parameters are "
+                           "the agent's).")
     result = submit_and_wait(Client.from_config(), [op], args.submit)
     if result:
         print(f"Modified node {args.name}")
@@ -240,6 +254,11 @@ def build_parser(prog: str = "gnt-node") -> ArgParser:
     mp.add_argument("-O", "--offline", type=yes_no, metavar="yes|no")
     mp.add_argument("--master-capable", type=yes_no, metavar="yes|no")
     mp.add_argument("--vm-capable", type=yes_no, metavar="yes|no")
+    mp.add_argument("--fence-agent", metavar="AGENT|haven-local|none",
+                    help="(Haven) what turns the node off when it is lost: a fence-agents "
+                         "script (fence_ipmilan...), haven-local (haven up), or none")
+    mp.add_argument("--fence-param", action="append", metavar="KEY=VALUE", default=[],
+                    help="(Haven) a parameter of the fence agent (ip=, username=, ...)")
     mp.add_argument("-f", "--force", action="store_true")
     mp.add_argument("--submit", action="store_true")
     mp.add_argument("name")

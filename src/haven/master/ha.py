@@ -20,7 +20,7 @@ finishes what the old one started.  The rules (ARCHITECTURE.md, "Fencing"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from haven.model import ha as H
@@ -29,7 +29,7 @@ from haven.model.instance import Instance, Observed
 from haven.model.node import Node
 from haven.model.replica import Replicas
 
-ActionKind = Literal["node", "recover", "refuse", "outcome", "cancel"]
+ActionKind = Literal["node", "recover", "refuse", "outcome", "cancel", "fence"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ class HAView:
     # (wall clock): memory taken by VMs started since is not in ``free_memory`` yet.
     observed: dict[str, Observed] = field(default_factory=dict)
     facts_updated: dict[str, float] = field(default_factory=dict)
+    # A node with a fence agent is suspected after this much silence (two missed
+    # renewals) and turned off by its agent, instead of waiting for ``silent_limit``.
+    suspect_limit: float = float("inf")
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,19 @@ def _plan_node(v: HAView, node: Node, states: dict[str, NodeHA]) -> Action | Non
             return to(H.UNREACHABLE, f"no lease renewal seen for "
                       f"{v.silent.get(node.name, 0.0):.1f} s", v.now)
         return to(H.UNREACHABLE, "its lease expired", v.now)
+    if cur.state != H.UNREACHABLE:
+        return None
+    if node.fence_agent and cur.fence == "":
+        rec = replace(cur, fence="running", fence_msg="")
+        return Action("fence", node.name, f"turning it off with {node.fence_agent}",
+                      state=H.UNREACHABLE, node_record=rec)
+    if cur.fence == "confirmed":
+        return to(H.FENCED, f"{cur.fence_msg} (its fence agent)")
+    # The lease rule: its key gone, or silent past the fencer's deadline, for the grace.
     age = v.state_age.get(node.name, 0.0) if v.state_age is not None else v.now - cur.since
-    if cur.state == H.UNREACHABLE and age >= v.grace:
+    silent = v.silent.get(node.name, 0.0)
+    if (node.name not in v.alive and age >= v.grace) or \
+            (node.name in v.alive and silent >= v.silent_limit + v.grace):
         return to(H.FENCED, f"lost {v.now - cur.lost_at:.1f} s ago; its fencer has "
                   f"stopped its VMs")
     return None
@@ -255,8 +269,10 @@ def _refusal(v: HAView, inst: Instance, states: dict[str, NodeHA], attempts: int
 
 
 def _alive(v: HAView, node: str) -> bool:
+    n = v.nodes.get(node)
+    limit = v.suspect_limit if n is not None and n.fence_agent else v.silent_limit
     return node == v.master or (node in v.alive
-                                and v.silent.get(node, 0.0) < v.silent_limit)
+                                and v.silent.get(node, 0.0) < min(limit, v.silent_limit))
 
 
 def _usable(v: HAView, node: str, states: dict[str, NodeHA]) -> bool:

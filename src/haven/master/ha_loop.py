@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from haven.errors import HavenError
@@ -24,6 +25,7 @@ from haven.model import ha as H
 from haven.model.ha import InstanceHA, NodeHA
 from haven.model.instance import Instance, Observed
 from haven.model.keys import ALIVE, INSTANCES, LOCKS, OBSERVED, REPLICAS, Keys
+from haven.model.node import Node
 from haven.model.replica import Replicas
 from haven.store.base import Compare, Guard, Put, WatchEvent
 from haven.store.errors import FencedOut, StoreError
@@ -105,7 +107,9 @@ def observe(ctx: MasterContext, grace: float = GRACE,
     return HAView(ctx.clock(), ctx.master_node, nodes, alive, node_ha, instances, replicas,
                   inst_ha, jobs, errors, locks, free, running, grace, silent, alive_rev,
                   max(cluster.lease_ttl - LEASE_MARGIN, 1.0), state_age, observed,
-                  {name: f.updated for name, f in facts.items()})
+                  {name: f.updated for name, f in facts.items()},
+                  # Two missed renewals (every TTL/5) and some slack.
+                  2 * cluster.lease_ttl / 5 + 0.5)
 
 
 def _job_error(opresult: tuple[Any, ...]) -> str:
@@ -125,6 +129,7 @@ class HaManager:
         self._watcher: Any = None
         self._beats: dict[str, tuple[int, float]] = {}
         self._ages: dict[str, tuple[str, float]] = {}
+        self._fencing: set[str] = set()  # nodes whose fence agent runs now
         self.last_summary = ""
 
     def start(self) -> None:
@@ -207,6 +212,18 @@ class HaManager:
             level = "warning" if a.state in (H.UNREACHABLE, H.FENCED) else "info"
             self._event(f"node-{a.state}", f"node/{a.target}",
                         f"Node {a.target}: {a.state} ({a.reason})", level)
+        elif a.kind == "fence":
+            assert a.node_record is not None
+            node = view.nodes[a.target]
+            if a.target in self._fencing:
+                return True
+            store.put(H.node_key(a.target), state.dumps(a.node_record.to_json()),
+                      guard=self._guard())
+            self._event("fencing", f"node/{a.target}", f"Node {a.target}: unreachable; "
+                        f"turning it off with its fence agent {node.fence_agent}", "warning")
+            self._fencing.add(a.target)
+            threading.Thread(target=self._run_agent, args=(node,), daemon=True,
+                             name=f"fence-{a.target}").start()
         elif a.kind == "recover":
             assert a.record is not None
             inst = view.instances[a.target]
@@ -238,6 +255,37 @@ class HaManager:
                 self._event("recovery-failed", f"instance/{a.target}",
                             f"Instance {a.target}: recovery failed: {a.reason}", "error")
         return True
+
+    def _run_agent(self, node: Node) -> None:
+        """Run ``node``'s fence agent (up to its timeout) and record the outcome on its
+        HA record, if it is still the unreachable one the agent was started for."""
+        from haven.fence import agents
+
+        try:
+            ok, msg = agents.fence(node.name, node.fence_agent, node.fence_params,
+                                   agents.local_base(self.ctx.extras.get("daemon")))
+        except Exception as exc:  # an agent's bug must not end the HA manager
+            log.exception("fence agent of %s", node.name)
+            ok, msg = False, f"{type(exc).__name__}: {exc}"
+        try:
+            kv = self.ctx.store.get(H.node_key(node.name))
+            rec = NodeHA.from_json(json.loads(kv.value)) if kv else None
+            if rec is not None and rec.state == H.UNREACHABLE and rec.fence == "running":
+                new = replace(rec, fence="confirmed" if ok else "failed", fence_msg=msg)
+                self.ctx.store.cas(H.node_key(node.name), state.dumps(new.to_json()),
+                                   kv.mod_revision if kv else 0, guard=self._guard())
+            if ok:
+                self._event("fenced-by-agent", f"node/{node.name}",
+                            f"Node {node.name}: {msg}", "warning")
+            else:
+                self._event("fence-failed", f"node/{node.name}",
+                            f"Node {node.name}: its fence agent failed ({msg}); waiting "
+                            f"for the lease rule instead", "error")
+        except (HavenError, StoreError) as exc:
+            log.warning("ha: recording the fence of %s: %s", node.name, exc)
+        finally:
+            self._fencing.discard(node.name)
+            self.wake.set()
 
     def _bypass(self, job_id: int, name: str, node: str) -> None:
         """A user job holds the lock of an instance to recover (stuck on the dead node,

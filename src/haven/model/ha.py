@@ -57,6 +57,10 @@ class NodeHA:
     since: float = 0.0  # when it entered this state (the master's clock)
     lost_at: float = 0.0  # when its lease was first seen gone (this incident)
     reason: str = ""
+    # Its fence agent, while unreachable: "" (not run), "running", "confirmed" (it
+    # turned the node off: fenced at once) or "failed" (the lease rule decides).
+    fence: str = ""
+    fence_msg: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

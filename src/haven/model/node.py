@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from haven.model.fields import known
@@ -36,6 +36,10 @@ class Node:
     etcd_member_id: int = 0
     etcd_client_url: str = ""
     etcd_peer_url: str = ""
+    # The agent that turns it off from outside (haven.fence.agents): "" none,
+    # "haven-local", or a fence-agents script name with its parameters.
+    fence_agent: str = ""
+    fence_params: dict[str, Any] = field(default_factory=dict)
     ctime: float = 0.0
     mtime: float = 0.0
     serial_no: int = 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from haven.cli.client import Client
 from haven.cli.local import start_daemon
 from haven.daemon import procs
 from haven.errors import HavenError, InvalidInput, NotFoundError
+from haven.fence import power
 
 DEFAULT_BASE = Path(os.environ.get("HAVEN_SIM_DIR", "/var/lib/haven/sim"))
 API_PORT = 5080
@@ -206,47 +206,13 @@ def wait_active(n: SimNode, timeout: float) -> bool:
 
 
 def node_pids(n: SimNode) -> dict[str, int]:
-    """Every process that belongs to node ``n``: found through its pid files and, so
-    that nothing escapes, every process whose command line names its directory."""
-    pids: dict[str, int] = {}
-    for label, name, expect in (("noded", "noded.pid", "haven.daemon.main"),
-                                ("etcd", "etcd.pid", "etcd")):
-        pid = procs.running_pid(n.dir / name, expect)
-        if pid is not None:
-            pids[label] = pid
-    # VMs and storage daemons, by their pid files (their command lines may only hold
-    # paths relative to the run directory).
-    run = n.dir / "run"
-    for pid_file in (*run.glob("*.pid"), *run.glob("*/*.pid")):
-        pid = procs.read_pid(pid_file)
-        # A recycled pid must not be killed: the process must still look like ours.
-        if pid is not None and pid not in pids.values() and (
-                procs.pid_alive(pid, "qemu") or procs.pid_alive(pid, pid_file.stem)):
-            pids[pid_file.stem] = pid
-    marker = str(n.dir)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if (f"{marker} " in cmd or cmd.rstrip().endswith(marker) or f"{marker}/" in cmd) \
-                and pid not in pids.values() and pid != os.getpid():
-            pids[f"pid{pid}"] = pid
-    return pids
+    """Every process that belongs to node ``n`` (see :mod:`haven.fence.power`)."""
+    return power.node_pids(n.dir)
 
 
 def kill_node(n: SimNode) -> list[int]:
     """SIGKILL every process of the node at once, as a power cut would."""
-    pids = list(node_pids(n).values())
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid in pids:
-        procs.terminate(pid, timeout=2, sig=0)
-    return pids
+    return power.kill_node(n.dir)
 
 
 def stop_node(n: SimNode, stop_etcd: bool = True) -> None:

@@ -203,15 +203,27 @@ class NodeSetParams(LogicalUnit):
               "drained": ((bool, type(None)), None), "offline": ((bool, type(None)), None),
               "master_capable": ((bool, type(None)), None),
               "vm_capable": ((bool, type(None)), None), "force": (bool, False),
-              "auto_promote": (bool, False)}
-    FLAGS = ("master_candidate", "drained", "offline", "master_capable", "vm_capable")
+              "auto_promote": (bool, False), "fence_agent": ((str, type(None)), None),
+              "fence_params": ((dict, type(None)), None)}
+    FLAGS = ("master_candidate", "drained", "offline", "master_capable", "vm_capable",
+             "fence_agent", "fence_params")
 
     def check_arguments(self) -> None:
         super().check_arguments()
         changes = {k: self.op[k] for k in self.FLAGS if self.op[k] is not None}
         if not changes:
             raise InvalidInput("Please give at least one of the parameters to change "
-                               "(-C, -D, -O, --master-capable, --vm-capable).")
+                               "(-C, -D, -O, --master-capable, --vm-capable, "
+                               "--fence-agent).")
+        if "fence_params" in changes and "fence_agent" not in changes:
+            raise InvalidInput(f"--fence-param for node {self.op['node_name']} needs "
+                               f"--fence-agent too (the parameters are the agent's).")
+        if "fence_agent" in changes:
+            from haven.fence import agents
+
+            changes.setdefault("fence_params", {})
+            agents.validate(self.op["node_name"], changes["fence_agent"],
+                            changes["fence_params"])
         if sum(1 for k in ("master_candidate", "drained", "offline")
                if changes.get(k) is True) > 1:
             raise InvalidInput("A node can be only one of master candidate, drained or "
@@ -225,6 +237,7 @@ class NodeSetParams(LogicalUnit):
         name = self.op["node_name"]
         self.target = self.node(name)
         master = state.master(self.c.store)
+        self._check_fence_agent(name, master)
         demote = self.changes.get("master_candidate") is False or \
             self.changes.get("offline") is True or self.changes.get("drained") is True \
             or self.changes.get("master_capable") is False
@@ -240,6 +253,19 @@ class NodeSetParams(LogicalUnit):
             raise OpPrereqError(f"Node {name} has no etcd member; only nodes added with "
                                 f"--master-capable=yes can be master candidates.")
 
+    def _check_fence_agent(self, name: str, master: str | None) -> None:
+        """The agent must be runnable where agents run: on the master."""
+        from haven.fence import agents
+
+        agent = self.changes.get("fence_agent") or ""
+        if agent.startswith("fence_") and agents.find(agent) is None:
+            raise OpPrereqError(f"Fence agent {agent} for node {name} is not installed on "
+                                f"the master {master}; install Debian's fence-agents on "
+                                f"every master candidate.")
+        if agent == agents.LOCAL and agents.local_base(self.c.extras.get("daemon")) is None:
+            raise OpPrereqError(f"The {agents.LOCAL} fence agent for node {name} works only "
+                                f"in a local cluster made by haven up.")
+
     def exec(self) -> Any:
         ch = dict(self.changes)
         # Ganeti: making a node offline or drained also removes its candidacy.
@@ -253,7 +279,9 @@ class NodeSetParams(LogicalUnit):
         if self.c.store.cas(Keys.node(cur.name), state.dumps(new.to_json()), rev,
                             guard=self.require_guard()) is None:
             raise NodeSetupError(f"Node {cur.name} changed concurrently; retry.")
-        return [[k, v] for k, v in ch.items() if getattr(cur, k) != v]
+        # Never echo the parameters back: they hold the BMC's password.
+        return [[k, "(set)" if k == "fence_params" else v] for k, v in ch.items()
+                if getattr(cur, k) != v]
 
 
 __all__ = ["NodeAdd", "NodeRemove", "NodeSetParams", "time"]
