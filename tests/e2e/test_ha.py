@@ -132,6 +132,18 @@ def test_a_frozen_node_is_fenced_recovered_and_stays_out_when_resumed(three: Sim
     victim, other = [n for n in ("node01", "node02", "node03") if n != master][:2]
     add(sim, "vm1", f"{victim}:{other}")
     wait_replica(sim, "vm1", "secondary", "UpToDate")
+    # First a crash of the node daemon alone: restarted at once, it takes over the same
+    # lease and feeds the fencer in time: the VM keeps running, nothing is recovered.
+    qemu = qemus(sim, "vm1")
+    noded = int((sim.base / victim / "noded.pid").read_text())
+    os.kill(noded, signal.SIGKILL)
+    sim.run("haven", "start", victim, check=True)
+    watch_until = time.monotonic() + 6  # longer than the lease: a missed takeover shows
+    while time.monotonic() < watch_until:
+        assert qemus(sim, "vm1") == qemu and placement(sim)["vm1"] == ("running", victim)
+        time.sleep(0.3)
+    log = (sim.base / victim / "logs" / "noded.log").read_text()
+    assert "Took over lease" in log, log[-2000:]
     pids = node_pids(sim, victim)
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
