@@ -39,15 +39,15 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from haven.errors import HavenError
 from haven.model.cluster import Cluster
 from haven.model.instance import Disk, Instance
-from haven.model.keys import ALIVE, HANDOVER, INSTANCES, MASTER, Keys
+from haven.model.keys import ALIVE, INSTANCES, MASTER, Keys
 from haven.model.node import Node
 from haven.model.replica import OUTDATED, UP_TO_DATE, DiskReplica, Replicas
+from haven.sim import hasim_faults
 from haven.sim.hasim_master import Master
 from haven.sim.hasim_model import Fault, Result, Scenario, load
-from haven.sim.hasim_world import FROZEN, UP, SimNode, World, up_to_date
+from haven.sim.hasim_world import UP, SimNode, World, up_to_date
 from haven.store.errors import StoreError
 
 MAX_EVENTS_PER_INSTANT = 5000
@@ -65,7 +65,8 @@ class Simulation(World):
         self.master = Master(self)
         self.by_ip = {f"10.0.0.{i + 1}": n for i, n in enumerate(self.nodes.values())}
         self.broken: set[tuple[str, str]] = set()
-        self.kill_during: dict[str, str] = {}  # instance -> node to kill mid-recovery
+        # instance -> (action, node) to inject halfway through its next recovery job
+        self.during: dict[str, tuple[str, str]] = {}
         self._repl: dict[str, list[float | None]] = {}
         self._alive: frozenset[str] = frozenset()
         self._master_rev = 0
@@ -215,7 +216,7 @@ class Simulation(World):
         """The fencer's ``recv`` times out at its deadline: check then."""
         deadline = node.fencer.deadline
         if deadline is not None:
-            self.at_ms(math.ceil(deadline * 1000), lambda f=node.fencer: self._fence_tick(node, f))  # type: ignore[misc]
+            self.at_ms(math.ceil(deadline * 1000), lambda f=node.fencer: self.fence_tick(node, f))  # type: ignore[misc]
 
     def on_renew_failed(self, node: SimNode) -> None:
         """``LeaseKeeper``'s thread retries a failed renewal after 0.5 s (then the
@@ -228,13 +229,13 @@ class Simulation(World):
 
         self.after(0.5, retry)
 
-    def _fence_tick(self, node: SimNode, fencer: object) -> None:
+    def fence_tick(self, node: SimNode, fencer: object) -> None:
         if node.fencer is not fencer:
             return  # a fencer of an earlier boot
         self.fence_check(node)
         if node.running and node.fencer.fired:
             # Fired: it sweeps every RESCAN (0.1 s) until fed again.
-            self.after(0.1, lambda: self._fence_tick(node, fencer))
+            self.after(0.1, lambda: self.fence_tick(node, fencer))
 
     def _expire(self) -> None:
         if self.any_quorum():  # without an etcd leader no lease expires
@@ -287,7 +288,7 @@ class Simulation(World):
         if self._seeding:
             return  # the initial placement: booted long ago
         if (inst.name, node.name) in self.broken:
-            self.after(1.0, lambda: self._crash(node, inst.name, pid))
+            self.after(1.0, lambda: self.crash(node, inst.name, pid))
         else:
             self.after(self.settings.boot_time, lambda: self._booted(node, inst.name, pid))
 
@@ -357,62 +358,13 @@ class Simulation(World):
 
     # -- faults --------------------------------------------------------------------------
     def apply(self, f: Fault) -> None:
-        arg = f.arg
-        self.log(f"! {f.action} {_describe(arg)}".rstrip())
-        node = self.nodes.get(arg) if isinstance(arg, str) else None
-        if f.action == "kill" and node is not None:
-            self.kill(node)
-        elif f.action == "boot" and node is not None and not node.running:
-            self.boot(node)
-        elif f.action == "freeze" and node is not None:
-            node.state = FROZEN
-            self.update_reachability()
-        elif f.action == "resume" and node is not None:
-            node.state = UP
-            self.update_reachability()
-            self._fence_tick(node, node.fencer)  # the fencer's recv times out first
-            self.supervise(node)
-            self.wake(f"agent/{node.name}", lambda: self.agent_cycle(node))
-        elif f.action == "partition":
-            groups = [frozenset(g) for g in arg]
-            rest = frozenset(self.nodes) - frozenset().union(*groups)
-            self.groups = groups + ([rest] if rest else [])
-            self.update_reachability()
-        elif f.action == "heal":
-            self.groups = [frozenset(self.nodes)]
-            self.update_reachability()
-        elif f.action == "clock":
-            self.nodes[arg["node"]].wall += float(arg["jump"])
-        elif f.action == "user_job":
-            self.master.user_job(arg["instance"], float(arg.get("duration", 100)))
-        elif f.action == "set_instance":
-            self._modify(Keys.instance(arg["name"]), Instance, arg)
-        elif f.action == "set_node":
-            self._modify(Keys.node(arg["name"]), Node, arg)
-        elif f.action == "replica":
-            self._set_replica(arg["instance"], arg["node"], arg["state"])
-        elif f.action == "crash":
-            for n in self.nodes.values():
-                if arg in n.vms:
-                    self._crash(n, arg, n.vms[arg].pid)
-        elif f.action == "poweroff":
-            for n in self.nodes.values():
-                if arg in n.vms and n.running:
-                    n.vms[arg].status = "shutdown"
-                    self.log(f"{arg} powered off on {n.name}")
-        elif f.action == "break":
-            self.broken.add((arg["instance"], arg["node"]))
-        elif f.action in ("rpc_fail", "rpc_ok") and node is not None:
-            node.rpc_fail = f.action == "rpc_fail"
-        elif f.action == "kill_during_recovery":
-            self.kill_during[arg["instance"]] = arg.get("node", "target")
-        elif f.action == "no_voting" and node is not None:
-            self._no_voting(node)
+        """Inject one timeline entry (see :mod:`haven.sim.hasim_faults`)."""
+        hasim_faults.apply(self, f)
 
     def recovery_started(self, instance: str, target: str) -> None:
-        """A recovery job took its lock: a ``kill_during_recovery`` fault fires
-        halfway through it."""
-        victim = self.kill_during.pop(instance, "")
+        """A recovery job took its lock: a ``during_recovery`` fault fires halfway
+        through it (``"target"`` names the job's target node)."""
+        action, victim = self.during.pop(instance, ("", ""))
         if victim == "target":
             kv = self.truth.get(Keys.instance(instance))
             assert kv is not None
@@ -420,73 +372,22 @@ class Simulation(World):
             victim = target or (inst.secondary_nodes[0] if inst.secondary_nodes else "")
         if victim in self.nodes:
             self.after(self.settings.recovery_time / 2,
-                       lambda: self.apply(Fault(self.clock(), "kill", victim)))
+                       lambda: self.apply(Fault(self.clock(), action, victim)))
 
     def _booted(self, node: SimNode, name: str, pid: int) -> None:
         vm = node.vms.get(name)
         if vm is not None and vm.pid == pid and node.running:
             self.log(f"{name} answering on {node.name}")
 
-    def _crash(self, node: SimNode, name: str, pid: int) -> None:
+    def crash(self, node: SimNode, name: str, pid: int) -> None:
         vm = node.vms.get(name)
         if vm is not None and vm.pid == pid and node.running:
             del node.vms[name]
             self.log(f"{name} crashed on {node.name}")
-
-    def _modify(self, key: str, cls: type[Instance] | type[Node], arg: dict[str, object]
-                ) -> None:
-        kv = self.truth.get(key)
-        assert kv is not None, key
-        obj = cls.from_json(json.loads(kv.value))
-        changes = {k: v for k, v in arg.items() if k != "name"}
-        self.truth.put(key, json.dumps(obj.modified(self.clock(), **changes).to_json())
-                       .encode())
-
-    def _set_replica(self, name: str, node: str, state: str) -> None:
-        ikv = self.truth.get(Keys.instance(name))
-        rkv = self.truth.get(Keys.replicas(name))
-        assert ikv is not None and rkv is not None
-        inst = Instance.from_json(json.loads(ikv.value))
-        reps = Replicas.from_json(json.loads(rkv.value))
-        new = reps.with_node(node, {i: DiskReplica(state, 0.0) for i in
-                                    range(len(inst.disks))})
-        self.current[(name, node)] = state == UP_TO_DATE
-        self.truth.put(Keys.replicas(name), json.dumps(new.to_json()).encode())
-
-    def _no_voting(self, node: SimNode) -> None:
-        """``gnt-cluster master-failover --no-voting --yes-do-it`` on ``node``
-        (``daemon/membership.py``): its member alone votes, the others' leases end,
-        they are ``manual`` for the HA manager, the old master key goes."""
-        from haven.model import ha as H
-
-        self.voters = frozenset({node.name})
-        self.update_reachability()
-        st = self.truth
-        for kv in st.list(ALIVE)[0]:
-            if kv.key != Keys.alive(node.name) and kv.lease:
-                st.lease_revoke(kv.lease)
-        now = self.wall(node.name)
-        for other in self.nodes:
-            if other != node.name:
-                rec = H.NodeHA(other, H.MANUAL, now, now, "declared gone by --no-voting")
-                st.put(H.node_key(other), json.dumps(rec.to_json()).encode())
-        st.delete(MASTER)
-        st.delete(HANDOVER)
-
-
-def _describe(arg: object) -> str:
-    if arg is True:
-        return ""
-    if isinstance(arg, list):
-        return " | ".join(",".join(g) for g in arg)
-    if isinstance(arg, dict):
-        return " ".join(f"{k}={v}" for k, v in arg.items())
-    return str(arg)
-
 
 def run_file(path: Path) -> Result:
     """Run one scenario file."""
     return Simulation(load(path)).run()
 
 
-__all__ = ["HavenError", "Simulation", "run_file"]
+__all__ = ["Simulation", "run_file"]

@@ -72,7 +72,10 @@ class Master:
         self.sim = sim
         self.managers: dict[str, ha_loop.HaManager] = {}
         self.running: dict[int, tuple[str, int]] = {}  # job -> (master node, token)
-        self.beats: dict[str, dict[str, tuple[int, float]]] = {}  # per master node
+        # What HaManager keeps from cycle to cycle, per master node: the heartbeats
+        # and the HA states seen, timed on the virtual monotonic clock.
+        self.beats: dict[str, dict[str, tuple[int, float]]] = {}
+        self.ages: dict[str, dict[str, tuple[str, float]]] = {}
 
     def context(self, node: SimNode) -> MasterContext:
         def guard() -> Any:
@@ -118,6 +121,7 @@ class Master:
             return
         self.managers[node.name] = ha_loop.HaManager(ctx, self.sim.settings.grace)
         self.beats[node.name] = {}
+        self.ages[node.name] = {}
         mine = (node.name, guard.create_revision)
         for job in jobqueue.list_jobs(node.store):
             if job.status not in _ACTIVE or self.running.get(job.id) == mine:
@@ -141,10 +145,9 @@ class Master:
             return
         try:
             self.run_jobs(node, mgr.ctx)
-            # As HaManager.cycle: the heartbeats seen are kept per master, timed on
-            # the (virtual) monotonic clock.
             view = ha_loop.observe(mgr.ctx, self.sim.settings.grace,
-                                   self.beats.setdefault(node.name, {}), self.sim.clock)
+                                   self.beats.setdefault(node.name, {}), self.sim.clock,
+                                   ages=self.ages.setdefault(node.name, {}))
             for a in ha_mod.plan(view):
                 if not mgr.execute(a, view):
                     break  # the world changed under the plan (HaManager.cycle)

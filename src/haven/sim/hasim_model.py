@@ -36,8 +36,9 @@ Timeline entries (``at`` in virtual seconds; one action key each), see
 once); ``poweroff`` (an instance: its guest powers itself off, ``USER_down``);
 ``break`` (``{"instance", "node"}``: every start there dies after a second);
 ``rpc_fail`` / ``rpc_ok`` (a node whose daemon's API fails every call);
-``kill_during_recovery`` (``{"instance", "node"}``: that node, or with ``"target"`` the
-target, dies halfway through the instance's next recovery job);
+``during_recovery`` (``{"instance": "vm1", "kill": "node01"}``: that entry, here a
+kill of ``node01``, is injected halfway through the instance's next recovery job;
+``"target"`` names the job's target node);
 ``no_voting`` (a node: ``gnt-cluster master-failover --no-voting`` run there).
 """
 
@@ -48,9 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from haven.master import ha_loop
+
 ACTIONS = frozenset({"kill", "boot", "freeze", "resume", "partition", "heal", "clock",
                      "user_job", "set_instance", "set_node", "replica", "crash", "poweroff",
-                     "break", "rpc_fail", "rpc_ok", "kill_during_recovery", "no_voting"})
+                     "break", "rpc_fail", "rpc_ok", "during_recovery", "no_voting"})
 
 
 @dataclass(frozen=True)
@@ -88,15 +91,16 @@ class Fault:
 
 @dataclass(frozen=True)
 class Settings:
-    """Timings in seconds (issue 11's): lease TTL and margin, HA grace and cycle, agent
-    cycle, recovery job and VM boot, replication's outdate and resync delays."""
+    """Timings in seconds (issue 11's): lease TTL and margin, HA grace and cycle (the
+    HA loop's own), agent cycle, recovery job and VM boot, replication's outdate and
+    resync delays."""
 
     duration: float = 40.0
     ttl: int = 5
     margin: float = 1.0
     renew: float = 1.0
-    grace: float = 1.0
-    ha_period: float = 0.5
+    grace: float = ha_loop.GRACE
+    ha_period: float = ha_loop.PERIOD
     agent_period: float = 2.0
     role_period: float = 1.0
     recovery_time: float = 1.5
