@@ -87,3 +87,52 @@ def test_the_client_namespace_reaches_every_node_daemon(lan: Sim) -> None:
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["node01", "node02"]
+
+
+def test_a_cut_off_node_fences_itself_and_its_guest_moves_to_the_master_side(
+        lan: Sim) -> None:
+    """A real partition: the non-master's link to the LAN goes down.  Alive but cut off
+    from the only etcd vote, it cannot renew its lease: its haven-fenced kills its VM
+    before the master may start it elsewhere.  The guest answers again from the master
+    side; when the link comes back, the node rejoins and no second copy ever runs."""
+    from tests.e2e.test_two_node import qemus
+
+    master = lan.master()
+    cut = "node02" if master == "node01" else "node01"
+    index = int(cut[-2:])
+    p = lan.run("gnt-instance", "add", "-t", "sharedfile", "--disk", "0:size=32m", "-B",
+                "memory=128", "-o", "busybox", "--net",
+                f"0:mode=bridged,link=br0,ip={GUEST_IP}/24", "-n", cut, "web2",
+                timeout=180)
+    assert p.returncode == 0, p.stderr
+    wait_ping()
+    fenced_log = lan.base / cut / "fenced.log"
+    subprocess.run(["ip", "link", "set", f"hvl{index:02d}", "down"], check=True)
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert len(qemus(lan, "web2")) <= 1, "two copies of web2"
+            rows = lan.run("gnt-instance", "list", "--no-headers", "--separator=|", "-o",
+                           "status,pnode", "web2").stdout.strip()
+            if rows == f"running|{master}":
+                break
+            assert time.monotonic() - t0 < 60, rows
+            time.sleep(0.2)
+        print(f"web2 running on {master} {time.monotonic() - t0:.1f} s after the cut")
+        assert "was not renewed in time" in fenced_log.read_text()
+        wait_ping(60)
+    finally:
+        subprocess.run(["ip", "link", "set", f"hvl{index:02d}", "up"], check=True)
+    # Healed: the node comes back online, starts nothing; one copy, still answering.
+    deadline = time.monotonic() + 60
+    while True:
+        assert len(qemus(lan, "web2")) == 1
+        status = lan.run("haven", "ha", "status").stdout
+        row = next((ln for ln in status.splitlines() if ln.startswith(cut)), "")
+        if " online " in f" {row} ":
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert ping(3).returncode == 0
+    p = lan.run("gnt-instance", "remove", "-f", "web2", timeout=120)
+    assert p.returncode == 0, p.stderr
