@@ -65,6 +65,7 @@ class Simulation(World):
         self.master = Master(self)
         self.by_ip = {f"10.0.0.{i + 1}": n for i, n in enumerate(self.nodes.values())}
         self.broken: set[tuple[str, str]] = set()
+        self.fence_fail: set[str] = set()
         # instance -> (action, node) to inject halfway through its next recovery job
         self.during: dict[str, tuple[str, str]] = {}
         self._repl: dict[str, list[float | None]] = {}
@@ -123,7 +124,7 @@ class Simulation(World):
         for i, n in enumerate(self.scenario.nodes):
             rec = Node(n.name, n.name, f"10.0.0.{i + 1}", f"10.0.0.{i + 1}", 1811,
                        master_candidate=n.candidate, vm_capable=n.vm, offline=n.offline,
-                       drained=n.drained)
+                       drained=n.drained, fence_agent=n.fence_agent)
             st.put(Keys.node(n.name), json.dumps(rec.to_json()).encode())
         for s in self.scenario.instances:
             disks = tuple(Disk(f"{s.name}-{d}", d, 1024) for d in range(s.disks))

@@ -26,10 +26,10 @@ def apply(sim: Simulation, f: Fault) -> None:
         sim.kill(node)
     elif f.action == "boot" and node is not None and not node.running:
         sim.boot(node)
-    elif f.action == "freeze" and node is not None:
+    elif f.action == "freeze" and node is not None and node.state == UP:
         node.state = FROZEN
         sim.update_reachability()
-    elif f.action == "resume" and node is not None:
+    elif f.action == "resume" and node is not None and node.state == FROZEN:
         node.state = UP
         sim.update_reachability()
         sim.fence_tick(node, node.fencer)  # the fencer's recv times out first
@@ -66,6 +66,8 @@ def apply(sim: Simulation, f: Fault) -> None:
         sim.broken.add((arg["instance"], arg["node"]))
     elif f.action in ("rpc_fail", "rpc_ok") and node is not None:
         node.rpc_fail = f.action == "rpc_fail"
+    elif f.action == "fence_fail" and node is not None:
+        sim.fence_fail.add(node.name)
     elif f.action == "during_recovery":
         action = next(k for k in arg if k != "instance")
         sim.during[arg["instance"]] = (action, arg[action])

@@ -26,10 +26,12 @@ from haven.master import ha as ha_mod
 from haven.master import ha_loop, jobqueue, locks
 from haven.master.lu import MasterContext
 from haven.master.opcodes.instance_drbd import InstanceFailover
+from haven.model import ha as H
 from haven.model.job import JobStatus, OpStatus
 from haven.model.keys import MASTER, Keys
 from haven.model.node import Node
 from haven.noderpc import NodeRpc
+from haven.sim.hasim_model import Fault
 from haven.sim.hasim_world import FROZEN, SimNode
 from haven.store.errors import StoreError
 
@@ -65,12 +67,58 @@ class SimRpc(NodeRpc):
         return {}
 
 
+class SimHaManager(ha_loop.HaManager):
+    """The real HA manager, but a fence agent runs in virtual time instead of on a
+    thread: it takes ``fence_time``, turns the node off (a kill) unless the scenario
+    made it fail (``fence_fail``), and its outcome is recorded by the manager's own
+    ``_run_agent``."""
+
+    def __init__(self, ctx: MasterContext, grace: float, sim: Simulation) -> None:
+        super().__init__(ctx, grace)
+        self.sim = sim
+
+    def execute(self, a: ha_mod.Action, view: ha_mod.HAView) -> bool:
+        if a.kind != "fence":
+            return super().execute(a, view)
+        assert a.node_record is not None
+        if a.target in self._fencing:
+            return True
+        self.ctx.store.put(H.node_key(a.target), json.dumps(a.node_record.to_json()).encode(),
+                           guard=self._guard())
+        self._fencing.add(a.target)
+        node = view.nodes[a.target]
+        self.sim.after(self.sim.settings.fence_time, lambda: self._agent_done(node))
+        return True
+
+    def _agent_done(self, node: Node) -> None:
+        if self.ctx.guard() is None:
+            self._fencing.discard(node.name)
+            return  # this master is gone: its agent's outcome is lost with it
+        from haven.fence import agents
+
+        def sim_fence(name: str, agent: str, _params: dict[str, Any],
+                      _base: Any = None) -> tuple[bool, str]:
+            if name in self.sim.fence_fail:
+                return False, f"{agent} timed out"
+            self.sim.apply(Fault(self.sim.clock(), "kill", name))
+            return True, f"turned off by {agent}"
+
+        real = agents.fence
+        agents.fence = sim_fence  # type: ignore[assignment]
+        try:
+            self._run_agent(node)
+        finally:
+            agents.fence = real
+        self.sim.log(f"{node.name} fence agent "
+                     f"{'failed' if node.name in self.sim.fence_fail else 'confirmed'}")
+
+
 class Master:
     """The master role of every candidate node, and what the elected one runs."""
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
-        self.managers: dict[str, ha_loop.HaManager] = {}
+        self.managers: dict[str, SimHaManager] = {}
         self.running: dict[int, tuple[str, int]] = {}  # job -> (master node, token)
         # What HaManager keeps from cycle to cycle, per master node: the heartbeats
         # and the HA states seen, timed on the virtual monotonic clock.
@@ -119,7 +167,7 @@ class Master:
         guard = ctx.guard()
         if guard is None:
             return
-        self.managers[node.name] = ha_loop.HaManager(ctx, self.sim.settings.grace)
+        self.managers[node.name] = SimHaManager(ctx, self.sim.settings.grace, self.sim)
         self.beats[node.name] = {}
         self.ages[node.name] = {}
         mine = (node.name, guard.create_revision)

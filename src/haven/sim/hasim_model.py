@@ -39,7 +39,8 @@ once); ``poweroff`` (an instance: its guest powers itself off, ``USER_down``);
 ``during_recovery`` (``{"instance": "vm1", "kill": "node01"}``: that entry, here a
 kill of ``node01``, is injected halfway through the instance's next recovery job;
 ``"target"`` names the job's target node);
-``no_voting`` (a node: ``gnt-cluster master-failover --no-voting`` run there).
+``fence_fail`` (a node: its fence agent fails); ``no_voting`` (a node:
+``gnt-cluster master-failover --no-voting`` run there).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from haven.master import ha_loop
 
 ACTIONS = frozenset({"kill", "boot", "freeze", "resume", "partition", "heal", "clock",
                      "user_job", "set_instance", "set_node", "replica", "crash", "poweroff",
-                     "break", "rpc_fail", "rpc_ok", "during_recovery", "no_voting"})
+                     "break", "rpc_fail", "rpc_ok", "fence_fail", "during_recovery", "no_voting"})
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class NodeSpec:
     offline: bool = False
     drained: bool = False
     clock: float = 0.0  # wall clock offset, seconds
+    fence_agent: str = ""  # e.g. "haven-local": the master may turn it off
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class Settings:
     outdate_delay: float = 0.5
     resync_time: float = 2.0
     wake_latency: float = 0.01
+    fence_time: float = 1.0  # a fence agent's run
 
 
 @dataclass(frozen=True)
