@@ -31,12 +31,17 @@ def key(node: str, token: int = TOKEN) -> KeyValue:
 
 def view(*, lease_valid: bool = True, candidate: bool = True,
          leader: KeyValue | None = None, handover_to: str | None = None,
-         token: int | None = None) -> RoleView:
+         token: int | None = None, lease_id: int = 0) -> RoleView:
     return RoleView(me=ME, lease_valid=lease_valid, candidate=candidate, leader=leader,
-                    handover_to=handover_to, token=token)
+                    handover_to=handover_to, token=token, lease_id=lease_id)
 
 
 PLANS = [
+    # -- a restarted daemon that took over its node's lease, and with it the master key
+    ("own key on the lease taken over", view(leader=key(ME), lease_id=0x694D),
+     RoleAction.CAMPAIGN, "resuming the master role held on our lease"),
+    ("own key on another lease", view(leader=key(ME), lease_id=0x1234),
+     RoleAction.NOTHING, "waiting for a stale master key of this node to expire"),
     # -- not master
     ("no leader, valid lease, candidate", view(),
      RoleAction.CAMPAIGN, "campaigning"),

@@ -45,6 +45,7 @@ class RoleView:
     leader: KeyValue | None
     handover_to: str | None
     token: int | None
+    lease_id: int = 0  # our current lease
 
     @property
     def leader_name(self) -> str | None:
@@ -85,6 +86,10 @@ def plan(v: RoleView) -> tuple[RoleAction, str]:
         return RoleAction.NOTHING, "not a master candidate"
     if v.leader is not None:
         if v.leader_name == v.me:
+            if v.lease_id and v.leader.lease == v.lease_id:
+                # The previous daemon of this node held it on the lease we took over
+                # (a restart within the lease): the role continues, same token.
+                return RoleAction.CAMPAIGN, "resuming the master role held on our lease"
             # A key from an earlier life of this daemon: it expires with that lease.
             return RoleAction.NOTHING, "waiting for a stale master key of this node to expire"
         return RoleAction.NOTHING, f"following master {v.leader_name}"
@@ -162,7 +167,7 @@ class MasterRole:
         handover = self.store.get(HANDOVER)
         target = _field(handover.value, "target") if handover is not None else None
         return RoleView(me=self.me, lease_valid=self.lease.valid(),
-                        candidate=self.is_candidate(), leader=leader,
+                        lease_id=self.lease.lease_id, candidate=self.is_candidate(), leader=leader,
                         handover_to=target, token=self.token)
 
     def execute(self, action: RoleAction, summary: str) -> str:
