@@ -25,7 +25,8 @@ def test_haven_demo_succeeds_and_reports_every_scenario(tmp_path: Path) -> None:
         report = proc.stdout.split("=== Haven demo report ===")[1]
         for step in ("haven up", "gnt-instance add vm3", "gnt-instance migrate vm2",
                      "gnt-instance failover vm1", "master-failover (run on node02)",
-                     "node01 back", "--no-voting", "gnt-node failover", "node02 back"):
+                     "node01 back", "--no-voting", "gnt-node failover", "node02 back",
+                     "vm1 running on node01, by itself", "vm1's shell answers"):
             assert step in report, report
     finally:
         subprocess.run([str(BIN / "haven"), "--base-dir", str(base), "down", "--destroy"],

@@ -13,6 +13,10 @@ Ganeti's own commands back to back, printing what each step costs.
    ``gnt-cluster master-failover --no-voting --yes-do-it`` then
    ``gnt-node failover --ignore-consistency node02``; node02 returns and rejoins;
    ``gnt-cluster redist-conf``, ``gnt-cluster getmaster``.
+4. Automatic failover: vm1 failed over to node02, node02 SIGKILLed, nobody types
+   anything: the master (node01) fences node02 by the lease rule and restarts vm1 on
+   node01; the times to ``running`` and to vm1's shell are reported; node02 returns
+   as vm1's secondary.
 
 Every step runs the real command line; the demo exits non-zero at the first failure.
 """
@@ -147,6 +151,30 @@ def main() -> int:
         sh("gnt-cluster", "getmaster")
         sh("gnt-instance", "list")
         sh("gnt-cluster", "verify", check=False)
+
+        print("\n=== 4. Automatic failover: node02 dies, nobody types anything ===")
+        timed("gnt-instance failover vm1 (to node02)", report,
+              "gnt-instance", "failover", "-f", "vm1")
+        console_until("vm1", "echo vm1 on node02", "vm1 on node02")
+        sh("haven", "kill", "node02")
+        t = time.monotonic()
+        while True:
+            _rc, out = sh("gnt-instance", "list", "--no-headers", "--separator=|", "-o",
+                          "status,pnode", "vm1", check=False, quiet=True)
+            if out.strip() == "running|node01":
+                break
+            if time.monotonic() - t > 90:
+                raise StepFailed(f"vm1 was not restarted on node01 by itself: {out}")
+            time.sleep(0.2)
+        report.append(("  node02 killed -> vm1 running on node01, by itself",
+                       f"{time.monotonic() - t:.1f} s"))
+        console_until("vm1", "echo vm1 is back", "vm1 is back")
+        report.append(("  node02 killed -> vm1's shell answers on node01",
+                       f"{time.monotonic() - t:.1f} s"))
+        sh("haven", "ha", "status")
+        timed("node02 back (secondary again, resynced; nothing moves back)", report,
+              "haven", "start", "node02")
+        sh("gnt-instance", "list", "-o", "name,pnode,snodes,status,ha,ha_state")
         sh("haven", "status")
     except (StepFailed, subprocess.TimeoutExpired) as exc:
         print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
