@@ -15,7 +15,8 @@ node (the instances' primary now).  Prints JSON (min/median/max per phase and ev
 run) and writes ``bench/results/node_failover.{json,png}``.  Goal: median <= 10 s and
 max <= 15 s to the shell.
 
-    .venv/bin/python bench/node_failover.py [--runs 10] [--instances 2]
+    uv run --group bench python bench/node_failover.py [--runs 10] [--instances 2]
+        [--fence-agent haven-local]
 """
 
 from __future__ import annotations
@@ -148,12 +149,18 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--subnet", default="127.0.61")
+    p.add_argument("--fence-agent", default="",
+                   help="give both VM nodes this fence agent (haven-local: haven up's "
+                        "built-in one) instead of relying on the lease rule alone")
     args = p.parse_args()
     names = [f"ha{i}" for i in range(1, args.instances + 1)]
     runs: list[dict[str, Any]] = []
     with local_cluster(3, args.subnet) as (base, env):
         master = run(env, "gnt-cluster", "getmaster").stdout.strip()
         a, b = [n for n in ("node01", "node02", "node03") if n != master][:2]
+        if args.fence_agent:
+            for n in (a, b):
+                run(env, "gnt-node", "modify", "--fence-agent", args.fence_agent, n)
         for n in names:
             run(env, "gnt-instance", "add", "-t", "drbd", "--disk", "0:size=64m", "-B",
                 "memory=128", "-o", "busybox", "-n", f"{a}:{b}", n)
@@ -163,11 +170,13 @@ def main() -> int:
             runs.append(one_run(base, env, names, victim, survivor, i))
             victim, survivor = survivor, victim
     out = {"runs": runs, "instances": len(names), "lease_ttl": 5,
+           "fence_agent": args.fence_agent or "none (lease rule)",
            **{k: summary([r[k] for r in runs]) for k in ("fenced", "running", "shell")}}
-    path = write_json("node_failover", out)
-    plot(runs, RESULTS / "node_failover.png")
+    name = "node_failover" + ("_agent" if args.fence_agent else "")
+    path = write_json(name, out)
+    plot(runs, RESULTS / f"{name}.png")
     print(json.dumps({k: out[k] for k in ("fenced", "running", "shell")}, indent=1))
-    print(f"written: {path} and {RESULTS / 'node_failover.png'}", file=sys.stderr)
+    print(f"written: {path} and {RESULTS / (name + '.png')}", file=sys.stderr)
     return 0
 
 
