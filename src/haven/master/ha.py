@@ -68,6 +68,9 @@ class HAView:
     # A node with a fence agent is suspected after this much silence (two missed
     # renewals) and turned off by its agent, instead of waiting for ``silent_limit``.
     suspect_limit: float = float("inf")
+    # Instances with an interrupted migration: its cleanup job decides first which
+    # copy lives (it counts a fenced node's copy as dead), then they are recovered.
+    migrating: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,9 @@ def _plan_instances(v: HAView, states: dict[str, NodeHA]) -> list[Action]:
             recovering_nodes.add(node)
             continue
         if rec is not None and rec.state == "recovered":
+            continue
+        if inst.name in v.migrating:
+            recovering_nodes.add(node)
             continue
         if inst.admin_state != "up":
             continue  # nothing to recover: it was not meant to run

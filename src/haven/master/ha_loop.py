@@ -24,7 +24,7 @@ from haven.model import event
 from haven.model import ha as H
 from haven.model.ha import InstanceHA, NodeHA
 from haven.model.instance import Instance, Observed
-from haven.model.keys import ALIVE, INSTANCES, LOCKS, OBSERVED, REPLICAS, Keys
+from haven.model.keys import ALIVE, INSTANCES, LOCKS, MIGRATIONS, OBSERVED, REPLICAS, Keys
 from haven.model.node import Node
 from haven.model.replica import Replicas
 from haven.store.base import Compare, Guard, Put, WatchEvent
@@ -96,6 +96,8 @@ def observe(ctx: MasterContext, grace: float = GRACE,
     running = frozenset(o.name for o in observed.values()
                         if o.state == "running" and o.name in instances
                         and instances[o.name].primary_node == o.node)
+    kvs, _ = store.list(MIGRATIONS)
+    migrating = frozenset(kv.key[len(MIGRATIONS):] for kv in kvs)
     state_age = None
     if ages is not None:
         state_age = {}
@@ -109,7 +111,7 @@ def observe(ctx: MasterContext, grace: float = GRACE,
                   max(cluster.lease_ttl - LEASE_MARGIN, 1.0), state_age, observed,
                   {name: f.updated for name, f in facts.items()},
                   # Two missed renewals (every TTL/5) and some slack.
-                  2 * cluster.lease_ttl / 5 + 0.5)
+                  2 * cluster.lease_ttl / 5 + 0.5, migrating)
 
 
 def _job_error(opresult: tuple[Any, ...]) -> str:

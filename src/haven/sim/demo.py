@@ -86,6 +86,21 @@ def console_until(name: str, command: str, expect: str, timeout: float = 60) -> 
     raise StepFailed(f"{name} never answered {command!r} on its console")
 
 
+def wait_in_sync(name: str, timeout: float = 180) -> None:
+    """Wait until both replicas of ``name`` are UpToDate (``gnt-instance list -o
+    degraded`` empty), as an administrator watches ``gnt-cluster verify-disks``."""
+    print(f"\n(waiting for both replicas of {name} to be UpToDate)", flush=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        _rc, out = sh("gnt-instance", "list", "--no-headers", "-o", "degraded", name,
+                      check=False, quiet=True)
+        if out.strip() in ("", "-"):
+            return
+        if time.monotonic() > deadline:
+            raise StepFailed(f"the replicas of {name} are still not in sync: {out}")
+        time.sleep(0.5)
+
+
 def main() -> int:
     os.environ["HAVEN_CLIENT_CONFIG"] = str(DEMO_BASE / "client.json")
     report: list[tuple[str, str]] = []
@@ -153,9 +168,11 @@ def main() -> int:
         sh("gnt-cluster", "verify", check=False)
 
         print("\n=== 4. Automatic failover: node02 dies, nobody types anything ===")
+        wait_in_sync("vm1")  # node02 came back: its replica resyncs first
         timed("gnt-instance failover vm1 (to node02)", report,
               "gnt-instance", "failover", "-f", "vm1")
         console_until("vm1", "echo vm1 on node02", "vm1 on node02")
+        wait_in_sync("vm1")  # node01's replica, the former primary's, is copied back
         sh("haven", "kill", "node02")
         t = time.monotonic()
         while True:

@@ -242,7 +242,12 @@ class InstanceMigrate(InstanceLU):
             return {"instance": inst.name, "cleanup": "nothing to clean up"}
         source, target = str(rec["source"]), str(rec["target"])
         where = {}
+        fenced = _fenced_nodes(self.c.store)
         for node in (source, target):
+            if node in fenced:
+                # The HA manager fenced it: its fencer (or agent) killed its VMs.
+                where[node] = "fenced"
+                continue
             try:
                 n = state.node(self.c.store, node)
                 vms = self.c.rpc.call(n.primary_ip, n.api_port, "GET", "/haven/node/vms")
@@ -266,7 +271,7 @@ class InstanceMigrate(InstanceLU):
                               f"{source}; bring {down} back (the master retries by itself, "
                               f"or run gnt-instance migrate --cleanup {inst.name}).")
         else:
-            if where.get(target) not in (None, "node unreachable"):
+            if where.get(target) not in (None, "node unreachable", "fenced"):
                 iu.node_call(self, target, "migrate-abort", inst.name)
             if where.get(source) == "paused":  # postmigrate, or stopped for a non-live copy
                 iu.node_call(self, source, "migrate-resume", inst.name)
@@ -274,6 +279,17 @@ class InstanceMigrate(InstanceLU):
             outcome = f"rolled back: {inst.name} stays on {source} ({where.get(source)})"
         emit(self, "migration-cleanup", inst.name, outcome)
         return {"instance": inst.name, "cleanup": outcome, "seen": where}
+
+
+def _fenced_nodes(store: Any) -> set[str]:
+    """Nodes the HA manager holds fenced (nothing of theirs runs)."""
+    import json
+
+    from haven.model import ha
+
+    kvs, _ = store.list(ha.HA_NODES)
+    return {r.node for r in (ha.NodeHA.from_json(json.loads(kv.value)) for kv in kvs)
+            if r.state in (ha.FENCED, ha.RECOVERING)}
 
 
 TCG_LIVE_RISK = ("QEMU before 10.0 under TCG loses memory writes of a busy guest in a "
