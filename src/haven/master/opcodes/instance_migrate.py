@@ -69,8 +69,8 @@ class InstanceMigrate(InstanceLU):
             if inst.disk_template != "drbd" or not inst.secondary_nodes:
                 return
             target = self.op["target_node"] or inst.secondary_nodes[0]
-            if target not in state.alive(self.c.store):
-                return
+            if target != inst.secondary_nodes[0] or target not in state.alive(self.c.store):
+                return  # refused at once by the prerequisite check, or nothing to wait for
             reps, _ = read_replicas(self, name)
             if reps is not None and reps.node_up_to_date(target, len(inst.disks),
                                                          inst.generation):
