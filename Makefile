@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.local/bin:$(PATH)
 
-.PHONY: setup apt venv guest debootstrap test unit integration e2e lint demo bench clean
+.PHONY: setup apt venv guest debootstrap test test-all unit integration e2e lint demo bench clean
 
 setup: apt venv guest debootstrap
 
@@ -37,7 +37,11 @@ lint: setup
 	uv run ruff check src tests bench
 	uv run mypy
 
+# The long variants (-m long) repeat what other tests cover; make test-all adds them.
 test: setup lint
+	uv run pytest -q -p no:cacheprovider -m "not long" tests
+
+test-all: setup lint
 	uv run pytest -q -p no:cacheprovider tests
 
 unit: setup

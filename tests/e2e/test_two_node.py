@@ -148,7 +148,9 @@ def two(tmp_path: Path) -> Iterator[Sim]:
     yield from make_sim(tmp_path, 2)
 
 
-@pytest.mark.parametrize("shutdown", ["kill", "stop"])
+# "stop" is long (3.5 min) and its steps are covered by the kill variant and by
+# test_demo.py (which shuts node01 down with haven stop): make test-all runs it.
+@pytest.mark.parametrize("shutdown", ["kill", pytest.param("stop", marks=pytest.mark.long)])
 def test_reference_scenarios_on_two_nodes(two: Sim, shutdown: str) -> None:
     sim = two
     s = Scenario(sim, f"shutdown by haven {shutdown}")
