@@ -283,10 +283,10 @@ def stop_vms(n: SimNode) -> list[str]:
 
 
 def destroy(base: Path = DEFAULT_BASE) -> None:
-    """``down`` and delete every file of the local cluster."""
+    """Stop every process of the local cluster and delete its files.  No clean shutdown
+    first: nothing of it is kept, so its guests need no chance to flush anything."""
     import shutil
 
-    down(base)
     layout = load_layout(base)
     if layout is not None:
         for n in layout.nodes:
