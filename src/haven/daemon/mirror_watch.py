@@ -5,9 +5,9 @@ lost secondary ``Outdated``.  Until then the guest's writes are acknowledged on 
 primary alone while etcd still calls the secondary ``UpToDate``: losing the primary in
 that window and starting the instance on the secondary would lose them.  A thread per
 replicated VM here waits on the VM's event monitor (``<name>.qmp-events``, which no one
-else uses) for ``BLOCK_JOB_ERROR`` of a mirror job and wakes the agent, whose cycle
-freezes the guest, records ``Outdated`` and thaws it.  A VM started before QEMU had the
-event monitor is left to the agent's cycle.
+else uses) for ``BLOCK_JOB_ERROR`` of a mirror job, pauses the guest in that same
+session at once, and wakes the agent, whose cycle records ``Outdated`` and thaws it.
+A VM started before QEMU had the event monitor is left to the agent's cycle.
 """
 
 from __future__ import annotations
@@ -32,10 +32,18 @@ QUIET = 2.0
 class MirrorWatch:
     """One watcher thread per VM name given to :meth:`follow`."""
 
-    def __init__(self, on_error: Callable[[str, list[int]], None]) -> None:
+    def __init__(self, on_error: Callable[[str, list[int], bool], None]) -> None:
         self._on_error = on_error
         self._stops: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        # VMs whose next replication error freezes the guest.  Disarmed by a freeze:
+        # a degraded mirror reports an error at every guest write, and the guest must
+        # run on once its peer is Outdated; re-armed when the mirror is healthy again.
+        self._disarmed: set[str] = set()
+
+    def rearm(self, name: str) -> None:
+        with self._lock:
+            self._disarmed.discard(name)
 
     def follow(self, monitors: dict[str, Path]) -> None:
         """Watch exactly these VMs (name -> event monitor socket): start the missing
@@ -58,18 +66,26 @@ class MirrorWatch:
 
         last = -QUIET
         while not stop.is_set():
+            frozen: list[bool] = []
+            with self._lock:
+                armed = name not in self._disarmed
             try:
-                disks = watch_errors(path, SLICE)
+                disks = watch_errors(path, SLICE, frozen if armed else None)
             except HavenError as exc:
                 if not path.exists():  # the VM is gone; follow() forgets it
                     break
                 log.debug("event monitor of %s: %s", name, exc.message)
                 stop.wait(RETRY)
                 continue
-            if disks and not stop.is_set() and time.monotonic() - last >= QUIET:
+            if frozen:
+                with self._lock:
+                    self._disarmed.add(name)
+            if disks and (frozen == [True] or
+                          (not stop.is_set() and time.monotonic() - last >= QUIET)):
                 last = time.monotonic()
-                log.info("%s: replication error on disk(s) %s", name, disks)
-                self._on_error(name, disks)
+                log.info("%s: replication error on disk(s) %s%s", name, disks,
+                         "; guest frozen" if frozen == [True] else "")
+                self._on_error(name, disks, frozen == [True])
         with self._lock:
             if self._stops.get(name) is stop:
                 del self._stops[name]

@@ -90,27 +90,28 @@ class NodeReplication:
         self._frozen: dict[str, float] = {}
         self.watch = MirrorWatch(self._on_mirror_error)
 
-    def _on_mirror_error(self, name: str, disks: list[int]) -> None:
-        """A mirror of ``name`` failed: freeze the guest at once (a few ms after the
-        error, instead of at the agent's report ~0.1 s later), so that writes the peer
-        missed are not acknowledged before etcd says ``Outdated``; then run the agent's
-        cycle, whose report thaws it.  Not while a job holds the instance (a migration
-        decides itself)."""
+    def _on_mirror_error(self, name: str, disks: list[int], frozen: bool) -> None:
+        """A mirror of ``name`` failed and its watcher paused the guest at once (a few
+        ms after the error, instead of at the agent's report later), so that writes the
+        peer missed are not acknowledged before etcd says ``Outdated``: remember it and
+        run the agent's cycle, whose report thaws it.  While a job holds the instance (a
+        migration decides itself) the guest is thawed at once."""
         from haven.hypervisor.qemu import replication
 
-        try:
-            locked = self.d.store().get(Keys.lock(f"instance/{name}")) is not None
-        except (HavenError, StoreError):
-            locked = False  # etcd unreachable: freeze, the report will wait for it
-        if not locked:
+        if frozen:
             try:
-                if replication.freeze(self._qmp(name)):
-                    self._frozen[name] = time.monotonic()
-                    log.info("%s: guest frozen on a replication error until its peer is "
-                             "recorded Outdated", name)
-            except HavenError as exc:
-                log.warning("%s: could not freeze the guest on a replication error: %s",
-                            name, exc.message)
+                locked = self.d.store().get(Keys.lock(f"instance/{name}")) is not None
+            except (HavenError, StoreError):
+                locked = False  # etcd unreachable: stay frozen, the report waits for it
+            if locked:
+                try:
+                    replication.thaw(self._qmp(name))
+                except HavenError as exc:
+                    log.warning("%s: could not thaw the guest: %s", name, exc.message)
+            else:
+                self._frozen[name] = time.monotonic()
+                log.info("%s: guest frozen on a replication error until its peer is "
+                         "recorded Outdated", name)
         self._woken(name, disks)
 
     def release_frozen(self, instances: dict[str, Instance], running: frozenset[str],
@@ -135,6 +136,8 @@ class NodeReplication:
                 snode, len(inst.disks), inst.generation)
             healthy = bool(mirrors.get(name)) and all(
                 m.phase == "ready" for m in mirrors[name].values())
+            if healthy:
+                self.watch.rearm(name)
             if peer_marked or healthy:
                 try:
                     replication.thaw(self._qmp(name))
@@ -327,6 +330,7 @@ class NodeReplication:
                                       f"({res.mode}, {res.bytes_copied} bytes)")
         if migrated:  # used: from now on the mirrors' own state says what to copy
             self._migration_path(inst.name).unlink(missing_ok=True)
+        self.watch.rearm(inst.name)  # a new mirror: its first error freezes the guest
         if what == "resync" or migrated:  # in sync now: report it without waiting
             self._woken(inst.name, list(disks))
 

@@ -188,11 +188,16 @@ def wait_ready(qmp: Qmp, disk: int, timeout: float) -> MirrorState:
         time.sleep(POLL)
 
 
-def watch_errors(qmp: Qmp, timeout: float) -> list[int]:
+def watch_errors(qmp: Qmp, timeout: float, frozen: list[bool] | None = None) -> list[int]:
     """Block until a replication job reports ``BLOCK_JOB_ERROR`` or ``timeout`` passes;
     the disks that reported one ([] on timeout), a few ms after the event.  It holds the
     monitor for the whole wait, so give it one nobody else needs; an error raised while
-    nobody watches is still seen by :func:`status`."""
+    nobody watches is still seen by :func:`status`.
+
+    With ``frozen`` (a list), the guest is paused in the same session right after the
+    event (``stop``: a millisecond, no new connection) and ``frozen`` gets True if this
+    call paused it (False if it was paused already): writes the peer missed are not
+    acknowledged from then on."""
     def ours(ev: dict[str, Any]) -> bool:
         return disk_of_job(str(ev.get("data", {}).get("device"))) is not None
 
@@ -201,6 +206,11 @@ def watch_errors(qmp: Qmp, timeout: float) -> list[int]:
             events = [session.wait_event("BLOCK_JOB_ERROR", timeout, match=ours)]
         except QmpTimeout:
             return []
+        if frozen is not None:
+            running = session.execute("query-status").get("status") == "running"
+            if running:
+                session.execute("stop")
+            frozen.append(running)
         events += [ev for ev in session.events() if ev.get("event") == "BLOCK_JOB_ERROR"]
     return sorted({d for ev in events
                    if (d := disk_of_job(str(ev.get("data", {}).get("device")))) is not None})
