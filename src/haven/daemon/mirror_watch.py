@@ -67,10 +67,12 @@ class MirrorWatch:
         last = -QUIET
         while not stop.is_set():
             frozen: list[bool] = []
-            with self._lock:
-                armed = name not in self._disarmed
+
+            def armed(vm: str = name) -> bool:  # asked when the error arrives
+                with self._lock:
+                    return vm not in self._disarmed
             try:
-                disks = watch_errors(path, SLICE, frozen if armed else None)
+                disks = watch_errors(path, SLICE, frozen, armed)
             except HavenError as exc:
                 if not path.exists():  # the VM is gone; follow() forgets it
                     break

@@ -38,7 +38,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,16 +188,17 @@ def wait_ready(qmp: Qmp, disk: int, timeout: float) -> MirrorState:
         time.sleep(POLL)
 
 
-def watch_errors(qmp: Qmp, timeout: float, frozen: list[bool] | None = None) -> list[int]:
+def watch_errors(qmp: Qmp, timeout: float, frozen: list[bool] | None = None,
+                 freeze_if: Callable[[], bool] | None = None) -> list[int]:
     """Block until a replication job reports ``BLOCK_JOB_ERROR`` or ``timeout`` passes;
     the disks that reported one ([] on timeout), a few ms after the event.  It holds the
     monitor for the whole wait, so give it one nobody else needs; an error raised while
     nobody watches is still seen by :func:`status`.
 
     With ``frozen`` (a list), the guest is paused in the same session right after the
-    event (``stop``: a millisecond, no new connection) and ``frozen`` gets True if this
-    call paused it (False if it was paused already): writes the peer missed are not
-    acknowledged from then on."""
+    event (``stop``: a millisecond, no new connection), if ``freeze_if()`` (asked then)
+    allows it, and ``frozen`` gets True if this call paused it: writes the peer missed
+    are not acknowledged from then on."""
     def ours(ev: dict[str, Any]) -> bool:
         return disk_of_job(str(ev.get("data", {}).get("device"))) is not None
 
@@ -206,7 +207,7 @@ def watch_errors(qmp: Qmp, timeout: float, frozen: list[bool] | None = None) -> 
             events = [session.wait_event("BLOCK_JOB_ERROR", timeout, match=ours)]
         except QmpTimeout:
             return []
-        if frozen is not None:
+        if frozen is not None and (freeze_if is None or freeze_if()):
             running = session.execute("query-status").get("status") == "running"
             if running:
                 session.execute("stop")
