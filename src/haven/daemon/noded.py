@@ -34,6 +34,7 @@ from haven.fence.feeder import Feeder
 from haven.master import state
 from haven.master.lu import MasterContext
 from haven.model.cluster import Cluster
+from haven.model.ha import LEASE_MARGIN
 from haven.model.keys import CLUSTER, INSTANCES, LOCKS, NODES, OBSERVED, Keys, store_prefix
 from haven.model.node import Node
 from haven.noderpc import HttpsNodeRpc
@@ -145,7 +146,7 @@ class NodeDaemon:
             store = EtcdStore(self._endpoints(js), store_prefix(js.cluster_name))
             cluster = state.cluster(store)
             self._ensure_fencer()
-            lease = LeaseKeeper(store, cluster.lease_ttl, margin=1.0,
+            lease = LeaseKeeper(store, cluster.lease_ttl, margin=LEASE_MARGIN,
                                 adopt=self._saved_lease(), on_renewed=self._lease_renewed,
                                 heartbeat=lambda lid: self._heartbeat(store, lid))
             hub = EventHub(store)

@@ -38,7 +38,6 @@ PERIOD = 0.25
 # Seconds after a node counts as lost (its fencer's deadline passed by then: see
 # master/ha.py) before it counts as fenced: the fencer's SIGKILL and clock-rate slack.
 GRACE = 0.5
-LEASE_MARGIN = 1.0  # the node daemons' LeaseKeeper margin (noded.py)
 # Recoveries outrank user jobs: Ganeti's highest priority.
 RECOVERY_PRIORITY = -20
 
@@ -108,7 +107,7 @@ def observe(ctx: MasterContext, grace: float = GRACE,
             state_age[name] = now_m - ages[name][1]
     return HAView(ctx.clock(), ctx.master_node, nodes, alive, node_ha, instances, replicas,
                   inst_ha, jobs, errors, locks, free, running, grace, silent, alive_rev,
-                  max(cluster.lease_ttl - LEASE_MARGIN, 1.0), state_age, observed,
+                  max(cluster.lease_ttl - H.LEASE_MARGIN, 1.0), state_age, observed,
                   {name: f.updated for name, f in facts.items()},
                   # Two missed renewals (every TTL/5) and some slack.
                   2 * cluster.lease_ttl / 5 + 0.5, migrating)

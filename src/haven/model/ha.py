@@ -39,6 +39,9 @@ BLOCKED = frozenset({FENCED, RECOVERING, BACK})
 RECOVERABLE_TEMPLATES = frozenset({"drbd", "sharedfile", "diskless", "ext"})
 SHARED_TEMPLATES = frozenset({"sharedfile", "diskless", "ext"})
 DEFAULT_MAX_RELOCATE = 2
+#: Seconds the node daemons' lease deadline keeps before the TTL (their fencer fires
+#: then); the master's silence limit is TTL minus this.
+LEASE_MARGIN = 1.0
 HA_VALUES = ("on", "off")
 
 
