@@ -34,6 +34,7 @@ from haven.fence.feeder import Feeder
 from haven.master import state
 from haven.master.lu import MasterContext
 from haven.model.cluster import Cluster
+from haven.model import ha
 from haven.model.ha import LEASE_MARGIN
 from haven.model.keys import CLUSTER, INSTANCES, LOCKS, NODES, OBSERVED, Keys, store_prefix
 from haven.model.node import Node
@@ -228,7 +229,7 @@ class NodeDaemon:
         if lease_id != self._saved_lease():
             write_private(self._lease_path(), json.dumps({"lease": lease_id}))
 
-    def start_blocked(self, check_store: bool = True) -> str:
+    def start_blocked(self) -> str:
         """Why this node may not start a VM now, or "" if it may: it needs a valid
         lease that holds its alive key, a fed fencer, and the HA manager not to have
         fenced it (ARCHITECTURE.md, "Fencing")."""
@@ -239,10 +240,6 @@ class NodeDaemon:
             return f"node {self.name} holds no valid lease"
         if self.fencer.fed_until() <= time.monotonic():
             return f"haven-fenced of node {self.name} is not running or not fed"
-        if not check_store:
-            return ""
-        from haven.model import ha
-
         kv = joined.store.get(Keys.alive(self.name))
         if kv is None or kv.lease != joined.lease.lease_id:
             return f"node {self.name}'s alive key is not held by its lease"
