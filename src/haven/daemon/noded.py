@@ -33,8 +33,8 @@ from haven.errors import HavenError, NodeSetupError, OpPrereqError
 from haven.fence.feeder import Feeder
 from haven.master import state
 from haven.master.lu import MasterContext
-from haven.model.cluster import Cluster
 from haven.model import ha
+from haven.model.cluster import Cluster
 from haven.model.ha import LEASE_MARGIN
 from haven.model.keys import CLUSTER, INSTANCES, LOCKS, NODES, OBSERVED, Keys, store_prefix
 from haven.model.node import Node
