@@ -188,6 +188,10 @@ class NodeDaemon:
         joined.hub.stop()
         vms = sorted(self.instances.all_vms()) if revoke else []
         if vms:
+            # One last renewal: the next daemon gets the whole TTL - margin to take the
+            # lease over (its fencer's deadline is fed from this renewal too).
+            with contextlib.suppress(StoreError):
+                joined.lease.renew_once()
             # The cluster must not believe the node gone while its VMs run: the lease
             # stays, the fencer keeps its deadline.  A daemon started before it takes
             # the lease over and keeps them; otherwise the fencer stops them first.
