@@ -81,12 +81,19 @@ def test_a_killed_node_s_instances_restart_on_their_secondaries_by_themselves(
     check_write_kept(sim, 0, seq)
     for name in ("vm1", "vm2", "vm3"):
         assert len(qemus(sim, name)) == 1
+    # The HA manager records the outcome once it sees the recovery job end, a cycle
+    # after the instance runs.
+    deadline = time.monotonic() + 15
+    while True:
+        listing = sim.run("gnt-instance", "list", "--no-headers", "-o", "name,ha,ha_state",
+                          "vm1", check=True).stdout.split()
+        if listing == ["vm1", "on", "recovered"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert listing == ["vm1", "on", "recovered"], listing
     status = sim.run("haven", "ha", "status", check=True).stdout
     assert victim in status and ("fenced" in status or "recovering" in status), status
     assert "recovered" in status, status
-    listing = sim.run("gnt-instance", "list", "--no-headers", "-o", "name,ha,ha_state",
-                      "vm1", check=True).stdout.split()
-    assert listing == ["vm1", "on", "recovered"], listing
     events = sim.run("haven", "events", check=True).stdout
     assert f"Node {victim}: fenced" in events, events
     assert "Instance vm1: recovered on" in events, events
