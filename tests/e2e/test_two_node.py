@@ -134,8 +134,16 @@ def acked(sim: Sim, node: str) -> int:
 def check_write_kept(sim: Sim, run: int, seq: int) -> None:
     """The block of write ``seq`` holds ``seq`` or a later write of the same block."""
     block = run * REGION + seq % REGION
-    out = console_until(sim, "vm1", f"dd if=/dev/vdb bs=4096 skip={block} count=1 "
-                        f"2>/dev/null | head -c 17; echo; echo read-$((40+2))", "read-42")
+    deadline = time.monotonic() + 30
+    while True:
+        # A guest that has just booted may not have probed its second disk yet: say so
+        # rather than read nothing, and look again.
+        out = console_until(sim, "vm1", f"[ -b /dev/vdb ] || echo NO-''VDB; dd if=/dev/vdb "
+                            f"bs=4096 skip={block} count=1 2>/dev/null | head -c 17; echo; "
+                            f"echo read-$((40+2))", "read-42")
+        if "NO-VDB" not in out or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     found = re.findall(r"SEQ (\d{12})", out)
     assert found, f"block {block} of vm1's disk 1 holds no write: {out!r}"
     got = int(found[-1])
