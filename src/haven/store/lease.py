@@ -180,24 +180,23 @@ class LeaseKeeper:
             log.info("Lease %x of the previous daemon has expired: granting a new one",
                      lease_id)
             return False
-        with self._lock:
-            self._lease_id, self._granted_ttl = lease_id, ttl
-            self._deadline = sent + ttl - self._margin
-            self._lost, self._lost_reported = None, False
-            deadline = self._deadline
-        log.info("Took over lease %x of the previous daemon (TTL %d s)", lease_id, ttl)
-        self._notify_renewed(lease_id, deadline)
+        self._hold(lease_id, ttl, sent, "Took over lease %x of the previous daemon (TTL %d s)")
         return True
 
     def _grant(self) -> None:
         sent = self._clock()
         lease_id, ttl = self._store.lease_grant(self._ttl)
+        self._hold(lease_id, ttl, sent, "Granted lease %x (TTL %d s)")
+
+    def _hold(self, lease_id: int, ttl: int, sent: float, message: str) -> None:
+        """Hold ``lease_id`` (granted or taken over, ``ttl`` as etcd answered a request
+        sent at ``sent``): valid again, deadline from the send time; callbacks told."""
         with self._lock:
             self._lease_id, self._granted_ttl = lease_id, ttl
             self._deadline = sent + ttl - self._margin
             self._lost, self._lost_reported = None, False
             deadline = self._deadline
-        log.info("Granted lease %x (TTL %d s)", lease_id, ttl)
+        log.info(message, lease_id, ttl)
         self._notify_renewed(lease_id, deadline)
 
     def _notify_renewed(self, lease_id: int, deadline: float) -> None:
