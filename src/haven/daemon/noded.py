@@ -83,6 +83,7 @@ class NodeDaemon:
         # Held while a VM is started and while a new lease is granted: a VM is started
         # only under the lease (and fencer deadline) that was checked for it.
         self.vm_start_lock = threading.Lock()
+        self._recorded_lease = 0  # the lease id last written to run/lease.json
 
     # -- process lifecycle -----------------------------------------------------------
     def run(self) -> None:
@@ -230,8 +231,10 @@ class NodeDaemon:
 
     def _lease_renewed(self, deadline: float, lease_id: int) -> None:
         self.fencer.feed(deadline, lease_id)
-        if lease_id != self._saved_lease():
+        # Every second: the file is written when the lease changes, never read here.
+        if lease_id != self._recorded_lease:
             write_private(self._lease_path(), json.dumps({"lease": lease_id}))
+            self._recorded_lease = lease_id
 
     def start_blocked(self) -> str:
         """Why this node may not start a VM now, or "" if it may: it needs a valid
