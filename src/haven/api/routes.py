@@ -26,7 +26,7 @@ WAIT_TIMEOUT = 10.0  # Ganeti's RAPI job wait returns after at most this long
 
 def install(r: Router, d: NodeDaemon) -> None:
     """Register every route of the API against daemon ``d``."""
-    from haven.api import ha_api, instances_api, nodes_api
+    from haven.api import alarms_api, ha_api, instances_api, metrics, nodes_api
 
     ha_api.install(r, d)
     r.add("GET", "/", lambda _q: "Haven Remote API")
@@ -48,6 +48,8 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("GET", "/haven/status", lambda _q: status(d))
     nodes_api.install(r, d)
     instances_api.install(r, d)
+    metrics.install(r, d)
+    alarms_api.install(r, d)
 
 
 def info(d: NodeDaemon) -> dict[str, Any]:

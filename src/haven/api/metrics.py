@@ -1,0 +1,14 @@
+"""Prometheus ``/metrics`` for this node (being built for issue 12)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from haven.api.http import Router
+
+if TYPE_CHECKING:
+    from haven.daemon.noded import NodeDaemon
+
+
+def install(r: Router, d: NodeDaemon) -> None:
+    """Register ``GET /metrics``."""
