@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics of a node and of the cluster (see :mod:`.collect`)."""
