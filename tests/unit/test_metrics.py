@@ -450,3 +450,35 @@ def test_get_metrics_serves_the_text_format_of_a_standby_daemon(tmp_path: Path) 
     assert fams["haven_node_joined"].samples[0].value == 0
     assert fams["haven_node_joined"].samples[0].labels == {"node": "node07"}
     assert "process_cpu_seconds" in fams  # the daemon process's own metrics
+
+
+def test_every_exported_family_is_listed_in_the_module_docstring(
+        tmp_path: Path, proc: Path, cluster_store: MemoryStore) -> None:
+    from haven.monitor import collect
+
+    fake_process(proc, 4242, 1, 1, 1)
+    sys_net = tmp_path / "net"
+    (sys_net / "tap0" / "statistics").mkdir(parents=True)
+    for key in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped",
+                "tx_dropped", "rx_errors", "tx_errors"):
+        (sys_net / "tap0" / "statistics" / key).write_text("1\n")
+    st = EndpointStatus(endpoint="e", version="3.4", cluster_id=1, member_id=1, leader=1,
+                        raft_term=1, raft_index=1, db_size=1, db_size_in_use=1,
+                        is_learner=False, errors=[])
+    n = FakeNode("node01", tmp_path, cluster_store, master=True, etcd=st, members=[],
+                 running={"vm1": ("kvm", VmInfo("vm1", 4242, "running", started=1.0))},
+                 taps={"vm1": {0: "tap0"}}, broken={"vm_io"})
+    n.io["vm1"] = VmIo((DiskIo(0),), {0: MirrorState(0, "mirror0", "ready")})
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(HavenCollector(n, proc=proc, sys_net=sys_net))
+    exported = {f.name + ("_total" if f.type == "counter" else "")
+                for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    n.broken = set()
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(HavenCollector(n, proc=proc, sys_net=sys_net))
+    exported |= {f.name + ("_total" if f.type == "counter" else "")
+                 for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    assert len(exported) > 60
+    doc = collect.__doc__ or ""
+    listed = {word.split("{")[0] for word in doc.split() if word.startswith("haven_")}
+    assert exported == listed

@@ -56,42 +56,69 @@ class ClusterSnapshot:
     ha_instances: dict[str, InstanceHA] = field(default_factory=dict)
 
 
-def _decode(kvs: Iterable[KeyValue], parse: Callable[[dict[str, Any]], T]) -> list[T]:
-    out = []
-    for kv in kvs:
-        try:
-            out.append(parse(json.loads(kv.value)))
-        except (ValueError, TypeError, KeyError) as exc:  # one bad object: skip it
-            log.debug("metrics: cannot decode %s: %s", kv.key, exc)
-    return out
+class Decoder:
+    """Decodes the store's JSON objects, keeping each decoded object until its key
+    changes (``mod_revision``): most objects, finished jobs above all, do not change
+    between two scrapes, and decoding them is most of a scrape's work."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[int, Any]] = {}
+        self._seen: set[str] = set()
+
+    def __call__(self, kvs: Iterable[KeyValue], parse: Callable[[dict[str, Any]], T]
+                 ) -> list[T]:
+        out = []
+        for kv in kvs:
+            self._seen.add(kv.key)
+            hit = self._cache.get(kv.key)
+            if hit is not None and hit[0] == kv.mod_revision:
+                out.append(hit[1])
+                continue
+            try:
+                obj = parse(json.loads(kv.value))
+            except (ValueError, TypeError, KeyError) as exc:  # one bad object: skip it
+                log.debug("metrics: cannot decode %s: %s", kv.key, exc)
+                continue
+            self._cache[kv.key] = (kv.mod_revision, obj)
+            out.append(obj)
+        return out
+
+    def forget_unseen(self) -> None:
+        """Drop what the last read did not return (deleted keys)."""
+        self._cache = {k: v for k, v in self._cache.items() if k in self._seen}
+        self._seen = set()
 
 
-def read_snapshot(store: Store) -> ClusterSnapshot:
-    """Every object the cluster metrics need, in one read-only transaction."""
+def read_snapshot(store: Store, decode: Decoder | None = None) -> ClusterSnapshot:
+    """Every object the cluster metrics need, in one read-only transaction.  Pass the
+    same ``decode`` at every scrape to decode only what changed."""
+    decode = decode or Decoder()
     prefixes = (NODES, ALIVE, INSTANCES, OBSERVED, REPLICAS, JOBS, H.HA_NODES,
                 H.HA_INSTANCES)
     ops = [Get(p, prefix=True) for p in prefixes] + [Get(MASTER), Get(Keys.counter("job"))]
     res = store.txn([], ops)
     lists = [r if isinstance(r, list) else [] for r in res.responses]
     nodes, alive, insts, obs, reps, jobs, ha_nodes, ha_insts, master, counter = lists
-    names = _decode(master, lambda d: str(d["node"]))
+    names = [str(json.loads(kv.value).get("node")) for kv in master]
     submitted = 0
     if counter:
         try:
             submitted = int(counter[0].value)
         except ValueError:
             submitted = 0
-    return ClusterSnapshot(
+    snap = ClusterSnapshot(
         revision=res.revision,
         master=names[0] if names else None,
-        nodes=tuple(_decode(nodes, Node.from_json)),
+        nodes=tuple(decode(nodes, Node.from_json)),
         alive=frozenset(kv.key[len(ALIVE):] for kv in alive),
-        instances=tuple(_decode(insts, Instance.from_json)),
-        observed={o.name: o for o in _decode(obs, Observed.from_json)},
-        replicas={r.instance: r for r in _decode(reps, Replicas.from_json)},
-        jobs=tuple(_decode(jobs, Job.from_json)), jobs_submitted=submitted,
-        ha_nodes={r.node: r for r in _decode(ha_nodes, NodeHA.from_json)},
-        ha_instances={r.name: r for r in _decode(ha_insts, InstanceHA.from_json)})
+        instances=tuple(decode(insts, Instance.from_json)),
+        observed={o.name: o for o in decode(obs, Observed.from_json)},
+        replicas={r.instance: r for r in decode(reps, Replicas.from_json)},
+        jobs=tuple(decode(jobs, Job.from_json)), jobs_submitted=submitted,
+        ha_nodes={r.node: r for r in decode(ha_nodes, NodeHA.from_json)},
+        ha_instances={r.name: r for r in decode(ha_insts, InstanceHA.from_json)})
+    decode.forget_unseen()
+    return snap
 
 
 def instance_status(inst: Instance, snap: ClusterSnapshot, offline: set[str]) -> str:

@@ -2,88 +2,95 @@
 node daemon knows.  ``GET /metrics`` on every node serves it (:mod:`haven.api.metrics`).
 
 Who exports what.  Prometheus scrapes every node, so each series comes from exactly one
-node: every node exports its own series (``haven_node_*``, the VMs running on it,
-its etcd member), labelled ``node``; the master alone exports the cluster-wide ones
+node: every node exports its own series (``haven_node_*``, the VMs running on it, its
+etcd member), labelled ``node``; the master alone exports the cluster-wide ones
 (``haven_cluster_*``, instances' status and configuration, replica states, jobs, HA,
 etcd membership), built from one read of etcd.  ``sum()`` over all targets never counts
 anything twice; ``haven_node_master`` says which target is the master.
 
 A scrape never fails: a part that fails (etcd unreachable, a VM that does not answer)
 is left out and counted in ``haven_scrape_errors_total{part}`` (the reason is logged at
-DEBUG); ``haven_scrape_duration_seconds{part}`` times each part.  Units are bytes and
-seconds; a state is one series per possible value, 1 for the current one.
+DEBUG).  Units are bytes and seconds, ratios 0 to 1; a state is one series per possible
+value, 1 for the current one and 0 for the others.
 
-Every node:
+Every node, about itself (label ``node``)::
 
-- ``haven_node_info{node,version}``: always 1.
-- ``haven_node_joined{node}``: 1 if the daemon is connected to its cluster's etcd.
-- ``haven_node_master{node}``: 1 on the master.
-- ``haven_node_lease_valid{node}``: 1 while the node holds a valid lease.
-- ``haven_node_role{node,role}``: Ganeti role (master, master-candidate, regular,
-  drained, offline).
-- ``haven_node_memory_total_bytes{node}``, ``haven_node_memory_available_bytes{node}``:
-  ``/proc/meminfo`` MemTotal and MemAvailable (Ganeti's mtotal and mfree).
-- ``haven_node_cpus{node}``: logical CPUs.
-- ``haven_node_storage_total_bytes{node}``, ``haven_node_storage_free_bytes{node}``: the
-  file system of the node's storage directory.
-- ``haven_node_instances{node}``: VM processes running on the node.
-- ``haven_node_instance_memory_bytes{node}``: memory given to them.
-- ``haven_node_daemon_start_time_seconds{node}``: when haven-noded started (Unix time).
-- ``haven_instance_vm_state{instance,node,state}``: the VM process's run state
-  (running, paused, shutdown: powered off by the guest, incoming, unknown).
-- ``haven_instance_cpu_seconds_total{instance,node}``: CPU time of its QEMU process.
-- ``haven_instance_resident_memory_bytes{instance,node}``: its resident memory.
-- ``haven_instance_start_time_seconds{instance,node}``: when its process started.
-- ``haven_instance_disk_read_bytes_total``, ``..._written_bytes_total``,
-  ``..._reads_completed_total``, ``..._writes_completed_total``,
-  ``..._flushes_completed_total``, ``..._read_time_seconds_total``,
-  ``..._write_time_seconds_total``, ``..._flush_time_seconds_total``,
-  ``haven_instance_disk_errors_total`` ``{instance,node,disk}``: QMP
-  ``query-blockstats`` of each guest disk since its QEMU started.
-- ``haven_instance_network_receive_bytes_total``, ``..._transmit_bytes_total``,
-  ``..._receive_packets_total``, ``..._transmit_packets_total``,
-  ``..._receive_drop_total``, ``..._transmit_drop_total``, ``..._receive_errs_total``,
-  ``..._transmit_errs_total`` ``{instance,node,nic}``: the tap device of each bridged
-  NIC, seen from the guest (receive: what the guest received).  User-mode NICs have none.
-- ``haven_replication_mirror_phase{instance,node,disk,phase}``: the primary's
-  replication job of each drbd disk (syncing, ready, failed, none).
-- ``haven_replication_pending_bytes{instance,node,disk}``: bytes taken on by the
-  replication job and not yet written to the secondary: in-flight writes when ready,
-  what is left to copy while syncing.
-- ``haven_replication_progress_ratio{instance,node,disk}``: the job's progress, 0 to 1.
-- ``haven_etcd_member_up{node}``: 1 if the node's own etcd member answers (nodes with
-  a member only), and then ``haven_etcd_has_leader``, ``haven_etcd_is_leader``,
-  ``haven_etcd_is_learner``, ``haven_etcd_db_size_bytes``,
-  ``haven_etcd_db_size_in_use_bytes``, ``haven_etcd_raft_term`` ``{node}``.
-- ``haven_scrape_errors_total{part}``, ``haven_scrape_duration_seconds{part}``.
-- ``process_*``: the daemon process (prometheus_client's process collector).
+    haven_node_info{version}                      always 1
+    haven_node_joined                             1 if connected to its cluster's etcd
+    haven_node_master                             1 on the master
+    haven_node_lease_valid                        1 while it holds a valid lease
+    haven_node_role{role}                         master, master-candidate, regular, drained...
+    haven_node_memory_total_bytes                 MemTotal (Ganeti's mtotal)
+    haven_node_memory_available_bytes            MemAvailable (Ganeti's mfree)
+    haven_node_cpus                               logical CPUs
+    haven_node_storage_total_bytes                file system of the disk images: size
+    haven_node_storage_free_bytes                 ... and free space
+    haven_node_instances                          VM processes running here
+    haven_node_instance_memory_bytes              memory given to them
+    haven_node_daemon_start_time_seconds          when haven-noded started (Unix time)
+    haven_etcd_member_up                          1 if its own etcd member answers
+    haven_etcd_has_leader                         1 if that member knows a raft leader
+    haven_etcd_is_leader                          1 if it is the raft leader
+    haven_etcd_is_learner                         1 if it is a learner (no vote)
+    haven_etcd_db_size_bytes                      its database file
+    haven_etcd_db_size_in_use_bytes               ... the part in use
+    haven_etcd_raft_term                          its raft term
+    haven_scrape_errors_total{part}               parts of scrapes left out since start
+    haven_scrape_duration_seconds{part}           how long each part of this scrape took
+    process_*                                     the daemon process (prometheus_client)
 
-The master only (see :mod:`.cluster` and :mod:`.history`):
+Every node, about the VMs running on it (labels ``instance``, ``node``)::
 
-- ``haven_cluster_node_alive{node}``: 1 if the node holds its lease.
-- ``haven_cluster_node_role{node,role}``: each node's role.
-- ``haven_cluster_node_instances{node,kind}``: instances it is primary/secondary for.
-- ``haven_instance_info{instance,primary_node,secondary_node,disk_template,hypervisor,os}``.
-- ``haven_instance_status{instance,status}``: Ganeti's status (running, ADMIN_down,
-  ERROR_down, ...), as ``gnt-instance list`` shows it.
-- ``haven_instance_memory_bytes{instance}``, ``haven_instance_vcpus{instance}``,
-  ``haven_instance_disk_size_bytes{instance,disk}``: configuration.
-- ``haven_instance_restarts{instance}``: automatic restarts since the last start.
-- ``haven_instance_ha_enabled{instance}``.
-- ``haven_replica_state{instance,node,disk,state}``: UpToDate, Inconsistent, Outdated,
-  Diskless, Unknown, as recorded in etcd.
-- ``haven_replica_sync_ratio{instance,node,disk}``: resync progress, 0 to 1.
-- ``haven_replica_stale{instance}``, ``haven_replica_degraded{instance}``.
-- ``haven_jobs{status}``: jobs in the queue by status.
-- ``haven_jobs_submitted_total``: the job id counter.
-- ``haven_job_duration_seconds{op,status}``: histogram of finished jobs' durations.
-- ``haven_ha_node_state{node,state}``: online, unreachable, fenced, recovering, back,
-  manual.
-- ``haven_ha_instance_recovery_state{instance,state}``: latest recovery of an instance.
-- ``haven_ha_last_recovery_seconds{instance}``: how long it took.
-- ``haven_ha_recoveries_total{outcome}``: recovered, failed (attempts), refused.
-- ``haven_ha_recovery_duration_seconds``: histogram, node lost to instance running.
-- ``haven_etcd_members{kind}``: voters and learners of the etcd cluster.
+    haven_instance_vm_state{state}                running, paused, shutdown, incoming, unknown
+    haven_instance_cpu_seconds_total              CPU time of its QEMU process (user + system)
+    haven_instance_resident_memory_bytes          resident memory of that process
+    haven_instance_start_time_seconds             when that process started (Unix time)
+    haven_instance_disk_read_bytes_total{disk}    QMP query-blockstats, since QEMU started
+    haven_instance_disk_written_bytes_total{disk}
+    haven_instance_disk_reads_completed_total{disk}
+    haven_instance_disk_writes_completed_total{disk}
+    haven_instance_disk_flushes_completed_total{disk}
+    haven_instance_disk_read_time_seconds_total{disk}
+    haven_instance_disk_write_time_seconds_total{disk}
+    haven_instance_disk_flush_time_seconds_total{disk}
+    haven_instance_disk_errors_total{disk}        failed reads, writes and flushes
+    haven_instance_network_receive_bytes_total{nic}   a bridged NIC's tap, guest's view
+    haven_instance_network_transmit_bytes_total{nic}  (user-mode NICs have none)
+    haven_instance_network_receive_packets_total{nic}
+    haven_instance_network_transmit_packets_total{nic}
+    haven_instance_network_receive_drop_total{nic}
+    haven_instance_network_transmit_drop_total{nic}
+    haven_instance_network_receive_errs_total{nic}
+    haven_instance_network_transmit_errs_total{nic}
+    haven_replication_mirror_phase{disk,phase}    drbd primary's job: syncing, ready, failed, none
+    haven_replication_pending_bytes{disk}         not yet on the secondary: in-flight writes
+    haven_replication_progress_ratio{disk}        the job's progress (1 when ready)
+
+The master only (:mod:`.cluster`, :mod:`.history`)::
+
+    haven_cluster_node_alive{node}                1 if the node holds its lease
+    haven_cluster_node_role{node,role}            each node's Ganeti role
+    haven_cluster_node_instances{node,kind}       instances it is primary or secondary node of
+    haven_instance_info{instance,primary_node,secondary_node,disk_template,hypervisor,os}  = 1
+    haven_instance_status{instance,status}        Ganeti's status, as gnt-instance list shows it
+    haven_instance_memory_bytes{instance}         configured memory
+    haven_instance_vcpus{instance}                configured virtual CPUs
+    haven_instance_disk_size_bytes{instance,disk} configured disk size
+    haven_instance_restarts{instance}             automatic restarts since its last start
+    haven_instance_ha_enabled{instance}           1 if recovered when its node is lost
+    haven_replica_state{instance,node,disk,state} UpToDate, Inconsistent, Outdated, Diskless...
+    haven_replica_sync_ratio{instance,node,disk}  resync progress (1 when UpToDate)
+    haven_replica_stale{instance}                 1 if the states are of an older generation
+    haven_replica_degraded{instance}              1 if a replica is not UpToDate
+    haven_jobs{status}                            jobs in the queue (kept 6 h) by status
+    haven_jobs_submitted_total                    the job id counter
+    haven_job_duration_seconds{op,status}         histogram of finished jobs, by first opcode
+    haven_ha_node_state{node,state}               online, unreachable, fenced, recovering, back...
+    haven_ha_instance_recovery_state{instance,state}  latest recovery: recovered, failed...
+    haven_ha_last_recovery_seconds{instance}      node lost to running elsewhere, latest time
+    haven_ha_recoveries_total{outcome}            recovered, failed (attempts), refused
+    haven_ha_recovery_duration_seconds            histogram: node lost to running elsewhere
+    haven_etcd_members{kind}                      voters and learners (managed etcd)
 """
 
 from __future__ import annotations
@@ -182,6 +189,7 @@ class HavenCollector(Collector):
         self.errors: dict[str, int] = {}
         self.jobs = JobHistory()
         self.recoveries = RecoveryHistory()
+        self._decode = cluster.Decoder()
         self._lock = threading.Lock()
 
     def describe(self) -> Iterable[Metric]:
@@ -432,7 +440,7 @@ class HavenCollector(Collector):
 
     # -- the cluster (master) --------------------------------------------------------
     def _cluster_families(self, store: Store) -> list[Metric]:
-        snap = cluster.read_snapshot(store)
+        snap = cluster.read_snapshot(store, self._decode)
         self.jobs.update(snap.jobs)
         self.recoveries.update(snap.ha_instances.values())
         out: list[Metric] = [*cluster.families(snap), *self.jobs.families(),
