@@ -12,7 +12,7 @@ from haven.cli.common import ArgParser, render_table, run
 
 FAMILIES = {"cluster": "gnt_cluster", "node": "gnt_node", "job": "gnt_job",
             "debug": "gnt_debug", "instance": "gnt_instance", "os": "gnt_os",
-            "events": "events", "ha": "ha"}
+            "events": "events", "ha": "ha", "alarms": "alarms"}
 
 
 def cmd_up(args: Any) -> int:
@@ -158,7 +158,8 @@ def build_parser() -> ArgParser:
     mt.add_argument("node")
     mt.set_defaults(fn=cmd_maintenance)
     for fam in FAMILIES:
-        own = {"events": "the cluster's events", "ha": "high availability status"}
+        own = {"events": "the cluster's events", "ha": "high availability status",
+               "alarms": "active alarms, acknowledge, settings"}
         sub.add_parser(fam, help=own.get(fam, f"same as gnt-{fam}"), add_help=False)
     return p
 

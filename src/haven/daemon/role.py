@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from haven.master.alarm_loop import AlarmManager
 from haven.master.ha_loop import HaManager
 from haven.master.lu import MasterContext
 from haven.master.runner import JobRunner
@@ -116,6 +117,7 @@ class MasterRole:
         self.token: int | None = None
         self.runner: JobRunner | None = None
         self.ha: HaManager | None = None
+        self.alarms: AlarmManager | None = None
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -190,6 +192,8 @@ class MasterRole:
         """Called by the lease keeper: stop acting at once, without a store round trip."""
         if self.ha is not None:
             self.ha.stop()
+        if self.alarms is not None:
+            self.alarms.stop()
         runner = self.runner
         if runner is not None:
             runner.stop()
@@ -202,6 +206,8 @@ class MasterRole:
         self.runner.start()
         self.ha = HaManager(ctx)
         self.ha.start()
+        self.alarms = AlarmManager(ctx)
+        self.alarms.start()
         # A handover addressed to us is complete.
         handover = self.store.get(HANDOVER)
         if handover is not None and _field(handover.value, "target") == self.me:
@@ -212,6 +218,9 @@ class MasterRole:
         ha, self.ha = self.ha, None
         if ha is not None:
             ha.stop()
+        alarms, self.alarms = self.alarms, None
+        if alarms is not None:
+            alarms.stop()
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.stop()

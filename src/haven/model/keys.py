@@ -17,6 +17,9 @@ MIGRATIONS = "migrations/"  # migrations/<instance>: the steps of a live migrati
 OBSERVED = "observed/"
 REPLICAS = "replicas/"
 COUNTERS = "counters/"
+ALARMS_ACTIVE = "alarms/active/"  # alarms/active/<kind>:<object>: alarms that hold now
+ALARMS_HISTORY = "alarms/history/"  # alarms/history/<raised ns>-<id>: cleared ones
+ALARM_SETTINGS = "alarms/settings"  # thresholds and notification targets
 
 
 class Keys:
@@ -62,6 +65,15 @@ class Keys:
     @staticmethod
     def counter(name: str) -> str:
         return COUNTERS + name
+
+    @staticmethod
+    def alarm(alarm_id: str) -> str:
+        return ALARMS_ACTIVE + alarm_id
+
+    @staticmethod
+    def alarm_history(raised: float, alarm_id: str) -> str:
+        # Time-ordered, so that trimming deletes the oldest first.
+        return f"{ALARMS_HISTORY}{int(raised * 1e9):020d}-{alarm_id}"
 
 
 def store_prefix(cluster_name: str) -> str:
