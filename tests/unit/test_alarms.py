@@ -800,7 +800,7 @@ def test_active_alarms_are_listed_most_severe_first_then_history() -> None:
     store = MemoryStore()
     warn = Alarm("node-memory:n1", A.NODE_MEMORY, "node/n1", A.WARNING, "m", 1.0)
     crit = Alarm("node-unreachable:n2", A.NODE_UNREACHABLE, "node/n2", A.CRITICAL, "u", 5.0)
-    old = Alarm("job-failed:1", A.JOB_FAILED, "job/1", A.WARNING, "j", 0.5, cleared=2.0)
+    old = Alarm("job-failed:1", A.JOB_FAILED, "job/1", A.CRITICAL, "j", 0.5, cleared=2.0)
     newer = Alarm("job-failed:2", A.JOB_FAILED, "job/2", A.WARNING, "j", 0.6, cleared=3.0)
     for a in (warn, crit):
         store.put(ALARMS_ACTIVE + a.id, a.encode())
@@ -823,3 +823,46 @@ def test_the_cli_parses_its_commands() -> None:
     args = p.parse_args(["set", "webhook_url", "http://x"])
     assert (args.fn, args.key, args.value) == (cli.cmd_set, "webhook_url", "http://x")
     assert p.parse_args(["settings"]).fn is cli.cmd_settings
+
+
+def test_the_cli_prints_alarms_acknowledges_and_sets(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    from haven.cli import alarms as cli
+
+    store = MemoryStore()
+    a = Alarm("node-unreachable:node02", A.NODE_UNREACHABLE, "node/node02", A.CRITICAL,
+              "Node node02 is fenced.", 1.0e9)
+    store.put(Keys.alarm(a.id), a.encode())
+
+    class FakeClient:
+        def get(self, path: str) -> Any:
+            p, _, q = path.partition("?")
+            return call(store, "GET", p, query={"all": ["1"]} if q else None)
+
+        def post(self, path: str, body: Any) -> Any:
+            return call(store, "POST", path, body)
+
+        def put(self, path: str, body: Any) -> Any:
+            return call(store, "PUT", path, body)
+
+    monkeypatch.setattr(cli.Client, "from_config", classmethod(lambda _cls: FakeClient()))
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["ID", "Severity", "State", "Raised", "Cleared",
+                                           "Acknowledged", "Message"]
+    assert "node-unreachable:node02 critical ACTIVE" in " ".join(out.split())
+    assert cli.main(["ack", a.id, "--by", "erin"]) == 0
+    assert capsys.readouterr().out.startswith(f"Alarm {a.id} acknowledged by erin at ")
+    assert cli.main(["--all"]) == 0
+    assert " acked " in capsys.readouterr().out
+    assert cli.main(["set", "disk_percent", "75"]) == 0
+    assert capsys.readouterr().out == "Alarm setting disk_percent is now 75.0.\n"
+    assert cli.main(["set", "disk_percent", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().endswith("\nAlarm setting 'disk_percent' must be from 1 to 100, "
+                                "not 0.") and "Traceback" not in err
+    assert cli.main(["settings"]) == 0
+    assert "disk_percent" in capsys.readouterr().out
+    assert cli.main(["ack", "nope:x"]) != 0
+    assert "Alarm 'nope:x' is not active" in capsys.readouterr().err

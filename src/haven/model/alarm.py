@@ -90,9 +90,12 @@ class Alarm:
 
 
 def sort_key(a: Alarm) -> tuple[int, int, float, str]:
-    """Active first, then the most severe, then the oldest raise."""
+    """Active first (the most severe, then the oldest raise first), then the cleared
+    ones (the last cleared first)."""
+    if not a.active:
+        return (1, 0, -a.cleared, a.id)
     sev = SEVERITIES.index(a.severity) if a.severity in SEVERITIES else len(SEVERITIES)
-    return (0 if a.active else 1, sev, a.raised if a.active else -a.cleared, a.id)
+    return (0, sev, a.raised, a.id)
 
 
 @dataclass(frozen=True)
