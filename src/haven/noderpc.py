@@ -17,7 +17,6 @@ from __future__ import annotations
 import abc
 import http.client
 import json
-import socket
 import ssl
 import time
 from typing import Any
@@ -112,31 +111,31 @@ class HttpsNodeRpc(NodeRpc):
             raise HavenError(f"Node daemon at {address}:{port} answered {resp.status}.")
         return decoded
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The context that pins the cluster certificate (None before joining)."""
+        return self._verified
+
     def open_stream(self, address: str, port: int, path: str,
-                    timeout: float = 30.0) -> tuple[ssl.SSLSocket, bytes]:
-        """GET ``path`` as a raw byte stream (console, disk copy): the connected socket,
-        past the response headers, and the bytes already read beyond them.  Raises
-        OSError if the node refuses or closes early."""
+                    timeout: float = 30.0) -> http.client.HTTPResponse:
+        """GET ``path`` as a byte stream (a disk copy): the response, to ``read()``
+        from and close.  Raises OSError if the node refuses or cannot be reached."""
         if self._verified is None:
             raise OSError("the cluster certificate is not known on this node")
-        raw = socket.create_connection((address, port), timeout=timeout)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = self._verified.wrap_socket(raw)
+        conn = http.client.HTTPSConnection(address, port, timeout=timeout,
+                                           context=self._verified)
         try:
-            sock.sendall((f"GET {path} HTTP/1.1\r\nHost: haven\r\nAuthorization: "
-                          f"{self.auth_header}\r\nContent-Length: 0\r\n\r\n").encode())
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise OSError(f"node {address} closed the stream {path}")
-                buf += chunk
-            head, _, rest = buf.partition(b"\r\n\r\n")
-            status = head.split(b"\r\n")[0]
-            if b" 200 " not in status:
-                raise OSError(f"node {address} refused {path}: "
-                              f"{status.decode(errors='replace')}")
-        except BaseException:
-            sock.close()
-            raise
-        return sock, rest
+            conn.request("GET", path, headers={"Authorization": self.auth_header or ""})
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise OSError(f"node {address} did not answer {path}: {exc}") from exc
+        if resp.status != 200:
+            body = resp.read()
+            conn.close()
+            try:
+                message = str(json.loads(body).get("message"))
+            except (ValueError, AttributeError):
+                message = f"HTTP {resp.status}"
+            raise OSError(f"node {address} refused {path}: {message}")
+        return resp

@@ -78,7 +78,7 @@ def test_a_daemon_without_its_users_answers_not_ready_not_unauthorised() -> None
         assert status == 401 and "write access" in str(body["message"])
         assert not not_ready(status, body)
     finally:
-        api._server.server_close()
+        api.stop()
 
 
 def test_an_empty_user_list_once_loaded_still_refuses() -> None:
@@ -87,7 +87,7 @@ def test_an_empty_user_list_once_loaded_still_refuses() -> None:
         api.auth.users = {}
         assert _write(api, NODE_AUTH)[0] == 401
     finally:
-        api._server.server_close()
+        api.stop()
 
 
 def test_not_ready_is_only_the_starting_answers() -> None:
@@ -112,7 +112,7 @@ def test_a_node_call_waits_for_a_starting_daemon(starting: tuple[ApiServer, str]
     timer.start()
     t0 = time.monotonic()
     try:
-        answer = rpc.call("127.0.0.1", api._server.server_address[1], "POST",
+        answer = rpc.call("127.0.0.1", api.address[1], "POST",
                           "/haven/node/instance/vm2/migrate-accept", {})
     finally:
         timer.cancel()
@@ -126,7 +126,7 @@ def test_a_daemon_that_never_gets_ready_fails_with_a_sentence(
     rpc = HttpsNodeRpc(cert, NODE_AUTH)
     rpc.not_ready_patience = 0.5
     with pytest.raises(NodeSetupError) as err:
-        rpc.call("127.0.0.1", api._server.server_address[1], "POST",
+        rpc.call("127.0.0.1", api.address[1], "POST",
                  "/haven/node/instance/vm2/migrate-accept", {})
     assert "still starting" in err.value.message
     assert "write access" not in err.value.message
@@ -138,7 +138,7 @@ def test_a_real_refusal_is_not_retried(starting: tuple[ApiServer, str]) -> None:
     rpc = HttpsNodeRpc(cert, "Basic " + base64.b64encode(b"haven-node:wrong").decode())
     t0 = time.monotonic()
     with pytest.raises(HavenError) as err:
-        rpc.call("127.0.0.1", api._server.server_address[1], "POST",
+        rpc.call("127.0.0.1", api.address[1], "POST",
                  "/haven/node/instance/vm2/migrate-accept", {})
     assert "write access" in err.value.message
     assert time.monotonic() - t0 < 2

@@ -1,32 +1,55 @@
-"""A small threaded HTTPS server with a router, Basic auth and JSON bodies.
+"""The node API's HTTP layer: Starlette on uvicorn, with Haven's router, RAPI's error
+shapes, Basic or Bearer auth, and TLS that follows the node into its cluster.
 
-The standard library's ``ThreadingHTTPServer`` is enough for a control plane and keeps
-the daemon free of a web framework.  TLS is applied per accepted connection with the
-*current* context, so a node that joins a cluster switches from its own provisional
-certificate to the cluster's without restarting its listener.
+Routes are plain synchronous functions (:class:`Router`): they read etcd and call other
+nodes, so each request runs in a worker thread (a bounded pool, sized for RAPI's
+long-polling job waits) while uvicorn's event loop keeps accepting.  Streams (a disk
+copy) are sent as they are produced; the serial console is a WebSocket (api/console.py)
+and the dashboard adds its own Starlette routes (``extra_routes``).
+
+TLS: uvicorn is given one ``SSLContext`` for the life of the daemon.  A node that joins
+a cluster switches from its own provisional certificate to the cluster's by loading the
+new chain into that same context: every handshake after that presents it, without
+restarting the listener (connections already open keep theirs).
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
-import hmac
+import functools
 import json
 import logging
 import re
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response as StarletteResponse
+from starlette.responses import StreamingResponse
+from starlette.routing import BaseRoute
+from starlette.routing import Route as StarletteRoute
+
+from haven.api.auth import Authenticator, hash_password
 from haven.errors import ECODE_ENVIRON, HavenError
 
 log = logging.getLogger(__name__)
+# uvicorn's own start and stop lines repeat the daemon's: keep its warnings only.
+logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+# Requests served at once.  RAPI clients long-poll job waits (up to 10 s each), and a
+# blocked pool would stall node-to-node calls behind them.
+WORKER_THREADS = 128
+METHODS = ["GET", "POST", "PUT", "DELETE"]
 
 
 class HttpError(HavenError):
@@ -75,11 +98,11 @@ Handler = Callable[[Request], Any]
 
 
 class Stream:
-    """A response that turns the connection into a raw byte stream (the console):
-    after the headers, ``pump(connection, rfile)`` owns the socket until it returns."""
+    """A response sent as its chunks are produced (a disk image); the iterator runs in
+    a worker thread and may block on its file."""
 
-    def __init__(self, pump: Callable[[socket.socket, Any], None]) -> None:
-        self.pump = pump
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = chunks
 
 
 @dataclass(frozen=True)
@@ -112,10 +135,6 @@ class Router:
         return None, {}, other
 
 
-def hash_password(password: str, salt: str) -> str:
-    return hashlib.sha256((salt + ":" + password).encode()).hexdigest()
-
-
 # What a node daemon that cannot check credentials yet answers a request that needs
 # them.  Its kind and "not part of a cluster" are what callers recognise as "nothing was
 # done here, ask again or ask another node": the CLI moves to the next node
@@ -126,147 +145,108 @@ NOT_READY_MESSAGE = ("This node daemon is starting: it is not part of a cluster 
                      "moment.")
 
 
-class Authenticator:
-    """RAPI users: name -> {"password": hash, "salt": ..., "write": bool}.
+class _Config(uvicorn.Config):
+    """uvicorn's config, serving TLS with our own (reloadable) context."""
 
-    ``loaded`` turns true once ``users`` has been set (by the daemon, from the cluster's
-    configuration in etcd).  Before that, a daemon that just (re)started serves its API
-    without knowing any user, not even the node daemons' own: a refusal then would be
-    wrong (the caller may well be allowed), so :meth:`ApiServer.dispatch` answers "not
-    ready" instead of "needs a user with write access"."""
-
-    def __init__(self) -> None:
-        self._users: dict[str, dict[str, Any]] = {}
-        self.loaded = False
+    def __init__(self, app: Any, context: ssl.SSLContext | None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._context = context
 
     @property
-    def users(self) -> dict[str, dict[str, Any]]:
-        return self._users
+    def is_ssl(self) -> bool:
+        # False while uvicorn's own load() runs: it would build a context from files.
+        return self._context is not None and not getattr(self, "_loading", False)
 
-    @users.setter
-    def users(self, users: dict[str, dict[str, Any]]) -> None:
-        self._users = users
-        self.loaded = True
-
-    def check(self, header: str | None) -> tuple[str | None, bool]:
-        if not header or not header.startswith("Basic "):
-            return None, False
+    def load(self) -> None:
+        self._loading = True
         try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return None, False
-        entry = self.users.get(user)
-        if entry is None:
-            return None, False
-        expected = str(entry.get("password", ""))
-        if not hmac.compare_digest(expected, hash_password(password, str(entry.get("salt")))):
-            return None, False
-        return user, bool(entry.get("write", False))
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, addr: tuple[str, int], api: ApiServer) -> None:
-        self.api = api
-        super().__init__(addr, _RequestHandler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        # Responses are written as headers then body: without NODELAY, Nagle's
-        # algorithm and the client's delayed ACK add 40 ms to every call.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ctx = self.api.ssl_context
-        if ctx is None:
-            return sock, addr
-        sock.settimeout(30)
-        # The handshake happens on the first read, in the handler's own thread, so a
-        # slow client never stalls the accept loop.
-        return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
-
-    def _handle(self, method: str) -> None:
-        api = self.server.api
-        url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            self._send(Response({"code": 400, "message": "The request body is not valid JSON.",
-                                 "explain": "wrong_input"}, 400))
-            return
-        user, can_write = api.auth.check(self.headers.get("Authorization"))
-        req = Request(method, url.path, parse_qs(url.query), body, user, can_write,
-                      peer=self.client_address[0])
-        self._send(api.dispatch(req))
-
-    def _send(self, resp: Response) -> None:
-        if isinstance(resp.body, Stream):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.flush()
-            self.close_connection = True
-            # The other side going away simply ends the stream.
-            with contextlib.suppress(OSError):
-                resp.body.pump(self.connection, self.rfile)
-            return
-        data = resp.body if isinstance(resp.body, bytes) else \
-            json.dumps(resp.body).encode()
-        self.send_response(resp.status)
-        self.send_header("Content-Type", resp.content_type)
-        self.send_header("Content-Length", str(len(data)))
-        if resp.status == 401:
-            self.send_header("WWW-Authenticate", 'Basic realm="Haven Remote API"')
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
+            super().load()
+        finally:
+            self._loading = False
+        self.ssl = self._context
 
 
 class ApiServer:
-    """Serves a :class:`Router` on ``address:port`` in a background thread."""
+    """Serves a :class:`Router` (and ``extra_routes``) on ``address:port`` over HTTPS,
+    from a background thread running uvicorn."""
 
-    def __init__(self, address: str, port: int, router: Router) -> None:
+    def __init__(self, address: str, port: int, router: Router,
+                 extra_routes: Sequence[BaseRoute] = ()) -> None:
         self.router = router
         self.auth = Authenticator()
-        self.ssl_context: ssl.SSLContext | None = None
-        self._server = _Server((address, port), self)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="api", daemon=True)
+        self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._has_cert = False
+        self._limiter: anyio.CapacityLimiter | None = None
+        # Bound here, so that a port in use fails the daemon's start with its OSError.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((address, port))
+        except OSError:
+            self._sock.close()
+            raise
+        self._sock.listen(128)
+        # Listening from here: early callers wait in the backlog until uvicorn runs.
+        self.address: tuple[str, int] = self._sock.getsockname()[:2]
+        self.app = Starlette(
+            routes=[*extra_routes,
+                    StarletteRoute("/{path:path}", self._endpoint, methods=METHODS)],
+            # The dashboard moves to another node when its own goes away: it calls
+            # that node from the page's origin.  Credentials are never ambient (a
+            # header, not a cookie), so any origin may ask.
+            middleware=[Middleware(CORSMiddleware, allow_origins=["*"],
+                                   allow_methods=METHODS,
+                                   allow_headers=["Authorization", "Content-Type"])])
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
 
     def use_certificate(self, cert_file: str, key_file: str) -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert_file, key_file)
-        self.ssl_context = ctx
+        # Loading into the live context: handshakes from now on present the new one.
+        self.ssl_context.load_cert_chain(cert_file, key_file)
+        self._has_cert = True
 
     def start(self) -> None:
+        # Without a certificate (unit tests only: a daemon always has one) plain HTTP.
+        context = self.ssl_context if self._has_cert else None
+        config = _Config(self.app, context, log_config=None, access_log=False,
+                         lifespan="off", http="h11", ws="websockets-sansio",
+                         timeout_graceful_shutdown=1, server_header=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._sock]},
+                                        name="api", daemon=True)
         self._thread.start()
+        # A server that cannot start must fail the daemon, not leave it deaf.
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start; see the log above")
+            time.sleep(0.01)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(5)
+            if self._thread.is_alive():
+                self._server.force_exit = True
+                self._thread.join(2)
+        self._sock.close()
+
+    async def _endpoint(self, request: StarletteRequest) -> StarletteResponse:
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            return _starlette(_error(400, "The request body is not valid JSON."))
+        user, can_write = self.auth.check(request.headers.get("authorization"))
+        req = Request(request.method, request.url.path, parse_qs(request.url.query), body,
+                      user, can_write, peer=request.client.host if request.client else "")
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(WORKER_THREADS)
+        log.debug("%s %s from %s", req.method, req.path, req.peer)
+        resp = await anyio.to_thread.run_sync(functools.partial(self.dispatch, req),
+                                              limiter=self._limiter)
+        return _starlette(resp)
 
     def dispatch(self, req: Request) -> Response:
         route, params, other = self.router.match(req.method, req.path)
@@ -294,12 +274,23 @@ class ApiServer:
             return _error(500, f"Internal error: {type(exc).__name__}: {exc}", "internal_error")
         if isinstance(result, Response):
             return result
-        if isinstance(result, Stream):
-            return Response(result)
         return Response(result)
+
+
+def _starlette(resp: Response) -> StarletteResponse:
+    if isinstance(resp.body, Stream):
+        return StreamingResponse(iter(resp.body.chunks), media_type="application/octet-stream")
+    data = resp.body if isinstance(resp.body, bytes) else json.dumps(resp.body).encode()
+    headers = {"WWW-Authenticate": 'Basic realm="Haven Remote API"'} \
+        if resp.status == 401 else None
+    return StarletteResponse(data, resp.status, headers, media_type=resp.content_type)
 
 
 def _error(status: int, message: str, explain: str = "wrong_input",
            kind: str = "HavenError") -> Response:
     return Response({"code": status, "message": message, "explain": explain,
                      "kind": kind}, status)
+
+
+__all__ = ["NOT_READY_MESSAGE", "NOT_READY_STATUS", "ApiServer", "Authenticator", "HttpError",
+           "Request", "Response", "Router", "Stream", "hash_password"]

@@ -4,16 +4,14 @@ events, and the node-to-node ``/haven/node/instance/*`` calls jobs make."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from haven.api import console
 from haven.api.ha_api import instance_ha
 from haven.api.ha_api import records as ha_records
 from haven.api.http import Request, Router, Stream
 from haven.daemon import diskcopy
-from haven.errors import NotFoundError, OpPrereqError
+from haven.errors import NotFoundError
 from haven.master import state
 from haven.model.event import Event
 from haven.model.ha import InstanceHA
@@ -70,8 +68,6 @@ def install(r: Router, d: NodeDaemon) -> None:
         "disk": int(q.params["idx"]), **q.obj()}]), write=True)
     r.add("GET", "/2/instances/{name}/console", lambda q: console_info(d, q.params["name"]),
           write=True)
-    r.add("GET", "/haven/instances/{name}/console",
-          lambda q: console_stream(d, q.params["name"]), write=True)
     r.add("GET", "/2/os", lambda _q: sorted({f"{o['name']}+{v}" if v else o["name"]
                                               for o in os_diagnose()
                                               if o["valid"] and not o["shadowed"]
@@ -128,8 +124,6 @@ def install(r: Router, d: NodeDaemon) -> None:
         q.params["name"], float(q.obj().get("wait", 0))), write=True)
     r.add("POST", base + "/reboot", lambda q: m.reboot(q.params["name"]), write=True)
     r.add("POST", base + "/kill", lambda q: m.kill(q.params["name"]), write=True)
-    r.add("GET", base + "/console", lambda q: Stream(console.pump_unix(
-        str(m.console_path(q.params["name"])))), write=True)
     r.add("GET", base + "/console-path", lambda q: str(m.console_path(q.params["name"])),
           write=True)
     r.add("GET", "/haven/node/vms", lambda _q: {
@@ -255,26 +249,6 @@ def console_info(d: NodeDaemon, name: str) -> dict[str, Any]:
     return {"instance": name, "kind": "ssh", "host": node.primary_ip, "node": node.name,
             "command": ["socat", "STDIO,raw,echo=0,escape=0x1d", f"UNIX-CONNECT:{path}"],
             "message": f"Serial console of {name} on {node.name}"}
-
-
-def console_stream(d: NodeDaemon, name: str) -> Stream:
-    inst = one_instance(d, name)
-    if inst["status"] != "running":
-        raise OpPrereqError(f"Instance {name} is not running ({inst['status']}); start it "
-                            f"with gnt-instance startup {name}.")
-    pnode = inst["pnode"]
-    if pnode == d.name:
-        return Stream(console.pump_unix(str(d.instances.console_path(name))))
-    node = state.node(d.store(), pnode)
-    rpc = d.rpc()
-
-    def open_upstream() -> tuple[socket.socket, bytes]:
-        sock, early = rpc.open_stream(node.primary_ip, node.api_port,
-                                      f"/haven/node/instance/{name}/console", timeout=10)
-        sock.settimeout(None)  # a console stays open as long as the user wants
-        return sock, early
-
-    return Stream(console.pump_remote(open_upstream))
 
 
 def os_diagnose() -> list[dict[str, Any]]:

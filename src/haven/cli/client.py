@@ -1,4 +1,5 @@
-"""The CLI's HTTP client: standard library only, so a command starts fast.
+"""The CLI's HTTP client: the standard library's ``http.client``, so a command starts
+fast (httpx alone takes longer to import than most commands take to run).
 
 It reaches the cluster through any live node's API, master first, rotating on
 connection errors, with the cluster certificate pinned and the admin user from the
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -38,9 +39,7 @@ class Client:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             self.ctx.check_hostname = False
             self.ctx.verify_mode = ssl.CERT_NONE
-        self._conns: dict[str, ssl.SSLSocket] = {}
-        self._files: dict[str, Any] = {}
-        self._reused = False
+        self._conns: dict[str, http.client.HTTPSConnection] = {}
         self.auth = None
         if user and password is not None:
             self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -74,25 +73,29 @@ class Client:
         result share one TLS session).
         """
         errors = []
-        payload = json.dumps(body).encode() if body is not None else b""
-        head = (f"{method} {path} HTTP/1.1\r\nHost: haven\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-                + (f"Authorization: {self.auth}\r\n" if self.auth else "") + "\r\n")
-        request = head.encode() + payload
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if self.auth:
+            headers["Authorization"] = self.auth
         for i, ep in enumerate(self.endpoints):
+            status = -1
             for attempt in (0, 1):
+                conn, reused = self._connection(ep)
                 try:
-                    conn = self._connection(ep)
-                    conn.settimeout(timeout)
-                    status, data = _exchange(conn, self._files[ep], request)
+                    if conn.sock is None:
+                        conn.connect()  # within CONNECT_TIMEOUT: a dead node is skipped
+                    assert conn.sock is not None
+                    conn.sock.settimeout(timeout)
+                    conn.request(method, path, payload, headers)
+                    resp = conn.getresponse()
+                    status, data = resp.status, resp.read()
                     break
-                except (OSError, ValueError) as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     self._drop(ep)
                     # A kept-alive connection the server has closed fails at once:
                     # retry once on a new one before trying the next node.
-                    if attempt or not self._reused:
-                        errors.append(f"{ep}: {exc}")
-                        status = -1
+                    if attempt or not reused:
+                        errors.append(f"{ep}: {exc or type(exc).__name__}")
                         break
             if status < 0:
                 continue
@@ -108,30 +111,21 @@ class Client:
             "No node of the cluster answered (" + "; ".join(errors) + "). Check that "
             "haven-noded runs on the nodes ('haven status' for a local cluster).")
 
-    def _connection(self, ep: str) -> ssl.SSLSocket:
+    def _connection(self, ep: str) -> tuple[http.client.HTTPSConnection, bool]:
         conn = self._conns.get(ep)
-        self._reused = conn is not None
         if conn is not None:
-            return conn
+            return conn, True
         host, _, port = ep.rpartition(":")
-        raw = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            conn = self.ctx.wrap_socket(raw)
-        except (OSError, ssl.SSLError):
-            raw.close()
-            raise
+        conn = http.client.HTTPSConnection(host, int(port), timeout=CONNECT_TIMEOUT,
+                                           context=self.ctx)
         self._conns[ep] = conn
-        self._files[ep] = conn.makefile("rb")
-        return conn
+        return conn, False
 
     def _drop(self, ep: str) -> None:
         conn = self._conns.pop(ep, None)
-        f = self._files.pop(ep, None)
-        for closable in (f, conn):
-            if closable is not None:
-                with contextlib.suppress(OSError):
-                    closable.close()
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
 
     def close(self) -> None:
         for ep in list(self._conns):
@@ -221,30 +215,6 @@ def local_daemon() -> tuple[str, int] | None:
         return None
 
 
-
-
-def _exchange(conn: ssl.SSLSocket, rfile: Any, request: bytes) -> tuple[int, bytes]:
-    """Send one request and read one response (status line, headers, sized body)."""
-    conn.sendall(request)
-    status_line = rfile.readline(65537)
-    if not status_line:
-        raise ConnectionResetError("connection closed by the node")
-    parts = status_line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-        raise ValueError(f"bad status line {status_line[:40]!r}")
-    status = int(parts[1])
-    length = 0
-    while True:
-        line = rfile.readline(65537)
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value.strip())
-    body = rfile.read(length) if length else b""
-    if len(body) != length:
-        raise ConnectionResetError("connection closed in the middle of a response")
-    return status, body
 
 
 def _node_not_ready(data: bytes) -> bool:

@@ -11,129 +11,139 @@ from __future__ import annotations
 import json
 import os
 import select
-import socket
 import sys
-from typing import Any
+import threading
+from typing import TYPE_CHECKING
 
-from haven.cli.client import Client
-from haven.errors import ApiUnavailable, HavenError, from_json
+from haven.cli.client import CONNECT_TIMEOUT, Client
+from haven.errors import ApiUnavailable, HavenError, TemporaryError, from_json
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 ESCAPE = b"\x1d"  # Ctrl-]
 LINGER = float(os.environ.get("HAVEN_CONSOLE_LINGER", "1.0"))
 
 
-def open_stream(c: Client, name: str) -> tuple[socket.socket, bytes]:
-    """A socket streaming the console of ``name``, and bytes already read past the
-    response headers."""
+def open_console(c: Client, name: str) -> ClientConnection:
+    """A WebSocket on the console of ``name``, through the first node that answers."""
+    from websockets.exceptions import InvalidStatus, WebSocketException
+    from websockets.sync.client import connect
+
     errors = []
     for ep in c.endpoints:
+        headers = {"Authorization": c.auth} if c.auth else {}
         try:
-            sock = c._connection(ep)
-        except OSError as exc:
+            ws = connect(f"wss://{ep}/haven/instances/{name}/console/ws", ssl=c.ctx,
+                         additional_headers=headers, open_timeout=CONNECT_TIMEOUT + 10,
+                         max_size=None, compression=None)
+        except (OSError, TimeoutError, InvalidStatus, WebSocketException) as exc:
             errors.append(f"{ep}: {exc}")
             continue
-        # The stream takes the connection over: do not keep it for other calls.
-        c._conns.pop(ep, None)
-        c._files.pop(ep, None)
-        head = (f"GET /haven/instances/{name}/console HTTP/1.1\r\nHost: haven\r\n"
-                f"Content-Length: 0\r\n" + (f"Authorization: {c.auth}\r\n" if c.auth else "")
-                + "\r\n")
-        sock.settimeout(30)
-        sock.sendall(head.encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise HavenError(f"Node {ep} closed the console of {name}.")
-            buf += chunk
-        header, _, rest = buf.partition(b"\r\n\r\n")
-        status = int(header.split(b" ", 2)[1])
-        if status != 200:
-            length = 0
-            for line in header.split(b"\r\n")[1:]:
-                k, _, v = line.partition(b":")
-                if k.strip().lower() == b"content-length":
-                    length = int(v)
-            while len(rest) < length:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                rest += chunk
-            sock.close()
-            try:
-                raise from_json(json.loads(rest))
-            except ValueError:
-                raise HavenError(f"Node {ep} refused the console of {name} "
-                                 f"(HTTP {status}).") from None
-        sock.settimeout(None)
-        return sock, rest
+        return ws
     raise ApiUnavailable("No node of the cluster answered (" + "; ".join(errors) + ").")
 
 
+def _output(msg: str | bytes) -> bytes:
+    """A console frame's bytes; a text frame is the server's error, raised."""
+    if isinstance(msg, bytes):
+        return msg
+    try:
+        err = json.loads(msg)
+    except ValueError:
+        raise HavenError(f"The console sent an invalid message: {msg[:80]!r}") from None
+    if isinstance(err, dict) and err.get("kind") == "NodeSetupError" and \
+            "not part of a cluster" in str(err.get("message")):
+        raise TemporaryError(str(err.get("message")))
+    raise from_json(err)
+
+
 def attach(c: Client, name: str) -> int:
-    sock, early = open_stream(c, name)
-    out = sys.stdout.buffer
-    if early:
-        out.write(early)
-        out.flush()
-    if sys.stdin.isatty():
-        return _interactive(sock, name)
-    return _piped(sock)
+    ws = open_console(c, name)
+    try:
+        if sys.stdin.isatty():
+            return _interactive(ws, name)
+        return _piped(ws)
+    finally:
+        ws.close()
 
 
-def _interactive(sock: Any, name: str) -> int:
+def _interactive(ws: ClientConnection, name: str) -> int:
     import termios
     import tty
+
+    from websockets.exceptions import ConnectionClosed
 
     fd = sys.stdin.fileno()
     old = termios.tcgetattr(fd)
     sys.stderr.write(f"Connected to the console of {name}; Ctrl-] leaves.\r\n")
+    closed = threading.Event()
+    failure: list[HavenError] = []
+
+    def receive() -> None:
+        try:
+            for msg in ws:
+                os.write(sys.stdout.fileno(), _output(msg))
+        except HavenError as exc:
+            failure.append(exc)
+        except (ConnectionClosed, OSError):
+            pass
+        finally:
+            closed.set()
+
     try:
         tty.setraw(fd)
-        while True:
-            ready, _, _ = select.select([fd, sock], [], [])
-            if sock in ready:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                os.write(sys.stdout.fileno(), data)
-            if fd in ready:
-                data = os.read(fd, 1024)
-                if not data or ESCAPE in data:
-                    data = data.split(ESCAPE)[0]
-                    if data:
-                        sock.sendall(data)
-                    break
-                sock.sendall(data)
+        threading.Thread(target=receive, daemon=True, name="console-out").start()
+        while not closed.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if fd not in ready:
+                continue
+            data = os.read(fd, 1024)
+            if not data or ESCAPE in data:
+                data = data.split(ESCAPE)[0]
+                if data:
+                    ws.send(data)
+                break
+            ws.send(data)
+    except (ConnectionClosed, OSError):
+        pass
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
-        sock.close()
+    if failure:
+        raise failure[0]
     sys.stderr.write("\r\nDisconnected.\r\n")
     return 0
 
 
-def _piped(sock: Any) -> int:
-    fd = sys.stdin.fileno()
-    stdin_open = True
+def _piped(ws: ClientConnection) -> int:
+    """Copy stdin to the console until it ends, and the console to stdout until it has
+    been quiet for LINGER seconds after that."""
+    from websockets.exceptions import ConnectionClosed
+
+    stdin_done = threading.Event()
+
+    def send() -> None:
+        try:
+            while data := os.read(sys.stdin.fileno(), 65536):
+                ws.send(data)
+        except (ConnectionClosed, OSError):
+            pass
+        finally:
+            stdin_done.set()
+
+    threading.Thread(target=send, daemon=True, name="console-in").start()
     out = sys.stdout.buffer
     try:
         while True:
-            watch = [sock, fd] if stdin_open else [sock]
-            ready, _, _ = select.select(watch, [], [], None if stdin_open else LINGER)
-            if not ready:
-                break  # input done and the console quiet: the script has its answer
-            if sock in ready:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                out.write(data)
-                out.flush()
-            if stdin_open and fd in ready:
-                data = os.read(fd, 65536)
-                if not data:
-                    stdin_open = False
-                else:
-                    sock.sendall(data)
-    finally:
-        sock.close()
+            done = stdin_done.is_set()
+            try:
+                msg = ws.recv(timeout=LINGER if done else 0.2)
+            except TimeoutError:
+                if done:
+                    break  # input done and the console quiet: the script has its answer
+                continue
+            out.write(_output(msg))
+            out.flush()
+    except ConnectionClosed:
+        pass
     return 0

@@ -3,10 +3,10 @@ the source streams each file through its node API, the destination writes it spa
 
 from __future__ import annotations
 
-import itertools
-import socket
+import http.client
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from haven.errors import NotFoundError, OpExecError
 from haven.master import state
@@ -17,15 +17,11 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 
 
-def send_file(path: Path) -> Any:
-    """A stream pump that sends ``path`` and closes."""
-
-    def pump(conn: socket.socket, _rfile: Any) -> None:
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                conn.sendall(chunk)
-
-    return pump
+def send_file(path: Path) -> Iterator[bytes]:
+    """The chunks of ``path``, read as they are sent."""
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
 
 
 def disk_path(d: NodeDaemon, name: str, index: int) -> Path:
@@ -41,18 +37,23 @@ def pull(d: NodeDaemon, name: str, source: str, index: int, dest: Path) -> int:
     returns the bytes received."""
     node = state.node(d.store(), source)
     try:
-        sock, early = d.rpc().open_stream(node.primary_ip, node.api_port,
-                                          f"/haven/node/instance/{name}/disk/{index}")
+        resp = d.rpc().open_stream(node.primary_ip, node.api_port,
+                                   f"/haven/node/instance/{name}/disk/{index}")
     except OSError as exc:
         raise OpExecError(f"Node {source} did not send disk {index} of {name}: {exc}") \
             from exc
     total = 0
-    with sock, open(dest, "r+b") as out:
-        for chunk in itertools.chain([early], iter(lambda: sock.recv(CHUNK), b"")):
-            if chunk.count(0) == len(chunk):
-                out.seek(len(chunk), 1)  # keep the copy sparse
-            else:
-                out.write(chunk)
-            total += len(chunk)
+    with resp, open(dest, "r+b") as out:
+        try:
+            for chunk in iter(lambda: resp.read(CHUNK), b""):
+                if chunk.count(0) == len(chunk):
+                    out.seek(len(chunk), 1)  # keep the copy sparse
+                else:
+                    out.write(chunk)
+                total += len(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            # A chunked stream cut short is an error, never a shorter disk.
+            raise OpExecError(f"Node {source} stopped sending disk {index} of {name} "
+                              f"after {total} bytes: {exc!r}") from exc
         out.truncate(max(total, out.tell()))
     return total

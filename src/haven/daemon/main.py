@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import os
 import signal
 import socket
 import sys
@@ -113,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("haven-noded: cannot start: %s", exc)
         print(f"haven-noded: cannot start: {exc}", file=sys.stderr)
         return 1
-    return 0
+    log.info("node daemon %s stopped", settings.name)
+    logging.shutdown()
+    # The API's worker threads may still sit in a long poll (a RAPI job wait): nothing
+    # they hold needs saving, and waiting for them would delay a restart that has to
+    # take the lease over within seconds.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from haven import clientconf
-from haven.api.http import hash_password
+from haven.api.auth import hash_password
 from haven.daemon.etcd_member import MemberConfig
 from haven.daemon.localstate import JoinedState, make_certificate
 from haven.daemon.role import HANDOVER_JOB_WAIT

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from haven.agent.loop import Agent
-from haven.api.http import ApiServer, Router, hash_password
+from haven.api.auth import hash_password
+from haven.api.http import ApiServer, Router
 from haven.daemon import facts as node_facts
 from haven.daemon.etcd_member import EtcdMember
 from haven.daemon.hub import EventHub
@@ -87,12 +88,13 @@ class NodeDaemon:
 
     # -- process lifecycle -----------------------------------------------------------
     def run(self) -> None:
-        from haven.api import routes
+        from haven.api import console, routes
 
         self.local.ensure_dirs()
         self.local.ensure_provisional_cert()
         routes.install(self.router, self)
-        self.api = ApiServer(self.settings.address, self.settings.api_port, self.router)
+        self.api = ApiServer(self.settings.address, self.settings.api_port, self.router,
+                             console.routes(self))
         self._use_certificate()
         self.api.start()
         write_private(self.local.daemon_file, json.dumps({
@@ -309,6 +311,7 @@ class NodeDaemon:
         users[NODE_USER] = {"salt": "node", "password": hash_password(cluster.uuid, "node"),
                             "write": True}
         self.api.auth.users = users
+        self.api.auth.set_token_secret(cluster.uuid)
 
     def _on_cluster_change(self) -> None:
         joined = self.joined
