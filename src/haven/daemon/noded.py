@@ -88,13 +88,13 @@ class NodeDaemon:
 
     # -- process lifecycle -----------------------------------------------------------
     def run(self) -> None:
-        from haven.api import console, routes
+        from haven.api import console, routes, ui
 
         self.local.ensure_dirs()
         self.local.ensure_provisional_cert()
         routes.install(self.router, self)
         self.api = ApiServer(self.settings.address, self.settings.api_port, self.router,
-                             console.routes(self))
+                             [*console.routes(self), *ui.routes(self)])
         self._use_certificate()
         self.api.start()
         write_private(self.local.daemon_file, json.dumps({
