@@ -426,7 +426,7 @@ def test_a_member_added_but_not_started_is_down() -> None:
     members = (MemberView("node01", 1, True, True), MemberView("node02", 2, False, False,
                                                                 healthy=False))
     c = conditions(view(members=members))[0]["etcd-member-down:node02"]
-    assert c.message.endswith("has not started.")
+    assert c.message.endswith("has not started.") and c.hold == 30.0
 
 
 # -- memory and disk --------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from haven.model.replica import DISKLESS, INCONSISTENT, OUTDATED, UNKNOWN, Repli
 LOST_STATES = frozenset({H.UNREACHABLE, H.FENCED, H.RECOVERING, H.MANUAL})
 #: Below this many voters a member's loss is the two-node design, not a risk to report.
 QUORUM_RISK_FROM = 3
+#: Seconds an etcd member may stay added but not started before its alarm.
+UNSTARTED_HOLD = 30.0
 
 
 @dataclass(frozen=True)
@@ -315,7 +317,11 @@ def _etcd(v: AlarmView, members: tuple[MemberView, ...]) -> list[Condition]:
         why = "has not started" if not m.started else "does not answer"
         out.append(Condition(A.ETCD_MEMBER_DOWN, m.node, f"node/{m.node}",
                              A.CRITICAL if m.voter else A.WARNING,
-                             f"The etcd member of {m.node} ({role}) {why}.", hold))
+                             f"The etcd member of {m.node} ({role}) {why}.",
+                             # A member just added starts within seconds (a join, a
+                             # master-failover's re-added learner): only one that
+                             # stays unstarted is news.
+                             hold if m.started else max(hold, UNSTARTED_HOLD)))
     voters = [m for m in members if m.voter]
     up = sum(1 for m in voters if m.healthy)
     majority = len(voters) // 2 + 1
