@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from haven.api.ha_api import instance_ha
 from haven.api.ha_api import records as ha_records
 from haven.api.http import Request, Router, Stream
+from haven.api.views import filled_beparams
 from haven.daemon import diskcopy
 from haven.errors import NotFoundError
 from haven.master import state
@@ -28,7 +29,8 @@ def install(r: Router, d: NodeDaemon) -> None:
 
     r.add("GET", "/2/instances", lambda q: list_instances(d, q))
     r.add("GET", "/2/instances/{name}", lambda q: one_instance(d, q.params["name"]))
-    r.add("POST", "/2/instances", lambda q: submit(d, [create_op(q.obj())]), write=True)
+    r.add("POST", "/2/instances", lambda q: submit(d, create_ops(d, q)), write=True)
+    r.add("GET", "/2/instances/{name}/info", lambda q: instance_info_job(d, q))
     r.add("DELETE", "/2/instances/{name}", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_REMOVE", "instance_name": q.params["name"],
         "shutdown_timeout": float(q.qstr("shutdown_timeout") or 120)}]), write=True)
@@ -44,9 +46,8 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("PUT", "/2/instances/{name}/modify", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_SET_PARAMS", "instance_name": q.params["name"],
         **q.obj()}]), write=True)
-    r.add("POST", "/2/instances/{name}/reinstall", lambda q: submit(d, [{
-        "OP_ID": "OP_INSTANCE_REINSTALL", "instance_name": q.params["name"],
-        **({"os_type": q.qstr("os")} if q.qstr("os") else {})}]), write=True)
+    r.add("POST", "/2/instances/{name}/reinstall", lambda q: submit(
+        d, reinstall_ops(d, q)), write=True)
     r.add("PUT", "/2/instances/{name}/rename", lambda q: submit(d, [{
         "OP_ID": "OP_INSTANCE_RENAME", "instance_name": q.params["name"],
         "new_name": q.obj().get("new_name", "")}]), write=True)
@@ -131,15 +132,42 @@ def install(r: Router, d: NodeDaemon) -> None:
 
 
 
+def create_ops(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+    """RAPI's instance-create body (``__version__`` 1) as Haven's job (see
+    :mod:`haven.api.rapi_create`; ``wait_for_sync``: false returns before a drbd
+    replica is in sync, as ``--no-wait-for-sync``)."""
+    from haven.api import rapi_create
+
+    rapi_create.refuse_dry_run(q)
+    return rapi_create.create_ops(q.body, state.cluster(d.store()).enabled_disk_templates)
+
+
 def create_op(body: dict[str, Any]) -> dict[str, Any]:
-    """RAPI's instance-create body (``__version__`` 1) as an OP_INSTANCE_CREATE; its
-    fields are the opcode's (``wait_for_sync``: false returns before a drbd replica is
-    in sync, as ``--no-wait-for-sync``)."""
-    op = {k: v for k, v in body.items() if k not in ("__version__", "mode")}
-    op["OP_ID"] = "OP_INSTANCE_CREATE"
-    if "name" in op and "instance_name" not in op:
-        op["instance_name"] = op.pop("name")
-    return op
+    """The OP_INSTANCE_CREATE of a creation body (version 1 if it names none)."""
+    from haven.api import rapi_create
+
+    return rapi_create.create_ops({rapi_create.REQ_VERSION: 1, **body})[0]
+
+
+def reinstall_ops(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+    """Ganeti's reinstall: shut down, reinstall, start again unless told not to
+    (body ``{"os", "osparams", "start"}``, or the older ``?os=&nostartup=1``)."""
+    from haven.api import rapi_create
+
+    rapi_create.refuse_dry_run(q)
+    name = q.params["name"]
+    one_instance(d, name)  # an unknown instance is refused here (404)
+    return rapi_create.reinstall_ops(name, q.body, q.qstr("os"), q.qbool("nostartup"))
+
+
+def instance_info_job(d: NodeDaemon, q: Request) -> int:
+    """``/2/instances/NAME/info``: a job whose result is Ganeti's instance data."""
+    from haven.api.routes import submit
+
+    name = q.params["name"]
+    one_instance(d, name)  # an unknown instance is refused here (404)
+    return submit(d, [{"OP_ID": "OP_INSTANCE_QUERY_DATA", "instances": [name],
+                       "static": q.qbool("static")}])
 
 
 def _instances(d: NodeDaemon) -> tuple[list[Instance], dict[str, Observed]]:
@@ -179,13 +207,25 @@ def instance_view(inst: Instance, obs: Observed | None, alive: set[str],
         "admin_up": inst.admin_state == "up", "status": status, "oper_state": running,
         "oper_ram": inst.memory if running else None,
         "oper_vcpus": inst.vcpus if running else None,
-        "beparams": inst.beparams, "hvparams": inst.hvparams, "osparams": inst.osparams,
+        "beparams": filled_beparams(inst), "hvparams": inst.hvparams,
+        "osparams": inst.osparams, "custom_beparams": inst.beparams,
+        "custom_hvparams": inst.hvparams, "custom_osparams": inst.osparams,
+        "custom_nicparams": [{"mode": n.mode, "link": n.link} for n in inst.nics],
         "disk.sizes": [dk.size for dk in inst.disks],
         "disk_usage": sum(dk.size for dk in inst.disks),
         "disk.count": len(inst.disks),
+        # No spindle accounting: Ganeti answers null per disk without exclusive storage.
+        "disk.spindles": [None for _ in inst.disks],
+        "disk.uuids": [dk.uuid for dk in inst.disks],
+        "disk.names": [None for _ in inst.disks],
         "nic.macs": [n.mac for n in inst.nics], "nic.ips": [n.ip or None for n in inst.nics],
         "nic.modes": [n.mode for n in inst.nics], "nic.links": [n.link for n in inst.nics],
-        "nic.count": len(inst.nics), "tags": [],
+        "nic.count": len(inst.nics), "tags": list(inst.tags),
+        "nic.names": [n.name or None for n in inst.nics],
+        "nic.uuids": [None for _ in inst.nics],
+        "nic.bridges": [n.link if n.mode == "bridged" else None for n in inst.nics],
+        "nic.networks": [None for _ in inst.nics],
+        "nic.networks.names": [None for _ in inst.nics],
         "ctime": inst.ctime, "mtime": inst.mtime, "serial_no": inst.serial_no,
         "generation": inst.generation,
         "restarts": obs.restarts if obs else 0, "pid": obs.pid if obs and running else None,

@@ -7,11 +7,14 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from haven.api.http import HttpError, Request, Router
+from haven.api.rapi_create import refuse_dry_run
 from haven.api.views import ROLE_NAMES, instances_by_node, node_view
 from haven.errors import InvalidInput
 from haven.master import state
+from haven.master.opcodes.query import group_uuid
+from haven.model.cluster import Cluster
 from haven.model.instance import Instance
-from haven.model.keys import INSTANCES
+from haven.model.keys import INSTANCES, Keys
 from haven.store import Store
 
 if TYPE_CHECKING:
@@ -37,6 +40,10 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("POST", "/2/nodes/{name}/modify", lambda q: submit(d, [{
         "OP_ID": "OP_NODE_SET_PARAMS", "node_name": q.params["name"],
         **q.obj()}]), write=True)
+    r.add("POST", "/2/nodes/{name}/evacuate", lambda q: submit(d, [evacuate_op(d, q)]),
+          write=True)
+    r.add("POST", "/2/nodes/{name}/migrate", lambda q: submit(d, [migrate_op(d, q)]),
+          write=True)
     # Node daemon calls
     r.add("GET", "/haven/node/info", lambda _q: node_info(d))
     r.add("POST", "/haven/node/init", lambda q: local_init(d, q))
@@ -61,9 +68,10 @@ def list_nodes(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
     facts = state.facts(store)
     alive = state.alive(store)
     master = state.master(store)
+    guuid = _group_uuid(store)
     pinst, sinst = instances_by_node(_all_instances(store))
     return [node_view(n, facts.get(n.name), master, n.name in alive,
-                      pinst.get(n.name), sinst.get(n.name)) for n in nodes]
+                      pinst.get(n.name), sinst.get(n.name), guuid) for n in nodes]
 
 
 def one_node(d: NodeDaemon, name: str) -> dict[str, Any]:
@@ -72,7 +80,55 @@ def one_node(d: NodeDaemon, name: str) -> dict[str, Any]:
     facts = state.facts(store)
     pinst, sinst = instances_by_node(_all_instances(store))
     return node_view(n, facts.get(name), state.master(store), name in state.alive(store),
-                     pinst.get(name), sinst.get(name))
+                     pinst.get(name), sinst.get(name), _group_uuid(store))
+
+
+def _group_uuid(store: Store) -> str | None:
+    # Nodes are listed even while the cluster record is missing (a cluster being torn
+    # down); their group is then unknown.
+    kv = store.get(Keys.cluster)
+    return group_uuid(Cluster.from_json(json.loads(kv.value)).uuid) if kv else None
+
+
+def _body_or_query(q: Request, keys: tuple[str, ...]) -> dict[str, Any]:
+    """RAPI's newer calls send a body; older clients the same keys as query arguments."""
+    body = q.obj()
+    out = {k: v for k, v in body.items() if v is not None}
+    for k in keys:
+        if k not in out and q.qstr(k):
+            out[k] = q.qstr(k)
+    return out
+
+
+def evacuate_op(d: NodeDaemon, q: Request) -> dict[str, Any]:
+    """``POST /2/nodes/NAME/evacuate`` (``node-evac-res1``): OP_NODE_EVACUATE, whose
+    result lists the jobs that move each instance."""
+    refuse_dry_run(q)
+    name = q.params["name"]
+    state.node(d.store(), name)  # an unknown node is refused here (404)
+    args = _body_or_query(q, ("iallocator", "remote_node", "mode"))
+    if "early_release" in q.query:
+        args.setdefault("early_release", q.qbool("early_release"))
+    unknown = sorted(set(args) - {"iallocator", "remote_node", "mode", "early_release"})
+    if unknown:
+        raise InvalidInput(f"Evacuating node {name} does not take {', '.join(unknown)}.")
+    return {"OP_ID": "OP_NODE_EVACUATE", "node_name": name, **args}
+
+
+def migrate_op(d: NodeDaemon, q: Request) -> dict[str, Any]:
+    """``POST /2/nodes/NAME/migrate`` (``node-migrate-reqv1``): body ``{"mode",
+    "iallocator", "target_node"}``, or the older ``?mode=``/``?live=``."""
+    refuse_dry_run(q)
+    name = q.params["name"]
+    state.node(d.store(), name)
+    args = _body_or_query(q, ("mode",))
+    if "live" in q.query and "mode" not in args:
+        args["mode"] = "live" if q.qbool("live") else "non-live"
+    unknown = sorted(set(args) - {"mode", "iallocator", "target_node", "live",
+                                  "allow_runtime_changes", "ignore_ipolicy"})
+    if unknown:
+        raise InvalidInput(f"Migrating node {name} does not take {', '.join(unknown)}.")
+    return {"OP_ID": "OP_NODE_MIGRATE", "node_name": name, **args}
 
 
 def _all_instances(store: Store) -> list[Instance]:

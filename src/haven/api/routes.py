@@ -22,17 +22,31 @@ if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
 
 WAIT_TIMEOUT = 10.0  # Ganeti's RAPI job wait returns after at most this long
+# What Ganeti's RAPI client looks for in /2/features before using a request format:
+# version-1 instance creation and reinstall bodies, node migration with a body, and
+# node evacuation whose job result lists the jobs it submitted.
+FEATURES = ("instance-create-reqv1", "instance-reinstall-reqv1", "node-migrate-reqv1",
+            "node-evac-res1")
 
 
 def install(r: Router, d: NodeDaemon) -> None:
     """Register every route of the API against daemon ``d``."""
-    from haven.api import alarms_api, ha_api, instances_api, metrics, nodes_api
+    from haven.api import (
+        alarms_api,
+        groups_api,
+        ha_api,
+        instances_api,
+        metrics,
+        nodes_api,
+        query_api,
+        tags_api,
+    )
 
     ha_api.install(r, d)
     r.add("GET", "/", lambda _q: "Haven Remote API")
     r.add("GET", "/version", lambda _q: 2)
     r.add("GET", "/2", lambda _q: [])
-    r.add("GET", "/2/features", lambda _q: ["haven"])
+    r.add("GET", "/2/features", lambda _q: list(FEATURES))
     r.add("GET", "/2/info", lambda _q: info(d))
     r.add("GET", "/2/jobs", lambda q: jobs(d, q))
     r.add("GET", "/2/jobs/{id}", lambda q: job_info(d, q))
@@ -48,6 +62,9 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("GET", "/haven/status", lambda _q: status(d))
     nodes_api.install(r, d)
     instances_api.install(r, d)
+    groups_api.install(r, d)
+    tags_api.install(r, d)
+    query_api.install(r, d)
     metrics.install(r, d)
     alarms_api.install(r, d)
 

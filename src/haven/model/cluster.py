@@ -18,6 +18,7 @@ class Cluster:
     and pinned by every client (Ganeti's ``server.pem``).
     ``rapi_users``: user name -> {"password": <sha256 hex with salt>, "salt", "write"}.
     ``admin_password``: the CLI's own RAPI user, copied into every client config.
+    Records written before tags existed read as untagged.
     """
 
     name: str
@@ -39,6 +40,9 @@ class Cluster:
     shared_file_storage_dir: str = "/srv/ganeti/shared-file-storage"
     mac_prefix: str = "aa:00:00"
     candidate_pool_size: int = 10
+    # Ganeti's tags: the cluster's own, and those of the one node group ("default").
+    tags: tuple[str, ...] = ()
+    group_tags: tuple[str, ...] = ()
     serial_no: int = 1
 
     def to_json(self) -> dict[str, Any]:
@@ -47,7 +51,8 @@ class Cluster:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Cluster:
         kw = known(cls, data)
-        for k in ("etcd_endpoints", "enabled_hypervisors", "enabled_disk_templates"):
+        for k in ("etcd_endpoints", "enabled_hypervisors", "enabled_disk_templates", "tags",
+                  "group_tags"):
             if k in kw:
                 kw[k] = tuple(kw[k])
         return cls(**kw)

@@ -91,6 +91,7 @@ class Instance:
     ha_priority: int = 0
     ha_max_restart: int = 0
     ha_max_relocate: int = 0
+    tags: tuple[str, ...] = ()  # Ganeti's tags (absent in older records: none)
     ctime: float = 0.0
     mtime: float = 0.0
     serial_no: int = 1
@@ -104,6 +105,7 @@ class Instance:
         kw["secondary_nodes"] = tuple(kw.get("secondary_nodes", ()))
         kw["disks"] = tuple(Disk.from_json(d) for d in kw.get("disks", ()))
         kw["nics"] = tuple(Nic.from_json(n) for n in kw.get("nics", ()))
+        kw["tags"] = tuple(kw.get("tags") or ())
         return cls(**kw)
 
     def modified(self, now: float, **changes: Any) -> Instance:

@@ -40,6 +40,7 @@ class Node:
     # "haven-local", or a fence-agents script name with its parameters.
     fence_agent: str = ""
     fence_params: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()  # Ganeti's tags (absent in older records: none)
     ctime: float = 0.0
     mtime: float = 0.0
     serial_no: int = 1
@@ -49,7 +50,9 @@ class Node:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Node:
-        return cls(**known(cls, data))
+        kw = known(cls, data)
+        kw["tags"] = tuple(kw.get("tags") or ())
+        return cls(**kw)
 
     @property
     def api_url(self) -> str:

@@ -7,7 +7,10 @@ from haven.master.opcodes import (
                                   instance_migrate,
                                   instance_modify,
                                   node,
+                                  node_evac,
+                                  query,
+                                  tags,
 )
 
 __all__ = ["cluster", "instance", "instance_drbd", "instance_migrate", "instance_modify",
-           "node"]
+           "node", "node_evac", "query", "tags"]
