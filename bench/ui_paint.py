@@ -30,6 +30,8 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -166,12 +168,14 @@ def app(data: dict[str, Any], d: FakeDaemon) -> Starlette:
         Route("/2/info", json_of("info")), Route("/haven/ha", json_of("ha")),
         Route("/haven/events", events), Route("/haven/status", status),
         WebSocketRoute("/haven/instances/{name}/console/ws", console),
-    ])
+    ], middleware=[Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"],
+                              allow_headers=["Authorization", "Content-Type"])])
 
 
 def serve(application: Starlette, port: int) -> uvicorn.Server:
     server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+                                           log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=1))
     threading.Thread(target=server.run, daemon=True).start()
     deadline = time.monotonic() + 10
     while not server.started:

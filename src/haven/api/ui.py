@@ -157,13 +157,19 @@ async def _stream(d: NodeDaemon, feed: ChangeFeed,
     if joined is None:
         return  # not part of a cluster (yet, or any more): the page asks another node
     ends = time.monotonic() + MAX_STREAM
+    sent = time.monotonic()
     while time.monotonic() < ends:
         if d.joined is not joined:
-            return  # left the cluster, or stopping
-        seq = await anyio.to_thread.run_sync(feed.wait, last, PING, limiter=limiter)
+            return  # left the cluster, or stopping: the daemon's shutdown never waits
+        # Short waits, so that a stopping daemon is noticed within a second.
+        seq = await anyio.to_thread.run_sync(feed.wait, last, min(PING, 1.0),
+                                             limiter=limiter)
         if seq == last:
-            yield _sse("ping", {"seq": seq})
+            if time.monotonic() - sent >= PING:
+                sent = time.monotonic()
+                yield _sse("ping", {"seq": seq})
             continue
+        sent = time.monotonic()
         await anyio.sleep(COALESCE)
         changes = feed.since(last)
         last = changes["seq"]
@@ -200,7 +206,11 @@ async def _session(d: NodeDaemon, request: Request) -> Response:
     if user is None:
         return _error(401, "Wrong user name or password (the users are those of the "
                            "cluster's RAPI users file).")
-    token = auth.issue_token(user, write, TOKEN_TTL)
+    try:
+        token = auth.issue_token(user, write, TOKEN_TTL)
+    except RuntimeError:  # no cluster secret: the node has left its cluster
+        return _error(502, f"Node {d.name} is not part of a cluster right now; log in "
+                           "on another node.", "environment_error")
     log.info("dashboard session opened for %s (%s)", user, "write" if write else "read-only")
     return JSONResponse({"token": token, "user": user, "write": write, "node": d.name,
                          "expires": time.time() + TOKEN_TTL})

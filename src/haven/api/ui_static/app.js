@@ -39,8 +39,9 @@ const GROUPS = {
 
 async function loadAlarms() {
   try {
-    const a = await conn.get("/haven/alarms");
-    state.alarms = Array.isArray(a) ? a : (a && (a.alarms || a.items)) || [];
+    // Active ones first, then the cleared history, last cleared first.
+    const a = await conn.get("/haven/alarms?all=1");
+    state.alarms = (Array.isArray(a) ? a : (a && a.alarms) || []).slice(0, 300);
   } catch (e) {
     if (e.status === 404 || e.status === 405) state.alarms = null;
   }
