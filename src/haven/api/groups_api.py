@@ -7,6 +7,7 @@ of its own), its tags live in the cluster object.  What would need more than one
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from haven.api.http import HttpError, Router
@@ -14,6 +15,7 @@ from haven.api.views import GROUP_NAME, NDPARAMS, ipolicy
 from haven.errors import NotFoundError
 from haven.master import state
 from haven.master.opcodes.query import group_uuid
+from haven.model.keys import INSTANCES
 from haven.store.base import Store
 
 if TYPE_CHECKING:
@@ -40,9 +42,12 @@ def group_view(store: Store) -> dict[str, Any]:
     """The default group in RAPI's bulk shape (rlib2.G_FIELDS)."""
     cluster = state.cluster(store)
     nodes = sorted(n.name for n in state.nodes(store))
+    kvs, _ = store.list(INSTANCES)
+    insts = sorted(str(json.loads(kv.value)["name"]) for kv in kvs)
     return {
         "name": GROUP_NAME, "uuid": group_uuid(cluster.uuid),
         "alloc_policy": ALLOC_POLICY, "node_cnt": len(nodes), "node_list": nodes,
+        "pinst_cnt": len(insts), "pinst_list": insts,
         "ipolicy": ipolicy(cluster.enabled_disk_templates), "custom_ipolicy": {},
         "diskparams": {}, "custom_diskparams": {}, "ndparams": dict(NDPARAMS),
         "custom_ndparams": {}, "networks": [], "tags": list(cluster.group_tags),

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from haven import __version__, clientconf
+from haven.cli import tags
 from haven.cli.client import Client, local_daemon
 from haven.cli.common import ArgParser, dispatch, submit_and_wait
 from haven.errors import EXIT_FAILURE, ConfirmationError, InvalidInput, NotClusterError
@@ -208,6 +209,10 @@ def build_parser(prog: str = "gnt-cluster") -> ArgParser:
     dp.add_argument("--yes-do-it", action="store_true")
     dp.set_defaults(fn=cmd_destroy)
     sub.add_parser("version").set_defaults(fn=cmd_version)
+    tags.add_parsers(sub, "cluster", None)
+    st = sub.add_parser("search-tags", help="list every tag matching a pattern")
+    st.add_argument("pattern")
+    st.set_defaults(fn=tags.cmd_search_tags)
     return p
 
 

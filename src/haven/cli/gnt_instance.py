@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from haven.cli import params
+from haven.cli import params, tags
 from haven.cli.client import Client
 from haven.cli.common import (
     ArgParser,
@@ -485,6 +485,7 @@ def build_parser(prog: str = "gnt-instance") -> ArgParser:
     g.add_argument("disk_index", type=int)
     g.add_argument("amount")
     g.set_defaults(fn=cmd_grow_disk)
+    tags.add_parsers(sub, "instance", "INSTANCE")
     return p
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from haven.cli import tags
 from haven.cli.client import Client
 from haven.cli.common import (
     ArgParser,
@@ -263,6 +264,7 @@ def build_parser(prog: str = "gnt-node") -> ArgParser:
     mp.add_argument("--submit", action="store_true")
     mp.add_argument("name")
     mp.set_defaults(fn=cmd_modify)
+    tags.add_parsers(sub, "node", "NODE")
     return p
 
 
