@@ -46,7 +46,7 @@ def cmd_info(_args: Any) -> int:
     print(f"Modification time: {mtime}")
     print(f"Master node: {i['master']}")
     print(f"Architecture (this node): {i['architecture'][0]} ({i['architecture'][1]})")
-    print("Tags: (none)")
+    print(f"Tags: {', '.join(i.get('tags') or []) or '(none)'}")
     print(f"Default hypervisor: {i['default_hypervisor']}")
     print(f"Enabled hypervisors: {', '.join(i['enabled_hypervisors'])}")
     print(f"Enabled disk templates: {', '.join(i['enabled_disk_templates'])}")

@@ -105,6 +105,7 @@ def cmd_info(args: Any) -> int:
         print(f"    - primary: {i['pnode']}")
         print(f"    - secondaries: {', '.join(i['snodes']) or ''}")
         print(f"  Operating system: {i['os']}")
+        print(f"  Tags: {', '.join(i.get('tags') or []) or '(none)'}")
         print(f"  Generation: {i['generation']}; automatic restarts: {i['restarts']}")
         if "ha" in i:
             print(f"  High availability: {i['ha']} (priority {i['ha_priority']}, "

@@ -66,6 +66,8 @@ def cmd_info(args: Any) -> int:
         print(f"  offline: {n['offline']}")
         print(f"  master_capable: {n['master_capable']}")
         print(f"  vm_capable: {n['vm_capable']}")
+        print(f"  node group: {n.get('group') or 'default'}")
+        print(f"  tags: {', '.join(n.get('tags') or []) or '(none)'}")
         print(f"  role: {n['role']}{' (master)' if n['master'] else ''}")
         print(f"  alive: {n['alive']}")
         print(f"  etcd member: {n.get('etcd_member_id') or '(none)'}")
