@@ -111,3 +111,22 @@ def test_reinstall_of_an_unknown_instance_is_404(rapi: Rapi) -> None:
     status, _ = rapi.call("POST", "/2/instances/nope/reinstall", {"start": False})
     assert status == 404
     assert rapi.jobs() == []
+
+
+@pytest.mark.parametrize("method, path", [
+    ("DELETE", ""), ("PUT", "/startup"), ("PUT", "/shutdown"), ("POST", "/reboot"),
+    ("PUT", "/modify"), ("PUT", "/rename"), ("PUT", "/failover"), ("PUT", "/migrate"),
+    ("PUT", "/activate-disks"), ("PUT", "/deactivate-disks"),
+    ("POST", "/replace-disks"), ("POST", "/disk/0/grow"),
+])
+def test_jobs_for_an_unknown_instance_are_404_and_not_queued(rapi: Rapi, method: str,
+                                                             path: str) -> None:
+    status, err = rapi.call(method, f"/2/instances/nope{path}", {})
+    assert status == 404 and "'nope' does not exist" in err["message"], err
+    assert rapi.jobs() == []
+
+
+def test_instance_migrate_is_queued_for_a_known_instance(rapi: Rapi) -> None:
+    job_id = rapi.ok("PUT", "/2/instances/vm1/migrate", {"mode": "live"})
+    job, _ = jobqueue.read(rapi.store, job_id)
+    assert job.ops[0]["OP_ID"] == "OP_INSTANCE_MIGRATE" and job.ops[0]["mode"] == "live"

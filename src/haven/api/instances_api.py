@@ -27,44 +27,49 @@ if TYPE_CHECKING:
 def install(r: Router, d: NodeDaemon) -> None:
     from haven.api.routes import submit
 
+    def isubmit(q: Request, ops: list[dict[str, Any]]) -> int:
+        # A job for an instance that does not exist is refused (404), not queued.
+        one_instance(d, q.params["name"])
+        return submit(d, ops)
+
     r.add("GET", "/2/instances", lambda q: list_instances(d, q))
     r.add("GET", "/2/instances/{name}", lambda q: one_instance(d, q.params["name"]))
     r.add("POST", "/2/instances", lambda q: submit(d, create_ops(d, q)), write=True)
     r.add("GET", "/2/instances/{name}/info", lambda q: instance_info_job(d, q))
-    r.add("DELETE", "/2/instances/{name}", lambda q: submit(d, [{
+    r.add("DELETE", "/2/instances/{name}", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_REMOVE", "instance_name": q.params["name"],
         "shutdown_timeout": float(q.qstr("shutdown_timeout") or 120)}]), write=True)
-    r.add("PUT", "/2/instances/{name}/startup", lambda q: submit(d, [{
+    r.add("PUT", "/2/instances/{name}/startup", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_STARTUP", "instance_name": q.params["name"],
         "force": q.qbool("force")}]), write=True)
-    r.add("PUT", "/2/instances/{name}/shutdown", lambda q: submit(d, [{
+    r.add("PUT", "/2/instances/{name}/shutdown", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_SHUTDOWN", "instance_name": q.params["name"],
         "timeout": float(q.obj().get("timeout", q.qstr("timeout") or 120))}]), write=True)
-    r.add("POST", "/2/instances/{name}/reboot", lambda q: submit(d, [{
+    r.add("POST", "/2/instances/{name}/reboot", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_REBOOT", "instance_name": q.params["name"],
         "reboot_type": q.qstr("type") or "hard"}]), write=True)
-    r.add("PUT", "/2/instances/{name}/modify", lambda q: submit(d, [{
+    r.add("PUT", "/2/instances/{name}/modify", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_SET_PARAMS", "instance_name": q.params["name"],
         **q.obj()}]), write=True)
     r.add("POST", "/2/instances/{name}/reinstall", lambda q: submit(
         d, reinstall_ops(d, q)), write=True)
-    r.add("PUT", "/2/instances/{name}/rename", lambda q: submit(d, [{
+    r.add("PUT", "/2/instances/{name}/rename", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_RENAME", "instance_name": q.params["name"],
         "new_name": q.obj().get("new_name", "")}]), write=True)
-    r.add("PUT", "/2/instances/{name}/failover", lambda q: submit(d, [{
+    r.add("PUT", "/2/instances/{name}/failover", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": q.params["name"],
         **q.obj()}]), write=True)
-    r.add("PUT", "/2/instances/{name}/activate-disks", lambda q: submit(d, [{
+    r.add("PUT", "/2/instances/{name}/activate-disks", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_ACTIVATE_DISKS", "instance_name": q.params["name"]}]),
           write=True)
-    r.add("PUT", "/2/instances/{name}/deactivate-disks", lambda q: submit(d, [{
+    r.add("PUT", "/2/instances/{name}/deactivate-disks", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_DEACTIVATE_DISKS", "instance_name": q.params["name"]}]),
           write=True)
-    r.add("POST", "/2/instances/{name}/replace-disks", lambda q: submit(d, [{
+    r.add("POST", "/2/instances/{name}/replace-disks", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_REPLACE_DISKS", "instance_name": q.params["name"],
         "mode": q.qstr("mode") or "replace_auto", "remote_node": q.qstr("remote_node") or ""}]),
           write=True)
-    r.add("POST", "/2/instances/{name}/disk/{idx}/grow", lambda q: submit(d, [{
+    r.add("POST", "/2/instances/{name}/disk/{idx}/grow", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_GROW_DISK", "instance_name": q.params["name"],
         "disk": int(q.params["idx"]), **q.obj()}]), write=True)
     r.add("GET", "/2/instances/{name}/console", lambda q: console_info(d, q.params["name"]),
@@ -115,7 +120,7 @@ def install(r: Router, d: NodeDaemon) -> None:
         diskcopy.disk_path(d, q.params["name"], int(q.params["idx"])))), write=True)
     r.add("POST", base + "/pull-disks", lambda q: pull_disks(
         d, q.params["name"], str(q.obj()["source"])), write=True)
-    r.add("PUT", "/2/instances/{name}/migrate", lambda q: submit(d, [{
+    r.add("PUT", "/2/instances/{name}/migrate", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": q.params["name"],
         **q.obj()}]), write=True)
     r.add("POST", base + "/stop", lambda q: m.stop(
