@@ -13,7 +13,15 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import haven.master.opcodes  # noqa: F401  (registers the opcodes)
-from haven.api import groups_api, instances_api, nodes_api, query_api, routes, tags_api
+from haven.api import (
+    groups_api,
+    instances_api,
+    nodes_api,
+    query_api,
+    routes,
+    tags_api,
+    unsupported,
+)
 from haven.api.http import HttpError, Request, Response, Router
 from haven.errors import HavenError
 from haven.master import jobqueue
@@ -135,6 +143,7 @@ def rapi_fixture() -> Iterator[Rapi]:
     r.add("GET", "/2/info", lambda _q: routes.info(d))
     for mod in (nodes_api, instances_api, groups_api, tags_api, query_api):
         mod.install(r, d)
+    unsupported.install(r)
     ctx = MasterContext(store=store, guard=lambda: Guard(Keys.master, token),
                         master_node="node01", rpc=NoRpc())
     yield Rapi(store, r, ctx)

@@ -126,3 +126,21 @@ def test_records_without_tags_read_as_untagged(rapi: Rapi, kind: str) -> None:
     else:
         assert rapi.ok("GET", "/2/instances/vm2")["tags"] == []
         assert rapi.ok("GET", "/2/instances/vm2/tags") == []
+
+
+@pytest.mark.parametrize("method, url", [
+    ("POST", "/2/instances-multi-alloc"), ("PUT", "/2/instances/vm1/export"),
+    ("POST", "/2/nodes/node01/powercycle"), ("GET", "/2/nodes/node01/storage"),
+    ("PUT", "/2/modify"), ("GET", "/2/filters"),
+])
+def test_what_haven_lacks_is_501_in_ganeti_shape(rapi: Rapi, method: str, url: str
+                                                 ) -> None:
+    status, err = rapi.call(method, url, {})
+    assert status == 501 and err["message"].startswith("Haven cannot"), err
+    assert set(err) >= {"code", "message", "explain"}
+    assert rapi.jobs() == []
+
+
+def test_networks_are_an_empty_list(rapi: Rapi) -> None:
+    assert rapi.ok("GET", "/2/networks") == []
+    assert rapi.call("GET", "/2/networks/net1")[0] == 404

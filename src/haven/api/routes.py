@@ -40,6 +40,7 @@ def install(r: Router, d: NodeDaemon) -> None:
         nodes_api,
         query_api,
         tags_api,
+        unsupported,
     )
 
     ha_api.install(r, d)
@@ -65,6 +66,7 @@ def install(r: Router, d: NodeDaemon) -> None:
     groups_api.install(r, d)
     tags_api.install(r, d)
     query_api.install(r, d)
+    unsupported.install(r)
     metrics.install(r, d)
     alarms_api.install(r, d)
 
