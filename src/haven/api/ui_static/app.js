@@ -117,6 +117,7 @@ async function readChanges(ch, jobIds) {
 
 // -- rendering -------------------------------------------------------------------------
 let pending = false;
+let lastHtml = "";
 function render() {
   if (pending) return;
   pending = true;
@@ -141,7 +142,10 @@ function draw() {
     events: () => V.eventsView(state),
     alarms: () => V.alarmsView(state, w),
   }[view] || (() => V.overview(state));
-  $("#view").innerHTML = html();
+  // Unchanged views are left alone: a button is not replaced under a person's click.
+  const out = html();
+  if (out !== lastHtml) $("#view").innerHTML = out;
+  lastHtml = out;
   if (state.instances.length && !performance.getEntriesByName("haven-painted").length) {
     performance.mark("haven-painted"); // the first draw with data (bench/ui_paint.py)
   }
@@ -157,7 +161,7 @@ function draw() {
   term.show(inst ? inst.name : null, inst ? inst.status === "running" : false);
 }
 
-window.addEventListener("hashchange", render);
+window.addEventListener("hashchange", () => { $("main").scrollTop = 0; render(); });
 
 // -- messages ------------------------------------------------------------------------
 function toast(text, bad = false) {
@@ -256,9 +260,8 @@ async function nodeAction(act, node) {
   if (!await confirmDialog(`Migrate everything off ${node}`, running.length
     ? `Live-migrate ${running.map((i) => i.name).join(", ")} away from ${node}?`
     : `No running instance has ${node} as its primary.`)) return;
-  for (const i of running) {
-    await submit("PUT", `/2/instances/${i.name}/migrate`, {}, `migrate ${i.name}`);
-  }
+  // One job (OP_NODE_MIGRATE) that queues a migration per instance.
+  await submit("POST", `/2/nodes/${node}/migrate`, {}, `migrate everything off ${node}`);
 }
 
 document.addEventListener("click", async (ev) => {

@@ -37,6 +37,7 @@ export class Console {
     if (name !== this.name) {
       this.disconnect();
       this.name = name;
+      this.setStatus("");
       if (this.term) this.term.reset();
     }
     this.panel.hidden = !name;
@@ -45,7 +46,8 @@ export class Console {
     this.panel.querySelector("#console-open").disabled = !!open || !running ||
       !this.conn.canWrite;
     this.panel.querySelector("#console-close").disabled = !open;
-    if (!open) {
+    const said = this.status.textContent;
+    if (!open && !said.startsWith("disconnected") && !said.startsWith("connecting")) {
       this.setStatus(!running ? "the instance is not running" :
         !this.conn.canWrite ? "the console needs a user with write access" : "not connected");
     }
@@ -86,12 +88,22 @@ export class Console {
       this.show(name, this.running);
     };
     ws.onmessage = (ev) => {
-      this.term.write(typeof ev.data === "string" ? ev.data : new Uint8Array(ev.data));
+      if (typeof ev.data !== "string") {
+        this.term.write(new Uint8Array(ev.data));
+        return;
+      }
+      // Text frames are the server's word, not the guest's: an error before it closes.
+      let msg = ev.data;
+      try { msg = JSON.parse(ev.data).message || msg; } catch (e) { /* plain text */ }
+      this.closeReason = msg;
+      this.term.write(`\r\n\x1b[31m${msg}\x1b[0m\r\n`);
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      this.setStatus(`disconnected${ev.reason ? ": " + ev.reason : ""}`);
+      const why = this.closeReason || ev.reason;
+      this.closeReason = "";
+      this.setStatus(`disconnected${why ? ": " + why : ""}`);
       this.show(name, this.running);
     };
   }

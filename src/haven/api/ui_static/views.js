@@ -151,13 +151,13 @@ export function nodesTable(s, withActions = false) {
     const acts = !withActions ? "" : `<td>
       <button data-act="drain" data-node="${esc(n.name)}" ${n.drained || n.offline ? "disabled" : ""}>Drain</button>
       <button data-act="undrain" data-node="${esc(n.name)}" ${n.drained ? "" : "disabled"}>Undrain</button>
-      <button data-act="evacuate" data-node="${esc(n.name)}" ${n.pinst_cnt ? "" : "disabled"}>Migrate all away</button></td>`;
+      <button data-act="evacuate" data-node="${esc(n.name)}" ${n.pinst_cnt && n.alive ? "" : "disabled"}>Migrate all away</button></td>`;
     return `<tr data-node="${esc(n.name)}">
       <td><b>${esc(n.name)}</b><div class="muted">${esc(n.pip)}</div></td>
       <td data-field="health">${badge(health, cls)}</td>
       <td>${role}</td>
-      <td>${n.mtotal != null ? bar(used, n.mtotal, `${mib(used)} / ${mib(n.mtotal)}`) : '<span class="muted">—</span>'}</td>
-      <td>${n.ctotal ? bar(vcpus[n.name] || 0, n.ctotal, `${vcpus[n.name] || 0} / ${n.ctotal} vCPU`) : '<span class="muted">—</span>'}</td>
+      <td class="meter">${n.mtotal != null ? bar(used, n.mtotal, `${mib(used)} / ${mib(n.mtotal)}`) : '<span class="muted">—</span>'}</td>
+      <td class="meter">${n.ctotal ? bar(vcpus[n.name] || 0, n.ctotal, `${vcpus[n.name] || 0} / ${n.ctotal} vCPU`) : '<span class="muted">—</span>'}</td>
       <td class="num">${n.pinst_cnt} / ${n.sinst_cnt}</td>
       <td>${esc((ha[n.name] && ha[n.name].reason) || "")}</td>${acts}</tr>`;
   }).join("");
