@@ -130,3 +130,19 @@ def test_instance_migrate_is_queued_for_a_known_instance(rapi: Rapi) -> None:
     job_id = rapi.ok("PUT", "/2/instances/vm1/migrate", {"mode": "live"})
     job, _ = jobqueue.read(rapi.store, job_id)
     assert job.ops[0]["OP_ID"] == "OP_INSTANCE_MIGRATE" and job.ops[0]["mode"] == "live"
+
+
+def test_nics_and_disks_in_ganeti_terms() -> None:
+    (op,) = create_ops({**CLIENT_BODY, "tags": [],
+                        "nics": [{"link": "br0"}, {"mode": "user", "mac": "generate",
+                                                   "ip": None}],
+                        "disks": [{"size": 512, "name": "root", "vg": "xenvg",
+                                   "spindles": None}]})
+    assert op["nics"] == [{"link": "br0", "mode": "bridged"},
+                          {"mode": "user", "mac": "generate"}]
+    assert op["disks"] == [{"size": 512}]
+    check_job([op])
+    with pytest.raises(HttpError, match="network"):
+        create_ops({**CLIENT_BODY, "nics": [{"network": "net1"}]})
+    with pytest.raises(HttpError, match="adopt"):
+        create_ops({**CLIENT_BODY, "disks": [{"size": 1, "adopt": "lv0"}]})

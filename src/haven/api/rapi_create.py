@@ -87,6 +87,10 @@ def create_ops(body: Any, enabled_templates: tuple[str, ...] | None = None
     if unsupported:
         raise HttpError(400, f"Haven does not support the instance creation parameter(s) "
                              f"{', '.join(sorted(unsupported))}.")
+    if isinstance(op.get("nics"), list):
+        op["nics"] = [_nic(i, n) for i, n in enumerate(op["nics"])]
+    if isinstance(op.get("disks"), list):
+        op["disks"] = [_disk(i, dk) for i, dk in enumerate(op["disks"])]
     tmpl = op.get("disk_template")
     if enabled_templates is not None and isinstance(tmpl, str) and \
             tmpl not in enabled_templates:
@@ -97,6 +101,38 @@ def create_ops(body: Any, enabled_templates: tuple[str, ...] | None = None
         ops.append({"OP_ID": "OP_TAGS_SET", "kind": "instance",
                     "name": op.get("instance_name"), "tags": tags})
     return ops
+
+
+NIC_KEYS = frozenset({"mac", "ip", "mode", "link", "name"})
+DISK_KEYS = frozenset({"size", "mode"})
+# Disk keys of Ganeti's that do not apply to Haven's files and replicas.
+DISK_IGNORED = frozenset({"name", "vg", "metavg", "spindles", "uuid"})
+
+
+def _nic(i: int, nic: Any) -> Any:
+    """Ganeti's NIC: a ``link`` without a ``mode`` is a bridge (Ganeti's default mode);
+    networks and VLANs are refused (Haven has neither)."""
+    if not isinstance(nic, dict):
+        return nic  # the opcode's own check names it
+    out = {k: v for k, v in nic.items() if v is not None}
+    unknown = sorted(set(out) - NIC_KEYS)
+    if unknown:
+        raise HttpError(400, f"NIC {i}: Haven does not support the NIC parameter(s) "
+                             f"{', '.join(unknown)}.")
+    if out.get("link") and "mode" not in out:
+        out["mode"] = "bridged"
+    return out
+
+
+def _disk(i: int, disk: Any) -> Any:
+    if not isinstance(disk, dict):
+        return disk
+    out = {k: v for k, v in disk.items() if v is not None and k not in DISK_IGNORED}
+    unknown = sorted(set(out) - DISK_KEYS)
+    if unknown:
+        raise HttpError(400, f"Disk {i}: Haven does not support the disk parameter(s) "
+                             f"{', '.join(unknown)} (no adoption or external providers).")
+    return out
 
 
 def reinstall_ops(name: str, body: Any, os_query: str | None, no_startup: bool
