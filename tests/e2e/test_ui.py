@@ -155,6 +155,9 @@ def test_dashboard_follows_the_cluster_live_and_survives_losing_its_node(
     if alarms:
         row = f"tr[data-alarm='node-unreachable:{master}']"
         page.wait_for_selector(row + "[data-state=active]", timeout=120 * SECOND)
+        # A person acknowledges it from the page: it stays active, marked acknowledged.
+        page.click(row + "[data-state=active] button[data-act=ack]")
+        page.wait_for_selector(row + "[data-state=active] [data-field=state] .badge.info")
     else:
         page.wait_for_function(
             f"['unreachable', 'fenced'].includes(document.querySelector("

@@ -86,31 +86,29 @@ async function readChanges(ch, jobIds) {
   const any = (group) => all || GROUPS[group].some((c) => ch.has(c));
   const known = new Set(Object.values(GROUPS).flat().concat(["jobs", "locks", "counters"]));
   const work = [];
+  // Each answer is drawn as it comes (one frame at most): the slowest read holds none.
+  const track = (p) => work.push(p.then(() => render()));
   if (any("nodes")) {
-    work.push(conn.get("/2/nodes?bulk=1").then((n) => { state.nodes = n; conn.setNodes(n); }));
-    work.push(conn.get("/2/info").then((i) => { state.info = i; }));
-    work.push(conn.get("/haven/ha").then((h) => { state.ha = h; }));
+    track(conn.get("/2/nodes?bulk=1").then((n) => { state.nodes = n; conn.setNodes(n); }));
+    track(conn.get("/2/info").then((i) => { state.info = i; }));
+    track(conn.get("/haven/ha").then((h) => { state.ha = h; }));
   }
   if (any("instances")) {
-    work.push(conn.get("/2/instances?bulk=1").then((i) => { state.instances = i; }));
+    track(conn.get("/2/instances?bulk=1").then((i) => { state.instances = i; }));
   }
   if (all) {
-    work.push(conn.get("/2/jobs?bulk=1").then((js) => {
+    track(conn.get("/2/jobs?bulk=1").then((js) => {
       state.jobs = new Map(js.map((j) => [j.id, j]));
     }));
   } else {
     for (const id of jobIds) {
-      work.push(conn.get(`/2/jobs/${id}`).then((j) => state.jobs.set(j.id, j))
+      track(conn.get(`/2/jobs/${id}`).then((j) => state.jobs.set(j.id, j))
         .catch((e) => { if (e.status === 404) state.jobs.delete(id); }));
     }
   }
-  if (any("events")) work.push(loadEvents(all));
-  // Alarms live under a prefix this page need not know: any change outside the
-  // known ones (and any node or job change, which raise or clear them) re-reads them.
-  if (all || [...ch].some((c) => !known.has(c) || GROUPS.nodes.includes(c) ||
-                          c === "jobs" || c === "instances")) {
-    work.push(loadAlarms());
-  }
+  if (any("events")) track(loadEvents(all));
+  // Alarms are kept under alarms/; any prefix this page does not know re-reads them too.
+  if (all || [...ch].some((c) => c === "alarms" || !known.has(c))) track(loadAlarms());
   await Promise.all(work);
   $("#cluster-name").textContent = state.info.name || "";
 }
