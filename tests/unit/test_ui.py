@@ -104,6 +104,21 @@ def test_live_stream_says_hello_then_what_changed(monkeypatch: pytest.MonkeyPatc
     assert events[0] == ("hello", {"node": "node01", "joined": True, "seq": 0})
     changes = [data for kind, data in events if kind == "change"]
     assert changes and changes[0]["changed"] == ["instances"]
+    assert ("ping", {"seq": 1}) in events  # quiet afterwards: the page knows it is alive
+    assert events[-1] == ("bye", {"reason": "renew"})  # the page reopens on this node
+
+
+def test_live_stream_ends_within_a_second_when_its_node_leaves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ui, "MAX_STREAM", 30.0)
+    d = FakeDaemon()
+
+    def leave() -> None:
+        d.joined = None
+
+    threading.Timer(0.2, leave).start()
+    events = sse(client(d).get("/haven/live").text)
+    assert events[-1] == ("bye", {"reason": "leaving"})  # the page moves to another node
 
 
 def test_live_stream_of_a_node_outside_any_cluster_ends_after_hello() -> None:

@@ -15,10 +15,11 @@ page carries on when the node it came from dies (it reconnects to another node).
   every :data:`COALESCE` seconds after a store change (``"*"`` in ``changed`` means
   "anything may have changed": re-read everything);
 - ``ping``: ``{"seq"}`` every :data:`PING` seconds without a change, so that the page
-  notices a node that stopped answering.
-
-A stream ends after :data:`MAX_STREAM` seconds, when the node leaves its cluster or
-stops (the page reconnects), so no open dashboard ever holds a daemon's shutdown.
+  notices a node that stopped answering;
+- ``bye``: ``{"reason"}`` just before the stream ends: ``renew`` after
+  :data:`MAX_STREAM` seconds (the page opens a new one on the same node), ``leaving``
+  when the node leaves its cluster or stops (the page moves to another node).  No open
+  dashboard ever holds a daemon's shutdown.
 """
 
 from __future__ import annotations
@@ -160,7 +161,9 @@ async def _stream(d: NodeDaemon, feed: ChangeFeed,
     sent = time.monotonic()
     while time.monotonic() < ends:
         if d.joined is not joined:
-            return  # left the cluster, or stopping: the daemon's shutdown never waits
+            # Left the cluster, or stopping (the daemon's shutdown never waits for us).
+            yield _sse("bye", {"reason": "leaving"})
+            return
         # Short waits, so that a stopping daemon is noticed within a second.
         seq = await anyio.to_thread.run_sync(feed.wait, last, min(PING, 1.0),
                                              limiter=limiter)
@@ -174,6 +177,7 @@ async def _stream(d: NodeDaemon, feed: ChangeFeed,
         changes = feed.since(last)
         last = changes["seq"]
         yield _sse("change", changes)
+    yield _sse("bye", {"reason": "renew"})  # a fresh stream, same node
 
 
 async def _session(d: NodeDaemon, request: Request) -> Response:

@@ -118,6 +118,11 @@ export class Conn {
       this.h.onHello(hello.node);
     });
     es.addEventListener("ping", () => { this.lastSeen = Date.now(); });
+    es.addEventListener("bye", (ev) => {
+      es.close();
+      if (JSON.parse(ev.data).reason === "renew") this.connect();
+      else this.failover(`${this.node} is leaving the cluster or stopping`);
+    });
     es.addEventListener("change", (ev) => {
       this.lastSeen = Date.now();
       this.h.onChange(JSON.parse(ev.data));
