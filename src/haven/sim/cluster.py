@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,8 +80,7 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
     last node is a vote-only witness (master candidate, no VMs)."""
     existing = load_layout(base)
     if existing is not None:
-        for n in existing.nodes:
-            start_node(n)
+        start_nodes(existing.nodes)
         wait_master(existing)
         _publish_client_config(base, existing)
         log(f"Local cluster {existing.cluster} is up ({len(existing.nodes)} nodes).")
@@ -102,8 +103,7 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
             for i in range(1, nodes + 1)))
     save_layout(base, layout)
     t0 = time.monotonic()
-    for n in layout.nodes:
-        start_node(n)
+    start_nodes(layout.nodes)
     first = layout.nodes[0]
     # On one machine the "shared" storage every node sees is one folder.
     (base / "shared").mkdir(parents=True, exist_ok=True)
@@ -188,6 +188,13 @@ def wait_master(layout: SimLayout, timeout: float = 60.0) -> str | None:
 def start_node(n: SimNode) -> None:
     prefix = ["ip", "netns", "exec", n.netns] if n.netns else None
     start_daemon(n.name, n.address, n.dir, n.port, prefix=prefix)
+
+
+def start_nodes(nodes: Sequence[SimNode]) -> None:
+    """Start the daemons of ``nodes`` side by side (each takes a second or two to import
+    and listen), as the machines of a cluster boot."""
+    with ThreadPoolExecutor(max_workers=len(nodes) or 1) as pool:
+        list(pool.map(start_node, nodes))
 
 
 def wait_active(n: SimNode, timeout: float) -> bool:
