@@ -230,3 +230,24 @@ def test_a_guest_that_powered_itself_off_is_not_started_elsewhere() -> None:
     acts = plan(v)
     assert [(x.kind, x.target) for x in acts] == [("refuse", "vm1")]
     assert "USER_down" in acts[0].reason and "gnt-instance startup vm1" in acts[0].reason
+
+
+def test_a_node_being_added_is_joining_not_lost_until_it_has_reported() -> None:
+    from haven.master.ha_loop import _joining
+    from haven.model.node import NodeFacts
+
+    new = replace(NODES["node02"], ctime=95.0)
+    nodes = dict(NODES, node02=new)
+    joining = _joining(nodes, {}, frozenset({"node01", "node03"}), {}, now=100.0)
+    assert joining == frozenset({"node02"})
+    v = replace(view([]), nodes=nodes, joining=joining)
+    assert plan(v) == []  # no unreachable mark, no alarm, nothing to fence
+    # Once it has reported (facts after its add), or an HA record exists, or the join
+    # has taken longer than the grace, losing it is a loss again.
+    facts = {"node02": NodeFacts("node02", 1, 1, 1, 1, 1, 1, ("kvm",), "tcg", "", "", "",
+                                 updated=96.0)}
+    assert _joining(nodes, {}, frozenset(), facts, now=100.0) == frozenset()
+    assert _joining(nodes, {"node02": NodeHA("node02", H.ONLINE)}, frozenset(), {},
+                    now=100.0) == frozenset()
+    assert _joining(nodes, {}, frozenset(), {}, now=95.0 + 61) == frozenset()
+    assert kinds(plan(view([]))) == [("node", "node02", H.UNREACHABLE)]

@@ -71,6 +71,8 @@ class HAView:
     # Instances with an interrupted migration: its cleanup job decides first which
     # copy lives (it counts a fenced node's copy as dead), then they are recovered.
     migrating: frozenset[str] = frozenset()
+    # Nodes being added: never seen alive since ``gnt-node add`` (see ha_loop.observe).
+    joining: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,11 @@ def _plan_node(v: HAView, node: Node, states: dict[str, NodeHA]) -> Action | Non
         return None
     if node.offline:
         return None  # declared offline by the administrator: nothing is automatic
+    if node.name in v.joining:
+        # Its daemon has not taken a lease yet.  It runs nothing (no VM starts without
+        # a lease), so there is nothing to fence, and calling it lost would only raise
+        # a false alarm.
+        return None
     if cur.state in (H.ONLINE, H.BACK):
         if node.name in v.alive:
             return to(H.UNREACHABLE, f"no lease renewal seen for "

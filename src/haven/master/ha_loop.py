@@ -25,10 +25,12 @@ from haven.model import ha as H
 from haven.model.ha import InstanceHA, NodeHA
 from haven.model.instance import Instance, Observed
 from haven.model.keys import ALIVE, INSTANCES, LOCKS, MIGRATIONS, OBSERVED, REPLICAS, Keys
-from haven.model.node import Node
+from haven.model.node import Node, NodeFacts
 from haven.model.replica import Replicas
 from haven.store.base import Compare, Guard, Put, WatchEvent
 from haven.store.errors import FencedOut, StoreError
+
+JOIN_GRACE = 60.0  # seconds a node that has never reported counts as joining
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,19 @@ def observe(ctx: MasterContext, grace: float = GRACE,
                   max(cluster.lease_ttl - H.LEASE_MARGIN, 1.0), state_age, observed,
                   {name: f.updated for name, f in facts.items()},
                   # Two missed renewals (every TTL/5) and some slack.
-                  2 * cluster.lease_ttl / 5 + 0.5, migrating)
+                  2 * cluster.lease_ttl / 5 + 0.5, migrating,
+                  _joining(nodes, node_ha, alive, facts, ctx.clock()))
+
+
+def _joining(nodes: dict[str, Node], node_ha: dict[str, NodeHA], alive: frozenset[str],
+             facts: dict[str, NodeFacts], now: float) -> frozenset[str]:
+    """Nodes added less than JOIN_GRACE ago that have never reported: no HA record, no
+    lease, no facts since they were added (a join takes 1 to 7 s here, etcd admitting
+    one new member at a time)."""
+    return frozenset(
+        name for name, n in nodes.items()
+        if name not in node_ha and name not in alive and 0 <= now - n.ctime < JOIN_GRACE
+        and (name not in facts or facts[name].updated < n.ctime))
 
 
 def _job_error(opresult: tuple[Any, ...]) -> str:
