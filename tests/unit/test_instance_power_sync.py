@@ -5,6 +5,7 @@ with Ganeti-style progress lines, and fails clearly when the sync stalls or is l
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -175,12 +176,22 @@ def test_wait_for_sync_logs_progress_until_up_to_date(ctx: MasterContext) -> Non
                           log), inst, clock=vt.clock, sleep=vt.sleep)
     assert log.lines[0] == "- INFO: Waiting for instance vm2 to sync disks"
     assert "- INFO: - device disk/0: 0.0% done" in log.lines
-    assert "- INFO: - device disk/0: 50.0% done" in log.lines
-    assert "- INFO: - device disk/1: 50.0% done" in log.lines
+    assert "- INFO: - device disk/0: 40.0% done" in log.lines
+    assert "- INFO: - device disk/1: 40.0% done" in log.lines
     assert log.lines[-1] == "- INFO: Instance vm2's disks are in sync"
     assert 20.0 <= vt.now <= 21.0
-    # A line every PROGRESS_EVERY seconds, not one per poll.
-    assert len(log.lines) < 2 + 2 * (20 / sync.PROGRESS_EVERY + 1) + 1
+    # The whole sync's percent, rate and time left, from the second report on.
+    rates = [ln for ln in log.lines if re.fullmatch(
+        r"- INFO: \d+\.\d% synced, \d+\.\d MiB/s, about \d+ s left", ln)]
+    assert len(rates) >= 5, log.lines
+    # Lines every PROGRESS_EVERY seconds (two disks and the rate), not one per poll.
+    assert len(log.lines) < 2 + 3 * (20 / sync.PROGRESS_EVERY + 1) + 1
+
+
+def test_the_rate_line_says_what_is_left_or_that_it_stalled() -> None:
+    assert sync.rate_line(60.0, 50.0, 1000, 2.0) == \
+        "60.0% synced, 50.0 MiB/s, about 8 s left"
+    assert sync.rate_line(60.0, 60.0, 1000, 2.0) == "60.0% synced, 0.0 MiB/s, stalled"
 
 
 def test_wait_for_sync_fails_clearly_when_the_sync_stalls(ctx: MasterContext) -> None:

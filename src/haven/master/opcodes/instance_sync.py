@@ -22,7 +22,7 @@ from haven.model.keys import Keys
 from haven.model.replica import INCONSISTENT, UP_TO_DATE, Replicas
 
 POLL = 0.5
-PROGRESS_EVERY = 5.0  # seconds between two progress lines in the job log
+PROGRESS_EVERY = 2.0  # seconds between two progress lines in the job log
 STALL_TIMEOUT = 120.0  # no progress for this long: the wait fails
 
 
@@ -65,6 +65,14 @@ def progress(inst: Instance, reps: Replicas | None) -> tuple[bool, list[str], fl
     return not lines, lines, (total / count if count else 100.0)
 
 
+def rate_line(percent: float, before: float, size_mib: int, seconds: float) -> str:
+    """One line of the whole sync's progress: percent, rate and what is left."""
+    rate = max(percent - before, 0.0) / 100 * size_mib / seconds
+    left = (100 - percent) / 100 * size_mib
+    eta = f", about {left / rate:.0f} s left" if rate > 0 else ", stalled"
+    return f"{percent:.1f}% synced, {rate:.1f} MiB/s{eta}"
+
+
 def wait_for_sync(lu: LogicalUnit, inst: Instance, stall_timeout: float = STALL_TIMEOUT,
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep) -> None:
@@ -73,7 +81,7 @@ def wait_for_sync(lu: LogicalUnit, inst: Instance, stall_timeout: float = STALL_
     a replica is lost (``Outdated``) or the sync makes no progress for
     ``stall_timeout`` s."""
     lu.feedback(f"- INFO: Waiting for instance {inst.name} to sync disks")
-    best = -1.0
+    best = last_percent = -1.0
     last_progress = last_line = clock()
     first = True
     while True:
@@ -105,5 +113,9 @@ def wait_for_sync(lu: LogicalUnit, inst: Instance, stall_timeout: float = STALL_
         if first or now - last_line >= PROGRESS_EVERY:
             for ln in lines:
                 lu.feedback(f"- INFO: {ln}")
-            last_line, first = now, False
+            size = sum(d.size for d in inst.disks) * (1 + len(inst.secondary_nodes))
+            if not first and size and now > last_line:
+                lu.feedback("- INFO: " + rate_line(percent, last_percent, size,
+                                                   now - last_line))
+            last_line, last_percent, first = now, percent, False
         sleep(POLL)
