@@ -244,6 +244,19 @@ def test_a_node_back_in_the_cluster_is_not_unreachable() -> None:
     assert ids(view(node_ha={"node02": H.NodeHA("node02", H.BACK)})) == set()
 
 
+def test_a_node_being_added_is_joining_not_unreachable_until_its_grace_ends() -> None:
+    nodes = dict(NODES, node02=replace(NODES["node02"], ctime=990.0))
+    f = dict(FACTS, node02=replace(FACTS["node02"], updated=0.0))
+    assert ids(view(nodes=nodes, facts=f, alive=("node01", "node03"))) == set()
+    # Never reported 60 s after its add: unreachable.
+    assert ids(view(nodes=nodes, facts=f, alive=("node01", "node03"), now=1051.0)) == {
+        "node-unreachable:node02"}
+    # It reported once (facts after the add), then went: unreachable at once.
+    f = dict(FACTS, node02=replace(FACTS["node02"], updated=995.0))
+    assert ids(view(nodes=nodes, facts=f, alive=("node01", "node03"))) == {
+        "node-unreachable:node02"}
+
+
 def test_an_offline_node_raises_no_alarm() -> None:
     nodes = dict(NODES, node02=replace(NODES["node02"], offline=True))
     assert ids(view(nodes=nodes, alive=("node01", "node03"))) == set()

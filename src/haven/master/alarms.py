@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from haven.master.ha_loop import JOIN_GRACE
 from haven.master.quorum import MemberView
 from haven.model import alarm as A
 from haven.model import ha as H
@@ -165,13 +166,21 @@ def _nodes(v: AlarmView) -> list[Condition]:
         if rec is not None and rec.state in LOST_STATES:
             why = f" ({rec.reason})" if rec.reason else ""
             msg = f"Node {name} is {rec.state}{why}."
-        elif name not in v.alive:
+        elif name not in v.alive and not _joining(v, node):
             msg = f"Node {name} holds no lease: its daemon is down or cannot reach etcd."
         else:
             continue
         out.append(Condition(A.NODE_UNREACHABLE, name, f"node/{name}", A.CRITICAL, msg,
                              v.settings.debounce_seconds))
     return out
+
+
+def _joining(v: AlarmView, node: Node) -> bool:
+    """Being added: no HA record, no lease and no facts since ``gnt-node add``, for
+    less than ``JOIN_GRACE`` (the HA manager's rule, ``ha_loop._joining``)."""
+    f = v.facts.get(node.name)
+    return (node.name not in v.node_ha and 0 <= v.now - node.ctime < JOIN_GRACE
+            and (f is None or f.updated < node.ctime))
 
 
 def _instances(v: AlarmView) -> list[Condition]:
