@@ -309,7 +309,7 @@ export function alarmsTable(s, alarms, canWrite = false) {
     return `<tr data-alarm="${esc(alarmId(a))}" data-object="${esc(a.object || a.subject || "")}"
       data-state="${cleared ? "cleared" : "active"}">
       <td>${badge(a.severity || "warning", sev[a.severity] ?? "warn")}</td>
-      <td>${esc(a.name || a.kind || a.type || "")}</td>
+      <td class="nowrap">${esc(a.name || a.kind || a.type || "")}</td>
       <td>${esc(a.object || a.subject || "")}</td><td>${esc(a.message || "")}</td>
       <td>${fmtTime(a.raised ?? a.raised_at ?? a.since)}</td>
       <td>${fmtTime(a.cleared ?? a.cleared_at)}</td>
