@@ -169,3 +169,21 @@ def test_a_killed_node_raises_its_alarm_which_clears_when_it_returns(
                                                   ("cleared", alarm_id)} <= commanded(), 15)
     assert f"Alarm cleared: Node {victim}" in sim.run(
         "haven", "events", "--object", f"node/{victim}", check=True).stdout
+
+
+def test_the_master_s_loss_is_raised_by_the_next_master(cluster3: Sim) -> None:
+    """The alarm loop moves with the master role: the new master raises the old one's
+    alarm, and clears it when the old master is back as a follower."""
+    sim = cluster3
+    wait_until("no active alarm", lambda: alarms(sim) == [], 60)
+    old = sim.master()
+    alarm_id = f"node-unreachable:{old}"
+    sim.run("haven", "kill", old, check=True)
+    new = sim.wait_master(not_node=old)
+    raised, took = wait_until("the old master's alarm", lambda: active(sim, alarm_id), 30)
+    print(f"{alarm_id} raised by {raised['node']} {took:.1f} s after the new master")
+    assert raised["node"] == new
+    sim.run("haven", "start", old, check=True, timeout=120)
+    wait_until("the clear", lambda: active(sim, alarm_id) is None, 30)
+    assert [a["id"] for a in alarms(sim, "--all")].count(alarm_id) >= 1
+    wait_until("no active alarm", lambda: alarms(sim) == [], 60)
