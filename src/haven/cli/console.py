@@ -2,7 +2,8 @@
 
 On a terminal it is interactive (raw mode; Ctrl-] leaves, like Ganeti's consoles).
 With piped input it copies stdin to the console and the console to stdout, and ends
-once stdin is exhausted and the console has been quiet for a moment, so scripts can
+once stdin is exhausted and the console has been quiet for a moment (a few seconds at
+most, for a guest that never stops printing), so scripts can
 send a command and read its output.
 """
 
@@ -13,6 +14,7 @@ import os
 import select
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from haven.cli.client import CONNECT_TIMEOUT, Client
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 ESCAPE = b"\x1d"  # Ctrl-]
 LINGER = float(os.environ.get("HAVEN_CONSOLE_LINGER", "1.0"))
+MAX_LINGER = 3 * LINGER  # piped: the longest wait for the answer after the input ended
 
 
 def open_console(c: Client, name: str) -> ClientConnection:
@@ -117,7 +120,7 @@ def _interactive(ws: ClientConnection, name: str) -> int:
 
 def _piped(ws: ClientConnection) -> int:
     """Copy stdin to the console until it ends, and the console to stdout until it has
-    been quiet for LINGER seconds after that."""
+    been quiet for LINGER seconds after that (at most MAX_LINGER seconds)."""
     from websockets.exceptions import ConnectionClosed
 
     stdin_done = threading.Event()
@@ -133,13 +136,17 @@ def _piped(ws: ClientConnection) -> int:
 
     threading.Thread(target=send, daemon=True, name="console-in").start()
     out = sys.stdout.buffer
+    ended: float | None = None  # when stdin ended
     try:
         while True:
-            done = stdin_done.is_set()
+            if ended is None and stdin_done.is_set():
+                ended = time.monotonic()
+            if ended is not None and time.monotonic() - ended >= MAX_LINGER:
+                break  # a guest that never stops talking (a background writer)
             try:
-                msg = ws.recv(timeout=LINGER if done else 0.2)
+                msg = ws.recv(timeout=0.2 if ended is None else LINGER)
             except TimeoutError:
-                if done:
+                if ended is not None:
                     break  # input done and the console quiet: the script has its answer
                 continue
             out.write(_output(msg))

@@ -16,11 +16,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haven.agent.loop import Agent
 from haven.api.auth import hash_password
-from haven.api.http import ApiServer, Router
+from haven.api.routing import Router
 from haven.daemon import facts as node_facts
 from haven.daemon.etcd_member import EtcdMember
 from haven.daemon.hub import EventHub
@@ -44,6 +44,9 @@ from haven.store.base import Guard
 from haven.store.errors import StoreError
 from haven.store.etcd import EtcdStore
 from haven.store.lease import LeaseKeeper
+
+if TYPE_CHECKING:
+    from haven.api.http import ApiServer
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +91,30 @@ class NodeDaemon:
 
     # -- process lifecycle -----------------------------------------------------------
     def run(self) -> None:
-        from haven.api import console, routes, ui
-
         self.local.ensure_dirs()
         self.local.ensure_provisional_cert()
+        # A daemon restarted under running VMs must take its lease over (and feed the
+        # fencer) within TTL - 1 s of its predecessor's last renewal: that comes first,
+        # before the web stack is even imported.  Callers meanwhile wait in the
+        # listening socket's backlog or retry (a node not ready yet).
+        if self.local.joined() is not None:
+            self._activate_with_retry()
+        from haven.api import console, routes, ui
+        from haven.api.http import ApiServer
+
         routes.install(self.router, self)
         self.api = ApiServer(self.settings.address, self.settings.api_port, self.router,
                              [*console.routes(self), *ui.routes(self)])
         self._use_certificate()
+        joined = self.joined
+        if joined is not None:
+            self._refresh_auth(joined.cluster)
         self.api.start()
         write_private(self.local.daemon_file, json.dumps({
             "name": self.name, "address": self.settings.address,
             "port": self.settings.api_port, "pid": os.getpid()}))
         log.info("node daemon %s listening on %s:%s", self.name, self.settings.address,
                  self.settings.api_port)
-        if self.local.joined() is not None:
-            self._activate_with_retry()
         while not self._stop.is_set():
             try:
                 self.supervise()
@@ -305,7 +316,8 @@ class NodeDaemon:
         return HttpsNodeRpc(cert, header)
 
     def _refresh_auth(self, cluster: Cluster) -> None:
-        assert self.api is not None
+        if self.api is None:
+            return  # activated before the API exists (run): it is given the users then
         users = dict(cluster.rapi_users)
         # Node daemons authenticate to each other with the cluster's secret uuid.
         users[NODE_USER] = {"salt": "node", "password": hash_password(cluster.uuid, "node"),
