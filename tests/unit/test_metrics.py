@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from haven.api import metrics
-from haven.api.http import Request, Router
+from haven.api.routing import Request, Router
 from haven.hypervisor.base import VmInfo
 from haven.hypervisor.qemu.mirror_spec import MirrorState
 from haven.hypervisor.qemu.stats import DiskIo, VmIo, parse_block_jobs, parse_blockstats

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from haven.api.http import Request, Response, Router
+from haven.api.routing import Request, Response, Router
 from haven.hypervisor.base import VmInfo
 from haven.monitor.collect import HavenCollector
 from haven.store.base import Member, Store
