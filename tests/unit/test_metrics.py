@@ -482,3 +482,11 @@ def test_every_exported_family_is_listed_in_the_module_docstring(
     doc = collect.__doc__ or ""
     listed = {word.split("{")[0] for word in doc.split() if word.startswith("haven_")}
     assert exported == listed
+
+
+def test_a_vm_whose_monitor_does_not_answer_is_left_out_of_the_io_stats(
+        tmp_path: Path) -> None:
+    from haven.hypervisor.qemu.stats import io_stats
+
+    assert io_stats({"vm1": tmp_path / "vm1.qmp-status"}, timeout=0.2) == {}
+    assert io_stats({}) == {}
