@@ -221,9 +221,10 @@ def test_refusals_have_ganeti_shape_and_queue_nothing(results: dict[str, Any]) -
     assert ok(results, "jobs_after_refusals") == ok(results, "jobs_before_refusals")
 
 
-def htool(sim: Sim, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+def htool(sim: Sim, tool: str, *args: str, url: str | None = None
+          ) -> subprocess.CompletedProcess[str]:
     host, port, _, _ = api(sim)
-    p = subprocess.run([tool, "-m", f"https://{host}:{port}", *args],
+    p = subprocess.run([tool, "-m", url or f"https://{host}:{port}", *args],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, f"{tool} failed:\n{p.stdout}\n{p.stderr}"
     return p
@@ -238,7 +239,29 @@ def test_htools_load_the_cluster(sim: Sim, results: dict[str, Any]) -> None:
     for name in ("node01", "node02", "node03", "rapi1"):
         assert name in text
     assert "Solution length=0" in text  # balanced: no move to suggest
-    info = htool(sim, "hinfo", "-v", "-p")
+    # ``-m HOST`` alone means https://HOST:5080, the port haven up's nodes use.
+    host, port, _, _ = api(sim)
+    info = htool(sim, "hinfo", "-v", "-p", url=host if port == 5080 else None)
     text = info.stdout + info.stderr
     assert "Loaded 3 nodes, 1 instance, 1 node group" in text, text
     assert "default" in text  # the node group
+
+
+def test_gnt_group_and_tag_commands(sim: Sim, results: dict[str, Any]) -> None:
+    done(results, "create")
+    p = sim.run("gnt-group", "list", "--no-headers", "-o", "name,node_cnt,alloc_policy",
+                check=True)
+    assert p.stdout.split() == ["default", "3", "preferred"]
+    p = sim.run("gnt-group", "info", "default", check=True)
+    assert "Nodes: node01, node02, node03" in p.stdout
+    for cmd, target in (("gnt-cluster", []), ("gnt-node", ["node02"]),
+                        ("gnt-instance", ["rapi1"]), ("gnt-group", ["default"])):
+        sim.run(cmd, "add-tags", *target, "cli:1", "cli:2", check=True)
+        sim.run(cmd, "remove-tags", *target, "cli:2", check=True)
+        p = sim.run(cmd, "list-tags", *target, check=True)
+        assert "cli:1" in p.stdout.split() and "cli:2" not in p.stdout.split(), cmd
+    p = sim.run("gnt-instance", "add-tags", "rapi1", "bad tag")
+    assert p.returncode != 0 and "invalid characters" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = sim.run("gnt-cluster", "search-tags", "^cli:", check=True)
+    assert "/instances/rapi1 cli:1" in p.stdout and "/nodes/node02 cli:1" in p.stdout
