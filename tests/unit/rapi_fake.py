@@ -22,7 +22,7 @@ from haven.api import (
     tags_api,
     unsupported,
 )
-from haven.api.http import HttpError, Request, Response, Router
+from haven.api.routing import HttpError, Request, Response, Router
 from haven.errors import HavenError
 from haven.master import jobqueue
 from haven.master.lu import MasterContext, lu_class

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from haven.api.http import HttpError, Router
+from haven.api.routing import HttpError, Router
 from haven.api.views import GROUP_NAME, NDPARAMS, ipolicy
 from haven.errors import NotFoundError
 from haven.master import state

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from haven.api.ha_api import instance_ha
 from haven.api.ha_api import records as ha_records
-from haven.api.http import Request, Router, Stream
+from haven.api.routing import Request, Router, Stream
 from haven.api.views import filled_beparams
 from haven.daemon import diskcopy
 from haven.errors import NotFoundError

@@ -6,8 +6,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from haven.api.http import HttpError, Request, Router
 from haven.api.rapi_create import refuse_dry_run
+from haven.api.routing import HttpError, Request, Router
 from haven.api.views import ROLE_NAMES, instances_by_node, node_view
 from haven.errors import InvalidInput
 from haven.master import state

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from haven.api.http import HttpError, Request, Router
+from haven.api.routing import HttpError, Request, Router
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon

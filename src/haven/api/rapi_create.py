@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from haven.api.http import HttpError, Request
+from haven.api.routing import HttpError, Request
 from haven.errors import InvalidInput
 
 REQ_VERSION = "__version__"

@@ -10,7 +10,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from haven.api.http import HttpError, Request, Response, Router
+from haven.api.routing import HttpError, Request, Response, Router
 from haven.api.views import cluster_view
 from haven.errors import InvalidInput, NotFoundError
 from haven.master import jobqueue, state

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from haven.api.http import HttpError, Request, Router
 from haven.api.rapi_create import refuse_dry_run
+from haven.api.routing import HttpError, Request, Router
 from haven.errors import OpPrereqError
 from haven.master.opcodes.tags import (
     KIND_CLUSTER,

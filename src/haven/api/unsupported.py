@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from haven.api.http import HttpError, Router
+from haven.api.routing import HttpError, Router
 from haven.errors import NotFoundError
 
 # (method, path, what Haven cannot do)
