@@ -82,7 +82,7 @@ def make_sim(tmp: Path, nodes: int, witness: bool = False) -> Iterator[Sim]:
         # HAVEN_KEEP_LOGS=DIR keeps each node's logs there (for a failure's post-mortem).
         # A copy that fails must not keep the cluster from being torn down.
         keep = os.environ.get("HAVEN_KEEP_LOGS")
-        for log in sim.base.rglob("*.log") if keep else ():
+        for log in [*sim.base.rglob("*.log"), *sim.base.rglob("*.stderr")] if keep else ():
             dest = Path(str(keep)) / tmp.name / log.relative_to(sim.base)
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)

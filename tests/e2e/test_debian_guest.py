@@ -164,6 +164,9 @@ def shut_down(sim: Sim, name: str) -> float:
     return took
 
 
+# make test-all only: the Debian guest boots in about 2 minutes under TCG; every
+# operation it goes through is covered with busybox guests by the other e2e tests.
+@pytest.mark.long
 def test_debootstrap_default_boots_its_own_kernel_migrates_and_reboots(sim: Sim) -> None:
     t0 = time.monotonic()
     p = sim.run("gnt-instance", "add", "-t", "drbd", "--disk", "0:size=1g", "-B",
@@ -204,6 +207,9 @@ def test_debootstrap_default_boots_its_own_kernel_migrates_and_reboots(sim: Sim)
           f"{reboot:.1f} s, shutdown {shutdown:.1f} s")
 
 
+# make test-all only: another Debian boot; kernel_path is checked on QEMU's command
+# line by tests/unit/test_qemu_cmdline.py.
+@pytest.mark.long
 def test_hvparams_boot_a_kernel_of_the_node(sim: Sim, tmp_path: Path) -> None:
     """Ganeti's way: a kernel and initrd on the node (here: copies of the image's own),
     ``root_path`` and ``kernel_args``, set with gnt-instance modify -H."""

@@ -106,6 +106,9 @@ def test_secondary_loss_degrades_refuses_unsafe_failover_and_resyncs(drbd: Sim) 
     assert "after-2" in console_until(drbd, "vm2", "cat /mnt/after", "after-2")
 
 
+# make test-all only: tests/integration/test_replication.py hangs a secondary too
+# (test_a_hung_secondary_is_detected_as_stalled_and_severed_so_the_guest_goes_on).
+@pytest.mark.long
 def test_a_hung_secondary_is_cut_off_and_the_guest_writes_on(drbd: Sim) -> None:
     wait_replica(drbd, "vm2", "secondary", "UpToDate")
     nodes = drbd.run("gnt-instance", "list", "--no-headers", "-o", "pnode,snodes",

@@ -83,6 +83,9 @@ def sha(sim: Sim, name: str, path: str, tag: str) -> str:
     return m.group(1)
 
 
+# make test-all only: the incremental resync after a migration is measured by
+# tests/integration/test_replication.py (resyncs only what changed).
+@pytest.mark.long
 def test_after_a_migration_the_old_primary_gets_only_what_changed(two: Sim) -> None:
     """Issue 10: "After every migration ... Inconsistent 0% for a while": that was a full
     copy of every disk into the old primary.  Now only the blocks the guest wrote since

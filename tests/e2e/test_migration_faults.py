@@ -99,6 +99,9 @@ def assert_one_copy_on_node01(sim: Sim, name: str) -> None:
     sim.wait_verify_ok()
 
 
+# make test-all only: tests/integration/test_migration.py kills the destination QEMU
+# mid-migration too (test_destination_killed_mid_migration_leaves_the_source_running).
+@pytest.mark.long
 def test_destination_killed_mid_migration(faults: Sim) -> None:
     add_slow(faults, "fdst")
     job = start_migration(faults, "fdst")
@@ -109,6 +112,9 @@ def test_destination_killed_mid_migration(faults: Sim) -> None:
     assert_one_copy_on_node01(faults, "fdst")
 
 
+# make test-all only: tests/integration/test_migration.py covers the source's death
+# (test_source_killed_mid_migration_leaves_the_destination_to_abort).
+@pytest.mark.long
 def test_source_killed_mid_migration(faults: Sim) -> None:
     add_slow(faults, "fsrc")
     job = start_migration(faults, "fsrc")
@@ -145,6 +151,9 @@ def test_the_cut_network_leaves_nothing_to_clean_up(faults: Sim) -> None:
 
 
 
+# make test-all only: a master lost mid-job is covered by test_foundation's master
+# kill (jobs resumed) and the migration record by test_migrate_back.
+@pytest.mark.long
 def test_a_master_dying_mid_migration_leaves_its_cleanup_to_the_next(faults: Sim) -> None:
     """node01 is the master and the source: its daemon dies and is not restarted in
     time, so its fencer kills its VMs (the migration's source among them) before the

@@ -96,7 +96,9 @@ async def serve(d: NodeDaemon, ws: WebSocket) -> None:
     except (WebSocketDisconnect, ConnectionClosed, OSError) as exc:
         log.debug("console of %s ended: %s", name, exc)
     finally:
-        with contextlib.suppress(RuntimeError, OSError, WebSocketException):
+        # The client may have gone first: nothing to close then.
+        with contextlib.suppress(RuntimeError, OSError, WebSocketException,
+                                 WebSocketDisconnect):
             await ws.close()
 
 
