@@ -3,7 +3,8 @@
 #   make test   set up, then run the whole test suite
 SHELL := /bin/bash
 APT_PACKAGES := etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static cpio openssl iproute2 procps \
-	gcc libc6-dev e2fsprogs kmod iputils-ping iptables ganeti-instance-debootstrap
+	gcc libc6-dev e2fsprogs kmod iputils-ping iptables ganeti-instance-debootstrap \
+	chromium ganeti-htools python3-ganeti-rapi
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
@@ -66,6 +67,8 @@ bench: setup
 	uv run --group bench python bench/debian_guest.py
 	uv run --group bench python bench/two_node.py
 	uv run --group bench python bench/node_failover.py
+	uv run --group bench python bench/api.py
+	uv run --group bench python bench/ui_paint.py
 
 clean:
 	-$(VENV)/bin/haven down --destroy 2>/dev/null
