@@ -120,6 +120,8 @@ class NodeDaemon:
                 self.supervise()
             except HavenError as exc:
                 log.warning("supervision: %s", exc.message)
+            except Exception:  # a bug must not take the node's VMs' guardian down
+                log.exception("supervision failed; retrying")
             self._stop.wait(self.settings.supervise_period)
         self.shutdown()
 
@@ -338,6 +340,16 @@ class NodeDaemon:
     # -- periodic work -------------------------------------------------------------------
     def supervise(self) -> str:
         """One supervision pass; returns what it did, in one line."""
+        # Not while a join, leave or --no-voting recovery holds the daemon: it stops and
+        # restores the etcd member, which this pass would otherwise start again under it.
+        if not self._lock.acquire(blocking=False):
+            return "busy"
+        try:
+            return self._supervise()
+        finally:
+            self._lock.release()
+
+    def _supervise(self) -> str:
         js = self.local.joined()
         if js is None:
             return "standby"
