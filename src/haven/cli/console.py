@@ -39,6 +39,7 @@ def open_console(c: Client, name: str) -> ClientConnection:
         try:
             ws = connect(f"wss://{ep}/haven/instances/{name}/console/ws", ssl=c.ctx,
                          additional_headers=headers, open_timeout=CONNECT_TIMEOUT + 10,
+                         close_timeout=2,
                          max_size=None, compression=None)
         except (OSError, TimeoutError, InvalidStatus, WebSocketException) as exc:
             errors.append(f"{ep}: {exc}")
