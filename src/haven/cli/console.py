@@ -39,8 +39,11 @@ def open_console(c: Client, name: str) -> ClientConnection:
         try:
             ws = connect(f"wss://{ep}/haven/instances/{name}/console/ws", ssl=c.ctx,
                          additional_headers=headers, open_timeout=CONNECT_TIMEOUT + 10,
-                         close_timeout=2,
-                         max_size=None, compression=None)
+                         close_timeout=2, max_size=None, compression=None,
+                         # Unbounded: with a bounded queue, a guest that never stops
+                         # printing fills it once we stop reading, the reader thread
+                         # blocks, and close() waits for it forever.
+                         max_queue=None)
         except (OSError, TimeoutError, InvalidStatus, WebSocketException) as exc:
             errors.append(f"{ep}: {exc}")
             continue
