@@ -45,7 +45,7 @@ def add_instances(endpoint: str, cluster: str, start: int, count: int) -> None:
                             "node01" if i % 2 else "node02", (),
                             (Disk(str(uuid.uuid4()), 0, 1024),),
                             beparams={"memory": 128, "vcpus": 1}, admin_state="down")
-            batch.append(Put(Keys.instance(name), json.dumps(inst.to_json())))
+            batch.append(Put(Keys.instance(name), json.dumps(inst.to_json()).encode()))
             if len(batch) == 100:  # etcd allows 128 operations per transaction
                 store.txn([], batch)
                 batch = []
