@@ -138,7 +138,22 @@ def _piped(ws: ClientConnection) -> int:
         finally:
             stdin_done.set()
 
+    def watchdog() -> None:
+        # Whatever blocks (a close handshake that never completes, a relay that never
+        # answers), a script's console ends a few seconds after its input did.
+        stdin_done.wait()
+        time.sleep(MAX_LINGER + 5)
+        sys.stdout.flush()
+        sys.stderr.write("Warning: the console did not close in time; leaving it.\n")
+        if os.environ.get("HAVEN_CONSOLE_DEBUG"):
+            import faulthandler
+
+            faulthandler.dump_traceback(sys.stderr)
+        sys.stderr.flush()
+        os._exit(0)
+
     threading.Thread(target=send, daemon=True, name="console-in").start()
+    threading.Thread(target=watchdog, daemon=True, name="console-watchdog").start()
     out = sys.stdout.buffer
     ended: float | None = None  # when stdin ended
     try:
