@@ -20,8 +20,8 @@ from prometheus_client.registry import CollectorRegistry
 from haven.api import metrics
 from haven.api.routing import Request, Router
 from haven.hypervisor.base import VmInfo
-from haven.hypervisor.qemu.mirror_spec import MirrorState
-from haven.hypervisor.qemu.stats import DiskIo, VmIo, parse_block_jobs, parse_blockstats
+from haven.hypervisor.qemu.mirror_spec import MirrorState, parse_block_jobs
+from haven.hypervisor.qemu.stats import DiskIo, VmIo, parse_blockstats
 from haven.model.ha import InstanceHA, NodeHA, instance_key, node_key
 from haven.model.instance import Disk, Instance, Observed
 from haven.model.job import Job, JobStatus, OpStatus

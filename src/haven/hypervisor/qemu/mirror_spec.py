@@ -160,3 +160,19 @@ def target_of(node: dict[str, Any] | None) -> tuple[str, int, str] | None:
     hostport, _, export = str(node.get("file", "")).partition("://")[2].partition("/")
     host, _, port = hostport.rpartition(":")
     return (host.strip("[]"), int(port), export) if port.isdigit() else None
+
+
+def parse_block_jobs(reply: Any) -> dict[int, MirrorState]:
+    """The replication job of each disk in a ``query-block-jobs`` reply: the first job
+    of a disk that is not ``none`` (used by ``replication.status`` and the metrics)."""
+    found: dict[int, MirrorState] = {}
+    for job in reply if isinstance(reply, list) else ():
+        if not isinstance(job, dict):
+            continue
+        jid = str(job.get("device", ""))
+        disk = disk_of_job(jid)
+        if disk is not None and (disk not in found or found[disk].phase == "none"):
+            found[disk] = MirrorState(disk, jid, phase_of(job), int(job.get("offset", 0)),
+                                      int(job.get("len", 0)), str(job.get("io-status", "ok")),
+                                      bool(job.get("paused", False)))
+    return found

@@ -61,6 +61,7 @@ from haven.hypervisor.qemu.mirror_spec import (
     disk_of_job,
     mirror_args,
     nbd_node_args,
+    parse_block_jobs,
     phase_of,
     stalled,
     target_of,
@@ -160,13 +161,7 @@ def status(qmp: Qmp, disks: Iterable[int] = ()) -> dict[int, MirrorState]:
     """Every disk with a replication job, plus ``disks`` (``none`` if they have none),
     from one ``query-block-jobs`` (~1 ms): cheap enough for every agent cycle."""
     found = {i: MirrorState(i, "", "none") for i in disks}
-    for job in qmp_call(qmp, "query-block-jobs"):
-        jid = str(job.get("device", ""))
-        disk = disk_of_job(jid)
-        if disk is not None and (disk not in found or found[disk].phase == "none"):
-            found[disk] = MirrorState(disk, jid, phase_of(job), int(job.get("offset", 0)),
-                                      int(job.get("len", 0)), str(job.get("io-status", "ok")),
-                                      bool(job.get("paused", False)))
+    found.update(parse_block_jobs(qmp_call(qmp, "query-block-jobs")))
     return found
 
 

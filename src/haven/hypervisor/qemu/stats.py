@@ -4,7 +4,8 @@ monitor, so that a scrape never waits behind a migration or a resync).
 
     io_stats(sockets, timeout)  -> {name: VmIo}    two QMP commands per VM, all VMs at once
     parse_blockstats(reply)     -> (DiskIo, ...)    pure
-    parse_block_jobs(reply)     -> {disk: MirrorState}  pure
+    parse_block_jobs(reply)     -> {disk: MirrorState}  pure (in mirror_spec, shared with
+                                                        replication.status)
 
 A VM whose monitor does not answer within ``timeout`` is left out of the answer (the
 caller counts it); nothing here raises for one VM.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from haven.hypervisor.qemu.mirror_spec import MirrorState, disk_of_job, phase_of
+from haven.hypervisor.qemu.mirror_spec import MirrorState, parse_block_jobs
 from haven.hypervisor.qemu.qmp import QmpError, qmp_call_many
 
 # The guest's disk i is the virtio-blk device ``vblk<i>`` on the format node ``disk<i>``
@@ -83,22 +84,6 @@ def parse_blockstats(reply: Any) -> tuple[DiskIo, ...]:
             failed=n("failed_rd_operations") + n("failed_wr_operations")
             + n("failed_flush_operations"))
     return tuple(out[i] for i in sorted(out))
-
-
-def parse_block_jobs(reply: Any) -> dict[int, MirrorState]:
-    """The replication job of each disk in a ``query-block-jobs`` reply (the same
-    reading as :func:`.replication.status`, which asks the command monitor)."""
-    found: dict[int, MirrorState] = {}
-    for job in reply if isinstance(reply, list) else ():
-        if not isinstance(job, dict):
-            continue
-        jid = str(job.get("device", ""))
-        disk = disk_of_job(jid)
-        if disk is not None and (disk not in found or found[disk].phase == "none"):
-            found[disk] = MirrorState(disk, jid, phase_of(job), int(job.get("offset", 0)),
-                                      int(job.get("len", 0)), str(job.get("io-status", "ok")),
-                                      bool(job.get("paused", False)))
-    return found
 
 
 def io_stats(sockets: Mapping[str, Path], timeout: float = 0.5) -> dict[str, VmIo]:
