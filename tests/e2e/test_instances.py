@@ -79,12 +79,26 @@ def qemu_pid(sim: Sim, node: str, name: str) -> int:
 
 
 def console(sim: Sim, name: str, command: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        [str(sim_bin("gnt-instance")), "console", name],
-        input=command + "\n", capture_output=True, text=True, timeout=60,
-        env=env or sim.env)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    env = dict(env or sim.env, HAVEN_CONSOLE_DEBUG="1")
+    proc = subprocess.Popen([str(sim_bin("gnt-instance")), "console", name],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(command + "\n", timeout=60)
+    except subprocess.TimeoutExpired:
+        # A console that hangs: its threads' stacks (HAVEN_CONSOLE_DEBUG) and the
+        # daemons' last words, for the post-mortem.
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        proc.kill()
+        out, err = proc.communicate()
+        logs = "".join(f"\n--- {p}:\n" + "".join(p.read_text(errors="replace")
+                                                  .splitlines(True)[-30:])
+                       for p in sorted(sim.base.glob("*/logs/noded.log")))
+        raise AssertionError(f"gnt-instance console {name} hung for 60 s; printed "
+                             f"{out[-500:]!r}\nstderr:\n{err}\n{logs}") from None
+    assert proc.returncode == 0, err
+    return out
 
 
 def wait_shell(sim: Sim, name: str, timeout: float) -> None:
@@ -185,6 +199,50 @@ def test_console_round_trip_through_another_node(vms: Sim) -> None:
     env = dict(vms.env, HAVEN_CLIENT_CONFIG=str(other))
     out = console_until(vms, "vm1", "cat /mnt/etc/hostname", "vm1", env)
     assert "vm1" in out
+
+
+def test_interactive_console_on_a_terminal_answers_and_leaves_on_ctrl_bracket(
+        vms: Sim) -> None:
+    """On a terminal the console is raw and interactive: what is typed reaches the
+    guest's shell, its answer comes back, Ctrl-] leaves and the terminal is restored."""
+    import pty
+    import select
+    import termios
+
+    wait_shell(vms, "vm1", 60)
+    parent, child = pty.openpty()
+    before = termios.tcgetattr(child)
+    proc = subprocess.Popen([str(sim_bin("gnt-instance")), "console", "vm1"], stdin=child,
+                            stdout=child, stderr=child, env=vms.env, close_fds=True)
+    seen = b""
+
+    def read_until(needle: bytes, timeout: float) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while needle not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([parent], [], [], 0.2)
+            if ready:
+                seen += os.read(parent, 4096)
+        return needle in seen
+
+    try:
+        assert read_until(b"Ctrl-] leaves", 30), seen
+        answered = False
+        for _ in range(5):  # characters typed while the shell redraws may be lost
+            os.write(parent, b"echo tty-$((6*7))\r")
+            if read_until(b"tty-42", 5):
+                answered = True
+                break
+        assert answered, seen[-500:]
+        os.write(parent, b"\x1d")
+        assert proc.wait(15) == 0
+        assert read_until(b"Disconnected.", 5), seen[-300:]
+        assert termios.tcgetattr(child) == before  # raw mode undone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(parent)
+        os.close(child)
 
 
 def test_shutdown_startup_reboot(vms: Sim) -> None:
