@@ -18,11 +18,9 @@ import json
 import time
 from typing import Any
 
+from haven.passwords import hash_password
+
 TOKEN_TTL = 12 * 3600.0
-
-
-def hash_password(password: str, salt: str) -> str:
-    return hashlib.sha256((salt + ":" + password).encode()).hexdigest()
 
 
 def _b64(data: bytes) -> str:
@@ -112,3 +110,6 @@ class Authenticator:
             return None, False
         # A user whose write access was taken away keeps only read access.
         return user, bool(data.get("w")) and bool(self.users[user].get("write"))
+
+
+__all__ = ["TOKEN_TTL", "Authenticator", "hash_password"]
