@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from haven.daemon import netdev
+from haven.daemon.migration_progress import ProgressPublisher
 from haven.errors import HavenError, OpPrereqError
 from haven.hypervisor.base import HypervisorError
 from haven.master import state
+from haven.model.keys import Keys
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
@@ -127,8 +130,27 @@ class NodeMigration:
 
             callback = migration.drbd_switchover(qmp, [d.index for d in inst.disks],
                                                  stop_export)
-        stats = migration.migrate(qmp, uri, downtime, bandwidth, callback, live=live)
+        with self._publisher(name, uri) as publish:
+            stats = migration.migrate(qmp, uri, downtime, bandwidth, callback, live=live,
+                                      on_progress=publish)
         return asdict(stats)
+
+    def _publisher(self, name: str, uri: str
+                   ) -> AbstractContextManager[ProgressPublisher | None]:
+        """Where the memory copy's progress goes: etcd, under this node's alive lease
+        (read from its key: the lease the cluster judges this node by).  Without that
+        lease nothing is published: a key left by a node that died would stay."""
+        try:
+            store = self.d.store()
+            alive = store.get(Keys.alive(self.d.name))
+        except HavenError as exc:
+            log.warning("Not publishing the progress of %s's migration: %s", name, exc)
+            return nullcontext()
+        if alive is None or not alive.lease:
+            log.warning("Not publishing the progress of %s's migration: %s holds no "
+                        "alive lease", name, self.d.name)
+            return nullcontext()
+        return ProgressPublisher(store, name, uri, alive.lease)
 
     def wait_running(self, name: str, resume: bool = False) -> dict[str, Any]:
         """After the source reported completion: the destination has taken over

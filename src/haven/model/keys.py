@@ -14,6 +14,9 @@ LOCKS = "locks/"
 EVENTS = "events/"
 INSTANCES = "instances/"
 MIGRATIONS = "migrations/"  # migrations/<instance>: the steps of a live migration
+# progress/migration/<instance>: the memory copy of a running migration, written by the
+# source node under its alive lease (not under migrations/: that lists unfinished ones)
+MIGRATION_PROGRESS = "progress/migration/"
 OBSERVED = "observed/"
 REPLICAS = "replicas/"
 COUNTERS = "counters/"
@@ -52,6 +55,10 @@ class Keys:
     @staticmethod
     def replicas(name: str) -> str:
         return REPLICAS + name
+
+    @staticmethod
+    def migration_progress(name: str) -> str:
+        return MIGRATION_PROGRESS + name
 
     @staticmethod
     def job(job_id: int) -> str:

@@ -54,6 +54,7 @@ from haven.hypervisor.qemu.qmp import (
     qmp_call,
     qmp_session,
 )
+from haven.model.migration_progress import MigrationProgress
 
 if TYPE_CHECKING:
     from haven.hypervisor.qemu.driver import QemuHypervisor
@@ -131,6 +132,27 @@ def tcp_uri(address: str, port: int) -> str:
     """``tcp:<address>:<port>`` (an IPv6 address in brackets)."""
     host = f"[{address}]" if ":" in address and not address.startswith("[") else address
     return f"tcp:{host}:{port}"
+
+
+def progress_of(info: Mapping[str, Any], previous: MigrationProgress | None = None,
+                elapsed: float = 0.0) -> MigrationProgress:
+    """A :class:`MigrationProgress` from a ``query-migrate`` reply; ``previous``, the
+    sample taken ``elapsed`` seconds before, gives the rate at which guest memory goes
+    through (zero pages included, which the wire rate hides: a mostly empty guest
+    moves far faster than its bytes on the wire suggest)."""
+    ram = info.get("ram", {})
+    page = int(ram.get("page-size") or 4096)
+    copied = int(ram.get("normal", 0)) * page + int(ram.get("duplicate", 0)) * page
+    rate = 0.0
+    if previous is not None and elapsed > 0 and copied >= previous.copied:
+        rate = (copied - previous.copied) / elapsed
+    return MigrationProgress(status=str(info.get("status", "")),
+                             total=int(ram.get("total", 0)),
+                             remaining=int(ram.get("remaining", 0)),
+                             transferred=int(ram.get("transferred", 0)), copied=copied,
+                             rate=rate, wire_rate=float(ram.get("mbps", 0.0)) * 1e6 / 8,
+                             passes=max(1, int(ram.get("dirty-sync-count", 1))),
+                             expected_downtime_ms=float(info.get("expected-downtime", 0)))
 
 
 def stats_of(info: Mapping[str, Any], pre_switchover_ms: float = 0.0) -> MigrationStats:
@@ -265,7 +287,9 @@ def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_M
             bandwidth_bytes: int = DEFAULT_BANDWIDTH_MIB * MIB,
             before_switchover: Callable[[], None] | None = None,
             timeout: float = 300.0, stall_timeout: float = STALL_TIMEOUT,
-            live: bool = True) -> MigrationStats:
+            live: bool = True,
+            on_progress: Callable[[MigrationProgress], None] | None = None
+            ) -> MigrationStats:
     """Migrate the VM of ``src_qmp`` to ``uri`` (from :func:`accept`) and return once
     QEMU reports ``completed``; the source is then ``postmigrate``.
 
@@ -277,6 +301,9 @@ def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_M
     ``live=False``: the source is paused first and its whole memory copied while it
     stands still (the destination comes up paused: ``wait_destination(resume=True)``);
     a failure resumes the source as for a live one.
+    ``on_progress`` gets a :class:`MigrationProgress` at every poll (about every
+    :data:`PROGRESS_POLL` s while memory is copied); it must return quickly, and
+    whatever it raises is logged and ignored: reporting never breaks a migration.
     On every failure the source is left running and a
     :class:`HypervisorError` names the instance and the cause (see the module docstring).
     """
@@ -301,7 +328,7 @@ def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_M
         log.info("Instance %s: migrating to %s (downtime limit %d ms, %d MiB/s)", name, uri,
                  downtime_ms, bandwidth_bytes // MIB)
         pre_ms = 0.0
-        progress = _Progress(stall_timeout)
+        progress = _Progress(stall_timeout, on_progress, name)
         while (status := _next_status(session, deadline, timeout, progress)) != "completed":
             if status in _ENDED_BADLY:
                 raise _Failed(_cause(session.execute("query-migrate")))
@@ -345,20 +372,42 @@ class _Progress:
     seconds has lost its network (or its destination stopped reading).  QEMU itself
     would wait for TCP to give up, ~15 minutes, with the guest dirty-tracked meanwhile."""
 
-    def __init__(self, stall: float) -> None:
+    def __init__(self, stall: float,
+                 on_progress: Callable[[MigrationProgress], None] | None = None,
+                 name: str = "") -> None:
         self.stall = stall
         self.sent = -1
         self.since = time.monotonic()
+        self.on_progress = on_progress
+        self.name = name
+        self.sample: MigrationProgress | None = None
+        self.sampled = 0.0
+        self.warned = False
 
     def check(self, session: QmpSession) -> None:
         info = session.execute("query-migrate")
         sent = int(info.get("ram", {}).get("transferred", 0))
         now = time.monotonic()
+        self.report(info, now)
         if sent != self.sent or info.get("status") not in ("active", "setup"):
             self.sent, self.since = sent, now
         elif now - self.since > self.stall:
             raise _Failed(f"no data went through for {self.stall:g} s (the migration network "
                           "is cut or the destination stopped reading)")
+
+    def report(self, info: Mapping[str, Any], now: float) -> None:
+        """Hand a sample to ``on_progress``; what it raises is logged once, not raised."""
+        if self.on_progress is None:
+            return
+        self.sample = progress_of(info, self.sample, now - self.sampled)
+        self.sampled = now
+        try:
+            self.on_progress(self.sample)
+        except Exception:
+            if not self.warned:  # once per migration: it is called every second
+                log.exception("Instance %s: the migration progress callback failed",
+                              self.name)
+                self.warned = True
 
 
 def _next_status(session: QmpSession, deadline: float, timeout: float,

@@ -21,6 +21,7 @@ from haven.master.lu import REQUIRED, register
 from haven.master.opcodes import instance_util as iu
 from haven.master.opcodes.instance import InstanceLU, emit
 from haven.master.opcodes.instance_drbd import read_replicas
+from haven.master.opcodes.migration_watch import call_watching
 from haven.model.instance import Instance
 from haven.model.keys import MIGRATIONS, Keys
 from haven.model.node import NodeFacts
@@ -172,8 +173,7 @@ class InstanceMigrate(InstanceLU):
         self.feedback(f"* migrating {inst.name} from {source} to {target}"
                       + ("" if live else " (non-live: paused for the copy)"))
         try:
-            stats = iu.node_call(self, source, "migrate-send", inst.name,
-                                 {"uri": uri, "target": target, "live": live}, timeout=600)
+            stats = self._send(source, target, uri, live)
         except HavenError as exc:
             self.feedback(f"* migration failed ({exc.message}); {inst.name} stays "
                           f"on {source}")
@@ -208,6 +208,19 @@ class InstanceMigrate(InstanceLU):
              f"(total {stats.get('total_ms')} ms, downtime {stats.get('downtime_ms')} ms)")
         return {"instance": inst.name, "from": source, "to": target, "mode": self.mode,
                 **stats}
+
+    def _send(self, source: str, target: str, uri: str, live: bool) -> dict[str, Any]:
+        """The source's ``migrate-send``, with the memory copy's progress in the log."""
+        name = self.inst.name
+
+        def read() -> bytes | None:
+            kv = self.c.store.get(Keys.migration_progress(name))
+            return kv.value if kv else None
+
+        return call_watching(
+            lambda: iu.node_call(self, source, "migrate-send", name,
+                                 {"uri": uri, "target": target, "live": live}, timeout=600),
+            read, self.feedback, uri)
 
     def _switch(self, source: str, target: str) -> None:
         """The destination runs: make it the primary and end the source process."""
