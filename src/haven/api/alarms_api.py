@@ -17,12 +17,12 @@ from haven.master import alarm_store
 from haven.model import alarm as A
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
 
 MAX_BY = 64  # characters of an acknowledging person's name
 
 
-def install(r: Router, d: NodeDaemon) -> None:
+def install(r: Router, d: NodeContext) -> None:
     """Register the ``/haven/alarms`` routes."""
     r.add("GET", "/haven/alarms", lambda q: alarms(d, q))
     r.add("GET", "/haven/alarms/settings", lambda _q: settings(d))
@@ -30,13 +30,13 @@ def install(r: Router, d: NodeDaemon) -> None:
     r.add("POST", "/haven/alarms/{id}/ack", lambda q: ack(d, q), write=True)
 
 
-def alarms(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+def alarms(d: NodeContext, q: Request) -> list[dict[str, Any]]:
     """Active alarms, most severe and oldest first; with ``all`` the cleared ones after
     them, last cleared first."""
     return [a.to_json() for a in alarm_store.listing(d.store(), q.qbool("all"))]
 
 
-def ack(d: NodeDaemon, q: Request) -> dict[str, Any]:
+def ack(d: NodeContext, q: Request) -> dict[str, Any]:
     import time
 
     body = q.obj()
@@ -52,12 +52,12 @@ def ack(d: NodeDaemon, q: Request) -> dict[str, Any]:
                                    time.time(), d.name).to_json()
 
 
-def settings(d: NodeDaemon) -> dict[str, Any]:
+def settings(d: NodeContext) -> dict[str, Any]:
     """Every setting's value, and what each means."""
     return {"settings": alarm_store.settings(d.store()).to_json(), "help": dict(A.HELP)}
 
 
-def change_settings(d: NodeDaemon, q: Request) -> dict[str, Any]:
+def change_settings(d: NodeContext, q: Request) -> dict[str, Any]:
     body = q.obj()
     if not body:
         raise HttpError(400, "The body must name at least one alarm setting, e.g. "

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from haven.errors import HavenError, OpPrereqError
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ PATH = "/haven/instances/{name}/console/ws"
 CHUNK = 65536
 
 
-def routes(d: NodeDaemon) -> list[BaseRoute]:
+def routes(d: NodeContext) -> list[BaseRoute]:
     """The console's WebSocket route, served by ``d``."""
 
     async def endpoint(ws: WebSocket) -> None:
@@ -46,7 +46,7 @@ def routes(d: NodeDaemon) -> list[BaseRoute]:
     return [WebSocketRoute(PATH, endpoint)]
 
 
-def _who(d: NodeDaemon, ws: WebSocket) -> tuple[str | None, bool]:
+def _who(d: NodeContext, ws: WebSocket) -> tuple[str | None, bool]:
     assert d.api is not None
     token = ws.query_params.get("token")
     if token:
@@ -61,7 +61,7 @@ async def _refuse(ws: WebSocket, status: int, message: str, explain: str = "wron
     await ws.close(code=4000 + status)
 
 
-async def serve(d: NodeDaemon, ws: WebSocket) -> None:
+async def serve(d: NodeContext, ws: WebSocket) -> None:
     name = ws.path_params["name"]
     await ws.accept()
     user, can_write = _who(d, ws)
@@ -102,7 +102,7 @@ async def serve(d: NodeDaemon, ws: WebSocket) -> None:
             await ws.close()
 
 
-def _locate(d: NodeDaemon, name: str, local: bool) -> str | tuple[str, str, int, Any, str]:
+def _locate(d: NodeContext, name: str, local: bool) -> str | tuple[str, str, int, Any, str]:
     """The console socket's path here, or (node, address, port, ssl, auth) to relay to."""
     from haven.api.instances_api import one_instance
     from haven.master import state

@@ -19,12 +19,12 @@ from haven.model.keys import INSTANCES
 from haven.store.base import Store
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
 
 ALLOC_POLICY = "preferred"
 
 
-def install(r: Router, d: NodeDaemon) -> None:
+def install(r: Router, d: NodeContext) -> None:
     r.add("GET", "/2/groups", lambda q: list_groups(d.store(), q.qbool("bulk")))
     r.add("GET", "/2/groups/{name}", lambda q: one_group(d.store(), q.params["name"]))
     r.add("POST", "/2/groups", lambda _q: _single_group("create node groups"), write=True)

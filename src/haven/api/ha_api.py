@@ -13,14 +13,14 @@ from haven.model.instance import Instance
 from haven.model.keys import INSTANCES
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
 
 
-def install(r: Router, d: NodeDaemon) -> None:
+def install(r: Router, d: NodeContext) -> None:
     r.add("GET", "/haven/ha", lambda _q: ha_status(d))
 
 
-def records(d: NodeDaemon) -> dict[str, ha.InstanceHA]:
+def records(d: NodeContext) -> dict[str, ha.InstanceHA]:
     kvs, _ = d.store().list(ha.HA_INSTANCES)
     return {r.name: r for r in (ha.InstanceHA.from_json(json.loads(kv.value)) for kv in kvs)}
 
@@ -40,7 +40,7 @@ def instance_ha(inst: Instance, rec: ha.InstanceHA | None) -> dict[str, Any]:
     return out
 
 
-def ha_status(d: NodeDaemon) -> dict[str, Any]:
+def ha_status(d: NodeContext) -> dict[str, Any]:
     store = d.store()
     alive = set(state.alive(store))
     kvs, _ = store.list(ha.HA_NODES)

@@ -11,7 +11,6 @@ from haven.api.ha_api import instance_ha
 from haven.api.ha_api import records as ha_records
 from haven.api.routing import Request, Router, Stream
 from haven.api.views import filled_beparams
-from haven.daemon import diskcopy
 from haven.errors import NotFoundError
 from haven.master import state
 from haven.model.event import Event
@@ -21,10 +20,10 @@ from haven.model.keys import EVENTS, INSTANCES, OBSERVED, REPLICAS, Keys
 from haven.model.replica import Replicas
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
 
 
-def install(r: Router, d: NodeDaemon) -> None:
+def install(r: Router, d: NodeContext) -> None:
     from haven.api.routes import submit
 
     def isubmit(q: Request, ops: list[dict[str, Any]]) -> int:
@@ -116,8 +115,8 @@ def install(r: Router, d: NodeDaemon) -> None:
         q.params["name"], bool(q.obj().get("resume", False))), write=True)
     r.add("POST", base + "/migrate-resume", lambda q: mig.resume(q.params["name"]),
           write=True)
-    r.add("GET", base + "/disk/{idx}", lambda q: Stream(diskcopy.send_file(
-        diskcopy.disk_path(d, q.params["name"], int(q.params["idx"])))), write=True)
+    r.add("GET", base + "/disk/{idx}", lambda q: Stream(d.disk_stream(
+        q.params["name"], int(q.params["idx"]))), write=True)
     r.add("POST", base + "/pull-disks", lambda q: pull_disks(
         d, q.params["name"], str(q.obj()["source"])), write=True)
     r.add("PUT", "/2/instances/{name}/migrate", lambda q: isubmit(q, [{
@@ -137,7 +136,7 @@ def install(r: Router, d: NodeDaemon) -> None:
 
 
 
-def create_ops(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+def create_ops(d: NodeContext, q: Request) -> list[dict[str, Any]]:
     """RAPI's instance-create body (``__version__`` 1) as Haven's job (see
     :mod:`haven.api.rapi_create`; ``wait_for_sync``: false returns before a drbd
     replica is in sync, as ``--no-wait-for-sync``)."""
@@ -154,7 +153,7 @@ def create_op(body: dict[str, Any]) -> dict[str, Any]:
     return rapi_create.create_ops({rapi_create.REQ_VERSION: 1, **body})[0]
 
 
-def reinstall_ops(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+def reinstall_ops(d: NodeContext, q: Request) -> list[dict[str, Any]]:
     """Ganeti's reinstall: shut down, reinstall, start again unless told not to
     (body ``{"os", "osparams", "start"}``, or the older ``?os=&nostartup=1``)."""
     from haven.api import rapi_create
@@ -165,7 +164,7 @@ def reinstall_ops(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
     return rapi_create.reinstall_ops(name, q.body, q.qstr("os"), q.qbool("nostartup"))
 
 
-def instance_info_job(d: NodeDaemon, q: Request) -> int:
+def instance_info_job(d: NodeContext, q: Request) -> int:
     """``/2/instances/NAME/info``: a job whose result is Ganeti's instance data."""
     from haven.api.routes import submit
 
@@ -175,7 +174,7 @@ def instance_info_job(d: NodeDaemon, q: Request) -> int:
                        "static": q.qbool("static")}])
 
 
-def _instances(d: NodeDaemon) -> tuple[list[Instance], dict[str, Observed]]:
+def _instances(d: NodeContext) -> tuple[list[Instance], dict[str, Observed]]:
     store = d.store()
     kvs, _ = store.list(INSTANCES)
     insts = [Instance.from_json(json.loads(kv.value)) for kv in kvs]
@@ -187,7 +186,7 @@ def _instances(d: NodeDaemon) -> tuple[list[Instance], dict[str, Observed]]:
     return insts, obs
 
 
-def _replicas(d: NodeDaemon) -> dict[str, Replicas]:
+def _replicas(d: NodeContext) -> dict[str, Replicas]:
     kvs, _ = d.store().list(REPLICAS)
     out = {}
     for kv in kvs:
@@ -257,7 +256,7 @@ def _degraded(inst: Instance, reps: Replicas | None) -> list[str]:
     return out
 
 
-def list_instances(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+def list_instances(d: NodeContext, q: Request) -> list[dict[str, Any]]:
     insts, obs = _instances(d)
     if not q.qbool("bulk"):
         return [{"id": i.name, "uri": f"/2/instances/{i.name}"} for i in insts]
@@ -270,7 +269,7 @@ def list_instances(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
                           recs.get(i.name)) for i in insts]
 
 
-def one_instance(d: NodeDaemon, name: str) -> dict[str, Any]:
+def one_instance(d: NodeContext, name: str) -> dict[str, Any]:
     store = d.store()
     kv = store.get(Keys.instance(name))
     if kv is None:
@@ -285,7 +284,7 @@ def one_instance(d: NodeDaemon, name: str) -> dict[str, Any]:
     return instance_view(inst, obs, alive, offline, reps, ha_records(d).get(name))
 
 
-def console_info(d: NodeDaemon, name: str) -> dict[str, Any]:
+def console_info(d: NodeContext, name: str) -> dict[str, Any]:
     """RAPI's console description: the command to run on the primary node."""
     inst = one_instance(d, name)
     node = state.node(d.store(), inst["pnode"])
@@ -313,7 +312,7 @@ def os_diagnose() -> list[dict[str, Any]]:
     return out
 
 
-def events(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+def events(d: NodeContext, q: Request) -> list[dict[str, Any]]:
     """Events after the key ``after`` (all if absent); with ``wait`` long-poll up to
     10 s for the next ones."""
     store = d.store()
@@ -332,7 +331,7 @@ def events(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
         joined.hub.wait(min(1.0, deadline - time.monotonic()))
 
 
-def unprotect(d: NodeDaemon, name: str) -> None:
+def unprotect(d: NodeContext, name: str) -> None:
     """Stop mirroring the instance's disks (the agent protects again, to the current
     secondary, once the job that asked for this releases the instance)."""
     from haven.hypervisor.qemu import replication
@@ -340,12 +339,12 @@ def unprotect(d: NodeDaemon, name: str) -> None:
     inst, _ = d.instances.instance(name)
     if name not in d.instances.all_vms():
         return
-    qmp = d.replication._qmp(name)
+    qmp = d.qmp_path(name)
     for disk in inst.disks:
         replication.unprotect(qmp, disk.index)
 
 
-def volumes(d: NodeDaemon) -> list[dict[str, Any]]:
+def volumes(d: NodeContext) -> list[dict[str, Any]]:
     """Every disk file this node holds, and the instance it belongs to."""
     insts, _ = _instances(d)
     by_uuid = {i.uuid: i for i in insts}
@@ -362,11 +361,10 @@ def volumes(d: NodeDaemon) -> list[dict[str, Any]]:
     return out
 
 
-def pull_disks(d: NodeDaemon, name: str, source: str) -> int:
+def pull_disks(d: NodeContext, name: str, source: str) -> int:
     """Copy every disk of ``name`` from ``source`` into this node's (created) files."""
     total = 0
     inst, _ = d.instances.instance(name)
     for disk in inst.disks:
-        total += diskcopy.pull(d, name, source, disk.index,
-                               diskcopy.disk_path(d, name, disk.index))
+        total += d.pull_disk(name, source, disk.index)
     return total

@@ -22,7 +22,7 @@ from haven.monitor.collect import HavenCollector
 from haven.store.base import Member, Store
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
     from haven.hypervisor.qemu import QemuHypervisor
     from haven.hypervisor.qemu.stats import VmIo
     from haven.store.etcd import EndpointStatus
@@ -32,7 +32,7 @@ class DaemonView:
     """The collector's view of a node daemon: attributes it already has, read at each
     call (the daemon joins, leaves and changes role while it serves)."""
 
-    def __init__(self, d: NodeDaemon) -> None:
+    def __init__(self, d: NodeContext) -> None:
         self.d = d
 
     @property
@@ -96,7 +96,7 @@ class DaemonView:
         return joined.store.member_list()
 
 
-def registry(d: NodeDaemon) -> CollectorRegistry:
+def registry(d: NodeContext) -> CollectorRegistry:
     """A private registry: Haven's collector and the daemon process's own metrics."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(HavenCollector(DaemonView(d)))
@@ -104,7 +104,7 @@ def registry(d: NodeDaemon) -> CollectorRegistry:
     return reg
 
 
-def install(r: Router, d: NodeDaemon) -> None:
+def install(r: Router, d: NodeContext) -> None:
     """Register ``GET /metrics``."""
     reg = registry(d)
 

@@ -18,7 +18,7 @@ from haven.model.keys import INSTANCES, Keys
 from haven.store import Store
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
 
 ROLE_FLAGS = {  # RAPI role -> OP_NODE_SET_PARAMS flags
     "master-candidate": {"master_candidate": True, "offline": False, "drained": False},
@@ -28,9 +28,8 @@ ROLE_FLAGS = {  # RAPI role -> OP_NODE_SET_PARAMS flags
 }
 
 
-def install(r: Router, d: NodeDaemon) -> None:
+def install(r: Router, d: NodeContext) -> None:
     from haven.api.routes import submit
-    from haven.daemon import membership
 
     r.add("GET", "/2/nodes", lambda q: list_nodes(d, q))
     r.add("GET", "/2/nodes/{name}", lambda q: one_node(d, q.params["name"]))
@@ -47,20 +46,19 @@ def install(r: Router, d: NodeDaemon) -> None:
     # Node daemon calls
     r.add("GET", "/haven/node/info", lambda _q: node_info(d))
     r.add("POST", "/haven/node/init", lambda q: local_init(d, q))
-    r.add("POST", "/haven/node/join", lambda q: membership.join(d, q.obj()))
-    r.add("POST", "/haven/node/leave", lambda _q: membership.leave(d), write=True)
+    r.add("POST", "/haven/node/join", lambda q: d.join_cluster(q.obj()))
+    r.add("POST", "/haven/node/leave", lambda _q: d.leave_cluster(), write=True)
     r.add("POST", "/haven/node/redist", lambda _q: redist(d), write=True)
-    r.add("GET", "/haven/client-config", lambda _q: membership.write_client_config(d),
-          write=True)
-    r.add("POST", "/haven/master-failover", lambda q: membership.master_failover(
-        d, bool(q.obj().get("no_voting"))), write=True)
+    r.add("GET", "/haven/client-config", lambda _q: d.write_client_config(), write=True)
+    r.add("POST", "/haven/master-failover", lambda q: d.master_failover(
+        bool(q.obj().get("no_voting"))), write=True)
     r.add("POST", "/haven/node/master-failover-local", lambda q: _local_only(
-        d, q, lambda: membership.master_failover(d, bool(q.obj().get("no_voting")))))
-    r.add("POST", "/haven/cluster/destroy", lambda _q: membership.destroy(d), write=True)
+        d, q, lambda: d.master_failover(bool(q.obj().get("no_voting")))))
+    r.add("POST", "/haven/cluster/destroy", lambda _q: d.destroy_cluster(), write=True)
 
 
 
-def list_nodes(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+def list_nodes(d: NodeContext, q: Request) -> list[dict[str, Any]]:
     store = d.store()
     nodes = state.nodes(store)
     if not q.qbool("bulk"):
@@ -74,7 +72,7 @@ def list_nodes(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
                       pinst.get(n.name), sinst.get(n.name), guuid) for n in nodes]
 
 
-def one_node(d: NodeDaemon, name: str) -> dict[str, Any]:
+def one_node(d: NodeContext, name: str) -> dict[str, Any]:
     store = d.store()
     n = state.node(store, name)
     facts = state.facts(store)
@@ -100,7 +98,7 @@ def _body_or_query(q: Request, keys: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def evacuate_op(d: NodeDaemon, q: Request) -> dict[str, Any]:
+def evacuate_op(d: NodeContext, q: Request) -> dict[str, Any]:
     """``POST /2/nodes/NAME/evacuate`` (``node-evac-res1``): OP_NODE_EVACUATE, whose
     result lists the jobs that move each instance."""
     refuse_dry_run(q)
@@ -115,7 +113,7 @@ def evacuate_op(d: NodeDaemon, q: Request) -> dict[str, Any]:
     return {"OP_ID": "OP_NODE_EVACUATE", "node_name": name, **args}
 
 
-def migrate_op(d: NodeDaemon, q: Request) -> dict[str, Any]:
+def migrate_op(d: NodeContext, q: Request) -> dict[str, Any]:
     """``POST /2/nodes/NAME/migrate`` (``node-migrate-reqv1``): body ``{"mode",
     "iallocator", "target_node"}``, or the older ``?mode=``/``?live=``."""
     refuse_dry_run(q)
@@ -145,7 +143,7 @@ def set_role_op(q: Request) -> dict[str, Any]:
             **ROLE_FLAGS[role], "force": q.qbool("force")}
 
 
-def node_info(d: NodeDaemon) -> dict[str, Any]:
+def node_info(d: NodeContext) -> dict[str, Any]:
     js = d.local.joined()
     return {"name": d.name, "address": d.settings.address, "port": d.settings.api_port,
             "cluster": js.cluster_name if js else None, "etcd_member": d.member.running(),
@@ -153,7 +151,7 @@ def node_info(d: NodeDaemon) -> dict[str, Any]:
             "pid": os.getpid()}
 
 
-def _local_only(d: NodeDaemon, q: Request, fn: Any) -> Any:
+def _local_only(d: NodeContext, q: Request, fn: Any) -> Any:
     # Calls that make this node a cluster or its master without credentials are
     # accepted only from this machine (the admin's shell on the node itself).
     if q.peer not in (d.settings.address, "127.0.0.1", "::1"):
@@ -162,26 +160,22 @@ def _local_only(d: NodeDaemon, q: Request, fn: Any) -> Any:
     return fn()
 
 
-def local_init(d: NodeDaemon, q: Request) -> dict[str, Any]:
-    from haven.daemon import membership
-
+def local_init(d: NodeContext, q: Request) -> dict[str, Any]:
     body = q.obj()
-    result: dict[str, Any] = _local_only(d, q, lambda: membership.init(
-        d, str(body.get("cluster_name", "")), list(body.get("etcd_endpoints") or []),
+    result: dict[str, Any] = _local_only(d, q, lambda: d.init_cluster(
+        str(body.get("cluster_name", "")), list(body.get("etcd_endpoints") or []),
         int(body.get("lease_ttl", 5)), bool(body.get("vm_capable", True)),
         str(body.get("shared_file_storage_dir") or ""),
         tuple(body.get("enabled_hypervisors") or ("kvm",))))
     return result
 
 
-def redist(d: NodeDaemon) -> dict[str, Any]:
-    from haven.daemon import membership
-
+def redist(d: NodeContext) -> dict[str, Any]:
     cluster = state.cluster(d.store())
     written = d.local.save_cert(cluster.cert_pem, cluster.key_pem)
     before = d.local.client_file.read_text() if d.local.client_file.exists() else ""
-    membership.write_client_config(d)
+    d.write_client_config()
     if d.local.client_file.read_text() != before:
         written.append(str(d.local.client_file))
-    d._use_certificate()
+    d.use_certificate()
     return {"node": d.name, "written": written}

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from haven.api.routing import HttpError, Request, Router
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
 
 RS_NORMAL = 0  # Ganeti's constants.RS_*
 RS_NODATA = 2
@@ -28,7 +28,7 @@ RESOURCES = ("instance", "node", "group", "job")
 ABSENT = ("network", "export", "lock", "os", "extstorage", "cluster", "filter")
 
 
-def install(r: Router, d: NodeDaemon) -> None:
+def install(r: Router, d: NodeContext) -> None:
     r.add("GET", "/2/query/{what}", lambda q: query(d, q.params["what"], _get_fields(q),
                                                       None))
     r.add("PUT", "/2/query/{what}", lambda q: query(
@@ -60,7 +60,7 @@ def _body_fields(q: Request) -> list[str]:
     return fields
 
 
-def rows(d: NodeDaemon, what: str) -> list[dict[str, Any]]:
+def rows(d: NodeContext, what: str) -> list[dict[str, Any]]:
     """Every object of a resource, in its RAPI bulk shape."""
     from haven.api import groups_api, instances_api, nodes_api, routes
     from haven.master import jobqueue
@@ -187,7 +187,7 @@ def _field(what: str, name: Any, sample: dict[str, Any] | None
     return get
 
 
-def query(d: NodeDaemon, what: str, names: list[str], flt: Filter) -> dict[str, Any]:
+def query(d: NodeContext, what: str, names: list[str], flt: Filter) -> dict[str, Any]:
     data = rows(d, what)
     defs = field_defs(what, names, data)
     keep = _compile(what, flt, data[0] if data else None)
@@ -201,7 +201,7 @@ def query(d: NodeDaemon, what: str, names: list[str], flt: Filter) -> dict[str, 
     return {"fields": defs, "data": out}
 
 
-def fields_of(d: NodeDaemon, what: str, names: list[str] | None) -> dict[str, Any]:
+def fields_of(d: NodeContext, what: str, names: list[str] | None) -> dict[str, Any]:
     data = rows(d, what)
     if names is None:
         names = sorted(data[0]) if data else ["name"]

@@ -19,7 +19,7 @@ from haven.model.job import Job
 from haven.model.keys import Keys
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
 
 WAIT_TIMEOUT = 10.0  # Ganeti's RAPI job wait returns after at most this long
 # What Ganeti's RAPI client looks for in /2/features before using a request format:
@@ -29,7 +29,7 @@ FEATURES = ("instance-create-reqv1", "instance-reinstall-reqv1", "node-migrate-r
             "node-evac-res1")
 
 
-def install(r: Router, d: NodeDaemon) -> None:
+def install(r: Router, d: NodeContext) -> None:
     """Register every route of the API against daemon ``d``."""
     from haven.api import (
         alarms_api,
@@ -71,12 +71,12 @@ def install(r: Router, d: NodeDaemon) -> None:
     alarms_api.install(r, d)
 
 
-def info(d: NodeDaemon) -> dict[str, Any]:
+def info(d: NodeContext) -> dict[str, Any]:
     store = d.store()
     return cluster_view(state.cluster(store), state.master(store))
 
 
-def submit(d: NodeDaemon, ops: Any) -> int:
+def submit(d: NodeContext, ops: Any) -> int:
     """Check the opcodes' arguments now (a bad job is refused, not queued) and queue."""
     checked = check_job(ops)
     return jobqueue.submit(d.store(), checked)
@@ -108,19 +108,19 @@ def _ts(t: float | None) -> list[int] | None:
     return [int(t), int((t % 1) * 1e6)]
 
 
-def jobs(d: NodeDaemon, q: Request) -> list[dict[str, Any]]:
+def jobs(d: NodeContext, q: Request) -> list[dict[str, Any]]:
     all_jobs = jobqueue.list_jobs(d.store())
     if q.qbool("bulk"):
         return [job_dict(j) for j in all_jobs]
     return [{"id": j.id, "uri": f"/2/jobs/{j.id}"} for j in all_jobs]
 
 
-def job_info(d: NodeDaemon, q: Request) -> dict[str, Any]:
+def job_info(d: NodeContext, q: Request) -> dict[str, Any]:
     job, _ = jobqueue.read(d.store(), _jid(q))
     return job_dict(job)
 
 
-def job_wait(d: NodeDaemon, q: Request) -> Any:
+def job_wait(d: NodeContext, q: Request) -> Any:
     """Long-poll until the job's status or log changes (RAPI's ``/wait``).
 
     Body (or query): ``fields``, ``previous_job_info``, ``previous_log_serial``.
@@ -152,7 +152,7 @@ def job_wait(d: NodeDaemon, q: Request) -> Any:
             time.sleep(min(left, 0.1))
 
 
-def status(d: NodeDaemon) -> dict[str, Any]:
+def status(d: NodeContext) -> dict[str, Any]:
     js = d.local.joined()
     out: dict[str, Any] = {"node": d.name, "address": d.settings.address,
                            "cluster": js.cluster_name if js else None,

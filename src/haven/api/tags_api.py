@@ -25,20 +25,20 @@ from haven.master.opcodes.tags import (
 )
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import NodeContext
 
 PATHS = {KIND_CLUSTER: "/2/tags", KIND_NODE: "/2/nodes/{name}/tags",
          KIND_INSTANCE: "/2/instances/{name}/tags", KIND_NODEGROUP: "/2/groups/{name}/tags"}
 
 
-def install(r: Router, d: NodeDaemon) -> None:
+def install(r: Router, d: NodeContext) -> None:
     for kind, path in PATHS.items():
         r.add("GET", path, _bind(get_tags, d, kind))
         r.add("PUT", path, _bind(add_tags, d, kind), write=True)
         r.add("DELETE", path, _bind(delete_tags, d, kind), write=True)
 
 
-def _bind(fn: Callable[[Any, str, Request], Any], d: NodeDaemon, kind: str
+def _bind(fn: Callable[[Any, str, Request], Any], d: NodeContext, kind: str
           ) -> Callable[[Request], Any]:
     return lambda q: fn(d, kind, q)
 
@@ -47,7 +47,7 @@ def _name(kind: str, q: Request) -> str:
     return "" if kind == KIND_CLUSTER else q.params["name"]
 
 
-def get_tags(d: NodeDaemon, kind: str, q: Request) -> list[str]:
+def get_tags(d: NodeContext, kind: str, q: Request) -> list[str]:
     return read_tags(d.store(), kind, _name(kind, q))
 
 
@@ -58,7 +58,7 @@ def _tags_from(q: Request) -> list[str]:
     return [validate_tag(t) for t in tags]
 
 
-def add_tags(d: NodeDaemon, kind: str, q: Request) -> int:
+def add_tags(d: NodeContext, kind: str, q: Request) -> int:
     from haven.api.routes import submit
 
     refuse_dry_run(q)
@@ -69,7 +69,7 @@ def add_tags(d: NodeDaemon, kind: str, q: Request) -> int:
                        "tags": tags}])
 
 
-def delete_tags(d: NodeDaemon, kind: str, q: Request) -> int:
+def delete_tags(d: NodeContext, kind: str, q: Request) -> int:
     from haven.api.routes import submit
 
     refuse_dry_run(q)

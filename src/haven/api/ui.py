@@ -43,7 +43,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 if TYPE_CHECKING:
-    from haven.daemon.noded import NodeDaemon
+    from haven.api.node import ChangeHub, NodeContext
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,10 @@ class ChangeFeed:
         self.seq = 0
         self._last: dict[str, int] = {}
         self._jobs: deque[tuple[int, int]] = deque(maxlen=_JOB_IDS_KEPT)
-        self._hubs: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._hubs: weakref.WeakSet[ChangeHub] = weakref.WeakSet()
 
-    def attach(self, hub: Any) -> None:
-        """Follow ``hub`` (an ``EventHub``) if not already following it."""
+    def attach(self, hub: ChangeHub) -> None:
+        """Follow ``hub`` (a joined node's change hub) if not already following it."""
         with self._cond:
             if hub in self._hubs:
                 return
@@ -119,7 +119,7 @@ class ChangeFeed:
             return {"seq": self.seq, "changed": changed, "jobs": jobs}
 
 
-def routes(d: NodeDaemon) -> list[BaseRoute]:
+def routes(d: NodeContext) -> list[BaseRoute]:
     """The dashboard's routes for node daemon ``d``."""
     feed = ChangeFeed()
     # Waiting streams hold worker threads of their own, never the API's.
@@ -148,7 +148,7 @@ def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _stream(d: NodeDaemon, feed: ChangeFeed,
+async def _stream(d: NodeContext, feed: ChangeFeed,
                   limiter: anyio.CapacityLimiter) -> AsyncIterator[str]:
     joined = d.joined
     if joined is not None:
@@ -180,7 +180,7 @@ async def _stream(d: NodeDaemon, feed: ChangeFeed,
     yield _sse("bye", {"reason": "renew"})  # a fresh stream, same node
 
 
-async def _session(d: NodeDaemon, request: Request) -> Response:
+async def _session(d: NodeContext, request: Request) -> Response:
     """``POST``: ``{"user", "password"}`` (or Basic auth) -> a token for the page.
     ``GET`` with ``Authorization: Bearer`` -> who the token belongs to."""
     auth = cast(TokenAuth | None, d.api.auth if d.api is not None else None)

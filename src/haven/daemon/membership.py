@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from haven import clientconf
-from haven.api.auth import hash_password
 from haven.daemon.etcd_member import MemberConfig
 from haven.daemon.localstate import JoinedState, make_certificate
 from haven.daemon.role import HANDOVER_JOB_WAIT
@@ -34,6 +33,7 @@ from haven.model import ha
 from haven.model.cluster import Cluster
 from haven.model.keys import ALIVE, HANDOVER, MASTER, Keys, store_prefix
 from haven.model.node import Node
+from haven.passwords import hash_password
 from haven.store.base import Compare, Put
 from haven.store.errors import StoreError
 from haven.store.etcd import EtcdStore
@@ -108,7 +108,7 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
     store.close()
     d.local.save_cert(cert, key)
     d.local.save_joined(JoinedState(name, tuple(etcd_endpoints), managed, managed, node.uuid))
-    d._use_certificate()
+    d.use_certificate()
     d.activate()
     wait_master(d, 20)
     return write_client_config(d)
@@ -136,7 +136,7 @@ def join(d: NodeDaemon, body: dict[str, Any]) -> dict[str, Any]:
                                     tuple(body["etcd_endpoints"]),
                                     bool(body["etcd_managed"]), bool(member),
                                     str(body.get("node_uuid", ""))))
-    d._use_certificate()
+    d.use_certificate()
     d.activate()
     write_client_config(d)
     return {"node": d.name, "joined": body["cluster_name"]}
@@ -148,7 +148,7 @@ def leave(d: NodeDaemon) -> dict[str, Any]:
         d._deactivate(revoke=True)
         d.member.unconfigure()
         d.local.forget()
-        d._use_certificate()
+        d.use_certificate()
     return {"node": d.name, "left": True}
 
 
@@ -387,5 +387,5 @@ def destroy(d: NodeDaemon) -> dict[str, Any]:
         d._deactivate(revoke=True)
         d.member.unconfigure()
         d.local.forget()
-        d._use_certificate()
+        d.use_certificate()
     return {"destroyed": name}

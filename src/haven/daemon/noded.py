@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from haven.agent.loop import Agent
-from haven.api.auth import hash_password
 from haven.api.routing import Router
+from haven.daemon import diskcopy, membership
 from haven.daemon import facts as node_facts
 from haven.daemon.etcd_member import EtcdMember
 from haven.daemon.hub import EventHub
@@ -40,6 +40,7 @@ from haven.model.ha import LEASE_MARGIN
 from haven.model.keys import CLUSTER, INSTANCES, LOCKS, NODES, OBSERVED, Keys, store_prefix
 from haven.model.node import Node
 from haven.noderpc import HttpsNodeRpc
+from haven.passwords import hash_password
 from haven.store.base import Guard
 from haven.store.errors import StoreError
 from haven.store.etcd import EtcdStore
@@ -102,10 +103,12 @@ class NodeDaemon:
         from haven.api import console, routes, ui
         from haven.api.http import ApiServer
 
+        # The routes take a NodeContext (api/node.py): mypy checks here that this
+        # daemon is one, and the API never imports the daemon.
         routes.install(self.router, self)
         self.api = ApiServer(self.settings.address, self.settings.api_port, self.router,
                              [*console.routes(self), *ui.routes(self)])
-        self._use_certificate()
+        self.use_certificate()
         joined = self.joined
         if joined is not None:
             self._refresh_auth(joined.cluster)
@@ -134,7 +137,8 @@ class NodeDaemon:
         if self.api is not None:
             self.api.stop()
 
-    def _use_certificate(self) -> None:
+    def use_certificate(self) -> None:
+        """Serve the cluster's certificate once joined, else the provisional one."""
         assert self.api is not None
         if self.local.cert_file.exists() and self.local.joined() is not None:
             self.api.use_certificate(str(self.local.cert_file), str(self.local.key_file))
@@ -434,8 +438,6 @@ class NodeDaemon:
             self.local.save_joined(JoinedState(**{**js.__dict__, "etcd_endpoints": urls}))
 
     def _rejoin_if_removed(self, js: JoinedState) -> bool:
-        from haven.daemon import membership
-
         return membership.rejoin_if_removed(self, js)
 
     def _remember_cluster_id(self, js: JoinedState) -> None:
@@ -470,3 +472,36 @@ class NodeDaemon:
         kvs, _ = self.store().list(NODES)
         return [n for n in (Node.from_json(json.loads(kv.value)) for kv in kvs)
                 if n.name != self.name]
+
+    def qmp_path(self, name: str) -> str:
+        # One definition of the path: replication's own (which has no public name yet).
+        return self.replication._qmp(name)
+
+    # The API's membership and disk-copy calls (api/node.py), carried out here.
+    def init_cluster(self, name: str, etcd_endpoints: list[str], lease_ttl: int,
+                     vm_capable: bool = True, shared_dir: str = "",
+                     hypervisors: tuple[str, ...] = ("kvm",)) -> dict[str, Any]:
+        return membership.init(self, name, etcd_endpoints, lease_ttl, vm_capable,
+                               shared_dir, hypervisors)
+
+    def join_cluster(self, body: dict[str, Any]) -> dict[str, Any]:
+        return membership.join(self, body)
+
+    def leave_cluster(self) -> dict[str, Any]:
+        return membership.leave(self)
+
+    def destroy_cluster(self) -> dict[str, Any]:
+        return membership.destroy(self)
+
+    def master_failover(self, no_voting: bool) -> dict[str, Any]:
+        return membership.master_failover(self, no_voting)
+
+    def write_client_config(self) -> dict[str, Any]:
+        return membership.write_client_config(self)
+
+    def disk_stream(self, name: str, index: int) -> Iterator[bytes]:
+        return diskcopy.send_file(diskcopy.disk_path(self, name, index))
+
+    def pull_disk(self, name: str, source: str, index: int) -> int:
+        return diskcopy.pull(self, name, source, index,
+                             diskcopy.disk_path(self, name, index))
