@@ -25,14 +25,22 @@ def pnode(sim: Sim, name: str) -> str:
 
 
 def test_shared_instance_migrates_live_and_keeps_running(mig: Sim) -> None:
+    # 16 MiB/s: the ~90 MiB a booted busybox guest sends take ~6 s instead of 0.4 s,
+    # time for two or three progress lines.
     p = mig.run("gnt-instance", "add", "-t", "sharedfile", "--disk", "0:size=32m", "-B",
-                "memory=128", "-o", "busybox", "-n", "node01", "shared1", timeout=180)
+                "memory=128", "-H", "migration_bandwidth=16", "-o", "busybox", "-n",
+                "node01", "shared1", timeout=180)
     assert p.returncode == 0, p.stderr
     console_until(mig, "shared1", "echo boot-$((1+1))", "boot-2")
     p = mig.run("gnt-instance", "migrate", "-n", "node03", "shared1", timeout=180)
     assert p.returncode == 0, p.stderr
+    print(p.stdout)  # for -s: what a user sees
     m = re.search(r"downtime ([\d.]+) ms", p.stdout)
     assert m is not None, p.stdout
+    # The memory copy's progress while it runs (the source publishes it every second,
+    # the job logs it every 2 s), then its end before the switchover.
+    assert re.search(r"\* memory: \d+% \([\d.]+ of [\d.]+ MiB\)", p.stdout), p.stdout
+    assert p.stdout.index("* memory: copy finished") < p.stdout.index("* migrated in")
     assert pnode(mig, "shared1") == "node03" and status(mig, "shared1") == "running"
     # The same guest, not a reboot: its uptime kept counting.
     out = console_until(mig, "shared1", "cut -d. -f1 /proc/uptime", "\n")
@@ -62,6 +70,20 @@ def test_drbd_instance_migrates_to_its_secondary_with_its_data(mig: Sim) -> None
 def test_bad_migrations_are_refused(mig: Sim, argv: list[str], needle: str) -> None:
     p = mig.run("gnt-instance", *argv)
     assert p.returncode == 1 and needle in p.stderr, p.stderr
+
+
+def test_node_migrate_logs_each_instances_progress_in_its_job(mig: Sim) -> None:
+    """``gnt-node migrate`` submits one migrate job per instance: each job's log has
+    that instance's memory progress (the CLI prints only its summary line)."""
+    p = mig.run("gnt-node", "migrate", "node03", timeout=180)
+    assert p.returncode == 0, p.stderr
+    assert "shared1: migrated live to node0" in p.stdout, p.stdout
+    last = mig.run("gnt-job", "list", "--no-headers", "-o", "id",
+                   check=True).stdout.split()[-1]
+    info = mig.run("gnt-job", "info", last, check=True).stdout
+    assert "instance_name: shared1" in info, info
+    assert re.search(r"\* memory: \d+% \([\d.]+ of [\d.]+ MiB\)", info), info
+    assert "* memory: copy finished" in info, info
 
 
 def test_file_and_stopped_instances_are_refused_and_move_works(mig: Sim) -> None:

@@ -76,7 +76,7 @@ def test_nothing_to_say_during_setup_or_after_the_copy() -> None:
     assert progress_line(MigrationProgress("device", 128 * MIB, 0, 0)) is None
     last = MigrationProgress("active", 128 * MIB, 1 * MIB, 0, passes=2)
     assert finished_line(last, 12 * MIB, 4300) == \
-        "* memory: copy finished (128 MiB, 2 passes, 12 MiB sent, 4.3 s)"
+        "* memory: copy finished (128 MiB, 12 MiB sent, 4.3 s)"
     assert finished_line(None, 0, 0) == "* memory: copy finished"
 
 
@@ -144,7 +144,8 @@ def test_migrate_hands_every_poll_to_on_progress(qmp: ScriptedQmp) -> None:
     stats = migration.migrate("/run/vm1.qmp", "tcp:10.0.0.2:12000", on_progress=seen.append)
     assert stats.transferred == 7 * MIB
     assert [round(100 - s.remaining / s.total * 100) for s in seen] == [31, 62, 94]
-    assert seen[0].rate == 0 and all(s.rate > 0 for s in seen[1:])
+    # Every sample has a rate, the first one's counted from the start.
+    assert all(s.rate > 0 for s in seen)
 
 
 def test_a_failing_progress_callback_does_not_break_the_migration(
@@ -248,7 +249,7 @@ def test_lines_come_while_the_call_blocks_then_the_end_of_the_copy() -> None:
     assert stats["total_ms"] == 4100.0
     assert lines == ["* memory: 25% (32 of 128 MiB) at 32 MiB/s, about 3 s left",
                      "* memory: 75% (96 of 128 MiB) at 32 MiB/s, about 1 s left",
-                     "* memory: copy finished (128 MiB, 1 pass, 9 MiB sent, 4.1 s)"]
+                     "* memory: copy finished (128 MiB, 9 MiB sent, 4.1 s)"]
 
 
 def test_the_calls_error_is_raised_and_a_failing_read_changes_nothing() -> None:

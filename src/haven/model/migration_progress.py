@@ -116,8 +116,8 @@ def finished_line(last: MigrationProgress | None, sent: int, total_ms: float) ->
     (may be None: a copy faster than one sample) and the source's final numbers."""
     parts = []
     if last is not None and last.total > 0:
+        # No pass count: more passes may have run after the last sample seen.
         parts.append(f"{mib(last.total)} MiB")
-        parts.append(f"{last.passes} pass" + ("" if last.passes == 1 else "es"))
     if sent:
         parts.append(f"{mib(sent)} MiB sent")
     if total_ms:

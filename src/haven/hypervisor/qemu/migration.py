@@ -380,8 +380,10 @@ class _Progress:
         self.since = time.monotonic()
         self.on_progress = on_progress
         self.name = name
-        self.sample: MigrationProgress | None = None
-        self.sampled = 0.0
+        # The first sample's rate counts from the start (setup included): one line
+        # with a rate is worth more than an exact one a poll later.
+        self.sample = MigrationProgress("setup", 0, 0, 0)
+        self.sampled = self.since
         self.warned = False
 
     def check(self, session: QmpSession) -> None:
