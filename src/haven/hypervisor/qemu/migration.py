@@ -370,7 +370,8 @@ def migrate(src_qmp: Path | str, uri: str, downtime_ms: int = DEFAULT_DOWNTIME_M
 class _Progress:
     """Watches ``ram.transferred``: a migration whose bytes stop moving for ``stall``
     seconds has lost its network (or its destination stopped reading).  QEMU itself
-    would wait for TCP to give up, ~15 minutes, with the guest dirty-tracked meanwhile."""
+    would wait for TCP to give up, ~15 minutes, with the guest dirty-tracked meanwhile.
+    Each reply also goes to ``on_progress`` as a :class:`MigrationProgress`."""
 
     def __init__(self, stall: float,
                  on_progress: Callable[[MigrationProgress], None] | None = None,
@@ -401,9 +402,9 @@ class _Progress:
         """Hand a sample to ``on_progress``; what it raises is logged once, not raised."""
         if self.on_progress is None:
             return
-        self.sample = progress_of(info, self.sample, now - self.sampled)
-        self.sampled = now
-        try:
+        try:  # a reply of an unexpected shape included: reporting is only information
+            self.sample = progress_of(info, self.sample, now - self.sampled)
+            self.sampled = now
             self.on_progress(self.sample)
         except Exception:
             if not self.warned:  # once per migration: it is called every second
