@@ -7,22 +7,34 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 
+import haven.master.opcodes  # noqa: F401  (registers the opcodes)
 from haven.daemon.migration_progress import ProgressPublisher
 from haven.hypervisor.base import HypervisorError
 from haven.hypervisor.qemu import migration
 from haven.hypervisor.qemu.qmp import QmpTimeout
+from haven.master.lu import MasterContext, lu_class
+from haven.master.opcodes import migration_watch
 from haven.master.opcodes.migration_watch import ProgressFeed, call_watching
+from haven.model.cluster import Cluster
+from haven.model.instance import Disk, Instance
 from haven.model.keys import Keys
 from haven.model.migration_progress import MigrationProgress, finished_line, progress_line
-from haven.store import MemoryStore
+from haven.model.node import Node, NodeFacts
+from haven.noderpc import NodeRpc
+from haven.store import Guard, MemoryStore
 from tests.unit.support import FakeClock, wait_for
 
 MIB = 1 << 20
 PAGE = 4096
+
+
+def dumps(d: dict[str, Any]) -> bytes:
+    return json.dumps(d).encode()
 
 
 def query(status: str, remaining_mib: float, copied_mib: float, passes: int = 1,
@@ -265,3 +277,74 @@ def test_the_calls_error_is_raised_and_a_failing_read_changes_nothing() -> None:
     with pytest.raises(HypervisorError, match="network is cut"):
         call_watching(call, read, lines.append, "tcp:x:1", every=0.01)
     assert lines == []  # no "copy finished" for a copy that failed
+
+
+# -- the whole migrate job ------------------------------------------------------------------
+
+class SourcePublishing(NodeRpc):
+    """Both nodes' migration calls: the source's ``migrate-send`` publishes two samples
+    as the real source does, each kept until the job has logged it."""
+
+    def __init__(self, store: MemoryStore, lines: list[str]) -> None:
+        self.store, self.lines = store, lines
+        self.paths: list[str] = []
+
+    def call(self, address: str, port: int, method: str, path: str, body: Any = None,
+             timeout: float = 10.0, verify: bool = True) -> Any:
+        self.paths.append(path.rsplit("/", 1)[-1])
+        if path.endswith("/migrate-accept"):
+            return {"uri": "tcp:10.0.0.3:12000"}
+        if path.endswith("/migrate-send"):
+            for n, remaining in enumerate((100, 20), 1):
+                self.store.put(Keys.migration_progress("vm1"),
+                               sample(remaining, uri="tcp:10.0.0.3:12000"))
+                wait_for(partial(self.logged, n), what=f"progress line {n}")
+            self.store.delete(Keys.migration_progress("vm1"))
+            return {"total_ms": 3000.0, "downtime_ms": 8.0, "setup_ms": 1.0,
+                    "transferred": 40 * MIB, "pre_switchover_ms": 0.0}
+        return {"status": "running"}
+
+    def logged(self, n: int) -> bool:
+        """The job has logged ``n`` progress lines."""
+        return sum(line.startswith("* memory: ") for line in self.lines) == n
+
+
+def test_the_migrate_job_logs_the_copy_between_its_steps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryStore("/haven/mig/")
+    store.create("master", b'{"node": "node01"}')
+    token = store.get("master").create_revision  # type: ignore[union-attr]
+    store.put(Keys.cluster, dumps(Cluster("c", "u", 0, 0, True, (), "", "").to_json()))
+    for i, node in enumerate(("node01", "node02", "node03"), 1):
+        store.put(Keys.node(node), dumps(Node(node, f"u{i}", f"10.0.0.{i}", f"10.0.0.{i}",
+                                              5080).to_json()))
+        store.put(Keys.alive(node), dumps({"node": node}))
+        store.put(Keys.facts(node), dumps(NodeFacts(node, 4096, 2048, 100, 2, 10000, 8000,
+                                                    ("kvm",), "kvm", "QEMU 10.0.2",
+                                                    "x86_64", "cpu", 0.0).to_json()))
+    inst = Instance("vm1", "u-vm1", "busybox", "kvm", "sharedfile", "node01", (),
+                    (Disk("d0", 0, 64, "x/disk0"),), admin_state="up",
+                    beparams={"memory": 128})
+    store.put(Keys.instance("vm1"), dumps(inst.to_json()))
+    store.put(Keys.observed("vm1"), dumps({"name": "vm1", "node": "node01",
+                                           "state": "running", "accel": "kvm"}))
+    lines: list[str] = []
+    rpc = SourcePublishing(store, lines)
+    ctx = MasterContext(store=store, guard=lambda: Guard("master", token),
+                        master_node="node01", rpc=rpc)
+    monkeypatch.setattr(migration_watch, "PROGRESS_EVERY", 0.01)
+    op = {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "vm1", "target_node": "node03"}
+    lu = lu_class(op)(ctx, op, lines.append)
+    lu.check_arguments()
+    lu.check_prereq()
+    result = lu.exec()
+    assert result["to"] == "node03" and result["transferred"] == 40 * MIB
+    assert rpc.paths == ["migrate-accept", "migrate-send", "migrate-wait", "migrate-finish"]
+    assert lines == [
+        "* starting the destination on node03",
+        "* migrating vm1 from node01 to node03",
+        "* memory: 22% (28 of 128 MiB) at 32 MiB/s, about 3 s left",
+        "* memory: 84% (108 of 128 MiB) at 32 MiB/s, less than 1 s left",
+        "* memory: copy finished (128 MiB, 40 MiB sent, 3.0 s)",
+        "* migrated in 3000.0 ms, downtime 8.0 ms"]
+    store.close()
