@@ -297,6 +297,22 @@ def test_etcd_rotates_past_a_dead_endpoint(etcd_server):
 
 
 @pytest.mark.integration
+def test_etcd_a_closed_client_says_so_retryably(etcd_server):
+    """A long poll that still holds the client its node daemon closed (the node left
+    the cluster) gets a StoreClosed (503, retryable), not httpx's RuntimeError."""
+    from haven.store.errors import StoreClosed
+
+    s = EtcdStore([etcd_server.url], "/closed/")
+    s.put("k", b"v")
+    s.close()
+    for call in (lambda: s.get("k"), lambda: s.put("k", b"w"), lambda: s.list(""),
+                 lambda: next(iter(s.watch("", 1)))):
+        with pytest.raises(StoreClosed) as info:
+            call()
+        assert info.value.http_status == 503 and "closed" in str(info.value)
+
+
+@pytest.mark.integration
 def test_etcd_with_only_dead_endpoints_is_unavailable_quickly():
     dead = [f"http://127.0.0.1:{_closed_port()}", f"127.0.0.1:{_closed_port()}"]
     s = EtcdStore(dead, "/x/", timeout=1.0)

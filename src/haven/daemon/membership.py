@@ -317,7 +317,8 @@ def rejoin_if_removed(d: NodeDaemon, js: JoinedState) -> bool:
     belongs to their cluster.  One that was removed (demoted to a learner by the quorum
     rules, or left behind by a ``--no-voting`` recovery elsewhere) is wiped and joins
     their cluster as a fresh learner; the master promotes it if the rules want a vote.
-    Returns whether it rejoined (its member then runs).
+    Returns whether it rejoined (its member then runs), or left: a node that was
+    removed from the cluster's configuration goes back to standby.
 
     This runs *before* the old member starts because a former sole voter (the master of
     a two-node cluster) would otherwise serve its stale copy on its own, and its agent
@@ -337,6 +338,16 @@ def rejoin_if_removed(d: NodeDaemon, js: JoinedState) -> bool:
             mine = next((m for m in members if s.etcd_peer_url in m.peer_urls), None)
             if mine is not None and (not known or st["cluster_id"] == known):
                 return False
+            if mine is None and other.get(Keys.node(d.name)) is None:
+                # Removed from the cluster (gnt-node remove), not merely dropped from
+                # etcd: rejoining would bring a removed node back, and its fresh learner,
+                # racing the removal, once made a voter's etcd exit ("the member has
+                # been permanently removed").  Back to standby instead.
+                log.warning("node %s was removed from cluster %s; its etcd member is "
+                            "wiped and the node goes back to standby", d.name,
+                            js.cluster_name)
+                leave(d)
+                return True
             _rejoin(d, other, members, mine, st["cluster_id"])
             return True
         except StoreError:
@@ -361,6 +372,16 @@ def _rejoin(d: NodeDaemon, other: EtcdStore, members: list[Any], mine: Any,
                        wipe=True)
     d.member.start()
     d.member.remember_cluster_id(cluster_id)
+    # A learner serves no reads: the daemon's store must know every voter, even one
+    # that joined after this node did and is not in its cached list yet.
+    voters = {m.client_urls[0] for m in members
+              if m.client_urls and not m.is_learner and m.id != mine.id}
+    js = d.local.joined()
+    if js is not None and voters:
+        js = replace(js, etcd_endpoints=tuple(sorted(voters | {s.etcd_client_url})))
+        d.local.save_joined(js)
+        if d.joined is not None:
+            d.joined.store.set_endpoints(d._endpoints(js))
     # No wait for it: the daemon reaches the store through the other members, and a
     # new learner takes about 7 s to publish itself (etcd 3.4 retries that proposal).
     # The supervision pass restarts or rejoins it if it dies.

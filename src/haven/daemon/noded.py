@@ -161,9 +161,11 @@ class NodeDaemon:
             js = self.local.joined()
             if js is None:
                 raise NodeSetupError(f"Node {self.name} is not part of a cluster.")
-            if js.etcd_member and not self.member.running() \
-                    and not self._rejoin_if_removed(js):
-                self.member.start()
+            if js.etcd_member and not self.member.running():
+                if not self._rejoin_if_removed(js):
+                    self.member.start()
+                elif self.local.joined() is None:
+                    return  # it was removed from the cluster while away: standby now
             store = EtcdStore(self._endpoints(js), store_prefix(js.cluster_name))
             cluster = state.cluster(store)
             self._ensure_fencer()
@@ -362,6 +364,8 @@ class NodeDaemon:
             # Removed members exit: one demoted to a learner, or left behind by a
             # recovery elsewhere, rejoins instead of restarting its old copy.
             if self._rejoin_if_removed(js):
+                if self.local.joined() is None:
+                    return "removed from the cluster: standby"
                 done.append("rejoined etcd as a learner")
             else:
                 self.member.start()
@@ -435,7 +439,11 @@ class NodeDaemon:
         urls = tuple(sorted(n.etcd_client_url for n in state.nodes(joined.store)
                             if n.etcd_client_url))
         if js.etcd_managed and urls and urls != tuple(sorted(js.etcd_endpoints)):
-            self.local.save_joined(JoinedState(**{**js.__dict__, "etcd_endpoints": urls}))
+            js = JoinedState(**{**js.__dict__, "etcd_endpoints": urls})
+            self.local.save_joined(js)
+            # The live client too: a member that joined later may be the only voter
+            # left when this node's own member is demoted or the first ones go.
+            joined.store.set_endpoints(self._endpoints(js))
 
     def _rejoin_if_removed(self, js: JoinedState) -> bool:
         return membership.rejoin_if_removed(self, js)

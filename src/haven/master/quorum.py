@@ -137,11 +137,13 @@ class Step:
 
 
 def reconcile(admin: EtcdStore, master: str, nodes: list[Node], *,
-              promote_timeout: float = 5.0) -> Step:
-    """Carry out the next change, if any."""
+              promote_timeout: float = 5.0, demote: bool = True) -> Step:
+    """Carry out the next change, if any (``demote=False``: promotions only)."""
     try:
         members = admin.member_list()
         change = plan(view_of(master, nodes, members))
+        if change is not None and change.kind == "demote" and not demote:
+            return Step("a node is being added or removed: votes change after it")
         if change is not None and change.kind == "demote":
             # Only a demotion needs the members' health (a status call each): asked
             # then, not every second in the steady state.

@@ -207,11 +207,16 @@ class JobRunner:
         """Keep etcd's voters as the quorum rules want (``master/quorum.py``)."""
         if self.ctx.etcd_admin is None or now - self._last_quorum_check < QUORUM_PERIOD:
             return
-        self._last_quorum_check = now
         from haven.master import quorum, state
 
+        self._last_quorum_check = now
+        # While a node add or remove changes the members, no vote is taken away: a
+        # demotion then (the cluster seen as two nodes mid-removal) raced the job and
+        # once made a voter's etcd exit.  Promotions go on: an add needs the previous
+        # learner promoted (etcd allows one learner at a time).
+        busy = "cluster-membership" in locks.held(self.store)
         step = quorum.reconcile(self.ctx.etcd_admin, self.ctx.master_node,
-                                state.nodes(self.store))
+                                state.nodes(self.store), demote=not busy)
         if step.summary != self._quorum_summary:
             log.info("quorum: %s", step.summary)
             self._quorum_summary = step.summary

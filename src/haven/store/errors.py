@@ -4,6 +4,7 @@
     ├── StoreUnavailable    no endpoint answered, or etcd has no leader / no quorum
     ├── Compacted           a watch asked for history etcd has already compacted
     ├── LeaseExpired        a keepalive found the lease gone (or past its local deadline)
+    ├── StoreClosed         the client was closed (its node left the cluster or reconnects)
     └── FencedOut           a guarded write was refused: the caller is no longer master
 """
 
@@ -34,3 +35,9 @@ class LeaseExpired(StoreError):
 class FencedOut(StoreError):
     ecode = ECODE_STATE
     http_status = 409
+
+
+class StoreClosed(StoreError):
+    """A request on a client its owner has closed: the node daemon left the cluster,
+    or replaced its connection, while a caller (a long poll) still held the old one.
+    Retryable (503): the next request finds the node's new state, or another node."""

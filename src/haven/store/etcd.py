@@ -45,7 +45,13 @@ from haven.store.base import (
     Watch,
     WatchEvent,
 )
-from haven.store.errors import Compacted, LeaseExpired, StoreError, StoreUnavailable
+from haven.store.errors import (
+    Compacted,
+    LeaseExpired,
+    StoreClosed,
+    StoreError,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +187,7 @@ class EtcdStore(Store):
         self._pfx = prefix.encode()
         self._timeout = timeout
         self._lock = threading.Lock()
+        self._shut = False  # close() was called
         self._current = 0  # index of the endpoint that answered last
         self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
         # trust_env=False: an HTTP(S)_PROXY meant for the outside world must not
@@ -200,11 +207,23 @@ class EtcdStore(Store):
         return list(self._endpoints)
 
     # -- transport -----------------------------------------------------------------
-    def _order(self) -> list[int]:
+    def set_endpoints(self, endpoints: Sequence[str]) -> None:
+        """Use these endpoints from now on (the cluster's members changed); the first
+        one is tried first.  Requests under way finish on the old list."""
+        if not endpoints:
+            return
+        urls = [_url(e) for e in endpoints]
         with self._lock:
-            start = self._current
-        n = len(self._endpoints)
-        return [(start + i) % n for i in range(n)]
+            if urls != self._endpoints:
+                self._endpoints = urls
+                self._current = 0
+
+    def _order(self) -> list[tuple[int, str]]:
+        """Each endpoint with its index, the last one that answered first."""
+        with self._lock:
+            start, eps = self._current, self._endpoints
+        n = len(eps)
+        return [((start + i) % n, eps[(start + i) % n]) for i in range(n)]
 
     def _worked(self, idx: int) -> None:
         with self._lock:
@@ -235,10 +254,9 @@ class EtcdStore(Store):
         errors: list[str] = []
         electing = False  # some member answered, but the cluster has no usable leader
         last: Exception | None = None
-        for idx in self._order():
-            ep = self._endpoints[idx]
+        for idx, ep in self._order():
             try:
-                resp = self._client.post(ep + path, json=body)
+                resp = self._send(ep + path, body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
                     httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
                 errors.append(f"{ep}: {_why(exc)}")
@@ -287,7 +305,7 @@ class EtcdStore(Store):
         # One named endpoint, no rotation: status and defragment are per member.
         ep = _url(endpoint)
         try:
-            resp = self._client.post(ep + path, json=body, timeout=timeout)
+            resp = self._send(ep + path, body, timeout)
             data = resp.json()
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             raise StoreUnavailable(
@@ -409,8 +427,25 @@ class EtcdStore(Store):
                           idempotent=True)
         return _int(data.get("header", {}).get("revision"))
 
+    def _send(self, url: str, body: Json, timeout: float | None = None) -> httpx.Response:
+        if self._shut:
+            raise self._closed_error()
+        try:
+            if timeout is None:
+                return self._client.post(url, json=body)
+            return self._client.post(url, json=body, timeout=timeout)
+        except RuntimeError:
+            if self._shut:  # closed under this request, by another thread
+                raise self._closed_error() from None
+            raise
+
+    def _closed_error(self) -> StoreClosed:
+        return StoreClosed("This node's connection to etcd was closed (the node left the "
+                           "cluster or is reconnecting); retry the request.")
+
     def close(self) -> None:
         """End every open watch (blocked readers return), then drop the connections."""
+        self._shut = True
         with self._lock:
             watches = list(self._watches)
         for w in watches:
@@ -492,11 +527,16 @@ class _EtcdWatch(Watch):
         st = self._store
         errors: list[str] = []
         last: Exception | None = None
-        for idx in st._order():
-            ep = st._endpoints[idx]
+        for idx, ep in st._order():
+            if st._shut:
+                raise st._closed_error()
             try:
                 req = st._watch_client.build_request("POST", ep + "/v3/watch", json=self._body)
                 resp = st._watch_client.send(req, stream=True)
+            except RuntimeError:
+                if st._shut:
+                    raise st._closed_error() from None
+                raise
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 errors.append(f"{ep}: {_why(exc)}")
                 last = exc

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 
 from haven.store.base import KeyValue, Store, Watch, WatchEvent
-from haven.store.errors import Compacted, StoreError
+from haven.store.errors import Compacted, StoreClosed, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ class Watcher:
                 log.info("Watch on %r: %s Re-listing.", self._prefix, exc)
                 self._rev = None
                 continue
+            except StoreClosed:
+                log.debug("Watch on %r: its store was closed; stopping.", self._prefix)
+                return
             except StoreError as exc:
                 log.warning("Watch on %r interrupted, retrying in %.1f s: %s",
                             self._prefix, delay, exc)

@@ -173,22 +173,35 @@ class NodeRemove(LogicalUnit):
     def exec(self) -> Any:
         name = self.target.name
         alive = name in state.alive(self.c.store)
+        guard = self.require_guard()
+        # The node's record goes first: once its etcd member is removed, its etcd exits
+        # and its daemon asks the others whether it still belongs; without a record it
+        # goes to standby instead of rejoining as a fresh learner under the removal.
+        record = self.c.store.get(Keys.node(name))
+        self.c.store.delete(Keys.node(name), guard=guard)
         if self.target.etcd_member_id and self.c.etcd_admin is not None:
             self.feedback(f"Removing etcd member {self.target.etcd_member_id:x} of {name}")
-            members_mod.remove_member(self.c.etcd_admin, self.target.etcd_member_id,
-                                      prefer_not=self.master_member)
+            try:
+                members_mod.remove_member(self.c.etcd_admin, self.target.etcd_member_id,
+                                          prefer_not=self.master_member)
+            except BaseException:
+                if record is not None:  # as it was: the node is still a member
+                    self.c.store.put(Keys.node(name), record.value, guard=guard)
+                raise
         if alive:
             try:
                 self.c.rpc.call(self.target.primary_ip, self.target.api_port, "POST",
                                 "/haven/node/leave", timeout=30)
             except HavenError as exc:
-                self.feedback(f"Node {name} did not answer ({exc.message}); clean it up "
-                              f"by hand if it comes back")
+                if "not part of a cluster" in exc.message:
+                    self.feedback(f"Node {name} already went back to standby")
+                else:
+                    self.feedback(f"Node {name} did not answer ({exc.message}); clean it "
+                                  f"up by hand if it comes back")
         else:
             self.feedback(f"Node {name} is down; it is removed from the configuration "
                           f"only")
-        guard = self.require_guard()
-        for key in (Keys.node(name), Keys.facts(name), Keys.alive(name)):
+        for key in (Keys.facts(name), Keys.alive(name)):
             self.c.store.delete(key, guard=guard)
         return {"node": name, "removed": True}
 
