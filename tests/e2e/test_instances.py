@@ -245,6 +245,39 @@ def test_interactive_console_on_a_terminal_answers_and_leaves_on_ctrl_bracket(
         os.close(child)
 
 
+def test_two_consoles_at_once_both_see_the_guest(vms: Sim) -> None:
+    """QEMU serves one console client at a time; the node shares it, so a second
+    viewer (the dashboard while the CLI is attached) is not left silent."""
+    import select
+
+    wait_shell(vms, "vm1", 60)
+    first = subprocess.Popen([str(sim_bin("gnt-instance")), "console", "vm1"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=vms.env)
+    try:
+        assert first.stdin is not None
+        assert first.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"first-21" not in seen:  # attached: its own command answered
+            assert time.monotonic() < deadline, seen
+            first.stdin.write(b"echo first-$((20+1))\n")
+            first.stdin.flush()
+            end = time.monotonic() + 2
+            while b"first-21" not in seen and time.monotonic() < end:
+                if select.select([first.stdout], [], [], 0.2)[0]:
+                    seen += os.read(first.stdout.fileno(), 4096)
+        # While the first is attached (its input still open), a second one answers.
+        out = console_until(vms, "vm1", "echo second-$((40+2))", "second-42", timeout=30)
+        assert "second-42" in out
+        rest = first.communicate(timeout=30)[0]  # ends its input: it leaves
+        assert first.returncode == 0
+        assert b"second-42" in seen + rest  # it saw the other viewer's answer too
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+
 def test_shutdown_startup_reboot(vms: Sim) -> None:
     vms.run("gnt-instance", "shutdown", "--timeout", "30", "vm1", check=True)
     assert status(vms, "vm1") == "ADMIN_down"

@@ -2,8 +2,10 @@
 through any node's API, to the CLI or the dashboard's terminal.
 
 ``/haven/instances/{name}/console/ws``: binary frames both ways carry the console's
-bytes.  A text frame carries a JSON error in RAPI's shape (``code``, ``message``,
-``explain``) just before the server closes.  A node that is not the instance's primary
+bytes.  Several clients may watch one console at once (``console_hub``): each sees
+what the guest prints, and what any of them types reaches the guest.  A text frame
+carries a JSON error in RAPI's shape (``code``, ``message``, ``explain``) just before
+the server closes.  A node that is not the instance's primary
 relays to the primary's own endpoint (``?local=1``), authenticated as a node.
 
 Callers authenticate with an ``Authorization`` header (Basic, or Bearer with a session
@@ -26,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from haven.api import console_hub
 from haven.errors import HavenError, OpPrereqError
 
 if TYPE_CHECKING:
@@ -34,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/haven/instances/{name}/console/ws"
-CHUNK = 65536
 
 
 def routes(d: NodeContext) -> list[BaseRoute]:
@@ -125,25 +127,25 @@ def _locate(d: NodeContext, name: str, local: bool) -> str | tuple[str, str, int
 
 
 async def _serve_local(ws: WebSocket, path: str) -> None:
-    reader, writer = await asyncio.open_unix_connection(path)
+    # Through the hub: QEMU serves one console client at a time, and a second viewer
+    # (the dashboard while the CLI is attached) would otherwise wait, silent.
+    viewer = await console_hub.join(path)
 
     async def to_guest() -> None:
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
                 return
-            data = msg.get("bytes") or (msg.get("text") or "").encode()
-            writer.write(data)
-            await writer.drain()
+            await viewer.write(msg.get("bytes") or (msg.get("text") or "").encode())
 
     async def from_guest() -> None:
-        while data := await reader.read(CHUNK):
+        while (data := await viewer.get()) is not None:
             await ws.send_bytes(data)
 
     try:
         await _first_done(to_guest, from_guest)
     finally:
-        writer.close()
+        viewer.leave()
 
 
 async def _relay(ws: WebSocket, address: str, port: int, ctx: Any, auth: str,
