@@ -74,10 +74,12 @@ def test_bad_migrations_are_refused(mig: Sim, argv: list[str], needle: str) -> N
 
 def test_node_migrate_logs_each_instances_progress_in_its_job(mig: Sim) -> None:
     """``gnt-node migrate`` submits one migrate job per instance: each job's log has
-    that instance's memory progress (the CLI prints only its summary line)."""
+    that instance's memory progress, and the CLI prints it as it comes, after the
+    instance's name, then one summary line per instance."""
     p = mig.run("gnt-node", "migrate", "node03", timeout=180)
     assert p.returncode == 0, p.stderr
     assert "shared1: migrated live to node0" in p.stdout, p.stdout
+    assert re.search(r"shared1: \* memory: \d+% ", p.stdout), p.stdout
     last = mig.run("gnt-job", "list", "--no-headers", "-o", "id",
                    check=True).stdout.split()[-1]
     info = mig.run("gnt-job", "info", last, check=True).stdout

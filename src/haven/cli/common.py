@@ -77,11 +77,12 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def print_log(entry: Sequence[Any]) -> None:
-    """A job log line as Ganeti prints it: the time, then the message."""
+def print_log(entry: Sequence[Any], prefix: str = "") -> None:
+    """A job log line as Ganeti prints it: the time, then the message (after
+    ``prefix``, the instance's name when one command runs a job per instance)."""
     ts = entry[1]
     t = ts[0] if isinstance(ts, list) else ts
-    print(f"{time.ctime(float(t))} {entry[3]}", flush=True)
+    print(f"{time.ctime(float(t))} {prefix}{entry[3]}", flush=True)
 
 
 def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
@@ -140,13 +141,15 @@ def job_error(job: dict[str, Any]) -> HavenError:
 
 
 def submit_and_wait(client: Any, ops: list[dict[str, Any]], submit_only: bool = False,
-                    quiet: bool = False) -> Any:
-    """Submit a job, print its log as it runs, return its last result or raise."""
+                    quiet: bool = False, prefix: str = "") -> Any:
+    """Submit a job, print its log as it runs (each line after ``prefix``), return its
+    last result or raise."""
     job_id = client.submit(ops)
     if submit_only:
         print(f"JobID: {job_id}")
         return None
-    job = client.wait_job(job_id, None if quiet else print_log)
+    job = client.wait_job(job_id, None if quiet else
+                          (lambda entry: print_log(entry, prefix)))
     if job["status"] != "success":
         raise job_error(job)
     return job["opresult"][-1] if job["opresult"] else None

@@ -1,5 +1,8 @@
 """Node-wide moves: ``gnt-node migrate``, ``gnt-node failover``, ``gnt-node evacuate``
-and ``haven node maintenance`` (everything off, the master role away, offline)."""
+and ``haven node maintenance`` (everything off, the master role away, offline).
+
+Each instance moves in its own job; its log (steps, memory copy progress, resync)
+prints as it runs, each line after the instance's name, then one summary line each."""
 
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def move_off(c: Client, inst: dict[str, Any], target: str = "",
     else:
         op = {"OP_ID": "OP_INSTANCE_MOVE", "instance_name": name, "target_node": target}
         how = "moved (copied)"
-    res = submit_and_wait(c, [op], quiet=True) or {}
+    res = submit_and_wait(c, [op], prefix=f"{name}: ") or {}
     if how == "migrated":
         how = f"migrated {res.get('mode', 'live')}"
     return f"{name}: {how} to {res.get('to', target or '?')}"
@@ -46,7 +49,7 @@ def migrate_node(node: str, target: str = "") -> list[str]:
             continue
         res = submit_and_wait(c, [{"OP_ID": "OP_INSTANCE_MIGRATE",
                                    "instance_name": inst["name"], "target_node": target}],
-                              quiet=True)
+                              prefix=f"{inst['name']}: ")
         done.append(f"{inst['name']}: migrated {res.get('mode', 'live')} to {res['to']} (downtime "
                     f"{res.get('downtime_ms')} ms)")
     return done
@@ -58,7 +61,8 @@ def failover_node(node: str, ignore_consistency: bool = False) -> list[str]:
     for inst in primaries(c, node):
         res = submit_and_wait(c, [{"OP_ID": "OP_INSTANCE_FAILOVER",
                                    "instance_name": inst["name"],
-                                   "ignore_consistency": ignore_consistency}], quiet=True)
+                                   "ignore_consistency": ignore_consistency}],
+                              prefix=f"{inst['name']}: ")
         done.append(f"{inst['name']}: failed over to {res['to']}")
     return done
 
@@ -76,7 +80,7 @@ def evacuate(node: str, primary: bool, secondary: bool, target: str = "") -> lis
                 submit_and_wait(c, [{"OP_ID": "OP_INSTANCE_REPLACE_DISKS",
                                      "instance_name": inst["name"],
                                      "mode": "replace_new_secondary",
-                                     "remote_node": new}], quiet=True)
+                                     "remote_node": new}], prefix=f"{inst['name']}: ")
                 done.append(f"{inst['name']}: secondary moved to {new}")
     return done
 
