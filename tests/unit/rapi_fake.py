@@ -83,6 +83,8 @@ class Rapi:
         except HavenError as exc:
             return exc.http_status, exc.to_json()
         if isinstance(result, Response):
+            if isinstance(result.body, bytes) and result.content_type == "application/json":
+                return result.status, json.loads(result.body)  # pre-encoded, as sent
             return result.status, result.body
         return 200, json.loads(json.dumps(result))
 

@@ -7,16 +7,17 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from haven.api import instance_list
 from haven.api.ha_api import instance_ha
 from haven.api.ha_api import records as ha_records
-from haven.api.routing import Request, Router, Stream
+from haven.api.routing import Request, Response, Router, Stream
 from haven.api.views import filled_beparams
 from haven.errors import NotFoundError
 from haven.master import state
 from haven.model.event import Event
 from haven.model.ha import InstanceHA
 from haven.model.instance import Instance, Observed, ganeti_status
-from haven.model.keys import EVENTS, INSTANCES, OBSERVED, REPLICAS, Keys
+from haven.model.keys import EVENTS, INSTANCES, OBSERVED, Keys
 from haven.model.replica import Replicas
 
 if TYPE_CHECKING:
@@ -31,7 +32,8 @@ def install(r: Router, d: NodeContext) -> None:
         one_instance(d, q.params["name"])
         return submit(d, ops)
 
-    r.add("GET", "/2/instances", lambda q: list_instances(d, q))
+    r.add("GET", "/2/instances", lambda q: Response(instance_list.bulk_json(d))
+          if q.qbool("bulk") else list_instances(d, q))
     r.add("GET", "/2/instances/{name}", lambda q: one_instance(d, q.params["name"]))
     r.add("POST", "/2/instances", lambda q: submit(d, create_ops(d, q)), write=True)
     r.add("GET", "/2/instances/{name}/info", lambda q: instance_info_job(d, q))
@@ -186,15 +188,6 @@ def _instances(d: NodeContext) -> tuple[list[Instance], dict[str, Observed]]:
     return insts, obs
 
 
-def _replicas(d: NodeContext) -> dict[str, Replicas]:
-    kvs, _ = d.store().list(REPLICAS)
-    out = {}
-    for kv in kvs:
-        r = Replicas.from_json(json.loads(kv.value))
-        out[r.instance] = r
-    return out
-
-
 def instance_view(inst: Instance, obs: Observed | None, alive: set[str],
                   offline: set[str], reps: Replicas | None = None,
                   ha_rec: InstanceHA | None = None) -> dict[str, Any]:
@@ -257,16 +250,11 @@ def _degraded(inst: Instance, reps: Replicas | None) -> list[str]:
 
 
 def list_instances(d: NodeContext, q: Request) -> list[dict[str, Any]]:
-    insts, obs = _instances(d)
-    if not q.qbool("bulk"):
-        return [{"id": i.name, "uri": f"/2/instances/{i.name}"} for i in insts]
-    store = d.store()
-    alive = set(state.alive(store))
-    offline = {n.name for n in state.nodes(store) if n.offline}
-    reps = _replicas(d)
-    recs = ha_records(d)
-    return [instance_view(i, obs.get(i.name), alive, offline, reps.get(i.name),
-                          recs.get(i.name)) for i in insts]
+    if q.qbool("bulk"):
+        return instance_list.bulk(d)
+    kvs, _ = d.store().list(INSTANCES)
+    names = [kv.key[len(INSTANCES):] for kv in kvs]
+    return [{"id": n, "uri": f"/2/instances/{n}"} for n in names]
 
 
 def one_instance(d: NodeContext, name: str) -> dict[str, Any]:
