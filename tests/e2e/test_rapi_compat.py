@@ -265,3 +265,53 @@ def test_gnt_group_and_tag_commands(sim: Sim, results: dict[str, Any]) -> None:
     assert "Traceback" not in p.stderr
     p = sim.run("gnt-cluster", "search-tags", "^cli:", check=True)
     assert "/instances/rapi1 cli:1" in p.stdout and "/nodes/node02 cli:1" in p.stdout
+
+
+USERS_DRIVER = r'''
+import json, sys
+from ganeti.rapi import client as gc
+host, port = sys.argv[1], int(sys.argv[2])
+out = {}
+for user, password in (("gwm", "gwm-pw"), ("ro", "ro-pw"), ("gwm", "wrong")):
+    c = gc.GanetiRapiClient(host, port, username=user, password=password)
+    res = {}
+    try:
+        res["read"] = sorted(c.GetInfo())[:1]
+    except gc.GanetiApiError as exc:
+        res["read"] = exc.code
+    try:
+        res["write"] = c.AddClusterTags(["by:" + user])
+    except gc.GanetiApiError as exc:
+        res["write"] = exc.code
+    out[user + ":" + password] = res
+print(json.dumps(out))
+'''
+
+
+def test_ganeti_users_file_on_the_master_serves_every_node_after_redist_conf(
+        sim: Sim, tmp_path: Path) -> None:
+    """Ganeti's ``rapi/users`` format, written on the master as a Ganeti administrator
+    would ({HA1} hash for write access, a read-only user), then ``gnt-cluster
+    redist-conf``: another node accepts those users with Ganeti's own client."""
+    import hashlib
+
+    master = sim.master()
+    ha1 = hashlib.md5(b"gwm:Ganeti Remote API:gwm-pw").hexdigest()
+    users = sim.base / master / "rapi" / "users"
+    users.parent.mkdir(parents=True, exist_ok=True)
+    users.write_text(f"# Ganeti Web Manager\ngwm {{HA1}}{ha1} write\nro ro-pw\n")
+    out = sim.run("gnt-cluster", "redist-conf", check=True).stdout
+    other = next(n for n in ("node01", "node02", "node03") if n != master)
+    copy = sim.base / other / "rapi" / "users"
+    assert copy.read_text() == users.read_text(), out
+    assert copy.stat().st_mode & 0o777 == 0o600
+    script = tmp_path / "users.py"
+    script.write_text(USERS_DRIVER)
+    p = subprocess.run([SYSTEM_PYTHON, str(script), sim.address(other), "5080"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = json.loads(p.stdout)
+    assert res["gwm:gwm-pw"]["read"] != 401 and isinstance(res["gwm:gwm-pw"]["write"], int)
+    assert res["gwm:gwm-pw"]["write"] not in (401, 403)  # a job id
+    assert res["ro:ro-pw"]["read"] != 401 and res["ro:ro-pw"]["write"] == 403
+    assert res["gwm:wrong"]["write"] == 401

@@ -1,7 +1,8 @@
 """Who is calling: RAPI users (HTTP Basic) and browser session tokens (Bearer).
 
 RAPI users live in the cluster's configuration in etcd: name -> {"password": hash,
-"salt": ..., "write": bool}.  A browser logs in once with such a user and gets a token
+"salt": ..., "write": bool}, and in each node's Ganeti-format users file
+(``users_file.py``).  A browser logs in once with such a user and gets a token
 (:meth:`Authenticator.issue_token`) that it sends as ``Authorization: Bearer`` (or
 ``?token=`` on a WebSocket, which cannot carry headers from a browser).  Tokens are
 signed with a key derived from the cluster's secret, so one token works on every node of
@@ -18,6 +19,7 @@ import json
 import time
 from typing import Any
 
+from haven.api.users_file import UsersFile
 from haven.passwords import hash_password
 
 TOKEN_TTL = 12 * 3600.0
@@ -44,6 +46,8 @@ class Authenticator:
         self._users: dict[str, dict[str, Any]] = {}
         self._token_key = b""
         self.loaded = False
+        # Ganeti's per-node RAPI users file, set by the daemon (users_file.py).
+        self.users_file: UsersFile | None = None
 
     @property
     def users(self) -> dict[str, dict[str, Any]]:
@@ -77,6 +81,10 @@ class Authenticator:
     def check_password(self, user: str, password: str) -> tuple[str | None, bool]:
         entry = self.users.get(user)
         if entry is None:
+            # The cluster's own users first: the file cannot redefine them.
+            extra = self.users_file.current().get(user) if self.users_file else None
+            if extra is not None and self.loaded and extra.verify(password):
+                return user, extra.write
             return None, False
         expected = str(entry.get("password", ""))
         if not hmac.compare_digest(expected, hash_password(password, str(entry.get("salt")))):

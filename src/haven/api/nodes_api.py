@@ -48,7 +48,8 @@ def install(r: Router, d: NodeContext) -> None:
     r.add("POST", "/haven/node/init", lambda q: local_init(d, q))
     r.add("POST", "/haven/node/join", lambda q: d.join_cluster(q.obj()))
     r.add("POST", "/haven/node/leave", lambda _q: d.leave_cluster(), write=True)
-    r.add("POST", "/haven/node/redist", lambda _q: redist(d), write=True)
+    r.add("POST", "/haven/node/redist", lambda q: redist(d, q.obj()), write=True)
+    r.add("GET", "/haven/node/rapi-users", lambda _q: rapi_users(d), write=True)
     r.add("GET", "/haven/client-config", lambda _q: d.write_client_config(), write=True)
     r.add("POST", "/haven/master-failover", lambda q: d.master_failover(
         bool(q.obj().get("no_voting"))), write=True)
@@ -170,9 +171,19 @@ def local_init(d: NodeContext, q: Request) -> dict[str, Any]:
     return result
 
 
-def redist(d: NodeContext) -> dict[str, Any]:
+def rapi_users(d: NodeContext) -> dict[str, Any]:
+    """This node's RAPI users file, for redist-conf to copy (None: there is none)."""
+    uf = d.api.auth.users_file if d.api is not None else None
+    return {"text": uf.text() if uf is not None and uf.path.exists() else None}
+
+
+def redist(d: NodeContext, body: dict[str, Any] | None = None) -> dict[str, Any]:
     cluster = state.cluster(d.store())
     written = d.local.save_cert(cluster.cert_pem, cluster.key_pem)
+    text = (body or {}).get("rapi_users")
+    uf = d.api.auth.users_file if d.api is not None else None
+    if isinstance(text, str) and uf is not None and uf.replace(text):
+        written.append(str(uf.path))
     before = d.local.client_file.read_text() if d.local.client_file.exists() else ""
     d.write_client_config()
     if d.local.client_file.read_text() != before:

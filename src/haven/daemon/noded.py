@@ -102,12 +102,14 @@ class NodeDaemon:
             self._activate_with_retry()
         from haven.api import console, routes, ui
         from haven.api.http import ApiServer
+        from haven.api.users_file import UsersFile
 
         # The routes take a NodeContext (api/node.py): mypy checks here that this
         # daemon is one, and the API never imports the daemon.
         routes.install(self.router, self)
         self.api = ApiServer(self.settings.address, self.settings.api_port, self.router,
                              [*console.routes(self), *ui.routes(self)])
+        self.api.auth.users_file = UsersFile(self.rapi_users_path)
         self.use_certificate()
         joined = self.joined
         if joined is not None:
@@ -457,6 +459,11 @@ class NodeDaemon:
             self.member.remember_cluster_id(joined.store.status(own)["cluster_id"])
 
     # -- what the API asks ---------------------------------------------------------------
+    @property
+    def rapi_users_path(self) -> Path:
+        """Ganeti's RAPI users file of this node (``api/users_file.py``)."""
+        return self.settings.data_dir / "rapi" / "users"
+
     def store(self) -> EtcdStore:
         joined = self.joined
         if joined is None:

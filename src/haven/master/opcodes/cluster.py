@@ -183,13 +183,24 @@ class RedistConf(LogicalUnit):
     def exec(self) -> Any:
         report: dict[str, Any] = {}
         alive = state.alive(self.c.store)
+        # As Ganeti's: the master's RAPI users file goes to every node (if it has one).
+        body: dict[str, Any] = {}
+        try:
+            me = self.node(self.c.master_node)
+            users = self.c.rpc.call(me.primary_ip, me.api_port, "GET",
+                                    "/haven/node/rapi-users").get("text")
+            if isinstance(users, str):
+                body["rapi_users"] = users
+        except HavenError as exc:
+            self.feedback(f"Could not read the master's RAPI users file: {exc.message}")
         for n in state.nodes(self.c.store):
             if n.offline or n.name not in alive:
                 report[n.name] = "skipped: node is offline or down"
                 self.feedback(f"Skipping node {n.name}: offline or down")
                 continue
             try:
-                res = self.c.rpc.call(n.primary_ip, n.api_port, "POST", "/haven/node/redist")
+                res = self.c.rpc.call(n.primary_ip, n.api_port, "POST", "/haven/node/redist",
+                                      body)
                 written = res.get("written", [])
                 report[n.name] = written
                 self.feedback(f"Node {n.name}: {len(written)} file(s) updated")
