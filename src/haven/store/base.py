@@ -176,10 +176,16 @@ class Store(abc.ABC):
         :class:`FencedOut` if the guard failed.
         """
         compares = [Compare(key, "mod", "=", mod_revision), *_guard(guard)]
-        res = self.txn(compares, [Put(key, value, lease)], _guard_probe(guard))
+        res = self.txn(compares, [Put(key, value, lease)], [Get(key), *_guard_probe(guard)])
         if res.succeeded:
             return res.revision
         _check_guard(res, guard)
+        # etcd may apply a write and still answer "leader changed" (a raft leadership
+        # move right after a master hand-over): the client's retry then finds its own
+        # write.  The same bytes in place mean this write is done, not lost to another.
+        found = res.responses[0] if res.responses else None
+        if isinstance(found, list) and found and found[0].value == value:
+            return found[0].mod_revision
         return None
 
     def delete(self, key: str, mod_revision: int | None = None, prefix: bool = False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 import uuid
@@ -20,6 +21,8 @@ from haven.master.lu import REQUIRED, LogicalUnit, register
 from haven.model.keys import Keys
 from haven.model.node import Node
 from haven.store import members as members_mod
+
+log = logging.getLogger(__name__)
 
 NODE_NAME = (str, REQUIRED)
 
@@ -287,11 +290,25 @@ class NodeSetParams(LogicalUnit):
         if ch.get("master_candidate"):
             ch.setdefault("offline", False)
             ch.setdefault("drained", False)
+        guard = self.require_guard()
         cur, rev = state.node_rev(self.c.store, self.target.name)
-        new = cur.modified(self.c.clock(), **ch)
-        if self.c.store.cas(Keys.node(cur.name), state.dumps(new.to_json()), rev,
-                            guard=self.require_guard()) is None:
-            raise NodeSetupError(f"Node {cur.name} changed concurrently; retry.")
+        first = cur
+        for _attempt in range(3):
+            new = cur.modified(self.c.clock(), **ch)
+            if self.c.store.cas(Keys.node(cur.name), state.dumps(new.to_json()), rev,
+                                guard=guard) is not None:
+                break
+            # Another field of the record changed meanwhile (the node's etcd member id
+            # after a rejoin, its tags): these flags apply on top of it.
+            prev = cur
+            cur, rev = state.node_rev(self.c.store, self.target.name)
+            log.info("node %s changed under a modify (%s); applying the change again",
+                     cur.name, ", ".join(k for k, v in cur.to_json().items()
+                                         if prev.to_json().get(k) != v) or "same fields")
+        else:
+            raise NodeSetupError(f"Node {cur.name} changed concurrently three times; "
+                                 f"retry.")
+        cur = first
         # Never echo the parameters back: they hold the BMC's password.
         return [[k, "(set)" if k == "fence_params" else v] for k, v in ch.items()
                 if getattr(cur, k) != v]
