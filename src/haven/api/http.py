@@ -94,8 +94,13 @@ class ApiServer:
         self._has_cert = False
         self._limiter: anyio.CapacityLimiter | None = None
         # Bound here, so that a port in use fails the daemon's start with its OSError.
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP spelled out: asyncio turns Nagle off only on sockets whose proto
+        # says TCP, and accepted sockets copy the listener's.  With proto 0, every small
+        # answer (headers and body in two TLS records) waited ~44 ms for the client's
+        # delayed ACK.  TCP_NODELAY on the listener is inherited by Linux too.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self._sock.bind((address, port))
         except OSError:
