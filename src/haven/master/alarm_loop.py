@@ -28,6 +28,7 @@ from haven.master import alarm_store, state
 from haven.master.alarm_notify import Notifier
 from haven.master.alarms import AlarmPlan, AlarmView, FailedJob, plan
 from haven.master.lu import MasterContext
+from haven.master.periodic import CycleLoop
 from haven.master.quorum import MemberView, view_of
 from haven.model import alarm as A
 from haven.model import event
@@ -74,7 +75,7 @@ def failed_job(job: Job) -> FailedJob | None:
                      job_error(job))
 
 
-class AlarmManager:
+class AlarmManager(CycleLoop):
     """Runs the cycle in a thread while this node is master (see ``daemon/role.py``)."""
 
     def __init__(self, ctx: MasterContext, period: float = PERIOD,
@@ -129,21 +130,7 @@ class AlarmManager:
         self.notifier.stop()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                line = self.cycle()
-            except FencedOut:
-                return
-            except (HavenError, StoreError) as exc:
-                line = f"cannot run a cycle: {exc}"
-            except Exception:  # the loop must survive a bug in one cycle
-                log.exception("alarm cycle failed")
-                line = "cycle failed"
-            if line not in (self.last_summary, "nothing to do"):
-                log.info("alarms: %s", line)
-            self.last_summary = line
-            self.wake.wait(self.period)
-            self.wake.clear()
+        self.run_cycles(self.cycle, self.period, "alarms", log)
 
     # -- inputs gathered off the cycle -------------------------------------------------
     def _on_jobs(self, kvs: list[KeyValue], _rev: int) -> None:

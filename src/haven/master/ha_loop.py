@@ -20,6 +20,7 @@ from haven.errors import HavenError
 from haven.master import jobqueue, state
 from haven.master.ha import Action, HAView, plan, summary
 from haven.master.lu import MasterContext
+from haven.master.periodic import CycleLoop
 from haven.model import event
 from haven.model import ha as H
 from haven.model.ha import InstanceHA, NodeHA
@@ -134,7 +135,7 @@ def _job_error(opresult: tuple[Any, ...]) -> str:
     return "its job failed"
 
 
-class HaManager:
+class HaManager(CycleLoop):
     def __init__(self, ctx: MasterContext, grace: float = GRACE) -> None:
         self.ctx = ctx
         self.grace = grace
@@ -168,21 +169,7 @@ class HaManager:
             self._watcher.stop()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                line = self.cycle()
-            except FencedOut:
-                return
-            except (HavenError, StoreError) as exc:
-                line = f"cannot run a cycle: {exc}"
-            except Exception:  # the loop must survive a bug in one cycle
-                log.exception("HA cycle failed")
-                line = "cycle failed"
-            if line not in (self.last_summary, "nothing to do"):
-                log.info("ha: %s", line)
-            self.last_summary = line
-            self.wake.wait(PERIOD)
-            self.wake.clear()
+        self.run_cycles(self.cycle, PERIOD, "ha", log)
 
     def cycle(self) -> str:
         if self.ctx.guard() is None:
