@@ -147,3 +147,29 @@ def test_removing_and_adding_a_node_changes_the_etcd_members(cluster3: Sim) -> N
     assert p.returncode == 0, p.stderr
     out = cluster3.wait_verify_ok()
     assert len(re.findall(r"Verified etcd member node0\d: healthy", out)) == 3
+
+
+def test_a_node_removed_while_down_returns_as_standby_and_can_be_added_again(
+        cluster3: Sim) -> None:
+    cluster3.wait_verify_ok()
+    victim = next(n for n in ("node03", "node02") if n != cluster3.master())
+    cluster3.run("haven", "kill", victim, check=True)
+    p = cluster3.run("gnt-node", "remove", victim, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    cluster3.run("haven", "start", victim, check=True)
+    # It asks the others, finds no record of itself, and does not rejoin etcd: the
+    # cluster keeps two healthy members and verifies clean.
+    log = cluster3.base / victim / "logs" / "noded.log"
+    deadline = time.monotonic() + 30
+    while "goes back to standby" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.3)
+    out = cluster3.wait_verify_ok()
+    assert len(re.findall(r"Verified etcd member node0\d: healthy", out)) == 2
+    names = cluster3.run("gnt-node", "list", "-o", "name", "--no-headers").stdout.split()
+    assert victim not in names
+    p = cluster3.run("gnt-node", "add", "--primary-ip", cluster3.address(victim), victim,
+                     timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = cluster3.wait_verify_ok()
+    assert len(re.findall(r"Verified etcd member node0\d: healthy", out)) == 3

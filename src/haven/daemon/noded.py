@@ -141,7 +141,8 @@ class NodeDaemon:
 
     def use_certificate(self) -> None:
         """Serve the cluster's certificate once joined, else the provisional one."""
-        assert self.api is not None
+        if self.api is None:
+            return  # activated (or left) before the API exists: run() calls this again
         if self.local.cert_file.exists() and self.local.joined() is not None:
             self.api.use_certificate(str(self.local.cert_file), str(self.local.key_file))
         else:

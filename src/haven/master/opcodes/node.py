@@ -199,8 +199,9 @@ class NodeRemove(LogicalUnit):
                 if "not part of a cluster" in exc.message:
                     self.feedback(f"Node {name} already went back to standby")
                 else:
-                    self.feedback(f"Node {name} did not answer ({exc.message}); clean it "
-                                  f"up by hand if it comes back")
+                    self.feedback(f"Node {name} did not answer ({exc.message}); when "
+                                  f"it returns it finds itself removed and goes back to "
+                                  f"standby")
         else:
             self.feedback(f"Node {name} is down; it is removed from the configuration "
                           f"only")
