@@ -32,7 +32,7 @@ def rig(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     clock = {"now": 1000.0, "severed": []}
     monkeypatch.setattr(node_repl.time, "monotonic", lambda: clock["now"])
     monkeypatch.setattr(repl, "sever", lambda qmp, disk: clock["severed"].append(disk) or True)
-    monkeypatch.setattr(NodeReplication, "_qmp", lambda self, name: f"/run/{name}.qmp")
+    monkeypatch.setattr(NodeReplication, "qmp_path", lambda self, name: f"/run/{name}.qmp")
     return clock
 
 

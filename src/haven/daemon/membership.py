@@ -378,10 +378,7 @@ def _rejoin(d: NodeDaemon, other: EtcdStore, members: list[Any], mine: Any,
               if m.client_urls and not m.is_learner and m.id != mine.id}
     js = d.local.joined()
     if js is not None and voters:
-        js = replace(js, etcd_endpoints=tuple(sorted(voters | {s.etcd_client_url})))
-        d.local.save_joined(js)
-        if d.joined is not None:
-            d.joined.store.set_endpoints(d._endpoints(js))
+        d.use_etcd_endpoints(js, tuple(sorted(voters | {s.etcd_client_url})))
     # No wait for it: the daemon reaches the store through the other members, and a
     # new learner takes about 7 s to publish itself (etcd 3.4 retries that proposal).
     # The supervision pass restarts or rejoins it if it dies.

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -442,10 +443,16 @@ class NodeDaemon:
         urls = tuple(sorted(n.etcd_client_url for n in state.nodes(joined.store)
                             if n.etcd_client_url))
         if js.etcd_managed and urls and urls != tuple(sorted(js.etcd_endpoints)):
-            js = JoinedState(**{**js.__dict__, "etcd_endpoints": urls})
-            self.local.save_joined(js)
-            # The live client too: a member that joined later may be the only voter
-            # left when this node's own member is demoted or the first ones go.
+            self.use_etcd_endpoints(js, urls)
+
+    def use_etcd_endpoints(self, js: JoinedState, urls: tuple[str, ...]) -> None:
+        """Remember ``urls`` as the cluster's etcd endpoints, and use them at once: a
+        member that joined after this node may be the only voter left when this
+        node's own member is demoted or the first ones go."""
+        js = replace(js, etcd_endpoints=urls)
+        self.local.save_joined(js)
+        joined = self.joined
+        if joined is not None:
             joined.store.set_endpoints(self._endpoints(js))
 
     def _rejoin_if_removed(self, js: JoinedState) -> bool:
@@ -490,8 +497,7 @@ class NodeDaemon:
                 if n.name != self.name]
 
     def qmp_path(self, name: str) -> str:
-        # One definition of the path: replication's own (which has no public name yet).
-        return self.replication._qmp(name)
+        return self.replication.qmp_path(name)
 
     # The API's membership and disk-copy calls (api/node.py), carried out here.
     def init_cluster(self, name: str, etcd_endpoints: list[str], lease_ttl: int,

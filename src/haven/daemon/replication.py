@@ -105,7 +105,7 @@ class NodeReplication:
                 locked = False  # etcd unreachable: stay frozen, the report waits for it
             if locked:
                 try:
-                    replication.thaw(self._qmp(name))
+                    replication.thaw(self.qmp_path(name))
                 except HavenError as exc:
                     log.warning("%s: could not thaw the guest: %s", name, exc.message)
             else:
@@ -140,7 +140,7 @@ class NodeReplication:
                 self.watch.rearm(name)
             if peer_marked or healthy:
                 try:
-                    replication.thaw(self._qmp(name))
+                    replication.thaw(self.qmp_path(name))
                 except HavenError as exc:
                     log.warning("%s: could not thaw the guest: %s", name, exc.message)
                     continue
@@ -177,7 +177,7 @@ class NodeReplication:
             if inst is None or inst.disk_template != "drbd" or inst.hypervisor != "kvm":
                 continue
             try:
-                st = replication.status(self._qmp(name))
+                st = replication.status(self.qmp_path(name))
             except HavenError as exc:
                 log.debug("mirror status of %s: %s", name, exc.message)
                 continue  # unknown this cycle: no decision is taken on it
@@ -203,7 +203,7 @@ class NodeReplication:
             return m
         del self._still[(name, m.disk)]
         try:
-            replication.sever(self._qmp(name), m.disk)
+            replication.sever(self.qmp_path(name), m.disk)
         except HavenError as exc:
             log.warning("cutting the hung replica connection of %s: %s", name, exc.message)
             return m
@@ -297,7 +297,7 @@ class NodeReplication:
         migrated = what == "protect" and self._migrated_bitmaps(inst)
         for i in disks:
             target = targets[i]
-            if migrated and replication.has_bitmap(self._qmp(inst.name), i):
+            if migrated and replication.has_bitmap(self.qmp_path(inst.name), i):
                 # The old primary exports as soon as its agent sees the switch: wait for
                 # it briefly rather than a whole agent period.
                 deadline = time.monotonic() + EXPORT_WAIT
@@ -309,7 +309,7 @@ class NodeReplication:
                         if time.monotonic() > deadline:
                             raise
                         time.sleep(0.1)
-                res = replication.resync(self._qmp(inst.name), i, target,
+                res = replication.resync(self.qmp_path(inst.name), i, target,
                                          trust_bitmap=True, resume_timeout=0)
                 log.info("protecting disk %d of %s to %s from its migration bitmap: %s",
                          i, inst.name, snode.name, res)
@@ -317,12 +317,12 @@ class NodeReplication:
                                       f"after the migration ({res.mode}, "
                                       f"{res.bytes_copied} bytes)")
             elif what == "protect":
-                replication.protect(self._qmp(inst.name), i, target)
+                replication.protect(self.qmp_path(inst.name), i, target)
                 log.info("protecting disk %d of %s to %s", i, inst.name, snode.name)
             else:
                 # A cut connection never comes back: no resume attempt for it.
                 severed = (inst.name, i) in self._severed
-                res = replication.resync(self._qmp(inst.name), i, target,
+                res = replication.resync(self.qmp_path(inst.name), i, target,
                                          resume_timeout=0 if severed else 5.0)
                 self._severed.discard((inst.name, i))
                 log.info("resynced disk %d of %s to %s: %s", i, inst.name, snode.name, res)
@@ -352,7 +352,7 @@ class NodeReplication:
         if outdating and inst.hypervisor == "kvm":
             from haven.hypervisor.qemu import replication
 
-            replication.freeze(self._qmp(inst.name))
+            replication.freeze(self.qmp_path(inst.name))
             frozen = True
         if store.cas(key, state.dumps(new.to_json()), kv.mod_revision if kv else 0) is None:
             # Someone else wrote: plan again from what is there.  A frozen VM stays
@@ -361,7 +361,7 @@ class NodeReplication:
         if frozen:
             from haven.hypervisor.qemu import replication
 
-            replication.thaw(self._qmp(inst.name))
+            replication.thaw(self.qmp_path(inst.name))
             self._frozen.pop(inst.name, None)
         if outdating:
             self.d.instances.emit("degraded", inst, "its secondary stopped answering; "
@@ -388,7 +388,8 @@ class NodeReplication:
         directory.mkdir(mode=0o700, exist_ok=True)
         return str(write_psk_dir(directory, inst.replication_secret))
 
-    def _qmp(self, name: str) -> str:
+    def qmp_path(self, name: str) -> str:
+        """The QMP socket of instance ``name`` on this node."""
         return str(self._hv().qmp_path(name))
 
     def _hv(self) -> QemuHypervisor:
