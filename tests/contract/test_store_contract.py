@@ -15,6 +15,7 @@ from haven.store import (
     Get,
     Guard,
     LeaseExpired,
+    OutcomeUnknown,
     Put,
     StoreError,
     StoreUnavailable,
@@ -330,21 +331,57 @@ def test_etcd_with_only_dead_endpoints_is_unavailable_quickly():
 
 
 @pytest.mark.integration
-def test_etcd_resends_reads_but_not_writes_after_a_timeout(etcd_server):
+def test_etcd_resends_reads_puts_and_cas_but_no_other_write_after_a_timeout(etcd_server):
     # A listener that never answers: requests are delivered, replies never come.
     with _silent_listener() as port:
-        s = EtcdStore([f"http://127.0.0.1:{port}", etcd_server.url], "/silent/", timeout=0.3)
+        eps = [f"http://127.0.0.1:{port}", etcd_server.url]
+        s = EtcdStore(eps, "/silent/", timeout=0.3)
         try:
-            with pytest.raises(StoreUnavailable, match="may or may not"):
-                s.put("k", b"v")
+            # A general transaction whose answer was lost is not resent: the caller
+            # must re-read first.
+            with pytest.raises(OutcomeUnknown, match="may or may not"):
+                s.txn([Compare("k", "version", "=", 0)], [Put("k", b"v")])
             # The failed endpoint was left: this goes to the live one.
-            assert s.put("k", b"v") > 0
-            s2 = EtcdStore([f"http://127.0.0.1:{port}", etcd_server.url], "/silent/",
-                           timeout=0.3)
-            assert s2.get("k").value == b"v"  # type: ignore[union-attr]
-            s2.close()
+            assert s.get("k") is None
+            # A put and a compare-and-swap apply at most once however often they are
+            # sent: each is resent once, to the next member, and succeeds.
+            for write in (lambda st: st.put("p", b"v"), lambda st: st.cas("c", b"w", 0)):
+                fresh = EtcdStore(eps, "/silent/", timeout=0.3)
+                try:
+                    assert write(fresh)
+                finally:
+                    fresh.close()
+            assert s.get("p").value == b"v"  # type: ignore[union-attr]
+            assert s.get("c").value == b"w"  # type: ignore[union-attr]
         finally:
             s.close()
+
+
+@pytest.mark.integration
+def test_etcd_a_stopping_member_does_not_fail_a_put_or_a_read(etcd_server):
+    """A member removed from the cluster (a vote moving) answers "raft: stopped" while
+    it shuts down, possibly after handing the proposal to raft: reads go on to the next
+    member, puts and compare-and-swaps are resent there once; a failed job was the
+    symptom (CI, stop 17)."""
+    with _answering(b'{"error":"raft: stopped","message":"raft: stopped","code":2}',
+                    500) as port:
+        eps = [f"http://127.0.0.1:{port}", etcd_server.url]
+        for call in (lambda st: st.put("k", b"v"), lambda st: st.get("k"),
+                     lambda st: st.cas("c", b"w", 0)):
+            st = EtcdStore(eps, "/stopping/", timeout=1.0)
+            try:
+                call(st)
+            finally:
+                st.close()
+        st = EtcdStore([f"http://127.0.0.1:{port}"], "/stopping/", timeout=1.0)
+        try:
+            with pytest.raises(OutcomeUnknown, match="raft: stopped"):
+                st.txn([], [Put("k", b"x")])
+        finally:
+            st.close()
+        st = EtcdStore([etcd_server.url], "/stopping/")
+        assert st.get("k").value == b"v" and st.get("c").value == b"w"  # type: ignore[union-attr]
+        st.close()
 
 
 @pytest.mark.integration
@@ -376,6 +413,38 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class _answering:
+    """An HTTP server that answers every POST with one fixed JSON body."""
+
+    def __init__(self, body: bytes, status: int) -> None:
+        self.body, self.status = body, status
+
+    def __enter__(self) -> int:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return int(self.server.server_address[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class _silent_listener:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from haven.hypervisor.base import Hypervisor, HypervisorError, NicSpec, VmInfo, 
 from haven.master import state
 from haven.model import event
 from haven.model.instance import Instance, Observed
-from haven.model.keys import Keys
+from haven.model.keys import OBSERVED, Keys
 from haven.storage.base import DiskTemplate, StoragePaths, template
 
 if TYPE_CHECKING:
@@ -336,6 +337,31 @@ class NodeInstances:
                        restarts=restarts, since=now, updated=now, message=message,
                        accel=info.accel if info else "")
         self.d.store().put(Keys.observed(inst.name), state.dumps(obs.to_json()))
+
+    def retract_stale(self) -> list[str]:
+        """Before this node says it is alive again, take back every "running" it
+        published that is no longer true: after a crash or a fence its old records
+        would otherwise show instances ``running`` here until the agent's next pass, and
+        a console or migration sent on that word would fail.  Only records unchanged
+        since read are rewritten (compare-and-swap), so a newer word from another node
+        is never overwritten.  Returns the instances retracted."""
+        store = self.d.store()
+        kvs, _rev = store.list(OBSERVED)
+        local = self.all_vms()
+        done: list[str] = []
+        for kv in kvs:
+            obs = Observed.from_json(json.loads(kv.value))
+            if obs.node != self.d.name or obs.state != "running" or obs.name in local:
+                continue
+            now = time.time()
+            new = replace(obs, state="stopped", pid=0, since=now, updated=now,
+                          message=f"not running on {self.d.name} since its daemon returned")
+            if store.cas(kv.key, state.dumps(new.to_json()), kv.mod_revision) is not None:
+                done.append(obs.name)
+        if done:
+            log.info("%s no longer runs %s (it was down); their state now says so",
+                     self.d.name, ", ".join(done))
+        return done
 
     def emit(self, kind: str, inst: Instance, message: str, severity: str = "info") -> None:
         ev = event.new(kind, f"instance/{inst.name}", self.d.name,

@@ -419,6 +419,12 @@ class NodeDaemon:
         joined = self.joined
         if joined is None or not joined.lease.valid():
             return
+        if self._alive_lease != joined.lease.lease_id:
+            try:
+                self.instances.retract_stale()
+            except (StoreError, OSError) as exc:  # the agent's pass corrects it later
+                log.warning("could not correct %s's stale instance states: %s",
+                            self.name, exc)
         joined.store.put(Keys.alive(self.name), self._alive_value(),
                          lease=joined.lease.lease_id)
         self._alive_lease = joined.lease.lease_id

@@ -28,6 +28,7 @@ from haven.store.errors import (
     Compacted,
     FencedOut,
     LeaseExpired,
+    OutcomeUnknown,
     StoreError,
     StoreUnavailable,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "Member",
     "MemoryStore",
     "Op",
+    "OutcomeUnknown",
     "Put",
     "Store",
     "StoreError",

@@ -27,9 +27,14 @@ Atomicity, per method:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from haven.store.errors import OutcomeUnknown
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ class Store(abc.ABC):
 
     def put(self, key: str, value: bytes, lease: int = 0, guard: Guard | None = None) -> int:
         """Write unconditionally (but for ``guard``); returns the new revision."""
-        res = self.txn(_guard(guard), [Put(key, value, lease)])
+        res = _resend_once(lambda: self.txn(_guard(guard), [Put(key, value, lease)]))
         _check_guard(res, guard)
         return res.revision
 
@@ -176,7 +181,8 @@ class Store(abc.ABC):
         :class:`FencedOut` if the guard failed.
         """
         compares = [Compare(key, "mod", "=", mod_revision), *_guard(guard)]
-        res = self.txn(compares, [Put(key, value, lease)], [Get(key), *_guard_probe(guard)])
+        res = _resend_once(lambda: self.txn(compares, [Put(key, value, lease)],
+                                            [Get(key), *_guard_probe(guard)]))
         if res.succeeded:
             return res.revision
         _check_guard(res, guard)
@@ -236,6 +242,22 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+def _resend_once(send: Callable[[], TxnResult]) -> TxnResult:
+    """Send a put or a compare-and-swap; if its outcome was lost, send it once more.
+
+    Safe for these two only: a put of the same bytes leaves the same state however often
+    it applies, and a compare-and-swap applies at most once (a second application fails
+    its compare, and :meth:`Store.cas` then finds its own bytes in place).  Without this
+    a member stopping under a request ("raft: stopped", when a vote moves) failed the
+    job that sent it although the write could simply go to another member.
+    """
+    try:
+        return send()
+    except OutcomeUnknown as exc:
+        log.info("resending a write whose outcome was lost: %s", exc)
+        return send()
 
 
 def _guard(guard: Guard | None) -> list[Compare]:

@@ -2,6 +2,7 @@
 
     StoreError
     ├── StoreUnavailable    no endpoint answered, or etcd has no leader / no quorum
+    │   └── OutcomeUnknown  a write was sent but its answer lost: it may have applied
     ├── Compacted           a watch asked for history etcd has already compacted
     ├── LeaseExpired        a keepalive found the lease gone (or past its local deadline)
     ├── StoreClosed         the client was closed (its node left the cluster or reconnects)
@@ -20,6 +21,12 @@ class StoreError(HavenError):
 
 class StoreUnavailable(StoreError):
     exit_code = EXIT_NOTCLUSTER
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """A write reached etcd but no verdict came back (the reply timed out, "leader
+    changed", the member stopped): it may or may not commit.  Re-read before retrying,
+    or resend only a write that applies at most once (a compare-and-swap)."""
 
 
 class Compacted(StoreError):

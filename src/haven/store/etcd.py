@@ -10,8 +10,9 @@ be delivered (connection refused, connect timeout) or etcd refuses it before act
 *write* whose outcome is unknown (the reply timed out, "request timed out", "leader
 changed") nothing is resent: a resent compare-and-swap could fail against our own
 first attempt and report a conflict that is not one.  The caller gets
-:class:`StoreUnavailable` and re-reads, as after any outage.  That is the rule of
-etcd's own Go client.  Reads, keepalives and revokes are resent freely.
+:class:`OutcomeUnknown` and re-reads, as after any outage.  That is the rule of
+etcd's own Go client.  Reads, keepalives and revokes are resent freely; ``Store.put``
+and ``Store.cas`` resend once themselves (see :mod:`haven.store.base`).
 
 Every ``httpx`` exception is mapped here; none escapes this module.
 """
@@ -48,6 +49,7 @@ from haven.store.base import (
 from haven.store.errors import (
     Compacted,
     LeaseExpired,
+    OutcomeUnknown,
     StoreClosed,
     StoreError,
     StoreUnavailable,
@@ -73,6 +75,9 @@ _MAYBE_APPLIED = (
     "etcdserver: request timed out",
     "etcdserver: leader changed",
     "context deadline exceeded",
+    # The member is stopping (removed, or shut down) and may have handed the proposal
+    # to raft already (raft's node.stepWait returns this after the step too).
+    "raft: stopped",
 )
 _GRPC_UNAVAILABLE = 14
 # A raft leader election takes 1-2 s here: requests that are safe to repeat wait that
@@ -268,7 +273,7 @@ class EtcdStore(Store):
                 if idempotent:
                     continue
                 self._worked((idx + 1) % len(self._endpoints))
-                raise StoreUnavailable(
+                raise OutcomeUnknown(
                     f"etcd at {ep} did not answer {path} ({_why(exc)}); "
                     "the write may or may not have been applied: re-read before retrying."
                 ) from exc
@@ -290,7 +295,7 @@ class EtcdStore(Store):
                 continue
             if text.startswith(_MAYBE_APPLIED):
                 self._worked((idx + 1) % len(self._endpoints))
-                raise StoreUnavailable(
+                raise OutcomeUnknown(
                     f"etcd at {ep} answered {path} with {text!r}; the write may or may not "
                     "have been applied: re-read before retrying."
                 )

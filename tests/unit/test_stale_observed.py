@@ -1,0 +1,54 @@
+"""A node that returns takes back the "running" it published before it went down
+(``NodeInstances.retract_stale``, called before its alive key is written again).
+
+CI caught the bug: right after a killed node came back, ``gnt-instance list`` showed its
+instance ``running`` from the old record, and a console sent on that word was refused
+("Instance vm1 is not running")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from haven.daemon.instances import NodeInstances
+from haven.hypervisor.base import VmSpec
+from haven.model.instance import Observed
+from haven.model.keys import Keys
+from haven.store import MemoryStore
+
+
+def _obs(store: MemoryStore, name: str, node: str, st: str) -> None:
+    store.put(Keys.observed(name), json.dumps(
+        Observed(name=name, node=node, state=st, pid=4242).to_json()).encode())
+
+
+def _state(store: MemoryStore, name: str) -> Observed:
+    kv = store.get(Keys.observed(name))
+    assert kv is not None
+    return Observed.from_json(json.loads(kv.value))
+
+
+def test_only_this_node_s_running_words_without_a_process_are_taken_back(
+        tmp_path: Path) -> None:
+    store = MemoryStore()
+    daemon = SimpleNamespace(name="node01", settings=SimpleNamespace(data_dir=tmp_path),
+                             store=lambda: store)
+    ni = NodeInstances(daemon)  # type: ignore[arg-type]
+    fake = ni.hypervisor("fake")
+    spec = VmSpec(name="alive1", uuid="u1", memory=64, vcpus=1, disks=(), nics=())
+    fake.start(spec)
+    try:
+        _obs(store, "alive1", "node01", "running")  # its process runs: kept
+        _obs(store, "gone1", "node01", "running")  # killed with the node: taken back
+        _obs(store, "other1", "node02", "running")  # another node's word: not ours
+        _obs(store, "down1", "node01", "stopped")  # already true
+        assert ni.retract_stale() == ["gone1"]
+        gone = _state(store, "gone1")
+        assert gone.state == "stopped" and gone.pid == 0 and "node01" in gone.message
+        assert _state(store, "alive1").state == "running"
+        assert _state(store, "other1").state == "running"
+        assert _state(store, "down1").state == "stopped"
+        assert ni.retract_stale() == []
+    finally:
+        fake.kill("alive1")
