@@ -91,6 +91,8 @@ def install(r: Router, d: NodeContext) -> None:
     r.add("POST", base + "/forget", lambda q: m.forget(q.params["name"]), write=True)
     r.add("POST", base + "/grow-disk", lambda q: m.grow_disk(
         q.params["name"], int(q.obj()["index"]), int(q.obj()["size"])), write=True)
+    r.add("POST", base + "/fence-disks", lambda q: m.fence_disks(
+        q.params["name"], str(q.obj()["node"])), write=True)
     r.add("POST", base + "/os", lambda q: m.run_os(
         q.params["name"], str(q.obj()["script"]), q.obj().get("os"),
         q.obj().get("env") or {}), write=True)

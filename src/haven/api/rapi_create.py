@@ -89,9 +89,9 @@ def create_ops(body: Any, enabled_templates: tuple[str, ...] | None = None
                              f"{', '.join(sorted(unsupported))}.")
     if isinstance(op.get("nics"), list):
         op["nics"] = [_nic(i, n) for i, n in enumerate(op["nics"])]
-    if isinstance(op.get("disks"), list):
-        op["disks"] = [_disk(i, dk) for i, dk in enumerate(op["disks"])]
     tmpl = op.get("disk_template")
+    if isinstance(op.get("disks"), list):
+        op["disks"] = [_disk(i, dk, tmpl == "ext") for i, dk in enumerate(op["disks"])]
     if enabled_templates is not None and isinstance(tmpl, str) and \
             tmpl not in enabled_templates:
         raise InvalidInput(f"Disk template {tmpl!r} is not enabled in this cluster "
@@ -124,14 +124,17 @@ def _nic(i: int, nic: Any) -> Any:
     return out
 
 
-def _disk(i: int, disk: Any) -> Any:
+def _disk(i: int, disk: Any, ext: bool = False) -> Any:
+    """Ganeti's disk; with ``-t ext`` every other key is a parameter of the provider."""
     if not isinstance(disk, dict):
         return disk
     out = {k: v for k, v in disk.items() if v is not None and k not in DISK_IGNORED}
+    if ext:
+        return out
     unknown = sorted(set(out) - DISK_KEYS)
     if unknown:
         raise HttpError(400, f"Disk {i}: Haven does not support the disk parameter(s) "
-                             f"{', '.join(unknown)} (no adoption or external providers).")
+                             f"{', '.join(unknown)} (no adoption; provider= needs -t ext).")
     return out
 
 

@@ -20,15 +20,19 @@ def primaries(c: Client, node: str) -> list[dict[str, Any]]:
     return [i for i in c.get("/2/instances?bulk=1") if i["pnode"] == node]
 
 
+# Templates whose disks other nodes reach (shared) or hold (replicated).
+MOVABLE = ("drbd", "sharedfile", "diskless", "ext")
+
+
 def move_off(c: Client, inst: dict[str, Any], target: str = "",
              ignore_consistency: bool = False) -> str:
     """One instance off its primary, the least disruptive way its disks allow."""
     name, tmpl = inst["name"], inst["disk_template"]
     running = inst["status"] == "running"
-    if running and tmpl in ("drbd", "sharedfile", "diskless") and inst["hypervisor"] == "kvm":
+    if running and tmpl in MOVABLE and inst["hypervisor"] == "kvm":
         op = {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": name, "target_node": target}
         how = "migrated"
-    elif tmpl in ("drbd", "sharedfile", "diskless"):
+    elif tmpl in MOVABLE:
         op = {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": name, "target_node": target,
               "ignore_consistency": ignore_consistency}
         how = "failed over"

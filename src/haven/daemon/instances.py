@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from haven.daemon import netdev
-from haven.errors import InvalidInput, NotFoundError, OpPrereqError
+from haven.daemon.staging import staged_disks
+from haven.errors import HavenError, InvalidInput, NotFoundError, OpPrereqError
 from haven.hypervisor.base import Hypervisor, HypervisorError, NicSpec, VmInfo, VmSpec
 from haven.master import state
 from haven.model import event
@@ -82,7 +83,11 @@ class NodeInstances:
     def storage_paths(self) -> StoragePaths:
         cluster = state.cluster(self.d.store())
         shared = Path(cluster.shared_file_storage_dir)
-        return StoragePaths(self.d.settings.storage_dir / "file", shared)
+        from haven.storage.extstorage import initiator_name
+
+        return StoragePaths(self.d.settings.storage_dir / "file", shared, node=self.d.name,
+                            initiator=initiator_name(cluster.name, self.d.name),
+                            data_dir=self.d.settings.data_dir)
 
     def disk_template(self, inst: Instance) -> DiskTemplate:
         return template(inst.disk_template, self.storage_paths())
@@ -163,11 +168,24 @@ class NodeInstances:
             # (possibly minutes long) install rather than after it.
             check_boot_files(inst.name, inst.hvparams, self.d.name)
         extra = dict(extra or {})
+        specs = self.disk_template(inst).assemble(inst)
+        with staged_disks(inst, specs, script, self.d.settings.data_dir / "staging") \
+                as paths:
+            try:
+                return self._run_os_script(inst, script, os_def, variant, paths, extra,
+                                           timeout)
+            finally:
+                if inst.disk_template == "ext" and name not in self.all_vms():
+                    # Attached for the script only: no VM of it runs here.
+                    self.detach_if_gone(inst)
+
+    def _run_os_script(self, inst: Instance, script: str, os_def: Any, variant: Any,
+                       paths: list[str], extra: dict[str, str], timeout: float) -> str:
+        from haven import osdef
+
         old_name = extra.pop("OLD_INSTANCE_NAME", None)
-        disks = [osdef.DiskEnv(str(s.path), "ro" if s.read_only else "rw",
-                               size_mib=d.size, uuid=d.uuid)
-                 for s, d in zip(self.disk_template(inst).assemble(inst), inst.disks,
-                                 strict=True)]
+        disks = [osdef.DiskEnv(p, "ro" if d.mode == "ro" else "rw", size_mib=d.size,
+                               uuid=d.uuid) for p, d in zip(paths, inst.disks, strict=True)]
         nics = [osdef.NicEnv(n.mac, n.ip, n.mode, n.link, name=n.name) for n in inst.nics]
         env = osdef.os_environment(
             os_def, variant, inst.name, disks, inst.hypervisor, extra, nics=nics,
@@ -192,7 +210,7 @@ class NodeInstances:
             hints = osdef.find_os(inst.os)[0].boot
         disks = self.disk_template(inst).assemble(inst)
         disk0 = next((d for d in disks if d.index == 0), None)
-        boot = plan_boot(inst.name, hv, hints, disk0.path if disk0 else None,
+        boot = plan_boot(inst.name, hv, hints, disk0.path if disk0 and disk0.path else None,
                          self.boot_dir(inst.name), node=self.d.name,
                          disk0_raw=disk0 is not None and disk0.format == "raw",
                          inspect=inst.hypervisor == "kvm")
@@ -264,7 +282,35 @@ class NodeInstances:
             self.publish(inst, "stopped", None)
             if running:
                 self.emit(reason, inst, f"{reason} on {self.d.name}")
+            self.detach_if_gone(inst)
         return {"stopped": running}
+
+    def detach_if_gone(self, inst: Instance) -> None:
+        """Release shared disks here once no VM of ``inst`` runs here (``ext``: the
+        storage stops admitting this node).  A failure is reported, not raised: the VM
+        is gone either way, and the next detach or a storage fence repeats it."""
+        if inst.disk_template != "ext" or inst.name in self.all_vms():
+            return
+        try:
+            self.disk_template(inst).detach(inst)
+        except HavenError as exc:
+            log.warning("%s", exc.message)
+            self.emit("detach-failed", inst, f"its disks could not be detached from "
+                      f"{self.d.name}: {exc.message}", "warning")
+
+    def fence_disks(self, name: str, node: str) -> dict[str, Any]:
+        """Run by the node that takes ``name`` over from ``node`` (dead or cut off):
+        have the storage refuse ``node`` before the VM starts here."""
+        from haven.storage.extstorage import initiator_name
+
+        inst, _ = self.instance(name)
+        if node == self.d.name:
+            raise InvalidInput(f"Node {node} cannot fence itself off {name}'s disks.")
+        cluster = state.cluster(self.d.store())
+        done = self.disk_template(inst).fence(inst, node, initiator_name(cluster.name, node))
+        if done:
+            self.emit("storage-fenced", inst, done, "warning")
+        return {"fenced": done}
 
     def power_button(self, name: str, wait: float) -> dict[str, Any]:
         """Press the VM's power button once and wait up to ``wait`` s (a shutdown job

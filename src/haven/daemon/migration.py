@@ -203,6 +203,8 @@ class NodeMigration:
         for nic in inst.nics:
             if nic.mode == "bridged":
                 netdev.unplug(netdev.tap_name(inst.uuid, nic.index))
+        # Shared disks: the storage admits only the node that now runs the VM.
+        self.d.instances.detach_if_gone(inst)
 
     def _qemu(self, name: str) -> Any:
         from haven.hypervisor.qemu import QemuHypervisor

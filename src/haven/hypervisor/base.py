@@ -31,6 +31,12 @@ class DiskSpec:
     path: str
     format: Literal["raw", "qcow2"] = "raw"
     read_only: bool = False
+    #: Reached in user space instead of ``path`` (an ExtStorage provider's URI, such as
+    #: ``iscsi://user@portal/target/lun``); ``secret_file`` holds the password of the
+    #: URI's user, ``initiator`` is this node's iSCSI initiator name.
+    uri: str = ""
+    secret_file: str = ""
+    initiator: str = ""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ class Cluster:
     lease_ttl: int = 5
     api_port: int = 5080
     enabled_hypervisors: tuple[str, ...] = ("kvm",)
-    enabled_disk_templates: tuple[str, ...] = ("file", "sharedfile", "diskless", "drbd")
+    enabled_disk_templates: tuple[str, ...] = ("file", "sharedfile", "diskless", "drbd", "ext")
     file_storage_dir: str = "/srv/ganeti/file-storage"
     shared_file_storage_dir: str = "/srv/ganeti/shared-file-storage"
     mac_prefix: str = "aa:00:00"

@@ -29,7 +29,7 @@ MAX_RESTARTS = 5  # Ganeti's watcher gives up after 5 restarts
 @dataclass(frozen=True)
 class Disk:
     """``size`` in MiB.  ``path`` is relative to the template's storage root, set at
-    creation by the disk template."""
+    creation by the disk template (``ext``: the volume's name at its provider)."""
 
     uuid: str
     index: int
@@ -37,6 +37,9 @@ class Disk:
     path: str = ""
     format: str = "raw"
     mode: str = "rw"
+    #: ``ext`` only: the ExtStorage provider and the parameters given to it.
+    provider: str = ""
+    params: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Disk:

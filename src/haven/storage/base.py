@@ -28,6 +28,11 @@ class StoragePaths:
 
     file: Path
     shared: Path
+    #: For ``ext``: the node running the scripts, its iSCSI initiator name, its data
+    #: directory (where providers keep their configuration).
+    node: str = ""
+    initiator: str = ""
+    data_dir: Path | None = None
 
 
 class DiskTemplate(abc.ABC):
@@ -58,6 +63,17 @@ class DiskTemplate(abc.ABC):
     def grow(self, inst: Instance, disk: Disk, new_size: int) -> None:
         """Grow one disk to ``new_size`` MiB."""
 
+    def detach(self, inst: Instance) -> None:  # noqa: B027 - optional hook
+        """Release the instance's disks on this node once its VM is gone here (``ext``:
+        the provider's ``detach``); nothing for local files."""
+
+    def fence(self, inst: Instance, node: str, initiator: str) -> str:
+        """Cut ``node`` (dead or cut off) off the instance's disks at the storage, so
+        that a frozen QEMU there can never write again; one line saying what was
+        done, or "" when the template has no such means (the node's own fencing is
+        then what keeps it from writing)."""
+        return ""
+
     def free_mib(self) -> int:
         import shutil
 
@@ -71,11 +87,12 @@ class DiskTemplate(abc.ABC):
 
 def template(name: str, paths: StoragePaths) -> DiskTemplate:
     from haven.storage.drbd import DrbdTemplate
+    from haven.storage.ext import ExtTemplate
     from haven.storage.file import DisklessTemplate, FileTemplate, SharedFileTemplate
 
     table: dict[str, type[DiskTemplate]] = {
         "file": FileTemplate, "sharedfile": SharedFileTemplate,
-        "diskless": DisklessTemplate, "drbd": DrbdTemplate}
+        "diskless": DisklessTemplate, "drbd": DrbdTemplate, "ext": ExtTemplate}
     cls = table.get(name)
     if cls is None:
         raise InvalidInput(f"Disk template {name!r} is not supported; use one of "

@@ -19,10 +19,12 @@ and relative to the run dir otherwise.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from haven.hypervisor.base import DiskSpec, HypervisorError, NicSpec, VmSpec
 
@@ -79,6 +81,8 @@ def disk_args(disk: DiskSpec, direct: bool = True) -> list[str]:
     ``direct``: O_DIRECT (``cache.direct=on``); the caller turns it off for files on a
     file system that rejects O_DIRECT.
     """
+    if disk.uri:
+        return _uri_disk_args(disk)
     i = disk.index
     ro = ",read-only=on" if disk.read_only else ""
     return [
@@ -87,6 +91,65 @@ def disk_args(disk: DiskSpec, direct: bool = True) -> list[str]:
         f"cache.direct={'on' if direct else 'off'},aio=threads{ro}",
         "-blockdev", f"driver={disk.format},file=file{i},node-name=disk{i}{ro}",
         "-device", f"virtio-blk-pci,drive=disk{i},id=vblk{i}",
+    ]
+
+
+def uri_node(disk: DiskSpec) -> tuple[list[str], dict[str, object]]:
+    """The ``-object secret`` arguments and the protocol block node (no node name) that
+    open a disk QEMU reaches itself (an ExtStorage provider's ``kvm:`` URI).
+
+    The password of the URI's user is read from ``secret_file`` (a secret object): it
+    is never on a command line, nor in any log.  Used for the VM and for ``qemu-img``.
+    """
+    i = disk.index
+    parsed = urlsplit(disk.uri)
+    objects: list[str] = []
+    node: dict[str, object]
+    if parsed.scheme == "iscsi":
+        target, _, lun = parsed.path.lstrip("/").rpartition("/")
+        if not parsed.hostname or not target or not lun.isdigit():
+            raise HypervisorError(f"Disk {i}: the iSCSI URI {disk.uri!r} is not "
+                                  f"iscsi://[user@]host[:port]/target/lun.")
+        node = {"driver": "iscsi", "transport": "tcp",
+                "portal": f"{parsed.hostname}:{parsed.port or 3260}", "target": target,
+                "lun": int(lun)}
+        if parsed.username:
+            node["user"] = unquote(parsed.username)
+            if disk.secret_file:
+                objects = [f"secret,id=sec{i},format=raw,file={_opt(disk.secret_file)}"]
+                node["password-secret"] = f"sec{i}"
+        if disk.initiator:
+            node["initiator-name"] = disk.initiator
+    elif parsed.scheme == "nbd":
+        node = {"driver": "nbd", "server": {"type": "inet", "host": parsed.hostname or "",
+                                            "port": str(parsed.port or 10809)}}
+        if parsed.path.strip("/"):
+            node["export"] = parsed.path.strip("/")
+    else:
+        raise HypervisorError(f"Disk {i}: Haven's QEMU driver cannot open {disk.uri!r} "
+                              f"(only iscsi:// and nbd:// URIs); use a provider that gives "
+                              f"a block device.")
+    return objects, node
+
+
+def _uri_disk_args(disk: DiskSpec) -> list[str]:
+    """Storage errors stop the guest (``werror``/``rerror=stop``) instead of reaching
+    its file system: it goes on when the storage answers again."""
+    i = disk.index
+    objects, node = uri_node(disk)
+    node.update({"node-name": f"file{i}", "cache": {"direct": True}})
+    if disk.read_only:
+        node["read-only"] = True
+    fmt: dict[str, object] = {"driver": disk.format, "file": f"file{i}",
+                              "node-name": f"disk{i}"}
+    if disk.read_only:
+        fmt["read-only"] = True
+    argv = [a for obj in objects for a in ("-object", obj)]
+    return [
+        *argv,
+        "-blockdev", json.dumps(node, separators=(",", ":")),
+        "-blockdev", json.dumps(fmt, separators=(",", ":")),
+        "-device", f"virtio-blk-pci,drive=disk{i},id=vblk{i},werror=stop,rerror=stop",
     ]
 
 

@@ -148,7 +148,7 @@ class QemuHypervisor(Hypervisor):
                                       f"running (pid {pid}).")
             binary = self._binary(name)
             accel = spec.accel if spec.accel != "auto" else self.accel()
-            direct = {d.path: supports_direct_io(d.path) for d in spec.disks}
+            direct = {d.path: supports_direct_io(d.path) for d in spec.disks if not d.uri}
             argv = build_argv(spec, self.run_dir, accel, binary, direct_io=direct)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._remove_files(name)

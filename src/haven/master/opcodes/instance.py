@@ -147,8 +147,14 @@ class InstanceCreate(InstanceLU):
         for i, d in enumerate(self.op["disks"]):
             if not isinstance(d, dict) or "size" not in d:
                 raise InvalidInput(f"Disk {i} of {name} needs a size (--disk {i}:size=1g).")
-            disks.append({"size": iu.parse_size(d["size"], f"disk {i} of {name}"),
-                          "mode": d.get("mode", "rw")})
+            disk = {"size": iu.parse_size(d["size"], f"disk {i} of {name}"),
+                    "mode": d.get("mode", "rw")}
+            if tmpl == "ext":
+                disk.update(ext_disk_params(d, i, name))
+            elif d.get("provider"):
+                raise InvalidInput(f"Disk {i} of {name}: provider= applies to the ext "
+                                   f"template only (-t ext).")
+            disks.append(disk)
         self.op["disks"] = disks
         if self.op["disk_format"] not in ("raw", "qcow2"):
             raise InvalidInput(f"Disk format {self.op['disk_format']!r} is not supported; "
@@ -181,6 +187,12 @@ class InstanceCreate(InstanceLU):
             from haven import osdef
 
             osdef.find_os(self.op["os_type"])
+        if tmpl == "ext":
+            from haven.storage import extstorage
+
+            for i, d in enumerate(self.op["disks"]):
+                prov = extstorage.find(d["provider"], state.master(self.c.store) or "")
+                extstorage.check_params(prov, d["params"], f"disk {i} of {name}")
         memory = int(self.op["beparams"].get("maxmem") or self.op["beparams"].get("memory")
                      or 128)
         self.memory = memory
@@ -227,7 +239,9 @@ class InstanceCreate(InstanceLU):
             network_port=iu.replication_port(self) if self.snode else 0,
             replication_secret=secrets.token_hex(32) if self.snode else "",
             disks=tuple(Disk(str(uuid.uuid4()), i, d["size"], "", self.op["disk_format"],
-                             d["mode"]) for i, d in enumerate(self.op["disks"])),
+                             d["mode"], str(d.get("provider", "")),
+                             dict(d.get("params", {})))
+                        for i, d in enumerate(self.op["disks"])),
             nics=tuple(self.nics), beparams=be, hvparams=self.op["hvparams"],
             osparams=self.op["osparams"], admin_state="down", ctime=now, mtime=now)
         if self.c.store.create(Keys.instance(name), state.dumps(inst.to_json()),
@@ -476,6 +490,22 @@ class InstanceRename(InstanceLU):
         iu.forget_on(self, old, (self.inst.primary_node, *self.inst.secondary_nodes))
         emit(self, "renamed", new, f"renamed from {old}")
         return {"instance": new, "old_name": old}
+
+
+# Disk keys that are Haven's or Ganeti's own, never a provider's parameter.
+_DISK_OWN_KEYS = frozenset({"size", "mode", "provider", "name", "uuid", "vg", "metavg",
+                            "spindles", "adopt"})
+
+
+def ext_disk_params(d: dict[str, Any], i: int, name: str) -> dict[str, Any]:
+    """An ``ext`` disk's provider and its parameters (every other ``key=value``, as
+    Ganeti passes them to the provider as ``EXTP_KEY``)."""
+    provider = str(d.get("provider") or "")
+    if not provider:
+        raise InvalidInput(f"Disk {i} of {name} uses the ext template and needs a "
+                           f"provider (--disk {i}:size=1g,provider=NAME).")
+    params = {str(k): str(v) for k, v in d.items() if k not in _DISK_OWN_KEYS}
+    return {"provider": provider, "params": params}
 
 
 @register

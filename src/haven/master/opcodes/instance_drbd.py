@@ -12,6 +12,7 @@ from haven.master import state
 from haven.master.lu import REQUIRED, LogicalUnit, register
 from haven.master.opcodes import instance_util as iu
 from haven.master.opcodes.instance import InstanceLU, emit
+from haven.model.ha import SHARED_TEMPLATES
 from haven.model.instance import Instance
 from haven.model.keys import REPLICAS, Keys
 from haven.model.replica import INCONSISTENT, OUTDATED, UP_TO_DATE, DiskReplica, Replicas
@@ -55,7 +56,7 @@ class InstanceFailover(InstanceLU):
             if self.op["target_node"] and self.op["target_node"] != self.target:
                 raise OpPrereqError(f"Instance {inst.name} can only fail over to its "
                                     f"secondary {self.target}, which holds its replica.")
-        elif inst.disk_template in ("sharedfile", "diskless"):
+        elif inst.disk_template in SHARED_TEMPLATES:
             self.target = self.op["target_node"] or iu.allocate(self, 0, inst.name)
             if self.target == inst.primary_node:
                 raise OpPrereqError(f"Node {self.target} already is the primary node of "
@@ -95,6 +96,8 @@ class InstanceFailover(InstanceLU):
         if inst.disk_template == "drbd":
             self.feedback(f"* releasing the replica on {new}")
             iu.node_call(self, new, "unexport", inst.name)
+        if inst.disk_template == "ext" and (self.op["ha_recovery"] or old not in self.alive):
+            self._fence_storage(inst, old, new)
         moved = inst.modified(self.c.clock(), primary_node=new,
                               secondary_nodes=(old,) if inst.disk_template == "drbd" else (),
                               generation=inst.generation + 1)
@@ -114,6 +117,17 @@ class InstanceFailover(InstanceLU):
         emit(self, "failed-over", inst.name, f"failed over from {old} to {new}")
         return {"instance": inst.name, "from": old, "to": new,
                 "generation": moved.generation}
+
+    def _fence_storage(self, inst: Instance, old: str, new: str) -> None:
+        """One writer, always: a node that was not stopped cleanly (dead, frozen, cut
+        off) is refused by the storage itself before the VM starts on ``new``; a frozen
+        QEMU that wakes up there then gets I/O errors, never a second write."""
+        self.feedback(f"* fencing {old} off the disks of {inst.name} at the storage")
+        res = iu.node_call(self, new, "fence-disks", inst.name, {"node": old}, timeout=120)
+        done = str((res or {}).get("fenced") or "")
+        self.feedback(f"  {done}" if done else
+                      f"  the disks' provider has no fence script: {old}'s own fencing "
+                      f"(its lease, its fence agent) keeps it from writing")
 
     def _swap_replicas(self, moved: Instance, old: str, new: str) -> None:
         n = range(len(moved.disks))

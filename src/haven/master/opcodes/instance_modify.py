@@ -93,7 +93,7 @@ class InstanceSetParams(InstanceLU):
             if inst.disk_template == "file":
                 raise OpPrereqError(f"The disks of {inst.name} are files on "
                                     f"{inst.primary_node}; move it with gnt-instance move.")
-            if inst.disk_template not in ("sharedfile", "diskless"):
+            if inst.disk_template not in ("sharedfile", "diskless", "ext"):
                 raise OpPrereqError(f"--new-primary does not apply to the "
                                     f"{inst.disk_template} template; use failover.")
             iu.usable_node(self, self.op["pnode"], f"moving {inst.name}")

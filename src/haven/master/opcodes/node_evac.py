@@ -20,7 +20,7 @@ from haven.model.instance import Instance
 from haven.model.keys import INSTANCES
 from haven.store.base import Store
 
-SHARED_OR_REPLICATED = ("drbd", "sharedfile", "diskless")
+SHARED_OR_REPLICATED = ("drbd", "sharedfile", "diskless", "ext")
 EVAC_PRI = "primary-only"  # Ganeti's constants.NODE_EVAC_*
 EVAC_SEC = "secondary-only"
 EVAC_ALL = "all"
