@@ -67,7 +67,25 @@ class Agent:
                 line += f"; no VM is started here: {view.start_blocked}"
             if any(i.disk_template == "drbd" for i in view.instances.values()):
                 line += self.replicate(view)
-            return line
+            return line + self.resume_stalled(view)
+
+    def resume_stalled(self, view: AgentView) -> str:
+        """``ext`` guests that a storage outage paused (``werror=stop``) go on when the
+        storage answers again: tried at every cycle, logged when one goes on."""
+        from haven.hypervisor.qemu import QemuHypervisor
+
+        done = []
+        for name, vm in view.vms.items():
+            inst = view.instances.get(name)
+            if vm.status != "paused" or inst is None or inst.disk_template != "ext" or \
+                    inst.primary_node != view.node or name in view.locked:
+                continue
+            hv = self.d.instances.hypervisor(inst.hypervisor)
+            if isinstance(hv, QemuHypervisor) and hv.resume_after_io_error(name):
+                done.append(name)
+                self.d.instances.emit("resumed", inst, f"resumed on {view.node} after a "
+                                      f"storage I/O error paused it")
+        return ("; resumed after a storage error: " + ", ".join(done)) if done else ""
 
     def replicate(self, view: AgentView) -> str:
         """The replication half of the cycle (drbd instances only)."""

@@ -288,6 +288,20 @@ class QemuHypervisor(Hypervisor):
             return str(exc)
         return "off" if self._wait_powered_off(name, pid, wait) else "on"
 
+    def resume_after_io_error(self, name: str) -> bool:
+        """Continue a guest that its disks' ``werror/rerror=stop`` paused (QEMU status
+        ``io-error``: the storage did not answer); its failed requests are resent.
+        True if it was continued; a storage still down pauses it again at once.  A
+        guest paused for any other reason (migration, freeze) is left alone."""
+        try:
+            status = qmp_call(self.path(name, STATUS_QMP_SUFFIX), "query-status")["status"]
+            if status != "io-error":
+                return False
+            qmp_call(self.qmp_path(name), "cont")
+        except HypervisorError:
+            return False
+        return True
+
     def _wait_powered_off(self, name: str, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         sock = self.path(name, STATUS_QMP_SUFFIX)
