@@ -1,0 +1,490 @@
+"""Haven's built-in ``iscsi`` ExtStorage provider: one tgt target per volume.
+
+Run as ``python -m haven.storage.iscsi_provider <action>`` by the scripts of
+``haven/extstorage/iscsi/`` (Ganeti's ExtStorage interface, man
+ganeti-extstorage-interface), with everything passed in the environment:
+
+    VOL_NAME, VOL_SIZE / VOL_NEW_SIZE (MiB), VOL_METADATA, EXTP_<KEY> (per-disk
+    overrides of the configuration), HAVEN_NODE, HAVEN_INITIATOR (that node's IQN),
+    HAVEN_DATA_DIR (holds extstorage/iscsi.conf).
+
+Layout on the storage server: the backing file ``<pool>/<volume>.img`` (plus
+``<volume>.meta`` for setinfo) is LUN 1 of the target ``<target_prefix>.<volume>``,
+which requires the CHAP account ``chap_user``; its ACL holds the initiator names of the
+nodes the volume is attached to, so detaching or fencing a node is per volume.
+
+Actions (each exits 0, or 1 with one sentence on stderr):
+
+- create: space check ("full target"), backing file, target, LUN, CHAP; undone on failure.
+- attach: admit HAVEN_INITIATOR; print "", ``kvm:iscsi://<user>@<portal>/<target>/1``
+  and ``secret:<chap_secret_file>`` (root-only file with the CHAP password).
+- detach / fence: remove HAVEN_INITIATOR from the ACL, close its connections, and
+  check both; fence exits 0 only when that initiator can no longer write.
+- remove: target and files gone (a missing volume is not an error).
+- grow: extend the file, then delete and re-add LUN 1 (tgt reads a LUN's size only when
+  it is added); a running QEMU then sees the new size on ``block_resize``.  Refused
+  while sessions are open unless ``live_grow`` is true: while the LUN is re-added
+  (milliseconds) an I/O to it fails.
+- setinfo: metadata in the sidecar file; verify: configuration, secret, portal, daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from haven.errors import HavenError, OpExecError
+from haven.storage.tgt import DEFAULT_BSOFLAGS, DEFAULT_BSTYPE, Target, Tgtadm, TgtError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PROVIDER = "iscsi"
+LUN = 1
+CONF_NAME = "extstorage/iscsi.conf"
+ACTIONS = ("create", "attach", "detach", "remove", "grow", "setinfo", "verify", "fence")
+
+# (key, description) in parameters.list order; each may be set per disk as EXTP_<KEY>.
+PARAMETERS: tuple[tuple[str, str], ...] = (
+    ("portal", "host:port of the tgtd iSCSI portal"),
+    ("control", "tgtadm control port index (-C) of that tgtd"),
+    ("mgmt", "command prefix to reach the storage server, JSON list or words (empty: local)"),
+    ("pool", "directory for the LUN backing files on the storage server"),
+    ("target_prefix", "target name prefix, e.g. iqn.2026-12.org.haven:cluster1"),
+    ("chap_user", "CHAP account the targets require"),
+    ("chap_secret_file", "mode-0600 file on this node holding the CHAP password"),
+    ("bstype", "tgt backing store type (default rdwr)"),
+    ("bsoflags", "tgt backing store open flags (default direct)"),
+    ("live_grow", "true: grow even while sessions are open (I/O fails for milliseconds)"),
+)
+
+
+class ProviderError(OpExecError):
+    """A provider step failed; the message is the one sentence for stderr."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """iscsi.conf merged with the disk's EXTP_* overrides."""
+
+    portal: str
+    control: int
+    mgmt: tuple[str, ...]
+    pool: str
+    target_prefix: str
+    chap_user: str
+    chap_secret_file: str
+    bstype: str = DEFAULT_BSTYPE
+    bsoflags: str = DEFAULT_BSOFLAGS
+    live_grow: bool = False
+    source: str = ""
+
+    @property
+    def tgtadm(self) -> Tgtadm:
+        return Tgtadm(control=self.control, mgmt=self.mgmt)
+
+    @property
+    def fix_hint(self) -> str:
+        return f"start tgtd or fix portal/control in {self.source}"
+
+
+def _bool(value: object) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_config(env: Mapping[str, str], volume: str, step: str) -> Config:
+    """Read ``$HAVEN_DATA_DIR/extstorage/iscsi.conf`` and apply ``EXTP_*``."""
+    data_dir = env.get("HAVEN_DATA_DIR", "")
+    path = Path(data_dir) / CONF_NAME if data_dir else None
+    raw: dict[str, object] = {}
+    if path is None:
+        pass
+    elif path.exists():
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ProviderError(f"{PROVIDER}: cannot {step} volume {volume}: {path} is not "
+                                f"readable JSON ({exc}); fix that file") from exc
+        if not isinstance(loaded, dict):
+            raise ProviderError(f"{PROVIDER}: cannot {step} volume {volume}: {path} must hold "
+                                "a JSON object; fix that file")
+        raw.update(loaded)
+    for key, _ in PARAMETERS:
+        if f"EXTP_{key.upper()}" in env:
+            raw[key] = env[f"EXTP_{key.upper()}"]
+    where = str(path) if path else "HAVEN_DATA_DIR (unset)"
+    missing = [k for k in ("portal", "pool", "target_prefix", "chap_user", "chap_secret_file")
+               if not raw.get(k)]
+    if missing:
+        raise ProviderError(f"{PROVIDER}: cannot {step} volume {volume}: no "
+                            f"{', '.join(missing)} configured; write them in {where} or "
+                            f"pass EXTP_{missing[0].upper()}")
+    mgmt_raw = raw.get("mgmt", [])
+    if isinstance(mgmt_raw, str):
+        mgmt_raw = (json.loads(mgmt_raw) if mgmt_raw.strip().startswith("[")
+                    else shlex.split(mgmt_raw))
+    if not isinstance(mgmt_raw, list):
+        raise ProviderError(f"{PROVIDER}: cannot {step} volume {volume}: mgmt must be a list "
+                            f"of words; fix it in {where}")
+    try:
+        control = int(str(raw.get("control", 0)))
+        if not 0 <= control <= 32767:
+            raise ValueError(control)
+    except ValueError as exc:
+        raise ProviderError(f"{PROVIDER}: cannot {step} volume {volume}: control must be an "
+                            f"integer from 0 to 32767; fix it in {where}") from exc
+    if not re.fullmatch(r"[^:\s]+:\d+", str(raw["portal"])):
+        raise ProviderError(f"{PROVIDER}: cannot {step} volume {volume}: portal "
+                            f"{raw['portal']!r} is not host:port; fix it in {where}")
+    return Config(
+        portal=str(raw["portal"]), control=control,
+        mgmt=tuple(str(x) for x in mgmt_raw),
+        pool=str(raw["pool"]), target_prefix=str(raw["target_prefix"]),
+        chap_user=str(raw["chap_user"]), chap_secret_file=str(raw["chap_secret_file"]),
+        bstype=str(raw.get("bstype", DEFAULT_BSTYPE)),
+        bsoflags=str(raw.get("bsoflags", DEFAULT_BSOFLAGS)),
+        live_grow=_bool(raw.get("live_grow", False)), source=where)
+
+
+def sanitize(vol_name: str) -> str:
+    """A volume name as an IQN component: lower case, [a-z0-9.-] only."""
+    return re.sub(r"[^a-z0-9.-]", "-", vol_name.lower()).strip(".-") or "vol"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One volume as the provider names it."""
+
+    name: str
+    conf: Config
+
+    @property
+    def target(self) -> str:
+        return f"{self.conf.target_prefix}.{sanitize(self.name)}"
+
+    @property
+    def backing(self) -> str:
+        return f"{self.conf.pool.rstrip('/')}/{sanitize(self.name)}.img"
+
+    @property
+    def sidecar(self) -> str:
+        return f"{self.conf.pool.rstrip('/')}/{sanitize(self.name)}.meta"
+
+    @property
+    def uri(self) -> str:
+        return f"iscsi://{self.conf.chap_user}@{self.conf.portal}/{self.target}/{LUN}"
+
+
+class Provider:
+    """The actions for one volume; every failure is a :class:`ProviderError`."""
+
+    def __init__(self, action: str, env: Mapping[str, str]) -> None:
+        self.action = action
+        self.env = env
+        self.vol_name = env.get("VOL_NAME", "")
+        if action != "verify" and not self.vol_name:
+            raise self.error("VOL_NAME is not set", "run it through Haven's ExtStorage runner")
+        self.conf = load_config(env, self.vol_name or "-", action)
+        self.vol = Volume(self.vol_name, self.conf)
+        self.adm = self.conf.tgtadm
+
+    # -- helpers ----------------------------------------------------------------------
+    def error(self, reason: str, fix: str) -> ProviderError:
+        return ProviderError(f"{PROVIDER}: cannot {self.action} volume "
+                             f"{self.vol_name or '-'}: {reason}; {fix}")
+
+    def mapped(self, exc: TgtError) -> ProviderError:
+        """The provider's sentence for a failed tgtadm step."""
+        if exc.unreachable:
+            return self.error(f"tgtd at {self.conf.portal} (control port {self.conf.control}) "
+                              "does not answer", self.conf.fix_hint)
+        return self.error(exc.message.removeprefix("cannot ").split("; ")[0],
+                          "see tgtd's log on the storage server")
+
+    def tgt(self, fn: Callable[[], T]) -> T:
+        """Run a tgtadm step, turning its failure into the provider's sentence."""
+        try:
+            return fn()
+        except TgtError as exc:
+            raise self.mapped(exc) from exc
+
+    def targets(self) -> list[Target]:
+        return self.tgt(self.adm.targets)
+
+    def find(self) -> Target | None:
+        return next((t for t in self.targets() if t.name == self.vol.target), None)
+
+    def sh(self, script: str, *args: str, stdin: str | None = None, step: str) -> str:
+        """Run a POSIX shell script on the storage server (locally when mgmt is empty)."""
+        argv = ["sh", "-c", script, "sh", *args]
+        cmd = [*self.conf.mgmt, shlex.join(argv)] if self.conf.mgmt else argv
+        try:
+            res = subprocess.run(cmd, input=stdin, capture_output=True, text=True,
+                                 timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise self.error(f"{step} failed ({exc})", "check the storage server") from exc
+        if res.returncode != 0:
+            err = " ".join(res.stderr.split()) or f"exit status {res.returncode}"
+            raise self.error(f"{step} failed ({err})", "check the pool on the storage server")
+        return res.stdout
+
+    def mib(self, var: str) -> int:
+        value = self.env.get(var, "")
+        if not value.isdigit() or int(value) <= 0:
+            raise self.error(f"{var}={value!r} is not a positive size in MiB",
+                             "pass the size in MiB")
+        return int(value)
+
+    def initiator(self) -> str:
+        iqn = self.env.get("HAVEN_INITIATOR", "")
+        if not re.fullmatch(r"(iqn|eui|naa)\.\S+", iqn):
+            raise self.error(f"HAVEN_INITIATOR={iqn!r} is not an initiator name (iqn....)",
+                             f"set the iSCSI initiator name of node "
+                             f"{self.env.get('HAVEN_NODE', '?')}")
+        return iqn
+
+    @contextmanager
+    def pool_lock(self) -> Iterator[None]:
+        """Serialise tid allocation on this machine (several nodes may create at once).
+        With a remote server, tgtd itself refuses a tid or name already taken and the
+        allocation retries (see :meth:`new_target`)."""
+        if self.conf.mgmt:
+            yield
+            return
+        import fcntl
+
+        Path(self.conf.pool).mkdir(parents=True, exist_ok=True)
+        with open(Path(self.conf.pool) / ".haven-iscsi.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def read_secret(self) -> str:
+        path = Path(self.conf.chap_secret_file)
+        try:
+            st = path.stat()
+            secret = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise self.error(f"the CHAP secret file {path} cannot be read ({exc.strerror})",
+                             f"create it with mode 0600 or fix chap_secret_file in "
+                             f"{self.conf.source}") from exc
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise self.error(f"the CHAP secret file {path} is readable by others "
+                             f"(mode {stat.S_IMODE(st.st_mode):o})", f"chmod 600 {path}")
+        if not secret:
+            raise self.error(f"the CHAP secret file {path} is empty",
+                             "write the CHAP password into it")
+        return secret
+
+    # -- actions ------------------------------------------------------------------------
+    def create(self) -> str:
+        size = self.mib("VOL_SIZE")
+        if self.find() is not None:
+            raise self.error(f"target {self.vol.target} already exists",
+                             "remove the volume first or choose another name")
+        undo: list[tuple[str, Callable[[], object]]] = []
+        try:
+            self.check_space(size)
+            self.sh('set -e; mkdir -p "$(dirname "$1")"; [ ! -e "$1" ]; '
+                    'fallocate -l "$2" "$1" 2>/dev/null || truncate -s "$2" "$1"',
+                    self.vol.backing, str(size << 20), step=f"creating {self.vol.backing}")
+            undo.append(("backing file", lambda: self.sh('rm -f "$1"', self.vol.backing,
+                                                         step="removing the backing file")))
+            with self.pool_lock():
+                tid = self.new_target()
+            undo.append(("target", lambda: self.adm.delete_target(tid, force=True)))
+            self.tgt(lambda: self.adm.new_lun(tid, LUN, self.vol.backing, self.conf.bstype,
+                                              self.conf.bsoflags))
+            if self.conf.chap_user not in self.tgt(self.adm.accounts):
+                secret = self.read_secret()
+                self.tgt(lambda: self.adm.new_account(self.conf.chap_user, secret))
+            self.tgt(lambda: self.adm.bind_account(tid, self.conf.chap_user))
+        except HavenError:
+            for what, fn in reversed(undo):
+                try:
+                    fn()
+                except HavenError as exc:
+                    log.warning("could not undo the %s of volume %s: %s", what, self.vol_name,
+                                exc)
+            raise
+        return f"created {self.vol.target} (tid {tid}, {size} MiB)"
+
+    def check_space(self, size: int) -> None:
+        out = self.sh('mkdir -p "$1" && stat -f -c "%a %S" "$1"', self.conf.pool,
+                      step=f"checking the free space of {self.conf.pool}")
+        avail, bsize = (int(x) for x in out.split())
+        free = avail * bsize >> 20
+        if free < size:
+            raise self.error(f"full target: the pool {self.conf.pool} has {free} MiB free, "
+                             f"{size} MiB are needed", "free space in the pool or add storage")
+
+    def new_target(self) -> int:
+        """Create the target under a free tid; retry when another creator took it."""
+        for _ in range(20):
+            used = {t.tid for t in self.targets()}
+            tid = next(i for i in range(1, len(used) + 2) if i not in used)
+            try:
+                self.adm.new_target(tid, self.vol.target)
+                return tid
+            except TgtError as exc:
+                if "already exists" not in exc.detail:
+                    raise self.mapped(exc) from exc
+                if self.find() is not None:
+                    raise self.error(f"target {self.vol.target} was created meanwhile",
+                                     "remove the volume first or choose another name") from exc
+        raise self.error("no free target id after 20 tries", "retry")
+
+    def existing(self) -> Target:
+        target = self.find()
+        if target is None:
+            raise self.error(f"target {self.vol.target} does not exist",
+                             "create the volume first")
+        return target
+
+    def attach(self) -> str:
+        iqn = self.initiator()
+        target = self.existing()
+        if iqn not in target.acl:
+            self.tgt(lambda: self.adm.bind_initiator(target.tid, iqn))
+        return f"\nkvm:{self.vol.uri}\nsecret:{self.conf.chap_secret_file}"
+
+    def detach(self) -> str:
+        iqn = self.initiator()
+        target = self.find()
+        if target is None:
+            return ""
+        if iqn in target.acl:
+            self.tgt(lambda: self.adm.unbind_initiator(target.tid, iqn))
+        self.drop_sessions(target.tid, iqn)
+        return ""
+
+    def drop_sessions(self, tid: int, iqn: str, timeout: float = 10.0) -> None:
+        """Close every connection of ``iqn`` on ``tid`` until none is left.  The ACL no
+        longer admits it, so an initiator that logs in again is refused."""
+        deadline = time.monotonic() + timeout
+        while True:
+            conns = [c for c in self.tgt(lambda: self.adm.connections(tid))
+                     if c.initiator == iqn]
+            if not conns:
+                return
+            if time.monotonic() > deadline:
+                raise self.error(f"initiator {iqn} still has {len(conns)} connection(s) to "
+                                 f"target {self.vol.target}", "check tgtd on the storage server")
+            for c in conns:
+                try:
+                    self.adm.drop_connection(tid, c.sid, c.cid)
+                except TgtError as exc:
+                    # A connection that closed meanwhile is what we want.
+                    if exc.unreachable:
+                        raise self.mapped(exc) from exc
+            time.sleep(0.05)
+
+    def fence(self) -> str:
+        iqn = self.initiator()
+        self.detach()
+        target = self.find()
+        if target is not None and iqn in target.acl:
+            raise self.error(f"initiator {iqn} is still in the ACL of {self.vol.target}",
+                             "check tgtd on the storage server")
+        return ""
+
+    def remove(self) -> str:
+        target = self.find()
+        if target is not None:
+            self.tgt(lambda: self.adm.delete_target(target.tid, force=True))
+        self.sh('rm -f "$1" "$2"', self.vol.backing, self.vol.sidecar,
+                step=f"removing {self.vol.backing}")
+        return ""
+
+    def grow(self) -> str:
+        new = self.mib("VOL_NEW_SIZE")
+        target = self.existing()
+        lun = target.lun(LUN)
+        if target.sessions and not self.conf.live_grow:
+            raise self.error(f"{len(target.sessions)} session(s) are open on "
+                             f"{self.vol.target} and tgt must re-add the LUN to show a new size",
+                             "stop the instance first (or set live_grow)")
+        cur = int(self.sh('stat -c %s "$1"', self.vol.backing, step="reading the size").strip())
+        if new << 20 < cur:
+            raise self.error(f"{new} MiB is smaller than the volume ({cur >> 20} MiB)",
+                             "volumes only grow")
+        self.check_space((new << 20) - cur >> 20)
+        self.sh('fallocate -l "$2" "$1" 2>/dev/null || truncate -s "$2" "$1"',
+                self.vol.backing, str(new << 20), step=f"extending {self.vol.backing}")
+        if lun is not None:
+            self.tgt(lambda: self.adm.delete_lun(target.tid, LUN))
+        self.tgt(lambda: self.adm.new_lun(target.tid, LUN, self.vol.backing, self.conf.bstype,
+                                          self.conf.bsoflags))
+        return ""
+
+    def setinfo(self) -> str:
+        self.existing()
+        self.sh('cat > "$1.tmp" && mv "$1.tmp" "$1"', self.vol.sidecar,
+                stdin=self.env.get("VOL_METADATA", ""), step=f"writing {self.vol.sidecar}")
+        return ""
+
+    def verify(self) -> str:
+        self.read_secret()
+        host, _, port = self.conf.portal.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=3).close()
+        except OSError as exc:
+            raise self.error(f"the portal {self.conf.portal} does not answer ({exc})",
+                             self.conf.fix_hint) from exc
+        self.targets()
+        self.sh('[ -d "$1" ] && [ -w "$1" ]', self.conf.pool,
+                step=f"checking the pool directory {self.conf.pool}")
+        return ""
+
+
+def run(action: str, env: Mapping[str, str]) -> str:
+    """Run ``action`` and return what it prints on stdout (raises ProviderError)."""
+    provider = Provider(action, env)
+    out = getattr(provider, action)()
+    assert isinstance(out, str)
+    log.info("iscsi %s %s: ok", action, provider.vol_name)
+    return out if action == "attach" else ""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the scripts: ``main([action])``; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ACTIONS:
+        print(f"{PROVIDER}: unknown action {' '.join(args) or '(none)'}; use one of "
+              f"{', '.join(ACTIONS)}", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    try:
+        out = run(args[0], env)
+    except HavenError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    except Exception as exc:  # one sentence, never a traceback
+        print(f"{PROVIDER}: cannot {args[0]} volume {env.get('VOL_NAME', '-')}: unexpected "
+              f"{type(exc).__name__} ({exc}); report this as a bug", file=sys.stderr)
+        return 1
+    if out:
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["ACTIONS", "PARAMETERS", "Config", "ProviderError", "Volume", "load_config",
+           "main", "run", "sanitize"]
