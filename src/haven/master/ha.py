@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from haven.master.allocator import InstLoad, Model, NodeCap, recovery_target
 from haven.model import ha as H
 from haven.model.ha import InstanceHA, NodeHA
 from haven.model.instance import Instance, Observed
@@ -334,11 +335,12 @@ def _target(v: HAView, inst: Instance, states: dict[str, NodeHA],
     if inst.disk_template == "drbd":
         snode = inst.secondary_nodes[0]
         return snode if room(snode) >= inst.memory else ""
-    nodes = [n for n in sorted(v.nodes) if n != inst.primary_node and _usable(v, n, states)
-             and not v.nodes[n].drained and room(n) >= inst.memory]
-    if not nodes:
-        return ""
-    return max(nodes, key=lambda n: (room(n), n == v.master, n))
+    model = Model.of((NodeCap(n, 0, v.free_memory.get(n, 0), node.vm_capable, node.offline,
+                              node.drained, _usable(v, n, states))
+                      for n, node in v.nodes.items()),
+                     (InstLoad(i.name, i.primary_node, i.memory, i.admin_state == "up",
+                               i.disk_template) for i in v.instances.values()))
+    return recovery_target(model, inst.name, inst.memory, inst.primary_node, planned)
 
 
 def _no_capacity(v: HAView, inst: Instance, states: dict[str, NodeHA]) -> str:

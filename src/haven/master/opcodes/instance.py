@@ -196,15 +196,29 @@ class InstanceCreate(InstanceLU):
         memory = int(self.op["beparams"].get("maxmem") or self.op["beparams"].get("memory")
                      or 128)
         self.memory = memory
+        from haven.master import iallocator as ia
+
+        ialloc, snode = self.op["iallocator"], self.op["snode"]
+        if self.op["pnode"] and ia.external(ialloc):
+            raise InvalidInput(f"Instance {name}: give either a node (-n) or an iallocator "
+                               f"(-I {ialloc}), not both.")
         if self.op["pnode"]:
             iu.usable_node(self, self.op["pnode"], f"creating {name}")
             iu.check_memory(self, self.op["pnode"], memory, name)
             self.pnode = self.op["pnode"]
+        elif ia.external(ialloc):
+            chosen = ia.nodes_for_new(self, ialloc, ia.allocate_request(
+                name, memory, tmpl, self.op["disks"],
+                int(self.op["beparams"].get("vcpus") or 1), self.op["nics"],
+                os_name=self.op["os_type"], hypervisor=self.op["hypervisor"]))
+            self.pnode = chosen[0]
+            iu.usable_node(self, self.pnode, f"creating {name}")
+            snode = snode or (chosen[1] if len(chosen) > 1 else "")
         else:
-            self.pnode = iu.allocate(self, memory, name)
+            self.pnode = iu.allocate(self, memory, name, tmpl)
         self.snode = ""
         if tmpl == "drbd":
-            self.snode = iu.secondary_for(self, self.pnode, self.op["snode"], name,
+            self.snode = iu.secondary_for(self, self.pnode, snode, name,
                                           sum(d["size"] for d in self.op["disks"]))
         elif self.op["snode"]:
             raise InvalidInput(f"A secondary node applies to the drbd template only; "

@@ -57,7 +57,10 @@ class InstanceFailover(InstanceLU):
                 raise OpPrereqError(f"Instance {inst.name} can only fail over to its "
                                     f"secondary {self.target}, which holds its replica.")
         elif inst.disk_template in SHARED_TEMPLATES:
-            self.target = self.op["target_node"] or iu.allocate(self, 0, inst.name)
+            from haven.master import iallocator as ia
+
+            self.target = self.op["target_node"] or ia.move_target(self, inst,
+                                                                   self.op["iallocator"])
             if self.target == inst.primary_node:
                 raise OpPrereqError(f"Node {self.target} already is the primary node of "
                                     f"{inst.name}; name another with -n.")

@@ -113,7 +113,10 @@ class InstanceMigrate(InstanceLU):
                 raise OpPrereqError(f"Instance {inst.name} can only migrate to its secondary "
                                     f"{self.target}, which holds its replica.")
         else:
-            self.target = self.op["target_node"] or iu.other_node(self, inst)
+            from haven.master import iallocator as ia
+
+            self.target = self.op["target_node"] or ia.move_target(self, inst,
+                                                                   self.op["iallocator"])
         if self.target == inst.primary_node:
             raise OpPrereqError(f"Instance {inst.name} already runs on {self.target}; name "
                                 f"another node with -n.")

@@ -98,22 +98,13 @@ def usable_node(lu: LogicalUnit, name: str, for_what: str) -> Node:
 
 
 def free_memory(lu: LogicalUnit, exclude: str | None = None) -> dict[str, int]:
-    """MiB each node can still give: what it reports free, minus instances placed on it
-    that should run but do not yet."""
+    """MiB each node with facts can still give: what it reports free, minus instances
+    placed on it that should run but do not yet (the placement model's figure)."""
+    from haven.master import iallocator
+
     facts = state.facts(lu.c.store)
-    kvs, _ = lu.c.store.list("observed/")
-    running = set()
-    for kv in kvs:
-        o = json.loads(kv.value)
-        if o.get("state") == "running":
-            running.add((o.get("name"), o.get("node")))
-    free = {name: f.memory_free for name, f in facts.items()}
-    for inst in all_instances(lu):
-        if inst.name == exclude or inst.admin_state != "up":
-            continue
-        if (inst.name, inst.primary_node) not in running and inst.primary_node in free:
-            free[inst.primary_node] -= inst.memory
-    return free
+    free = iallocator.read_model(lu.c.store, exclude).free()
+    return {name: mib for name, mib in free.items() if name in facts}
 
 
 def check_memory(lu: LogicalUnit, node: str, memory: int, name: str) -> None:
@@ -126,22 +117,19 @@ def check_memory(lu: LogicalUnit, node: str, memory: int, name: str) -> None:
             f"{best[1]} MiB).")
 
 
-def allocate(lu: LogicalUnit, memory: int, name: str) -> str:
-    """Without ``-n``: the online, undrained, vm-capable live node with the most free
-    memory that fits."""
-    alive = set(state.alive(lu.c.store))
-    nodes = {n.name: n for n in state.nodes(lu.c.store)
-             if n.vm_capable and not n.offline and not n.drained and n.name in alive}
-    free = {k: v for k, v in free_memory(lu).items() if k in nodes}
-    if not free:
-        raise InsufficientResources(f"No node can take instance {name}: every node is "
-                                    f"down, offline, drained or not vm_capable.")
-    best, mib = max(free.items(), key=lambda kv: (kv[1], kv[0]))
-    if mib < memory:
-        raise InsufficientResources(
-            f"Instance {name} needs {memory} MiB of memory; the most any node has free is "
-            f"{mib} MiB (on {best}); lower -B memory.")
-    return best
+def allocate(lu: LogicalUnit, memory: int, name: str,
+             disk_template: str = "sharedfile") -> str:
+    """Without ``-n``: the built-in allocator's node (haven.master.allocator.place):
+    live, online, undrained and vm-capable with the memory free, one that keeps the
+    cluster N+1 redundant first, then the most free memory and fewest instances; a
+    placement that breaks N+1 because nothing else fits is made with a warning."""
+    from haven.master import allocator, iallocator
+
+    where = allocator.place(iallocator.read_model(lu.c.store, exclude=name), memory,
+                            name=name, disk_template=disk_template)
+    if where.warning:
+        lu.feedback(f"Warning: {where.warning}")
+    return where.node
 
 
 def new_mac(lu: LogicalUnit, prefix: str, taken: set[str]) -> str:
