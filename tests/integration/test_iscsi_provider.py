@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import haven
+from haven.storage.iscsi_provider import restore
 from haven.storage.tgt import ServerInfo, Tgtadm, TgtError, start_server, stop_server
 
 pytestmark = [
@@ -183,6 +184,7 @@ def test_volume_lifecycle_create_attach_io_grow_setinfo_detach_remove(srv: Env) 
             f"secret:{srv.secret_file}", ""]
     target = srv.server.tgtadm.target_named(srv.target(vol))
     assert target is not None and target.acl == (NODE1,)
+    assert (srv.pool / f"{vol}.acl").read_text() == NODE1 + "\n"
 
     # The admitted initiator writes and reads; the data is in the backing file.
     io = qemu_io(srv, vol, NODE1, "write -P 0xa5 1M 64k", "read -P 0xa5 1M 64k")
@@ -242,6 +244,7 @@ def test_volume_lifecycle_create_attach_io_grow_setinfo_detach_remove(srv: Env) 
         assert res.returncode == 0, res.stderr
     assert srv.found(vol) is None
     assert not backing.exists() and not (srv.pool / f"{vol}.meta").exists()
+    assert not (srv.pool / f"{vol}.acl").exists()
 
 
 def test_fence_cuts_the_open_session_of_a_node_so_its_next_write_never_lands(
@@ -377,5 +380,41 @@ def test_stop_server_ends_tgtd_that_ignores_sigterm_and_refuses_a_used_control(
     stop_server(other)
     assert not Path(f"/proc/{other.pid}").exists()
     assert not other.tgtadm.answers()
+    assert not Path(f"/var/run/tgtd/socket.{other.control}").exists()
     # The first daemon is untouched.
     assert srv.server.tgtadm.answers()
+
+
+def test_restore_serves_the_pool_again_to_the_admitted_initiators_only(
+        srv: Env, tmp_path: Path) -> None:
+    port, control = free_port(), free_control()
+    secret = srv.secret_file.read_text()
+    server = start_server(tmp_path / "run", "127.0.0.1", port, control, CHAP_USER, secret)
+    try:
+        conf = json.loads((srv.data_dir / "extstorage" / "iscsi.conf").read_text())
+        conf.update(portal=server.portal, control=control, pool=str(tmp_path / "pool"))
+        conf_path = tmp_path / "data" / "extstorage" / "iscsi.conf"
+        conf_path.parent.mkdir(parents=True)
+        conf_path.write_text(json.dumps(conf))
+        env = Env(server, tmp_path / "data", tmp_path / "pool", srv.secret_file, srv.prefix)
+        vol = "r3st.ext.disk0"
+        assert env.run("create", vol, VOL_SIZE="4").returncode == 0
+        for node in (NODE1, NODE2):
+            assert env.run("attach", vol, HAVEN_INITIATOR=node).returncode == 0
+        assert qemu_io(env, vol, NODE1, "write -P 0x42 0 4k").returncode == 0
+        assert env.run("fence", vol, HAVEN_INITIATOR=NODE2).returncode == 0
+        stop_server(server)
+        assert not Path(f"/proc/{server.pid}").exists()
+        # tgtd comes back empty; restore serves the volume to node1 only.
+        server = start_server(tmp_path / "run", "127.0.0.1", port, control, CHAP_USER, secret)
+        assert server.tgtadm.targets() == []
+        assert len(restore(conf_path)) == 1
+        assert restore(conf_path) == []
+        target = server.tgtadm.target_named(env.target(vol))
+        assert target is not None and target.acl == (NODE1,)
+        io = qemu_io(env, vol, NODE1, "read -P 0x42 0 4k")
+        assert io.returncode == 0, io.stdout + io.stderr
+        io = qemu_io(env, vol, NODE2, "read 0 4k")
+        assert io.returncode != 0 and "Target not found" in io.stderr
+    finally:
+        stop_server(server)

@@ -30,6 +30,7 @@ Actions (each exits 0, or 1 with one sentence on stderr):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -184,6 +185,10 @@ class Volume:
         return f"{self.conf.pool.rstrip('/')}/{sanitize(self.name)}.meta"
 
     @property
+    def acl(self) -> str:
+        return f"{self.conf.pool.rstrip('/')}/{sanitize(self.name)}.acl"
+
+    @property
     def uri(self) -> str:
         return f"iscsi://{self.conf.chap_user}@{self.conf.portal}/{self.target}/{LUN}"
 
@@ -195,7 +200,7 @@ class Provider:
         self.action = action
         self.env = env
         self.vol_name = env.get("VOL_NAME", "")
-        if action != "verify" and not self.vol_name:
+        if action not in ("verify", "restore") and not self.vol_name:
             raise self.error("VOL_NAME is not set", "run it through Haven's ExtStorage runner")
         self.conf = load_config(env, self.vol_name or "-", action)
         self.vol = Volume(self.vol_name, self.conf)
@@ -305,15 +310,7 @@ class Provider:
                     self.vol.backing, str(size << 20), step=f"creating {self.vol.backing}")
             undo.append(("backing file", lambda: self.sh('rm -f "$1"', self.vol.backing,
                                                          step="removing the backing file")))
-            with self.pool_lock():
-                tid = self.new_target()
-            undo.append(("target", lambda: self.adm.delete_target(tid, force=True)))
-            self.tgt(lambda: self.adm.new_lun(tid, LUN, self.vol.backing, self.conf.bstype,
-                                              self.conf.bsoflags))
-            if self.conf.chap_user not in self.tgt(self.adm.accounts):
-                secret = self.read_secret()
-                self.tgt(lambda: self.adm.new_account(self.conf.chap_user, secret))
-            self.tgt(lambda: self.adm.bind_account(tid, self.conf.chap_user))
+            tid = self.export(undo)
         except HavenError:
             for what, fn in reversed(undo):
                 try:
@@ -323,6 +320,20 @@ class Provider:
                                 exc)
             raise
         return f"created {self.vol.target} (tid {tid}, {size} MiB)"
+
+    def export(self, undo: list[tuple[str, Callable[[], object]]]) -> int:
+        """Serve the backing file as LUN 1 of a new target that requires CHAP; append
+        the undo steps to ``undo``; return the tid."""
+        with self.pool_lock():
+            tid = self.new_target()
+        undo.append(("target", lambda: self.adm.delete_target(tid, force=True)))
+        self.tgt(lambda: self.adm.new_lun(tid, LUN, self.vol.backing, self.conf.bstype,
+                                          self.conf.bsoflags))
+        if self.conf.chap_user not in self.tgt(self.adm.accounts):
+            secret = self.read_secret()
+            self.tgt(lambda: self.adm.new_account(self.conf.chap_user, secret))
+        self.tgt(lambda: self.adm.bind_account(tid, self.conf.chap_user))
+        return tid
 
     def check_space(self, size: int) -> None:
         out = self.sh('mkdir -p "$1" && stat -f -c "%a %S" "$1"', self.conf.pool,
@@ -356,9 +367,21 @@ class Provider:
                              "create the volume first")
         return target
 
+    def acl_file(self, op: str, iqn: str) -> None:
+        """Keep the admitted initiators in ``<volume>.acl`` beside the backing file, so a
+        restarted tgtd serves the volume to them again (:func:`restore`) and never to a
+        node that was detached or fenced meanwhile."""
+        script = {"add": 'grep -qxF "$2" "$1" 2>/dev/null || echo "$2" >> "$1"',
+                  "del": '[ ! -e "$1" ] || { grep -vxF "$2" "$1" > "$1.tmp"; '
+                         'mv "$1.tmp" "$1"; }'}[op]
+        lock = f"{self.conf.pool.rstrip('/')}/.haven-iscsi-acl.lock"
+        self.sh(f'exec 9>>"$3" && flock 9 && {script}', self.vol.acl, iqn, lock,
+                step=f"updating {self.vol.acl}")
+
     def attach(self) -> str:
         iqn = self.initiator()
         target = self.existing()
+        self.acl_file("add", iqn)
         if iqn not in target.acl:
             self.tgt(lambda: self.adm.bind_initiator(target.tid, iqn))
         return f"\nkvm:{self.vol.uri}\nsecret:{self.conf.chap_secret_file}"
@@ -366,6 +389,11 @@ class Provider:
     def detach(self) -> str:
         iqn = self.initiator()
         target = self.find()
+        if target is None and self.sh('[ -e "$1" ] && echo y || true', self.vol.backing,
+                                      step="looking for the backing file").strip() != "y":
+            return ""
+        # The file first: a tgtd restarted after this point must not admit it again.
+        self.acl_file("del", iqn)
         if target is None:
             return ""
         if iqn in target.acl:
@@ -407,7 +435,7 @@ class Provider:
         target = self.find()
         if target is not None:
             self.tgt(lambda: self.adm.delete_target(target.tid, force=True))
-        self.sh('rm -f "$1" "$2"', self.vol.backing, self.vol.sidecar,
+        self.sh('rm -f "$1" "$2" "$3"', self.vol.backing, self.vol.sidecar, self.vol.acl,
                 step=f"removing {self.vol.backing}")
         return ""
 
@@ -452,6 +480,30 @@ class Provider:
         return ""
 
 
+def restore(conf_path: Path) -> list[str]:
+    """Serve every volume of the pool again after tgtd started afresh (it keeps targets
+    in memory only): target, LUN 1, CHAP, and the initiators of ``<volume>.acl``.
+    Volumes already served are left alone.  Returns one line per volume served."""
+    env = {"HAVEN_DATA_DIR": str(conf_path.parent.parent)}
+    lister = Provider("restore", env)
+    names = lister.sh('cd "$1" 2>/dev/null || exit 0; for f in *.img; do '
+                      '[ -e "$f" ] && echo "${f%.img}"; done; true', lister.conf.pool,
+                      step=f"listing {lister.conf.pool}").split()
+    served: list[str] = []
+    existing = {t.name for t in lister.targets()}
+    for name in names:
+        p = Provider("restore", {**env, "VOL_NAME": name})
+        if p.vol.target in existing:
+            continue
+        tid = p.export([])
+        acl = p.sh('cat "$1" 2>/dev/null || true', p.vol.acl, step=f"reading {p.vol.acl}")
+        for iqn in acl.split():
+            p.tgt(functools.partial(p.adm.bind_initiator, tid, iqn))
+        served.append(f"{p.vol.target} (tid {tid}) for {', '.join(acl.split()) or 'nobody'}")
+        log.info("restored %s", served[-1])
+    return served
+
+
 def run(action: str, env: Mapping[str, str]) -> str:
     """Run ``action`` and return what it prints on stdout (raises ProviderError)."""
     provider = Provider(action, env)
@@ -487,4 +539,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 __all__ = ["ACTIONS", "PARAMETERS", "Config", "ProviderError", "Volume", "load_config",
-           "main", "run", "sanitize"]
+           "main", "restore", "run", "sanitize"]

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TGTADM = "tgtadm"
 TGTD = "/usr/sbin/tgtd"
+CONTROL_DIR = "/var/run/tgtd"
 
 # Backing store chosen for new LUNs, measured with ``qemu-img bench`` over iscsi://
 # against tgtd on 127.0.0.1 (2 cores, ext4 on virtio, 3 rounds alternated, noisy;
@@ -459,4 +460,8 @@ def stop_server(info: ServerInfo, timeout: float = 10.0) -> None:
             log.info("tgtd pid %d still runs after %g s; killing it", info.pid, timeout)
             _kill(info.pid)
     (info.run_dir / f"tgtd-{info.control}.pid").unlink(missing_ok=True)
+    # tgtd leaves its control socket behind; this index was ours alone (start_server
+    # refuses an index another daemon answers on).
+    for name in (f"socket.{info.control}", f"socket.{info.control}.lock"):
+        Path(CONTROL_DIR, name).unlink(missing_ok=True)
     log.info("tgtd on %s (control port %d) stopped", info.portal, info.control)
