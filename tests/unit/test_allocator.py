@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import haven.master.opcodes  # noqa: F401  (registers the opcodes)
-from haven.errors import InsufficientResources
+from haven.errors import HavenError, InsufficientResources
 from haven.master.allocator import (
     InstLoad,
     Model,
@@ -223,3 +223,22 @@ def test_cluster_verify_reports_enoden1_as_an_error(ctx: MasterContext) -> None:
     assert ("cluster: not enough memory to accomodate instance failovers should node a "
             "fail (2000MiB needed by x, 1900MiB available on the roomiest other node)"
             in res["errors"])
+
+
+@pytest.mark.parametrize("op_id", ["OP_INSTANCE_FAILOVER", "OP_INSTANCE_MIGRATE"])
+def test_failover_and_migrate_without_a_target_use_the_allocator(
+        ctx: MasterContext, op_id: str) -> None:
+    # x (2000 MiB) fits on b only: c has 1900 MiB free.
+    assert prereq(ctx, {"OP_ID": op_id, "instance_name": "x"}).target == "b"
+    ctx.store.put(Keys.node("b"), dumps(Node("b", "u2", "10.0.0.2", "10.0.0.2", 5080,
+                                             drained=True).to_json()))
+    with pytest.raises(InsufficientResources, match="the most any node has free is 1900"):
+        prereq(ctx, {"OP_ID": op_id, "instance_name": "x"})
+
+
+def test_failover_with_an_unknown_iallocator_says_where_it_looked(
+        ctx: MasterContext) -> None:
+    with pytest.raises(HavenError, match="Can't compute nodes using iallocator 'nope': no "
+                                         "such script in /usr/local/lib/ganeti/iallocators"):
+        prereq(ctx, {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "x",
+                     "iallocator": "nope"})

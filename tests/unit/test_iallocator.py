@@ -196,3 +196,26 @@ def test_the_script_reads_the_input_file_it_is_given(ctx: MasterContext,
                      '\'result\': [sorted(d[\'nodes\'])[0]]}))" "$1"\n')
     assert ia.run("fake", hail_input(ctx, request(512)),
                   search_path=[str(tmp_path)]) == ["node01"]
+
+
+@needs_hail
+def test_hail_relocates_off_a_dead_primary(ctx: MasterContext) -> None:
+    # A node whose daemon holds no lease goes to hail as offline: its instance still
+    # gets a new primary (Ganeti would fail the request on the unanswered node RPC).
+    ctx.store.delete(Keys.alive("node01"))
+    kv = ctx.store.get(Keys.instance("vm1"))
+    assert kv is not None
+    data = hail_input(ctx, ia.relocate_request(Instance.from_json(json.loads(kv.value))))
+    assert data["nodes"]["node01"]["offline"] is True
+    assert ia.run("hail", data) == ["node02"]
+
+
+@needs_hail
+def test_failover_with_iallocator_hail(ctx: MasterContext) -> None:
+    said: list[str] = []
+    op = {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "vm1", "iallocator": "hail"}
+    lu = lu_class(op)(ctx, op, said.append)
+    lu.check_arguments()
+    lu.check_prereq()
+    assert lu.target == "node02"
+    assert said == ["- INFO: Selected nodes for instance vm1 via iallocator hail: node02"]
