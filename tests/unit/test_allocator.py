@@ -242,3 +242,21 @@ def test_failover_with_an_unknown_iallocator_says_where_it_looked(
                                          "such script in /usr/local/lib/ganeti/iallocators"):
         prereq(ctx, {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "x",
                      "iallocator": "nope"})
+
+
+def test_cluster_verify_skips_or_downgrades_enoden1_as_ganeti_does(
+        ctx: MasterContext) -> None:
+    y = Instance("y", "uy", "busybox", "kvm", "sharedfile", "b", admin_state="up",
+                 beparams={"memory": 2500})
+    ctx.store.put(Keys.instance("y"), dumps(y.to_json()))
+
+    def verify(**kw: Any) -> Any:
+        op = {"OP_ID": "OP_CLUSTER_VERIFY", **kw}
+        lu = lu_class(op)(ctx, op, lambda _m: None)
+        lu.check_arguments()
+        return lu.exec()
+
+    assert not any("accomodate" in m for m in verify(skip_checks=["nplusone_mem"])["errors"])
+    res = verify(ignore_errors=["ENODEN1"])
+    assert not any("accomodate" in m for m in res["errors"])
+    assert any("should node a fail" in m for m in res["warnings"])

@@ -219,3 +219,9 @@ def test_failover_with_iallocator_hail(ctx: MasterContext) -> None:
     lu.check_prereq()
     assert lu.target == "node02"
     assert said == ["- INFO: Selected nodes for instance vm1 via iallocator hail: node02"]
+
+
+@needs_hail
+def test_hail_gives_a_drbd_instance_two_nodes(ctx: MasterContext) -> None:
+    nodes = ia.run("hail", hail_input(ctx, request(256, "drbd")))
+    assert len(nodes) == 2 and len(set(nodes)) == 2

@@ -125,13 +125,15 @@ class ClusterVerify(LogicalUnit):
             if j.status == JobStatus.RUNNING and j.master and j.master != master:
                 errors.append(f"job {j.id}: still marked running by former master "
                               f"{j.master}; fail over the master role to adopt it")
-        # Ganeti's ENODEN1 is an error: a node whose loss the others cannot absorb.
-        from haven.master import allocator, iallocator
+        # Ganeti's ENODEN1 is an error (a node whose loss the others cannot absorb),
+        # skipped with skip_checks nplusone_mem, a warning with ignore_errors ENODEN1.
+        if "nplusone_mem" not in self.op["skip_checks"]:
+            from haven.master import allocator, iallocator
 
-        n1 = allocator.n1_failures(iallocator.read_model(store))
-        errors.extend(n1)
-        checked.append("N+1 memory: every node's failover fits on the others" if not n1
-                       else f"N+1 memory: {len(n1)} failover(s) would not fit")
+            n1 = allocator.n1_failures(iallocator.read_model(store))
+            (warnings if "ENODEN1" in self.op["ignore_errors"] else errors).extend(n1)
+            checked.append("N+1 memory: every node's failover fits on the others"
+                           if not n1 else f"N+1 memory: {len(n1)} failover(s) would not fit")
         return {"ok": not errors, "errors": errors, "warnings": warnings,
                 "checked": checked}
 
