@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import haven
+from haven.hypervisor.qemu.qmp import qmp_call
 from haven.storage.iscsi_provider import restore
 from haven.storage.tgt import ServerInfo, Tgtadm, TgtError, start_server, stop_server
 
@@ -418,3 +419,59 @@ def test_restore_serves_the_pool_again_to_the_admitted_initiators_only(
         assert io.returncode != 0 and "Target not found" in io.stderr
     finally:
         stop_server(server)
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
+def test_live_grow_is_seen_by_a_running_qemu_after_block_resize(srv: Env, tmp_path: Path) -> None:
+    vol = "l1ve.ext.disk0"
+    assert srv.run("create", vol, VOL_SIZE="8").returncode == 0
+    assert srv.run("attach", vol, HAVEN_INITIATOR=NODE1).returncode == 0
+    qmp = tmp_path / "qmp.sock"
+    node = {"driver": "iscsi", "node-name": "iscsi0", "transport": "tcp",
+            "portal": srv.server.portal, "target": srv.target(vol), "lun": 1,
+            "user": CHAP_USER, "password-secret": "s", "initiator-name": NODE1,
+            "cache": {"direct": True}}
+    vm = subprocess.Popen(
+        ["qemu-system-x86_64", "-M", "none", "-accel", "tcg", "-nodefaults", "-display",
+         "none", "-S", "-qmp", f"unix:{qmp},server=on,wait=off",
+         "-object", f"secret,id=s,file={srv.secret_file}", "-blockdev", json.dumps(node)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not qmp.exists():
+            assert vm.poll() is None and time.monotonic() < deadline, vm.stderr
+            time.sleep(0.02)
+
+        def size() -> int:
+            nodes = qmp_call(qmp, "query-named-block-nodes", {"flat": True}, label="iscsi")
+            return int(next(n["image"]["virtual-size"] for n in nodes
+                            if n["node-name"] == "iscsi0"))
+
+        assert size() == 8 << 20
+        res = srv.run("grow", vol, VOL_SIZE="8", VOL_NEW_SIZE="24", EXTP_LIVE_GROW="yes")
+        assert res.returncode == 0, res.stderr
+        assert size() == 8 << 20  # QEMU learns the new size only when asked to resize
+        qmp_call(qmp, "block_resize", {"node-name": "iscsi0", "size": 24 << 20}, label="iscsi")
+        assert size() == 24 << 20
+    finally:
+        vm.kill()
+        vm.wait(10)
+    assert srv.run("remove", vol).returncode == 0
+
+
+def test_a_management_prefix_runs_every_step_through_a_remote_shell(srv: Env) -> None:
+    """``mgmt`` as ssh would use it: one quoted command line for a remote shell (here a
+    local ``sh -c``, which parses it the same way)."""
+    vol = "rem0te.ext.disk0"
+    mgmt = {"EXTP_MGMT": '["sh", "-c"]'}
+    res = srv.run("create", vol, VOL_SIZE="4", **mgmt)
+    assert res.returncode == 0, res.stderr
+    res = srv.run("attach", vol, HAVEN_INITIATOR=NODE1, **mgmt)
+    assert res.returncode == 0 and res.stdout.startswith("\nkvm:iscsi://"), res.stderr
+    assert qemu_io(srv, vol, NODE1, "write -P 0x61 0 4k").returncode == 0
+    assert srv.run("setinfo", vol, VOL_METADATA="a 'quoted' value", **mgmt).returncode == 0
+    assert (srv.pool / f"{vol}.meta").read_text() == "a 'quoted' value"
+    assert srv.run("fence", vol, HAVEN_INITIATOR=NODE1, **mgmt).returncode == 0
+    assert srv.run("verify", vol, **mgmt).returncode == 0
+    assert srv.run("remove", vol, **mgmt).returncode == 0
+    assert srv.found(vol) is None and not (srv.pool / f"{vol}.img").exists()
