@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import haven.master.opcodes  # noqa: F401  (registers the opcodes)
-from haven.errors import InsufficientResources
+from haven.errors import InsufficientResources, InvalidInput
 from haven.master import iallocator as ia
 from haven.master.iallocator import IAllocatorError
 from haven.master.lu import MasterContext, lu_class
@@ -225,3 +225,14 @@ def test_failover_with_iallocator_hail(ctx: MasterContext) -> None:
 def test_hail_gives_a_drbd_instance_two_nodes(ctx: MasterContext) -> None:
     nodes = ia.run("hail", hail_input(ctx, request(256, "drbd")))
     assert len(nodes) == 2 and len(set(nodes)) == 2
+
+
+def test_a_node_and_an_iallocator_together_are_refused(ctx: MasterContext) -> None:
+    op = {"OP_ID": "OP_INSTANCE_CREATE", "instance_name": "vm9", "os_type": "busybox",
+          "disk_template": "sharedfile", "disks": [{"size": "1g"}], "pnode": "node02",
+          "iallocator": "hail"}
+    lu = lu_class(op)(ctx, op, lambda _m: None)
+    lu.check_arguments()
+    with pytest.raises(InvalidInput, match="Do not specify both, iallocator and node: "
+                                           "give instance vm9 either -n or -I hail"):
+        lu.check_prereq()

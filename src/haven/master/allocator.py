@@ -203,7 +203,8 @@ def place(model: Model, memory: int, *, name: str = "the new instance",
     if score(best)[0] == 0:
         return Placement(best.name)
     after = model.placed(InstLoad(name, best.name, memory, True, disk_template))
-    new = [s for s in n1_failures(after) if s not in set(n1_failures(model))]
+    old = set(n1_failures(model))
+    new = [s for s in n1_failures(after) if s not in old]
     return Placement(best.name, f"no node keeps the cluster N+1 redundant with {name} "
                                 f"({memory} MiB) on it; placed on {best.name}, the best "
                                 f"that fits: {'; '.join(new)}")

@@ -3,7 +3,7 @@
 ``-I NAME`` / ``--iallocator NAME`` runs Ganeti's iallocator protocol (doc/iallocator.rst,
 lib/masterd/iallocator.py): the cluster and a request go to the script ``NAME`` in
 :data:`SEARCH_PATH` as one JSON file; it prints ``{"success", "info", "result"}``.
-``-I haven`` or no ``-I`` is the built-in allocator (:mod:`haven.master.allocator`).
+``-I haven``, ``-I .`` or no ``-I`` is the built-in allocator (:mod:`haven.master.allocator`).
 
 Requests, as Ganeti's:
 
@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 #: IALLOCATOR_SEARCH_PATH on Debian).
 SEARCH_PATH: tuple[str, ...] = ("/usr/local/lib/ganeti/iallocators",
                                 "/usr/lib/ganeti/iallocators")
-#: Names meaning the built-in allocator.
-BUILTIN = frozenset({"", "haven"})
+#: Names meaning the built-in allocator ("." is Ganeti's shortcut for the cluster's
+#: default iallocator, which is Haven's own).
+BUILTIN = frozenset({"", ".", "haven"})
 TIMEOUT = 60.0  # seconds an iallocator may take
 # Ganeti's size of a drbd disk's metadata (constants.DRBD_META_SIZE), in MiB.
 DRBD_META_SIZE = 128

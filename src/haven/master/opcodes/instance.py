@@ -200,8 +200,8 @@ class InstanceCreate(InstanceLU):
 
         ialloc, snode = self.op["iallocator"], self.op["snode"]
         if self.op["pnode"] and ia.external(ialloc):
-            raise InvalidInput(f"Instance {name}: give either a node (-n) or an iallocator "
-                               f"(-I {ialloc}), not both.")
+            raise InvalidInput(f"Do not specify both, iallocator and node: give instance "
+                               f"{name} either -n or -I {ialloc}.")
         if self.op["pnode"]:
             iu.usable_node(self, self.op["pnode"], f"creating {name}")
             iu.check_memory(self, self.op["pnode"], memory, name)
