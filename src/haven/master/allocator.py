@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from haven.errors import InsufficientResources
 from haven.model.ha import SHARED_TEMPLATES
@@ -93,9 +94,21 @@ class Model:
     def of(cls, nodes: Iterable[NodeCap], instances: Iterable[InstLoad] = ()) -> Model:
         return cls({n.name: n for n in nodes}, tuple(instances))
 
+    @cached_property
+    def _up_on(self) -> dict[str, list[InstLoad]]:
+        out: dict[str, list[InstLoad]] = {}
+        for i in self.instances:
+            if i.up:
+                out.setdefault(i.primary, []).append(i)
+        return out
+
+    def up_on(self, node: str) -> list[InstLoad]:
+        """The instances meant to run on ``node`` (admin state ``up``)."""
+        return self._up_on.get(node, [])
+
     def count(self, node: str) -> int:
         """Instances meant to run on ``node``."""
-        return sum(1 for i in self.instances if i.primary == node and i.up)
+        return len(self.up_on(node))
 
     def placed(self, inst: InstLoad) -> Model:
         """This model with ``inst`` started on its primary (whose free memory shrinks)."""
@@ -119,7 +132,7 @@ class Placement:
 
 def lost_failures(model: Model, lost: str) -> list[str]:
     """What could not be restarted elsewhere should ``lost`` fail, one sentence each."""
-    moving = [i for i in model.instances if i.primary == lost and i.up]
+    moving = model.up_on(lost)
     if not moving:
         return []
     room = {n.name: n.memory_free for n in model.nodes.values()
