@@ -305,7 +305,12 @@ class Provider:
         undo: list[tuple[str, Callable[[], object]]] = []
         try:
             self.check_space(size)
-            self.sh('set -e; mkdir -p "$(dirname "$1")"; [ ! -e "$1" ]; '
+            if self.sh('[ -e "$1" ] && echo y || true', self.vol.backing,
+                       step="looking for the backing file").strip() == "y":
+                raise self.error(f"the backing file {self.vol.backing} already exists "
+                                 "(left by an earlier volume?)",
+                                 "remove the volume (or that file) first")
+            self.sh('set -e; mkdir -p "$(dirname "$1")"; '
                     'fallocate -l "$2" "$1" 2>/dev/null || truncate -s "$2" "$1"',
                     self.vol.backing, str(size << 20), step=f"creating {self.vol.backing}")
             undo.append(("backing file", lambda: self.sh('rm -f "$1"', self.vol.backing,
@@ -455,10 +460,30 @@ class Provider:
         self.sh('fallocate -l "$2" "$1" 2>/dev/null || truncate -s "$2" "$1"',
                 self.vol.backing, str(new << 20), step=f"extending {self.vol.backing}")
         if lun is not None:
-            self.tgt(lambda: self.adm.delete_lun(target.tid, LUN))
-        self.tgt(lambda: self.adm.new_lun(target.tid, LUN, self.vol.backing, self.conf.bstype,
-                                          self.conf.bsoflags))
+            self.retry(lambda: self.adm.delete_lun(target.tid, LUN), "still active",
+                       "the LUN is busy with I/O: stop the instance first, then grow again")
+        # From here until the LUN is back, I/O to it fails (LOGICAL UNIT NOT SUPPORTED).
+        self.retry(lambda: self.adm.new_lun(target.tid, LUN, self.vol.backing,
+                                            self.conf.bstype, self.conf.bsoflags), "",
+                   f"LUN {LUN} is missing now: run grow again to add it back")
         return ""
+
+    def retry(self, fn: Callable[[], None], transient: str, fix: str,
+              timeout: float = 2.0) -> None:
+        """Run a tgtadm step again while it fails with ``transient`` in its answer
+        ("" = any refusal) for up to ``timeout`` seconds; then fail with ``fix``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fn()
+                return
+            except TgtError as exc:
+                if exc.unreachable:
+                    raise self.mapped(exc) from exc
+                if transient not in exc.detail or time.monotonic() > deadline:
+                    raise self.error(exc.message.removeprefix("cannot ").split("; ")[0],
+                                     fix) from exc
+            time.sleep(0.05)
 
     def setinfo(self) -> str:
         self.existing()
