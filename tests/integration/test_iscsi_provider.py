@@ -361,6 +361,13 @@ def test_bad_configuration_and_inputs_give_one_sentence(srv: Env, tmp_path: Path
     loose.chmod(0o644)
     err = one_line(srv.run("verify", "", EXTP_CHAP_SECRET_FILE=str(loose)))
     assert "chmod 600" in err
+    newline = tmp_path / "newline.secret"
+    newline.write_text(srv.secret_file.read_text() + "\n")
+    newline.chmod(0o600)
+    err = one_line(srv.run("verify", "", EXTP_CHAP_SECRET_FILE=str(newline)))
+    assert "newline" in err
+    err = one_line(srv.run("verify", "", EXTP_POOL=str(tmp_path / "no" / "such")))
+    assert "not a writable directory" in err
 
     # Attaching a volume that does not exist, or without an initiator name.
     err = one_line(srv.run("attach", "nope.ext.disk0", HAVEN_INITIATOR=NODE1))
@@ -398,8 +405,10 @@ def test_restore_serves_the_pool_again_to_the_admitted_initiators_only(
         conf_path.parent.mkdir(parents=True)
         conf_path.write_text(json.dumps(conf))
         env = Env(server, tmp_path / "data", tmp_path / "pool", srv.secret_file, srv.prefix)
-        vol = "r3st.ext.disk0"
+        vol, vol2 = "r3st.ext.disk0", "r3st.ext.disk1"
         assert env.run("create", vol, VOL_SIZE="4").returncode == 0
+        assert env.run("create", vol2, VOL_SIZE="4").returncode == 0
+        assert env.run("attach", vol2, HAVEN_INITIATOR=NODE2).returncode == 0
         for node in (NODE1, NODE2):
             assert env.run("attach", vol, HAVEN_INITIATOR=node).returncode == 0
         assert qemu_io(env, vol, NODE1, "write -P 0x42 0 4k").returncode == 0
@@ -409,6 +418,11 @@ def test_restore_serves_the_pool_again_to_the_admitted_initiators_only(
         # tgtd comes back empty; restore serves the volume to node1 only.
         server = start_server(tmp_path / "run", "127.0.0.1", port, control, CHAP_USER, secret)
         assert server.tgtadm.targets() == []
+        # attach serves a lost volume again by itself (to its ACL file's initiators).
+        res = env.run("attach", vol2, HAVEN_INITIATOR=NODE2)
+        assert res.returncode == 0, res.stderr
+        target2 = server.tgtadm.target_named(env.target(vol2))
+        assert target2 is not None and target2.acl == (NODE2,)
         assert len(restore(conf_path)) == 1
         assert restore(conf_path) == []
         target = server.tgtadm.target_named(env.target(vol))

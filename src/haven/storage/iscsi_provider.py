@@ -30,6 +30,7 @@ Actions (each exits 0, or 1 with one sentence on stderr):
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -135,8 +136,13 @@ def load_config(env: Mapping[str, str], volume: str, step: str) -> Config:
                             f"pass EXTP_{missing[0].upper()}")
     mgmt_raw = raw.get("mgmt", [])
     if isinstance(mgmt_raw, str):
-        mgmt_raw = (json.loads(mgmt_raw) if mgmt_raw.strip().startswith("[")
-                    else shlex.split(mgmt_raw))
+        try:
+            mgmt_raw = (json.loads(mgmt_raw) if mgmt_raw.strip().startswith("[")
+                        else shlex.split(mgmt_raw))
+        except ValueError as exc:
+            raise ProviderError(f"{PROVIDER}: cannot {step} volume {volume}: mgmt "
+                                f"{mgmt_raw!r} is neither a JSON list nor words ({exc}); "
+                                f"fix it in {where}") from exc
     if not isinstance(mgmt_raw, list):
         raise ProviderError(f"{PROVIDER}: cannot {step} volume {volume}: mgmt must be a list "
                             f"of words; fix it in {where}")
@@ -269,8 +275,6 @@ class Provider:
         if self.conf.mgmt:
             yield
             return
-        import fcntl
-
         Path(self.conf.pool).mkdir(parents=True, exist_ok=True)
         with open(Path(self.conf.pool) / ".haven-iscsi.lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -283,7 +287,7 @@ class Provider:
         path = Path(self.conf.chap_secret_file)
         try:
             st = path.stat()
-            secret = path.read_text(encoding="utf-8").strip()
+            secret = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise self.error(f"the CHAP secret file {path} cannot be read ({exc.strerror})",
                              f"create it with mode 0600 or fix chap_secret_file in "
@@ -294,6 +298,12 @@ class Provider:
         if not secret:
             raise self.error(f"the CHAP secret file {path} is empty",
                              "write the CHAP password into it")
+        if secret != secret.strip():
+            # QEMU sends the file's bytes as they are: a final newline would be part of
+            # the password and every login would fail with "Authentication failure".
+            raise self.error(f"the CHAP secret file {path} has white space or a newline "
+                             "around the password, which QEMU would send as part of it",
+                             f"write it without one (printf %s PASSWORD > {path})")
         return secret
 
     # -- actions ------------------------------------------------------------------------
@@ -315,7 +325,8 @@ class Provider:
                     self.vol.backing, str(size << 20), step=f"creating {self.vol.backing}")
             undo.append(("backing file", lambda: self.sh('rm -f "$1"', self.vol.backing,
                                                          step="removing the backing file")))
-            tid = self.export(undo)
+            with self.pool_lock():
+                tid = self.export(undo)
         except HavenError:
             for what, fn in reversed(undo):
                 try:
@@ -328,9 +339,8 @@ class Provider:
 
     def export(self, undo: list[tuple[str, Callable[[], object]]]) -> int:
         """Serve the backing file as LUN 1 of a new target that requires CHAP; append
-        the undo steps to ``undo``; return the tid."""
-        with self.pool_lock():
-            tid = self.new_target()
+        the undo steps to ``undo``; return the tid.  Call it under :meth:`pool_lock`."""
+        tid = self.new_target()
         undo.append(("target", lambda: self.adm.delete_target(tid, force=True)))
         self.tgt(lambda: self.adm.new_lun(tid, LUN, self.vol.backing, self.conf.bstype,
                                           self.conf.bsoflags))
@@ -366,11 +376,35 @@ class Provider:
         raise self.error("no free target id after 20 tries", "retry")
 
     def existing(self) -> Target:
+        """The volume's target; served again from the pool when tgtd lost it (tgtd keeps
+        targets in memory only, so a restarted daemon forgets them)."""
         target = self.find()
-        if target is None:
+        if target is not None:
+            return target
+        if self.sh('[ -e "$1" ] && echo y || true', self.vol.backing,
+                   step="looking for the backing file").strip() != "y":
             raise self.error(f"target {self.vol.target} does not exist",
                              "create the volume first")
+        log.info("tgtd lost %s (restarted?): serving %s again", self.vol.target,
+                 self.vol.backing)
+        self.reexport()
+        target = self.find()
+        if target is None:
+            raise self.error(f"target {self.vol.target} vanished while it was served again",
+                             "check tgtd on the storage server")
         return target
+
+    def reexport(self) -> str:
+        """Serve an existing backing file again, to the initiators of its ACL file."""
+        with self.pool_lock():
+            if self.find() is not None:  # someone else did it meanwhile
+                return ""
+            tid = self.export([])
+            acl = self.sh('cat "$1" 2>/dev/null || true', self.vol.acl,
+                          step=f"reading {self.vol.acl}").split()
+            for iqn in acl:
+                self.tgt(functools.partial(self.adm.bind_initiator, tid, iqn))
+        return f"{self.vol.target} (tid {tid}) for {', '.join(acl) or 'nobody'}"
 
     def acl_file(self, op: str, iqn: str) -> None:
         """Keep the admitted initiators in ``<volume>.acl`` beside the backing file, so a
@@ -500,8 +534,10 @@ class Provider:
             raise self.error(f"the portal {self.conf.portal} does not answer ({exc})",
                              self.conf.fix_hint) from exc
         self.targets()
-        self.sh('[ -d "$1" ] && [ -w "$1" ]', self.conf.pool,
-                step=f"checking the pool directory {self.conf.pool}")
+        if self.sh('[ -d "$1" ] && [ -w "$1" ] && echo y || true', self.conf.pool,
+                   step=f"checking the pool {self.conf.pool}").strip() != "y":
+            raise self.error(f"the pool {self.conf.pool} is not a writable directory on the "
+                             "storage server", f"create it or fix pool in {self.conf.source}")
         return ""
 
 
@@ -520,12 +556,10 @@ def restore(conf_path: Path) -> list[str]:
         p = Provider("restore", {**env, "VOL_NAME": name})
         if p.vol.target in existing:
             continue
-        tid = p.export([])
-        acl = p.sh('cat "$1" 2>/dev/null || true', p.vol.acl, step=f"reading {p.vol.acl}")
-        for iqn in acl.split():
-            p.tgt(functools.partial(p.adm.bind_initiator, tid, iqn))
-        served.append(f"{p.vol.target} (tid {tid}) for {', '.join(acl.split()) or 'nobody'}")
-        log.info("restored %s", served[-1])
+        line = p.reexport()
+        if line:
+            served.append(line)
+            log.info("restored %s", line)
     return served
 
 
