@@ -414,7 +414,8 @@ class Provider:
                   "del": '[ ! -e "$1" ] || { grep -vxF "$2" "$1" > "$1.tmp"; '
                          'mv "$1.tmp" "$1"; }'}[op]
         lock = f"{self.conf.pool.rstrip('/')}/.haven-iscsi-acl.lock"
-        self.sh(f'exec 9>>"$3" && flock 9 && {script}', self.vol.acl, iqn, lock,
+        self.sh(f'[ -d "$(dirname "$1")" ] || exit 0; exec 9>>"$3" && flock 9 && {script}',
+                self.vol.acl, iqn, lock,
                 step=f"updating {self.vol.acl}")
 
     def attach(self) -> str:
@@ -427,12 +428,10 @@ class Provider:
 
     def detach(self) -> str:
         iqn = self.initiator()
-        target = self.find()
-        if target is None and self.sh('[ -e "$1" ] && echo y || true', self.vol.backing,
-                                      step="looking for the backing file").strip() != "y":
-            return ""
-        # The file first: a tgtd restarted after this point must not admit it again.
+        # The file first (even when tgtd does not answer): a tgtd restarted after this
+        # point must not admit that initiator again.
         self.acl_file("del", iqn)
+        target = self.find()
         if target is None:
             return ""
         if iqn in target.acl:
