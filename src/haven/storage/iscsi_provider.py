@@ -443,11 +443,19 @@ class Provider:
         """Close every connection of ``iqn`` on ``tid`` until none is left.  The ACL no
         longer admits it, so an initiator that logs in again is refused."""
         deadline = time.monotonic() + timeout
+        settled = False
         while True:
             conns = [c for c in self.tgt(lambda: self.adm.connections(tid))
                      if c.initiator == iqn]
             if not conns:
-                return
+                if settled:
+                    return
+                # A login that passed the ACL check just before the unbind may still be
+                # completing: look again a moment later before declaring it cut off.
+                settled = True
+                time.sleep(0.2)
+                continue
+            settled = False
             if time.monotonic() > deadline:
                 raise self.error(f"initiator {iqn} still has {len(conns)} connection(s) to "
                                  f"target {self.vol.target}", "check tgtd on the storage server")
