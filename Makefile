@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 APT_PACKAGES := etcd-server etcd-client qemu-system-x86 qemu-utils busybox-static cpio openssl iproute2 procps \
 	gcc libc6-dev e2fsprogs kmod iputils-ping iptables ganeti-instance-debootstrap \
-	chromium ganeti-htools python3-ganeti-rapi
+	chromium ganeti-htools python3-ganeti-rapi tgt
 VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never

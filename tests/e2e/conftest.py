@@ -67,7 +67,8 @@ class Sim:
         return f"{self.subnet}.{int(node[-2:])}"
 
 
-def make_sim(tmp: Path, nodes: int, witness: bool = False) -> Iterator[Sim]:
+def make_sim(tmp: Path, nodes: int, witness: bool = False,
+             extra: tuple[str, ...] = ()) -> Iterator[Sim]:
     subnet = f"127.0.{next(_subnets)}"
     base = tmp / "sim"
     env = dict(os.environ)
@@ -76,7 +77,7 @@ def make_sim(tmp: Path, nodes: int, witness: bool = False) -> Iterator[Sim]:
     sim = Sim(base, subnet, env)
     try:
         sim.run("haven", "up", "--nodes", str(nodes), "--subnet", subnet,
-                *(["--witness"] if witness else []), check=True, timeout=180)
+                *(["--witness"] if witness else []), *extra, check=True, timeout=180)
         yield sim
     finally:
         # HAVEN_KEEP_LOGS=DIR keeps each node's logs there (for a failure's post-mortem).

@@ -65,6 +65,7 @@ def cmd_add(args: Any) -> int:
         "wait_for_sync": not args.no_wait_for_sync,
         "nics": [p for _i, p in sorted(args.net or [], key=lambda x: int(x[0]))],
         "hypervisor": args.hypervisor or "kvm", "osparams": args.os_parameters or {},
+        "iallocator": args.iallocator or "",
     }
     if args.disk_format:
         op["disk_format"] = args.disk_format
@@ -258,7 +259,8 @@ def cmd_failover(args: Any) -> int:
     res = submit_and_wait(Client.from_config(), [{
         "OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": args.name,
         "ignore_consistency": args.ignore_consistency,
-        "shutdown_timeout": args.shutdown_timeout, "target_node": args.node or ""}],
+        "shutdown_timeout": args.shutdown_timeout, "target_node": args.node or "",
+        "iallocator": args.iallocator or ""}],
         args.submit)
     if res:
         print(f"Instance {res['instance']} failed over from {res['from']} to {res['to']}.")
@@ -301,6 +303,7 @@ def cmd_migrate(args: Any) -> int:
         "mode": "non-live" if args.non_live else (args.migration_mode or ""),
         "cleanup": args.cleanup,
         "allow_failover": args.allow_failover, "target_node": args.node or "",
+        "iallocator": args.iallocator or "",
         "ignore_hvversions": args.ignore_hvversions}],
         args.submit)
     if res and res.get("cleanup"):
@@ -434,6 +437,8 @@ def build_parser(prog: str = "gnt-instance") -> ArgParser:
                    help="start even if the replica there is not UpToDate (loses writes)")
     f.add_argument("--shutdown-timeout", type=float, default=120.0)
     f.add_argument("-n", "--target-node", dest="node")
+    f.add_argument("-I", "--iallocator", help="shared disks: pick the node with this "
+                   "iallocator (hail), not the built-in allocator")
     f.add_argument("-f", "--force", action="store_true")
     f.add_argument("--submit", action="store_true")
     f.add_argument("name")
@@ -450,6 +455,8 @@ def build_parser(prog: str = "gnt-instance") -> ArgParser:
     mg.add_argument("--ignore-hvversions", action="store_true",
                     help="migrate even if the nodes run different QEMU versions")
     mg.add_argument("-n", "--target-node", dest="node")
+    mg.add_argument("-I", "--iallocator", help="shared disks: pick the node with this "
+                    "iallocator (hail), not the built-in allocator")
     mg.add_argument("-f", "--force", action="store_true")
     mg.add_argument("--submit", action="store_true")
     mg.add_argument("name")

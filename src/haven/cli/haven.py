@@ -20,7 +20,7 @@ def cmd_up(args: Any) -> int:
 
     layout = cluster.up(args.base_dir, args.nodes, args.subnet, args.name, args.lease_ttl,
                         hypervisors=tuple(args.hypervisors.split(",")),
-                        use_netns=args.netns, witness=args.witness)
+                        use_netns=args.netns, witness=args.witness, storage=args.storage)
     master = cluster.wait_master(layout)
     print(f"Cluster {layout.cluster}: {len(layout.nodes)} node(s), master {master}.")
     from haven import clientconf
@@ -59,6 +59,12 @@ def cmd_kill(args: Any) -> int:
     from haven.sim import cluster
 
     layout = _layout(args.base_dir)
+    if args.node == "san":
+        from haven.sim import san
+
+        pids = san.kill(args.base_dir)
+        print(f"Killed the storage server: {' '.join(map(str, pids)) or 'it was not running'}")
+        return 0
     pids = cluster.kill_node(layout.node(args.node))
     print(f"Killed {len(pids)} process(es) of {args.node}: {' '.join(map(str, pids))}")
     return 0
@@ -78,6 +84,12 @@ def cmd_start(args: Any) -> int:
     from haven.sim import cluster
 
     layout = _layout(args.base_dir)
+    if args.node == "san":
+        from haven.sim import san
+
+        srv = san.start(args.base_dir)
+        print(f"Storage server tgtd serves {srv.portal} again.")
+        return 0
     node = layout.node(args.node)
     began = time.monotonic()
     cluster.start_node(node)
@@ -135,19 +147,23 @@ def build_parser() -> ArgParser:
                     help="the last node is a vote-only witness (etcd voter, no VMs)")
     up.add_argument("--hypervisors", default="kvm",
                     help="enabled hypervisors (kvm; 'kvm,fake' for benchmarks)")
+    up.add_argument("--storage", default="", choices=["", "iscsi"],
+                    help="iscsi: also a local iSCSI storage server (tgtd) for -t ext "
+                         "disks with provider=iscsi")
     up.set_defaults(fn=cmd_up)
     down = sub.add_parser("down", help="stop the local cluster (data is kept)")
     down.add_argument("--destroy", action="store_true", help="also delete its files")
     down.set_defaults(fn=cmd_down)
     sub.add_parser("status", help="processes of the local cluster").set_defaults(
         fn=cmd_status)
-    k = sub.add_parser("kill", help="SIGKILL every process of one node")
+    k = sub.add_parser("kill", help="SIGKILL every process of one node (or 'san', the "
+                       "storage server)")
     k.add_argument("node")
     k.set_defaults(fn=cmd_kill)
     st = sub.add_parser("stop", help="shut one node down cleanly (daemon, VMs, etcd)")
     st.add_argument("node")
     st.set_defaults(fn=cmd_stop)
-    s = sub.add_parser("start", help="start a killed or stopped node again")
+    s = sub.add_parser("start", help="start a killed or stopped node (or 'san') again")
     s.add_argument("node")
     s.set_defaults(fn=cmd_start)
     sub.add_parser("demo", help="local cluster and a tour, with measured times"

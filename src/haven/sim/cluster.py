@@ -75,11 +75,16 @@ def save_layout(base: Path, layout: SimLayout) -> None:
 def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
        cluster: str = "haven-local", lease_ttl: int = 5, log: Any = print,
        hypervisors: tuple[str, ...] = ("kvm",), use_netns: bool = False,
-       witness: bool = False) -> SimLayout:
+       witness: bool = False, storage: str = "") -> SimLayout:
     """Create (or restart) the local cluster; returns its layout.  ``witness``: the
-    last node is a vote-only witness (master candidate, no VMs)."""
+    last node is a vote-only witness (master candidate, no VMs); ``storage="iscsi"``:
+    a local iSCSI storage server for ``-t ext`` disks (:mod:`haven.sim.san`)."""
+    from haven.sim import san
+
     existing = load_layout(base)
     if existing is not None:
+        if san.load(base) is not None:
+            san.start(base, [n.dir for n in existing.nodes])
         start_nodes(existing.nodes)
         wait_master(existing)
         _publish_client_config(base, existing)
@@ -90,6 +95,10 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
     if witness and nodes < 3:
         raise InvalidInput("--witness needs --nodes 3 or more: two VM nodes and the "
                            "witness.")
+    if storage not in ("", "iscsi"):
+        raise InvalidInput(f"--storage {storage} is not known; use iscsi.")
+    if storage and use_netns:
+        raise InvalidInput("--storage iscsi runs on the loopback addresses; drop --netns.")
     if use_netns:
         from haven.sim import netns
 
@@ -103,6 +112,10 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
             for i in range(1, nodes + 1)))
     save_layout(base, layout)
     t0 = time.monotonic()
+    if storage == "iscsi":
+        srv = san.setup(base, subnet, cluster, [n.dir for n in layout.nodes])
+        log(f"{time.monotonic() - t0:5.1f}s storage server tgtd on {srv.portal} (pool "
+            f"{srv.pool})")
     start_nodes(layout.nodes)
     first = layout.nodes[0]
     # On one machine the "shared" storage every node sees is one folder.
@@ -266,6 +279,9 @@ def down(base: Path = DEFAULT_BASE) -> SimLayout | None:
     for n in layout.nodes:
         stop_node(n, stop_etcd=True)
         stop_fencer(n)
+    from haven.sim import san
+
+    san.stop(base)
     return layout
 
 
@@ -294,6 +310,8 @@ def destroy(base: Path = DEFAULT_BASE) -> None:
     first: nothing of it is kept, so its guests need no chance to flush anything."""
     import shutil
 
+    from haven.sim import san
+
     layout = load_layout(base)
     if layout is not None:
         for n in layout.nodes:
@@ -302,6 +320,7 @@ def destroy(base: Path = DEFAULT_BASE) -> None:
             from haven.sim import netns
 
             netns.teardown(len(layout.nodes))
+    san.kill(base)
     if base.exists():
         shutil.rmtree(base)
 

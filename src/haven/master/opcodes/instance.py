@@ -541,6 +541,10 @@ class InstanceGrowDisk(InstanceLU):
         if self.inst.disk_template == "drbd":
             # Both replicas must grow together; with a live mirror QEMU 7.2 cannot.
             self.require_stopped("growing a replicated disk")
+        elif self.inst.disk_template == "ext":
+            # tgt sees a new size only when the LUN is added again, which fails the I/O
+            # in flight: done while no initiator has a session.
+            self.require_stopped("growing a disk on external storage")
         self.disk = disk
 
     def exec(self) -> Any:
