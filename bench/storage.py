@@ -199,9 +199,12 @@ class Bench:
             self.exports.stop(key)
 
 
-def dd_mib_s(console: Console, dev: str = "/dev/vdb") -> float:
+def dd_mib_s(console: Console, dev: str = "/dev/vdb", fsync: bool = False) -> float:
+    """``fsync``: dd's time includes the final flush that makes the data durable (else a
+    backing store that lands writes in a page cache, tgt's plain rdwr, defers that)."""
+    sync = " conv=fsync" if fsync else ""
     out, seconds = console.run(f"dd if=/dev/zero of={dev} bs=1M count={DD_MIB} "
-                               "oflag=direct 2>&1")
+                               f"oflag=direct{sync} 2>&1")
     if f"{DD_MIB}+0 records out" not in out:
         raise RuntimeError(f"dd on {dev} failed: {out!r}")
     return DD_MIB / seconds
@@ -215,7 +218,7 @@ def diskw_iops(console: Console, dev: str = "/dev/vdb", count: int = DISKW_COUNT
     return count / seconds
 
 
-def measure(b: Bench, rounds: int) -> dict[str, dict[str, list[float]]]:
+def measure(b: Bench, rounds: int, fsync: bool) -> dict[str, dict[str, list[float]]]:
     samples: dict[str, dict[str, list[float]]] = {
         k: {"dd_mib_s": [], "iops": []} for k in KINDS}
     for r in range(rounds):
@@ -223,7 +226,7 @@ def measure(b: Bench, rounds: int) -> dict[str, dict[str, list[float]]]:
         for kind in order:
             b.pause(kind, False)
             console = b.consoles[kind]
-            samples[kind]["dd_mib_s"].append(dd_mib_s(console))
+            samples[kind]["dd_mib_s"].append(dd_mib_s(console, fsync=fsync))
             samples[kind]["iops"].append(diskw_iops(console))
             if kind == "drbd" and repl.status(b.qmp("drbd"))[1].phase != "ready":
                 raise RuntimeError("the drbd mirror is no longer ready: figures void")
@@ -236,6 +239,8 @@ def measure(b: Bench, rounds: int) -> dict[str, dict[str, list[float]]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fsync", action="store_true",
+                    help="dd conv=fsync: 1 MiB figures include the final flush")
     args = ap.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="haven-storagebench-") as tmp:
@@ -250,7 +255,7 @@ def main() -> None:
             for kind in KINDS:
                 dd_mib_s(b.consoles[kind])
                 b.pause(kind, True)
-            samples = measure(b, args.rounds)
+            samples = measure(b, args.rounds, args.fsync)
         finally:
             b.close()
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in samples.items()}
@@ -264,13 +269,14 @@ def main() -> None:
         f"load average (1/5/15 min) before {load_before}, after {os.getloadavg()}; the "
         "machine's load was not controlled.",
     ]
-    data = {"disk_mib": DISK_MIB, "dd_mib": DD_MIB, "diskw_count": DISKW_COUNT,
+    data = {"disk_mib": DISK_MIB, "dd_mib": DD_MIB, "dd_fsync": args.fsync,
+            "diskw_count": DISKW_COUNT,
             "rounds": args.rounds, "kinds": list(KINDS), "samples": samples, "median": med,
             "ratio_to_local": ratio, "drbd_initial_sync_seconds": sync_seconds,
             "goal": {"iscsi_vs_local": GOAL}, "notes": notes}
-    path = write_json("storage", data)
+    path = write_json("storage-fsync" if args.fsync else "storage", data)
     print(f"\n{'kind':>16}  {'1 MiB MiB/s':>11}  {'ratio':>5}  {'4 KiB IOPS':>10}  "
-          f"{'ratio':>5}   (medians of {args.rounds} rounds)")
+          f"{'ratio':>5}   (medians of {args.rounds} rounds{', dd conv=fsync' * args.fsync})")
     for kind in KINDS:
         print(f"{kind:>16}  {med[kind]['dd_mib_s']:11.1f}  {ratio[kind]['dd_mib_s']:5.2f}  "
               f"{med[kind]['iops']:10.0f}  {ratio[kind]['iops']:5.2f}")
