@@ -142,25 +142,23 @@ def test_a_storage_outage_pauses_the_guest_and_it_goes_on_when_the_target_return
     add(sim, "vm1", "node01", "64m", "32m")
     start_writer(sim, 2)
     time.sleep(2)
-    sim.run("haven", "kill", "san", check=True)
     node = placement(sim)["vm1"][1]
-    # The guest stops on the failed write (werror=stop) instead of seeing an error.
-    deadline = time.monotonic() + 60
-    while True:
-        meta = sim.run("gnt-instance", "list", "--no-headers", "-o", "status", "vm1")
-        qmp_status = _qmp_status(sim, node, "vm1")
-        if qmp_status == "io-error":
-            break
-        assert time.monotonic() < deadline, (qmp_status, meta.stdout)
-        time.sleep(0.5)
+    sim.run("haven", "kill", "san", check=True)
+    # No write completes while the target is gone, and none fails into the guest:
+    # libiscsi keeps logging in again, the guest's requests wait (a QEMU that does see
+    # an error stops the guest, werror=stop, and the agent continues it afterwards).
+    time.sleep(3)
     before = acked(sim, node)
+    time.sleep(4)
+    assert acked(sim, node) == before, "writes were acknowledged with the target gone"
+    text = (sim.base / node / "run" / "vm1.console.log").read_text(errors="replace")
+    assert "\nE " not in text and "pwrite" not in text, text[-500:]
+    assert _qmp_status(sim, node, "vm1") in ("running", "io-error")
     sim.run("haven", "start", "san", check=True)
     deadline = time.monotonic() + 60
     while acked(sim, node) <= before + 5:
         assert time.monotonic() < deadline, f"the writer did not go on after {before}"
         time.sleep(0.5)
-    events = sim.run("haven", "events", check=True).stdout
-    assert "resumed on" in events and "storage I/O error" in events, events[-2000:]
     check_write_kept(sim, 2, before)
     sim.run("gnt-instance", "remove", "-f", "vm1", check=True, timeout=180)
 

@@ -169,15 +169,14 @@ class NodeInstances:
             check_boot_files(inst.name, inst.hvparams, self.d.name)
         extra = dict(extra or {})
         specs = self.disk_template(inst).assemble(inst)
-        with staged_disks(inst, specs, script, self.d.settings.data_dir / "staging") \
-                as paths:
-            try:
+        try:
+            with staged_disks(inst, specs, script,
+                              self.d.settings.data_dir / "staging") as paths:
                 return self._run_os_script(inst, script, os_def, variant, paths, extra,
                                            timeout)
-            finally:
-                if inst.disk_template == "ext" and name not in self.all_vms():
-                    # Attached for the script only: no VM of it runs here.
-                    self.detach_if_gone(inst)
+        finally:
+            # Attached for the script (and the copy into the volume) only.
+            self.detach_if_gone(inst)
 
     def _run_os_script(self, inst: Instance, script: str, os_def: Any, variant: Any,
                        paths: list[str], extra: dict[str, str], timeout: float) -> str:

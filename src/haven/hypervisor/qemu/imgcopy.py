@@ -10,6 +10,7 @@ password on its command line).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,7 +27,7 @@ def _target(disk: DiskSpec) -> tuple[list[str], str]:
     return argv, "json:" + json.dumps(spec, separators=(",", ":"))
 
 
-def _run(argv: list[str], what: str, timeout: float) -> None:
+def _run(argv: list[str], what: str, timeout: float, uri: str = "") -> None:
     if shutil.which("qemu-img") is None:
         raise HypervisorError(f"Cannot {what}: qemu-img is missing; install qemu-utils.")
     try:
@@ -36,7 +37,10 @@ def _run(argv: list[str], what: str, timeout: float) -> None:
             from exc
     if proc.returncode != 0:
         said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        raise HypervisorError(f"Cannot {what}: {said[-1] if said else 'qemu-img failed'}")
+        line = said[-1] if said else "qemu-img failed"
+        # qemu-img names the volume by its whole JSON description: name it by its URI.
+        line = re.sub(r"'json:\{.*\}'", repr(uri) if uri else "the volume", line)
+        raise HypervisorError(f"Cannot {what}: {line}")
 
 
 def copy_into(src: Path, disk: DiskSpec, what: str, zeroed: bool = False,
@@ -46,10 +50,11 @@ def copy_into(src: Path, disk: DiskSpec, what: str, zeroed: bool = False,
     objects, target = _target(disk)
     skip = ["--target-is-zero"] if zeroed else []
     _run(["qemu-img", "convert", "-n", *skip, "-f", "raw", "-O", "raw", *objects,
-          str(src), target], what, timeout)
+          str(src), target], what, timeout, disk.uri)
 
 
 def copy_out(disk: DiskSpec, dst: Path, what: str, timeout: float = 3600) -> None:
     """Read ``disk`` into the raw image file ``dst`` (created or overwritten)."""
     objects, source = _target(disk)
-    _run(["qemu-img", "convert", "-O", "raw", *objects, source, str(dst)], what, timeout)
+    _run(["qemu-img", "convert", "-O", "raw", *objects, source, str(dst)], what, timeout,
+         disk.uri)

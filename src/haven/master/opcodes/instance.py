@@ -508,7 +508,7 @@ class InstanceRename(InstanceLU):
 
 # Disk keys that are Haven's or Ganeti's own, never a provider's parameter.
 _DISK_OWN_KEYS = frozenset({"size", "mode", "provider", "name", "uuid", "vg", "metavg",
-                            "spindles", "adopt"})
+                            "spindles", "adopt", "params"})
 
 
 def ext_disk_params(d: dict[str, Any], i: int, name: str) -> dict[str, Any]:
@@ -518,7 +518,11 @@ def ext_disk_params(d: dict[str, Any], i: int, name: str) -> dict[str, Any]:
     if not provider:
         raise InvalidInput(f"Disk {i} of {name} uses the ext template and needs a "
                            f"provider (--disk {i}:size=1g,provider=NAME).")
-    params = {str(k): str(v) for k, v in d.items() if k not in _DISK_OWN_KEYS}
+    # Checked again when the job runs: the parameters already gathered come back in
+    # "params".
+    given = d.get("params")
+    params = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
+    params.update({str(k): str(v) for k, v in d.items() if k not in _DISK_OWN_KEYS})
     return {"provider": provider, "params": params}
 
 
