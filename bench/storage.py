@@ -22,8 +22,9 @@ disk ``/dev/vdb`` (256 MiB raw) is what is measured, exactly as Haven opens it:
 Per kind: ``dd bs=1M count=128 oflag=direct`` MiB/s and 4 KiB O_DIRECT|O_DSYNC write
 IOPS (guest tool ``diskw``), in rounds that alternate the kinds (the first kind rotates
 per round); the VMs not being measured are paused so that their idle CPU does not count.
-Goal (issue 13): iSCSI >= 0.8 of local for both.
-Usage: python bench/storage.py [--rounds 3]
+Goal (issue 13): iSCSI >= 0.8 of local for both.  The machine's other load is not
+controlled: on 2 cores, ``local`` vs ``sharedfile`` (the same thing) shows the noise.
+Usage: python bench/storage.py [--rounds 3] [--fsync]   (~35 s a round after ~40 s set-up)
 """
 
 from __future__ import annotations
@@ -266,6 +267,10 @@ def main() -> None:
         "drbd's replica is on the same machine and disk, over NBD on 127.0.0.1.",
         "iSCSI runs over 127.0.0.1: no network latency is included.",
         *b.notes,
+        *([] if args.fsync else [
+            "without --fsync, tgt's plain rdwr leaves the 1 MiB writes in tgtd's page cache "
+            "(no flush is asked for), so it can beat local O_DIRECT; --fsync counts the "
+            "flush that makes them durable."]),
         f"load average (1/5/15 min) before {load_before}, after {os.getloadavg()}; the "
         "machine's load was not controlled.",
     ]
