@@ -9,15 +9,13 @@ disk ``/dev/vdb`` (256 MiB raw) is what is measured, exactly as Haven opens it:
   directory of the same file system, so it can only differ by noise),
 * ``drbd``: Haven's replication, a write-blocking mirror into a qemu-storage-daemon NBD
   export on 127.0.0.1 (as ``bench/replication.py``'s ``plain`` kind),
-* ``iscsi``: a LUN of a real tgtd (``haven.storage.tgt``, Haven's default backing store
-  rdwr + ``bsoflags direct``), CHAP and an initiator ACL, opened by QEMU's libiscsi
-  from an ``iscsi://`` URI with the password in a secret file,
-* ``iscsi-rdwr``: the same with tgt's other safe backing store (rdwr through the page
-  cache; it still fdatasyncs on every flush/FUA).  tgt's ``aio`` is not measured: it
-  acknowledges flushes without fdatasync (see tgt.py), so it is unsafe,
-* ``iscsi-tuned``, ``iscsi-rdwr-tuned``: those two with larger iSCSI PDUs and bursts
-  negotiated (:data:`TUNED`; tgt's defaults are 8 KiB data PDUs, InitialR2T=Yes,
-  256 KiB bursts): protocol parameters only, durability is unchanged.
+* ``iscsi``: a LUN of a real tgtd exactly as Haven's ``iscsi`` provider makes it
+  (``haven.storage.tgt`` defaults: backing store rdwr through the page cache, which
+  fdatasyncs on every flush/FUA, and the target keys ``TARGET_KEYS``: 256 KiB PDUs and
+  bursts), CHAP and an initiator ACL, opened by QEMU's libiscsi from an ``iscsi://`` URI
+  with the password in a secret file,
+* ``iscsi-direct``: the same with ``bsoflags direct`` (O_DIRECT on the storage server).
+  tgt's ``aio`` is not measured: it acknowledges flushes without fdatasync (see tgt.py).
 
 Per kind: ``dd bs=1M count=128 oflag=direct`` MiB/s and 4 KiB O_DIRECT|O_DSYNC write
 IOPS (guest tool ``diskw``), in rounds that alternate the kinds (the first kind rotates
@@ -50,6 +48,7 @@ from haven.hypervisor.qemu.qmp import qmp_call
 from haven.storage.tgt import (
     DEFAULT_BSOFLAGS,
     DEFAULT_BSTYPE,
+    TARGET_KEYS,
     ServerInfo,
     Tgtadm,
     start_server,
@@ -60,19 +59,11 @@ from replication import GUEST, Console
 DISK_MIB = 256
 DD_MIB = 128
 DISKW_COUNT = 1500
-KINDS = ("local", "sharedfile", "drbd", "iscsi", "iscsi-rdwr", "iscsi-tuned",
-         "iscsi-rdwr-tuned")
-# Negotiation keys set on a target with ``tgtadm --op update --mode target`` (libiscsi
-# offers 256 KiB PDUs, a 256 KiB first burst, InitialR2T=No; each side takes the min/OR).
-TUNED = {"MaxRecvDataSegmentLength": "262144", "MaxXmitDataSegmentLength": "262144",
-         "FirstBurstLength": "262144", "MaxBurstLength": "1048576", "InitialR2T": "No",
-         "ImmediateData": "Yes"}
+KINDS = ("local", "sharedfile", "drbd", "iscsi", "iscsi-direct")
 # tgt backing store (bstype, bsoflags) and target keys per iSCSI kind; tid = position + 1.
 ISCSI: dict[str, tuple[str, str, dict[str, str]]] = {
-    "iscsi": (DEFAULT_BSTYPE, DEFAULT_BSOFLAGS, {}),
-    "iscsi-rdwr": ("rdwr", "", {}),
-    "iscsi-tuned": (DEFAULT_BSTYPE, DEFAULT_BSOFLAGS, TUNED),
-    "iscsi-rdwr-tuned": ("rdwr", "", TUNED),
+    "iscsi": (DEFAULT_BSTYPE, DEFAULT_BSOFLAGS, TARGET_KEYS),
+    "iscsi-direct": ("rdwr", "direct", TARGET_KEYS),
 }
 CHAP_USER = "bench"
 INITIATOR = "iqn.2026-12.org.haven:bench.node01"
@@ -131,10 +122,7 @@ class Bench:
                                 CHAP_USER, secret)
         adm = self.tgt.tgtadm
         for tid, (kind, (bstype, bsoflags, keys)) in enumerate(ISCSI.items(), start=1):
-            adm.new_target(tid, f"{TARGET_PREFIX}.{kind}")
-            for key, value in keys.items():
-                adm.run("--op", "update", "--mode", "target", "--tid", str(tid), "--name",
-                        key, "--value", value, what=f"set {key} on target {tid}")
+            adm.new_target(tid, f"{TARGET_PREFIX}.{kind}", keys)
             # tgtadm cannot show a session's negotiated keys; at least check the offer.
             shown = adm.run("--op", "show", "--mode", "target", "--tid", str(tid),
                             what=f"show the keys of target {tid}").split()
@@ -146,8 +134,8 @@ class Bench:
             adm.bind_account(tid, CHAP_USER)
             adm.bind_initiator(tid, INITIATOR)
         self.notes.append(f"tgtd {self.tgt.portal}: iscsi = bstype {DEFAULT_BSTYPE} "
-                          f"bsoflags {DEFAULT_BSOFLAGS or '-'}, iscsi-rdwr = bstype rdwr, "
-                          f"*-tuned = the same with the target keys {TUNED}")
+                          f"bsoflags {DEFAULT_BSOFLAGS or '-'}, iscsi-direct = bsoflags "
+                          f"direct; both with the target keys {TARGET_KEYS}")
 
     def disk(self, kind: str) -> DiskSpec:
         """The measured disk (index 1) of ``kind``, as Haven's templates open it."""

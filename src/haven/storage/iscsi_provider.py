@@ -69,7 +69,8 @@ PARAMETERS: tuple[tuple[str, str], ...] = (
     ("chap_user", "CHAP account the targets require"),
     ("chap_secret_file", "mode-0600 file on this node holding the CHAP password"),
     ("bstype", "tgt backing store type (default rdwr)"),
-    ("bsoflags", "tgt backing store open flags (default direct)"),
+    ("bsoflags", "tgt backing store open flags (default none: the page cache, synced "
+                 "on every flush)"),
     ("live_grow", "true: grow even while sessions are open (I/O fails for milliseconds)"),
 )
 
