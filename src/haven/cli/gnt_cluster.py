@@ -80,7 +80,9 @@ def cmd_verify(args: Any) -> int:
     print(f"{time.ctime()} * Verifying cluster (job submitted)", flush=True)
     res = submit_and_wait(Client.from_config(), [{
         "OP_ID": "OP_CLUSTER_VERIFY", "verbose": args.verbose,
-        "error_codes": args.error_codes}])
+        "error_codes": args.error_codes,
+        "skip_checks": ["nplusone_mem"] if args.no_nplus1_mem else [],
+        "ignore_errors": [e for e in (args.ignore_errors or "").split(",") if e]}])
     for line in res.get("checked", []):
         print(f"{time.ctime()} * Verified {line}")
     for w in res.get("warnings", []):
@@ -193,6 +195,10 @@ def build_parser(prog: str = "gnt-cluster") -> ArgParser:
     vp = sub.add_parser("verify")
     vp.add_argument("--verbose", action="store_true")
     vp.add_argument("--error-codes", action="store_true")
+    vp.add_argument("--no-nplus1-mem", action="store_true",
+                    help="skip the N+1 memory check (Ganeti's ENODEN1)")
+    vp.add_argument("-I", "--ignore-errors", metavar="CODES",
+                    help="comma-separated error codes reported as warnings (ENODEN1)")
     vp.set_defaults(fn=cmd_verify)
     mp = sub.add_parser("master-failover", help="make this node (or --target) master")
     mp.add_argument("--no-voting", action="store_true",
