@@ -50,7 +50,7 @@ from haven.storage.tgt import (
     DEFAULT_BSTYPE,
     TARGET_KEYS,
     ServerInfo,
-    Tgtadm,
+    free_control,
     start_server,
     stop_server,
 )
@@ -78,13 +78,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_control() -> int:
-    """A tgtd control index no daemon answers on (tgtadm -C allows up to 32767)."""
-    for _ in range(50):
-        control = 1000 + secrets.randbelow(30000)
-        if not Tgtadm(control=control).answers():
-            return control
-    raise RuntimeError("no free tgtd control index")
 
 
 def sparse(path: Path, mib: int) -> str:

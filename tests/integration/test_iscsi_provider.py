@@ -26,7 +26,13 @@ import pytest
 import haven
 from haven.hypervisor.qemu.qmp import qmp_call
 from haven.storage.iscsi_provider import restore
-from haven.storage.tgt import ServerInfo, Tgtadm, TgtError, start_server, stop_server
+from haven.storage.tgt import (
+    ServerInfo,
+    TgtError,
+    free_control,
+    start_server,
+    stop_server,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -48,12 +54,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def free_control() -> int:
-    for _ in range(50):
-        control = 1000 + secrets.randbelow(30000)  # tgtadm -C allows up to 32767
-        if not Tgtadm(control=control).answers():
-            return control
-    raise RuntimeError("no free tgtd control index")
 
 
 @dataclass(frozen=True)

@@ -61,18 +61,11 @@ def _secret_of(base: Path) -> str:
     return (base / "san" / "chap").read_text().strip()
 
 
-def _free_control(start: int) -> int:
-    from haven.storage.tgt import Tgtadm
-
-    for n in range(start, start + 200):
-        if not Path(f"/var/run/tgtd/socket.{n}").exists() or not Tgtadm(control=n).answers():
-            return n
-    raise InvalidInput("No free tgtd control index for the local storage server; stop "
-                       "old tgtd processes (pkill tgtd).")
-
 
 def setup(base: Path, subnet: str, cluster: str, data_dirs: list[Path]) -> San:
     """Start the storage server of a new local cluster and configure every node."""
+    from haven.storage.tgt import free_control
+
     if load(base) is not None:
         return start(base, data_dirs)
     run_dir = base / "san"
@@ -83,7 +76,7 @@ def setup(base: Path, subnet: str, cluster: str, data_dirs: list[Path]) -> San:
         f.write(secrets.token_urlsafe(18))
     last = subnet.rsplit(".", 1)[-1]
     san = San(address=f"{subnet}.250", port=PORT,
-              control=_free_control(100 + (int(last) if last.isdigit() else 0) % 100),
+              control=free_control(100 + (int(last) if last.isdigit() else 0) % 100),
               pool=str(run_dir / "pool"), run_dir=str(run_dir),
               target_prefix=f"iqn.2026-12.org.haven:{cluster.lower()}")
     _path(base).write_text(json.dumps(asdict(san), indent=1))

@@ -356,6 +356,18 @@ class Tgtadm:
         self.run("--op", "delete", "--mode", "system", what="stop the daemon")
 
 
+def free_control(start: int = 0) -> int:
+    """A tgtd control index no daemon answers on (``tgtadm -C`` takes up to 32767):
+    from ``start`` upwards, or a random one when ``start`` is 0."""
+    import secrets
+
+    for n in range(50):
+        control = start + n if start else 1000 + secrets.randbelow(30000)
+        if not Tgtadm(control=control).answers():
+            return control
+    raise TgtError("no free tgtd control index; stop old tgtd processes (pkill tgtd)")
+
+
 # -- a local storage server ------------------------------------------------------------
 
 @dataclass(frozen=True)
