@@ -133,7 +133,9 @@ def cmd_info(args: Any) -> int:
         print("  Disks:")
         for dk in i["disks"]:
             print(f"    - disk/{dk['index']}: {dk['format']}, size {format_unit(dk['size'])}"
-                  f", mode {dk['mode']}" + (f", {dk['path']}" if dk["path"] else ""))
+                  f", mode {dk['mode']}" + (f", {dk['path']}" if dk["path"] else "")
+                  + (f", provider {dk['provider']}" if dk.get("provider") else "")
+                  + "".join(f", {k}={v}" for k, v in sorted((dk.get("params") or {}).items())))
             for node, disks in sorted(i.get("replicas", {}).items()):
                 r = disks.get(str(dk["index"]), {})
                 role = "primary" if node == i["pnode"] else "secondary"
