@@ -16,11 +16,12 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from typing import Any
 
 from haven.api.users_file import UsersFile
-from haven.passwords import hash_password
+from haven.passwords import hash_password, verify_password
 
 TOKEN_TTL = 12 * 3600.0
 
@@ -48,6 +49,8 @@ class Authenticator:
         self.loaded = False
         # Ganeti's per-node RAPI users file, set by the daemon (users_file.py).
         self.users_file: UsersFile | None = None
+        self._verified: dict[bytes, bool] = {}
+        self._cache_key = secrets.token_bytes(32)
 
     @property
     def users(self) -> dict[str, dict[str, Any]]:
@@ -86,8 +89,18 @@ class Authenticator:
             if extra is not None and self.loaded and extra.verify(password):
                 return user, extra.write
             return None, False
-        expected = str(entry.get("password", ""))
-        if not hmac.compare_digest(expected, hash_password(password, str(entry.get("salt")))):
+        salt, stored = str(entry.get("salt")), str(entry.get("password", ""))
+        # scrypt costs ~50 ms: each distinct (user, password, stored hash) is verified
+        # once; the key is a keyed digest, so the cache holds no password.
+        key = hmac.new(self._cache_key, f"{user}\0{salt}\0{stored}\0{password}".encode(),
+                       hashlib.sha256).digest()
+        ok = self._verified.get(key)
+        if ok is None:
+            ok = verify_password(password, salt, stored)
+            if len(self._verified) >= 1024:
+                self._verified.clear()
+            self._verified[key] = ok
+        if not ok:
             return None, False
         return user, bool(entry.get("write", False))
 
