@@ -90,11 +90,11 @@ def install(r: Router, d: NodeContext) -> None:
         q.params["name"], q.obj().get("disks")), write=True)
     r.add("POST", base + "/forget", lambda q: m.forget(q.params["name"]), write=True)
     r.add("POST", base + "/grow-disk", lambda q: m.grow_disk(
-        q.params["name"], int(q.obj()["index"]), int(q.obj()["size"])), write=True)
+        q.params["name"], q.body_field("index", int), q.body_field("size", int)), write=True)
     r.add("POST", base + "/fence-disks", lambda q: m.fence_disks(
-        q.params["name"], str(q.obj()["node"])), write=True)
+        q.params["name"], q.body_field("node", str)), write=True)
     r.add("POST", base + "/os", lambda q: m.run_os(
-        q.params["name"], str(q.obj()["script"]), q.obj().get("os"),
+        q.params["name"], q.body_field("script", str), q.obj().get("os"),
         q.obj().get("env") or {}), write=True)
     r.add("POST", base + "/start", lambda q: m.start(
         q.params["name"], q.obj().get("generation"),
@@ -109,7 +109,7 @@ def install(r: Router, d: NodeContext) -> None:
     r.add("POST", base + "/migrate-accept", lambda q: mig.accept(q.params["name"]),
           write=True)
     r.add("POST", base + "/migrate-send", lambda q: mig.send(
-        q.params["name"], str(q.obj()["uri"]), str(q.obj()["target"]),
+        q.params["name"], q.body_field("uri", str), q.body_field("target", str),
         bool(q.obj().get("live", True))), write=True)
     r.add("POST", base + "/migrate-abort", lambda q: mig.abort_incoming(q.params["name"]),
           write=True)
@@ -122,7 +122,7 @@ def install(r: Router, d: NodeContext) -> None:
     r.add("GET", base + "/disk/{idx}", lambda q: Stream(d.disk_stream(
         q.params["name"], int(q.params["idx"]))), write=True)
     r.add("POST", base + "/pull-disks", lambda q: pull_disks(
-        d, q.params["name"], str(q.obj()["source"])), write=True)
+        d, q.params["name"], q.body_field("source", str)), write=True)
     r.add("PUT", "/2/instances/{name}/migrate", lambda q: isubmit(q, [{
         "OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": q.params["name"],
         **q.obj()}]), write=True)
