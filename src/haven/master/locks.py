@@ -4,11 +4,23 @@ which jobs held what.  Exclusive only; every write is guarded by the master toke
 from __future__ import annotations
 
 from haven.model.keys import LOCKS, Keys
-from haven.store.base import Compare, Guard, Put, Store
+from haven.store.base import Compare, Guard, Op, Put, Store
+from haven.store.errors import OutcomeUnknown
 
 
 def try_acquire(store: Store, job_id: int, names: list[str], guard: Guard) -> bool:
-    """Take every lock in ``names`` in one transaction, or none of them."""
+    """Take every lock in ``names`` in one transaction, or none of them.
+
+    A transaction whose answer was lost (a member stopping under it when a vote moves)
+    is tried once more: locks already ours count as free, so a first attempt that did
+    land is found, not taken for another job's."""
+    try:
+        return _try_acquire(store, job_id, names, guard)
+    except OutcomeUnknown:
+        return _try_acquire(store, job_id, names, guard)
+
+
+def _try_acquire(store: Store, job_id: int, names: list[str], guard: Guard) -> bool:
     if not names:
         return True
     mine = str(job_id).encode()
@@ -28,8 +40,12 @@ def take_over(store: Store, job_id: int, names: list[str], guard: Guard) -> dict
     """Take every lock in ``names`` whoever holds it (an HA recovery bypassing a user
     job stuck on a dead node); returns the previous holders."""
     before = {n: int(kv.value) for n in names if (kv := store.get(Keys.lock(n)))}
-    res = store.txn([Compare(guard.key, "create", "=", guard.create_revision)],
-                    [Put(Keys.lock(n), str(job_id).encode()) for n in names])
+    compares = [Compare(guard.key, "create", "=", guard.create_revision)]
+    puts: list[Op] = [Put(Keys.lock(n), str(job_id).encode()) for n in names]
+    try:
+        res = store.txn(compares, puts)
+    except OutcomeUnknown:  # the same puts again: applying them twice changes nothing
+        res = store.txn(compares, puts)
     if not res.succeeded:
         from haven.store.errors import FencedOut
 
