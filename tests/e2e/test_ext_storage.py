@@ -23,7 +23,8 @@ import pytest
 from tests.e2e.conftest import Sim, make_sim
 from tests.e2e.test_ha import node_pids
 from tests.e2e.test_instances import console_until
-from tests.e2e.test_two_node import acked, check_write_kept, placement, qemus, start_writer
+from tests.e2e.test_two_node import acked, check_write_kept, placement, qemus
+from tests.e2e.test_two_node import start_writer as _start_writer
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +47,13 @@ def add(sim: Sim, name: str, node: str, *disks: str) -> None:
     p = sim.run("gnt-instance", "add", "-t", "ext", *args, "-B", "memory=128",
                 "-o", "busybox", "-n", node, name, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def start_writer(sim: Sim, run: int) -> None:
+    """The shared writer, once vm1's shell answers: a command typed while the guest
+    still boots loses its first characters (the writer never ran, its echo did)."""
+    console_until(sim, "vm1", "echo shell-$((40+2))", "shell-42")
+    _start_writer(sim, run)
 
 
 def targets(sim: Sim) -> dict[str, list[str]]:

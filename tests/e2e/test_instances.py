@@ -101,6 +101,14 @@ def console(sim: Sim, name: str, command: str, env: dict[str, str] | None = None
     return out
 
 
+def _live(pid_file: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{int(pid_file.read_text())}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"qemu-system" in argv.split(b"\0")[0]
+
+
 def wait_shell(sim: Sim, name: str, timeout: float) -> None:
     """Wait until a guest that is booting has opened its console shell.
 
@@ -111,7 +119,9 @@ def wait_shell(sim: Sim, name: str, timeout: float) -> None:
     (a QEMU started with ``-incoming``) booted long ago and prints nothing new."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = [p.parent for p in sim.base.glob(f"*/run/{name}.pid")]
+        # Only the pid files of live QEMUs: a node that was killed or fenced leaves its
+        # file behind, and counting it returned at once while the guest still booted.
+        runs = [p.parent for p in sim.base.glob(f"*/run/{name}.pid") if _live(p)]
         if len(runs) != 1:
             return  # not running, or mid-migration: the console's own answer says so
         try:
