@@ -26,17 +26,20 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import local_cluster, summary, write_json
 from haven import clientconf
+from haven.daemon.localstate import LocalState
 from haven.model.instance import Disk, Instance
 from haven.model.keys import Keys, store_prefix
 from haven.store.base import Put
 from haven.store.etcd import EtcdStore
+from haven.store.tls import TlsFiles
 
 GANETI_200 = 0.16
 GOAL_200 = 0.016
 
 
-def add_instances(endpoint: str, cluster: str, start: int, count: int) -> None:
-    store = EtcdStore([endpoint], store_prefix(cluster))
+def add_instances(endpoint: str, cluster: str, start: int, count: int,
+                  tls: TlsFiles | None) -> None:
+    store = EtcdStore([endpoint], store_prefix(cluster), tls=tls)
     try:
         batch: list[Put] = []
         for i in range(start, start + count):
@@ -79,7 +82,8 @@ def main() -> int:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     result: dict[str, object] = {"ganeti_reference_seconds_200": GANETI_200,
                                  "goal_seconds_200": GOAL_200, "runs": args.runs}
-    with local_cluster(2, args.subnet, hypervisors="kvm,fake") as (_base, env):
+    with local_cluster(2, args.subnet, hypervisors="kvm,fake") as (base, env):
+        tls = LocalState(Path(base) / "node01").etcd_tls()
         conf = clientconf.load(Path(env["HAVEN_CLIENT_CONFIG"]))
         assert conf is not None
         host, _, port = str(conf["endpoints"][0]).rpartition(":")
@@ -88,7 +92,8 @@ def main() -> int:
         conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=60)
         have = 0
         for size in sizes:
-            add_instances(f"http://{host}:2379", str(conf["cluster"]), have, size - have)
+            add_instances(f"https://{host}:2379", str(conf["cluster"]), have, size - have,
+                          tls)
             have = size
             bulk, nbytes, count = timed_get(conn, "/2/instances?bulk=1", args.runs)
             assert count == size, f"listed {count} instances, expected {size}"

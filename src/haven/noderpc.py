@@ -1,8 +1,9 @@
 """Calls from one node daemon to another over the cluster's HTTPS API.
 
 Nodes already in the cluster are reached with the cluster certificate pinned; a node
-being added still has its provisional certificate, so the join call encrypts but does
-not verify (like the first SSH contact of Ganeti's ``gnt-node add``; see README).
+being added still serves its provisional certificate, which the master pins by the
+fingerprint carried in the node's join token (``verify="sha256:<hex>"``), as SSH pins
+a host key on Ganeti's first contact.
 
 A node daemon that has just (re)started serves its API before it has reached etcd: it
 knows neither the cluster's users (so it cannot check the caller's credentials) nor its
@@ -15,13 +16,15 @@ window and no user sees an internal refusal.
 from __future__ import annotations
 
 import abc
+import hashlib
+import hmac
 import http.client
 import json
 import ssl
 import time
 from typing import Any
 
-from haven.errors import HavenError, NodeSetupError, from_json
+from haven.errors import HavenError, NodeSetupError, OpPrereqError, from_json
 
 NOT_READY_PATIENCE = 30.0  # seconds a starting node daemon is waited for
 NOT_READY_RETRY = 0.25
@@ -48,8 +51,10 @@ class NodeRpc(abc.ABC):
 
     @abc.abstractmethod
     def call(self, address: str, port: int, method: str, path: str,
-             body: Any = None, timeout: float = 10.0, verify: bool = True) -> Any:
-        """One request; returns the decoded JSON answer or raises a HavenError."""
+             body: Any = None, timeout: float = 10.0, verify: bool | str = True) -> Any:
+        """One request; returns the decoded JSON answer or raises a HavenError.
+        ``verify``: True pins the cluster certificate; a ``sha256:<hex>`` string pins
+        that certificate fingerprint instead (a node being added)."""
 
 
 class HttpsNodeRpc(NodeRpc):
@@ -67,7 +72,7 @@ class HttpsNodeRpc(NodeRpc):
         self.not_ready_patience = NOT_READY_PATIENCE
 
     def call(self, address: str, port: int, method: str, path: str,
-             body: Any = None, timeout: float = 10.0, verify: bool = True) -> Any:
+             body: Any = None, timeout: float = 10.0, verify: bool | str = True) -> Any:
         deadline = time.monotonic() + self.not_ready_patience
         while True:
             try:
@@ -81,13 +86,18 @@ class HttpsNodeRpc(NodeRpc):
                 time.sleep(NOT_READY_RETRY)
 
     def _call_once(self, address: str, port: int, method: str, path: str, body: Any,
-                   timeout: float, verify: bool) -> Any:
-        ctx = self._verified if verify and self._verified else self._unverified
+                   timeout: float, verify: bool | str) -> Any:
+        pin = verify if isinstance(verify, str) else ""
+        ctx = self._verified if verify is True and self._verified else self._unverified
         conn = http.client.HTTPSConnection(address, port, timeout=timeout, context=ctx)
         headers = {"Content-Type": "application/json"}
-        if self.auth_header:
+        # A standby node (pinned) is never shown the cluster daemons' credentials.
+        if self.auth_header and not pin:
             headers["Authorization"] = self.auth_header
         try:
+            if pin:
+                conn.connect()
+                _check_pin(conn, address, port, pin)
             conn.request(method, path, json.dumps(body) if body is not None else None,
                          headers)
             resp = conn.getresponse()
@@ -139,3 +149,15 @@ class HttpsNodeRpc(NodeRpc):
                 message = f"HTTP {resp.status}"
             raise OSError(f"node {address} refused {path}: {message}")
         return resp
+
+
+def _check_pin(conn: http.client.HTTPSConnection, address: str, port: int, pin: str) -> None:
+    sock = conn.sock
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    seen = "sha256:" + hashlib.sha256(der or b"").hexdigest()
+    if not hmac.compare_digest(seen, pin):
+        conn.close()
+        raise OpPrereqError(
+            f"The daemon at {address}:{port} presents certificate {seen[:19]}..., not the "
+            f"one in the join token ({pin[:19]}...); check the address, or print the "
+            f"node's current token with 'haven join-token' there.")

@@ -66,6 +66,11 @@ class Sim:
     def address(self, node: str) -> str:
         return f"{self.subnet}.{int(node[-2:])}"
 
+    def join_token(self, node: str) -> str:
+        """What an administrator reads on a standby node before 'gnt-node add'."""
+        return self.run("haven", "join-token", "--data-dir", str(self.base / node),
+                        check=True).stdout.strip()
+
 
 def make_sim(tmp: Path, nodes: int, witness: bool = False,
              extra: tuple[str, ...] = ()) -> Iterator[Sim]:

@@ -58,7 +58,8 @@ def test_bad_input_is_refused_with_one_sentence_and_ganeti_exit_code(
 def test_adding_a_node_that_does_not_answer_is_refused_and_leaves_nothing(
         cluster3: Sim) -> None:
     ghost = f"{cluster3.subnet}.9"
-    p = cluster3.run("gnt-node", "add", "--primary-ip", ghost, "ghost")
+    p = cluster3.run("gnt-node", "add", "--primary-ip", ghost, "--join-token",
+                     f"hvn1.{'0' * 32}.{'0' * 64}", "ghost")
     assert p.returncode == 1
     assert "does not answer" in p.stderr and ghost in p.stderr
     names = cluster3.run("gnt-node", "list", "-o", "name", "--no-headers").stdout.split()
@@ -159,8 +160,8 @@ def test_removing_and_adding_a_node_changes_the_etcd_members(cluster3: Sim) -> N
     out = cluster3.wait_verify_ok()
     assert len(re.findall(r"Verified etcd member node0\d: healthy", out)) == 2
     # Its daemon went back to standby: it can be added again, as a fresh member.
-    p = cluster3.run("gnt-node", "add", "--primary-ip", cluster3.address(victim), victim,
-                     timeout=120)
+    p = cluster3.run("gnt-node", "add", "--primary-ip", cluster3.address(victim),
+                     "--join-token", cluster3.join_token(victim), victim, timeout=120)
     assert p.returncode == 0, p.stderr
     out = cluster3.wait_verify_ok()
     assert len(re.findall(r"Verified etcd member node0\d: healthy", out)) == 3
@@ -185,8 +186,8 @@ def test_a_node_removed_while_down_returns_as_standby_and_can_be_added_again(
     assert len(re.findall(r"Verified etcd member node0\d: healthy", out)) == 2
     names = cluster3.run("gnt-node", "list", "-o", "name", "--no-headers").stdout.split()
     assert victim not in names
-    p = cluster3.run("gnt-node", "add", "--primary-ip", cluster3.address(victim), victim,
-                     timeout=120)
+    p = cluster3.run("gnt-node", "add", "--primary-ip", cluster3.address(victim),
+                     "--join-token", cluster3.join_token(victim), victim, timeout=120)
     assert p.returncode == 0, p.stderr
     out = cluster3.wait_verify_ok()
     assert len(re.findall(r"Verified etcd member node0\d: healthy", out)) == 3

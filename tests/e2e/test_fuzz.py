@@ -112,11 +112,13 @@ class Api:
         raise AssertionError("the configuration of an idle cluster kept changing")
 
     def snapshot(self, sim: Sim) -> dict[str, Any]:
+        from haven.daemon.localstate import LocalState
         from haven.model.keys import store_prefix
         from haven.store.etcd import EtcdStore
 
         node = json.loads((sim.base / "node01" / "node.json").read_text())
-        store = EtcdStore(list(node["etcd_endpoints"]), store_prefix(node["cluster_name"]))
+        store = EtcdStore(list(node["etcd_endpoints"]), store_prefix(node["cluster_name"]),
+                          tls=LocalState(sim.base / "node01").etcd_tls())
         try:
             out = {}
             for prefix in WATCHED:

@@ -26,7 +26,7 @@ class NoRpc(NodeRpc):
     """The unit tests' LUs never call another node; a call is a test bug."""
 
     def call(self, address: str, port: int, method: str, path: str,
-             body: Any = None, timeout: float = 10.0, verify: bool = True) -> Any:
+             body: Any = None, timeout: float = 10.0, verify: bool | str = True) -> Any:
         raise AssertionError(f"unexpected node RPC {method} {path} to {address}:{port}")
 
 

@@ -37,7 +37,7 @@ class ScriptedRpc(NodeRpc):
         self.handlers: dict[str, Handler] = {}
 
     def call(self, address: str, port: int, method: str, path: str,
-             body: Any = None, timeout: float = 10.0, verify: bool = True) -> Any:
+             body: Any = None, timeout: float = 10.0, verify: bool | str = True) -> Any:
         action = path.rsplit("/", 1)[-1]
         self.calls.append((address, action, dict(body or {})))
         handler = self.handlers.get(action)

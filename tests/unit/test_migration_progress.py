@@ -290,7 +290,7 @@ class SourcePublishing(NodeRpc):
         self.paths: list[str] = []
 
     def call(self, address: str, port: int, method: str, path: str, body: Any = None,
-             timeout: float = 10.0, verify: bool = True) -> Any:
+             timeout: float = 10.0, verify: bool | str = True) -> Any:
         self.paths.append(path.rsplit("/", 1)[-1])
         if path.endswith("/migrate-accept"):
             return {"uri": "tcp:10.0.0.3:12000"}

@@ -71,6 +71,10 @@ class LocalFiles(Protocol):
         """Write the cluster's certificate and key; the paths that changed."""
         ...
 
+    def save_key_bundle(self, bundle: dict[str, object]) -> list[str]:
+        """Write the cluster's keys as the master sent them; the paths that changed."""
+        ...
+
 
 class EtcdMember(Protocol):
     """The node's local etcd member process."""

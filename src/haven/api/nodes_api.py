@@ -178,8 +178,10 @@ def rapi_users(d: NodeContext) -> dict[str, Any]:
 
 
 def redist(d: NodeContext, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    cluster = state.cluster(d.store())
-    written = d.local.save_cert(cluster.cert_pem, cluster.key_pem)
+    """Save what the master sent: the cluster's keys (from its files, never from
+    etcd), its RAPI users file; then rewrite the client config."""
+    keys = (body or {}).get("keys")
+    written = d.local.save_key_bundle(keys) if isinstance(keys, dict) else []
     text = (body or {}).get("rapi_users")
     uf = d.api.auth.users_file if d.api is not None else None
     if isinstance(text, str) and uf is not None and uf.replace(text):

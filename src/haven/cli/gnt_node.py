@@ -89,7 +89,7 @@ def cmd_add(args: Any) -> int:
     op = {"OP_ID": "OP_NODE_ADD", "node_name": args.name,
           "master_capable": args.master_capable, "vm_capable": args.vm_capable,
           "primary_ip": args.primary_ip or "", "secondary_ip": args.secondary_ip or "",
-          "readd": args.readd}
+          "readd": args.readd, "join_token": args.join_token or ""}
     if args.api_port:
         op["api_port"] = args.api_port
     submit_and_wait(c, [op], args.submit)
@@ -217,6 +217,9 @@ def build_parser(prog: str = "gnt-node") -> ArgParser:
     ap.add_argument("-s", "--secondary-ip", help="address for replication traffic")
     ap.add_argument("--api-port", type=int)
     ap.add_argument("--readd", action="store_true")
+    ap.add_argument("--join-token", metavar="TOKEN",
+                    help="(Haven) the node's one-time token, printed by 'haven join-token' "
+                         "on that node")
     ap.add_argument("--submit", action="store_true")
     ap.add_argument("name")
     ap.set_defaults(fn=cmd_add)

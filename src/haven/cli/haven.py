@@ -104,6 +104,26 @@ def cmd_start(args: Any) -> int:
     return 1
 
 
+def cmd_join_token(args: Any) -> int:
+    """Print the node's join token (made on first use; ``--new`` replaces it)."""
+    from haven.cli.local import data_dir
+    from haven.daemon.localstate import LocalState
+    from haven.errors import OpPrereqError
+
+    local = LocalState(args.data_dir or data_dir())
+    joined = local.joined()
+    if joined is not None:
+        raise OpPrereqError(f"This node already belongs to cluster {joined.cluster_name}; "
+                            f"a join token is for a node not in any cluster.")
+    if not local.dir.is_dir():
+        raise OpPrereqError(f"No node data directory at {local.dir}; start haven-noded "
+                            f"there first, or give --data-dir.")
+    if args.new:
+        local.new_join_token()
+    print(local.join_token())
+    return 0
+
+
 def cmd_maintenance(args: Any) -> int:
     from haven.cli import evacuate
 
@@ -173,6 +193,14 @@ def build_parser() -> ArgParser:
     mt.add_argument("--end", action="store_true")
     mt.add_argument("node")
     mt.set_defaults(fn=cmd_maintenance)
+    jt = sub.add_parser("join-token", help="print this standby node's one-time token for "
+                        "'gnt-node add --join-token' on the master")
+    jt.add_argument("--new", action="store_true", help="make a new token (the old one "
+                    "no longer works)")
+    jt.add_argument("--data-dir", type=Path, default=None,
+                    help="the node's data directory (default: $HAVEN_DATA_DIR or "
+                         "/var/lib/haven; a local cluster's node: <base-dir>/<node>)")
+    jt.set_defaults(fn=cmd_join_token)
     for fam in FAMILIES:
         own = {"events": "the cluster's events", "ha": "high availability status",
                "alarms": "active alarms, acknowledge, settings"}

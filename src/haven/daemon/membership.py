@@ -16,9 +16,9 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from haven import clientconf
+from haven import clientconf, pki
 from haven.daemon.etcd_member import MemberConfig
-from haven.daemon.localstate import JoinedState, make_certificate
+from haven.daemon.localstate import ClusterSecrets, JoinedState, make_certificate
 from haven.daemon.role import HANDOVER_JOB_WAIT
 from haven.errors import (
     ExistsError,
@@ -61,19 +61,27 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
         raise InvalidInput(f"Lease TTL {lease_ttl} s is out of range; use 2 to 60.")
     managed = not etcd_endpoints
     cert, key = make_certificate(name)
-    password = secrets.token_urlsafe(18)
+    keys = ClusterSecrets.new()
     salt = secrets.token_hex(8)
     now = time.time()
+    # Only hashes and public certificates go into etcd: the keys, the cluster secret
+    # and the CLI's password stay in this node's 0600 files and travel to the others
+    # inside the join call (TLS, each side verified by the join token).
     cluster = Cluster(
         name=name, uuid=str(uuid.uuid4()), ctime=now, mtime=now, etcd_managed=managed,
-        etcd_endpoints=tuple(etcd_endpoints), cert_pem=cert, key_pem=key,
+        etcd_endpoints=tuple(etcd_endpoints), cert_pem=cert, key_pem="",
         rapi_users={"haven-admin": {"salt": salt, "write": True,
-                                    "password": hash_password(password, salt)}},
-        admin_password=password, lease_ttl=lease_ttl, api_port=d.settings.api_port,
+                                    "password": hash_password(keys.admin_password, salt)}},
+        lease_ttl=lease_ttl, api_port=d.settings.api_port,
         enabled_hypervisors=hypervisors)
     if shared_dir:
         cluster = replace(cluster, shared_file_storage_dir=shared_dir)
     s = d.settings
+    d.local.save_secrets(keys)
+    ca = pki.make_ca(name)
+    d.local.save_ca(ca)
+    if managed:
+        d.local.save_etcd_cert(pki.issue(ca, d.name, pki.node_addresses(s.address)))
     if managed:
         d.member.configure(MemberConfig(d.name, s.etcd_client_url, s.etcd_peer_url,
                                         f"{d.name}={s.etcd_peer_url}", "new",
@@ -84,7 +92,7 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
             raise NodeSetupError(f"The etcd member of {d.name} did not start; see "
                                  f"{d.member.log_path}.")
         etcd_endpoints = [s.etcd_client_url]
-    store = EtcdStore(etcd_endpoints, store_prefix(name))
+    store = EtcdStore(etcd_endpoints, store_prefix(name), tls=d.local.etcd_tls())
     try:
         member_id = 0
         if managed:
@@ -104,6 +112,7 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
         store.close()
         if managed:
             d.member.unconfigure()
+        d.local.forget()
         raise
     store.close()
     d.local.save_cert(cert, key)
@@ -120,7 +129,20 @@ def join(d: NodeDaemon, body: dict[str, Any]) -> dict[str, Any]:
     if js is not None:
         raise ExistsError(f"Node {d.name} is already part of cluster {js.cluster_name}; "
                           f"remove it there first.")
+    if not d.local.consume_join_token(str(body.get("join_token", ""))):
+        raise OpPrereqError(f"Node {d.name} refused to join: the join token is not its "
+                            f"current one; print it with 'haven join-token' on {d.name} "
+                            f"and pass it to 'gnt-node add --join-token'.")
     s = d.settings
+    crypto = body.get("crypto")
+    if not isinstance(crypto, dict):
+        raise InvalidInput(f"The join call for {d.name} lacks the cluster's keys; the "
+                           f"master runs an older Haven.")
+    try:
+        d.local.save_key_bundle(crypto)
+    except HavenError:
+        d.local.forget()
+        raise
     member = body.get("member")
     if member:
         d.member.configure(MemberConfig(d.name, s.etcd_client_url, s.etcd_peer_url,
@@ -129,9 +151,9 @@ def join(d: NodeDaemon, body: dict[str, Any]) -> dict[str, Any]:
         d.member.start()
         if not d.member.wait_healthy(30):
             d.member.unconfigure()
+            d.local.forget()
             raise NodeSetupError(f"The etcd member of {d.name} did not join; see "
                                  f"{d.member.log_path}.")
-    d.local.save_cert(str(body["cert_pem"]), str(body["key_pem"]))
     d.local.save_joined(JoinedState(str(body["cluster_name"]),
                                     tuple(body["etcd_endpoints"]),
                                     bool(body["etcd_managed"]), bool(member),
@@ -148,6 +170,7 @@ def leave(d: NodeDaemon) -> dict[str, Any]:
         d._deactivate(revoke=True)
         d.member.unconfigure()
         d.local.forget()
+        d.local.new_join_token()  # standby again: a new token for its next join
         d.use_certificate()
     return {"node": d.name, "left": True}
 
@@ -160,8 +183,9 @@ def write_client_config(d: NodeDaemon) -> dict[str, Any]:
     master = state.master(store)
     eps = [f"{n.primary_ip}:{n.api_port}" for n in
            sorted(nodes, key=lambda n: (n.name != master, n.name)) if not n.offline]
+    keys = d.local.secrets()
     conf = clientconf.build(cluster.name, eps, cluster.cert_pem, cluster.admin_user,
-                            cluster.admin_password, master)
+                            keys.admin_password if keys else cluster.admin_password, master)
     clientconf.save(conf, d.local.client_file)
     return conf
 
@@ -249,7 +273,7 @@ def recover_alone(d: NodeDaemon) -> None:
         d.member.recover_alone(learner=learner)
         own = d.settings.etcd_client_url
         d.local.save_joined(replace(js, etcd_endpoints=(own,)))
-        store = EtcdStore([own], store_prefix(js.cluster_name))
+        store = EtcdStore([own], store_prefix(js.cluster_name), tls=d.local.etcd_tls())
         try:
             d.member.remember_cluster_id(store.status(own)["cluster_id"])
             members = {m.peer_urls[0]: m.id for m in store.member_list() if m.peer_urls}
@@ -295,7 +319,7 @@ def recover_alone(d: NodeDaemon) -> None:
 
 def _own_member_is_learner(d: NodeDaemon) -> bool:
     own = d.settings.etcd_client_url
-    probe = EtcdStore([own], "", timeout=1.0)
+    probe = EtcdStore([own], "", timeout=1.0, tls=d.local.etcd_tls())
     try:
         deadline = time.monotonic() + 10.0
         while True:
@@ -329,7 +353,8 @@ def rejoin_if_removed(d: NodeDaemon, js: JoinedState) -> bool:
     for ep in js.etcd_endpoints:
         if ep == s.etcd_client_url:
             continue
-        other = EtcdStore([ep], store_prefix(js.cluster_name), timeout=1.0)
+        other = EtcdStore([ep], store_prefix(js.cluster_name), timeout=1.0,
+                          tls=d.local.etcd_tls())
         try:
             st = other.status(ep)
             if st["is_learner"]:

@@ -170,7 +170,8 @@ class NodeDaemon:
                     self.member.start()
                 elif self.local.joined() is None:
                     return  # it was removed from the cluster while away: standby now
-            store = EtcdStore(self._endpoints(js), store_prefix(js.cluster_name))
+            store = EtcdStore(self._endpoints(js), store_prefix(js.cluster_name),
+                              tls=self.local.etcd_tls())
             cluster = state.cluster(store)
             self._ensure_fencer()
             lease = LeaseKeeper(store, cluster.lease_ttl, margin=LEASE_MARGIN,
@@ -321,8 +322,7 @@ class NodeDaemon:
     def rpc(self) -> HttpsNodeRpc:
         import base64
 
-        joined = self.joined
-        secret = joined.cluster.uuid if joined else ""
+        secret = self.cluster_secret()
         header = "Basic " + base64.b64encode(f"{NODE_USER}:{secret}".encode()).decode()
         cert = str(self.local.cert_file) if self.local.cert_file.exists() else None
         return HttpsNodeRpc(cert, header)
@@ -331,11 +331,19 @@ class NodeDaemon:
         if self.api is None:
             return  # activated before the API exists (run): it is given the users then
         users = dict(cluster.rapi_users)
-        # Node daemons authenticate to each other with the cluster's secret uuid.
-        users[NODE_USER] = {"salt": "node", "password": hash_password(cluster.uuid, "node"),
-                            "write": True}
+        # Node daemons authenticate to each other with the cluster secret, which only
+        # the nodes hold (secrets.json, never etcd).
+        secret = self.cluster_secret()
+        if secret:
+            users[NODE_USER] = {"salt": "node", "password": hash_password(secret, "node"),
+                                "write": True}
         self.api.auth.users = users
-        self.api.auth.set_token_secret(cluster.uuid)
+        self.api.auth.set_token_secret(secret)
+
+    def cluster_secret(self) -> str:
+        """The secret the cluster's nodes share (empty while standby)."""
+        keys = self.local.secrets() if self.joined is not None else None
+        return keys.cluster_secret if keys else ""
 
     def _on_cluster_change(self) -> None:
         joined = self.joined

@@ -9,6 +9,8 @@ fenced by losing its lease.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import shutil
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from haven.agent.replan import Mirror, RepAction
 from haven.daemon.mirror_watch import MirrorWatch
-from haven.errors import HavenError, OpExecError
+from haven.errors import HavenError, NodeSetupError, OpExecError
 from haven.master import state
 from haven.model.instance import Instance
 from haven.model.keys import REPLICAS, Keys
@@ -245,7 +247,7 @@ class NodeReplication:
         disks = [ExportDisk(d.uuid, str(spec.path), spec.format)
                  for d, spec in zip(inst.disks, tmpl.assemble(inst), strict=True)]
         self.exports.ensure(inst.name, disks, me.secondary_ip, inst.network_port,
-                            psk=inst.replication_secret or None)
+                            psk=self.psk(inst))
         log.info("exporting the replicas of %s on %s:%s", inst.name, me.secondary_ip,
                  inst.network_port)
 
@@ -378,15 +380,31 @@ class NodeReplication:
     def _psk_path(self, name: str) -> Path:
         return self.d.instances.run_dir / f"{name}.psk"
 
+    def psk(self, inst: Instance) -> str | None:
+        """The instance's NBD pre-shared key: HMAC-SHA256 of its key id under the
+        cluster secret, so both nodes derive the same key and etcd holds none."""
+        if inst.replication_secret:
+            return inst.replication_secret  # a record made before key ids
+        if not inst.replication_key_id:
+            return None
+        secret = self.d.cluster_secret()
+        if not secret:
+            raise NodeSetupError(f"Node {self.d.name} has no cluster secret "
+                                 f"({self.d.local.secrets_file}); it cannot open the "
+                                 f"replication link of {inst.name}.")
+        return hmac.new(secret.encode(), b"haven-replication:" +
+                        inst.replication_key_id.encode(), hashlib.sha256).hexdigest()
+
     def _psk_dir(self, inst: Instance) -> str | None:
         """The client side of the export's TLS-PSK, for the primary's QEMU."""
-        if not inst.replication_secret:
+        psk = self.psk(inst)
+        if not psk:
             return None
         from haven.hypervisor.qemu.exports import write_psk_dir
 
         directory = self._psk_path(inst.name)
         directory.mkdir(mode=0o700, exist_ok=True)
-        return str(write_psk_dir(directory, inst.replication_secret))
+        return str(write_psk_dir(directory, psk))
 
     def qmp_path(self, name: str) -> str:
         """The QMP socket of instance ``name`` on this node."""

@@ -41,8 +41,8 @@ class DaemonSettings:
 
     @property
     def etcd_client_url(self) -> str:
-        return f"http://{self.address}:2379"
+        return f"https://{self.address}:2379"
 
     @property
     def etcd_peer_url(self) -> str:
-        return f"http://{self.address}:2380"
+        return f"https://{self.address}:2380"

@@ -83,8 +83,11 @@ class Instance:
     admin_state: str = "down"
     generation: int = 1
     network_port: int = 0  # drbd: the port the secondary's replication export listens on
-    # drbd: the pre-shared key only the two nodes' QEMUs know (NBD over TLS-PSK), so
-    # nobody else who reaches the port can read or write the replica.
+    # drbd: the NBD link is TLS with a pre-shared key only the cluster's nodes can
+    # derive, from their cluster secret and this public id (never the key itself in
+    # etcd; see NodeReplication.psk).  ``replication_secret`` is the key as records
+    # made before the id kept it, still honoured for them.
+    replication_key_id: str = ""
     replication_secret: str = ""
     # High availability (see haven.model.ha): "" = the template's default, "on", "off";
     # recoveries run in priority order (higher first); ha_max_restart bounds the

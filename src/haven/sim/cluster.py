@@ -129,12 +129,15 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
     log(f"{time.monotonic() - t0:5.1f}s cluster {cluster} initialised on {first.name}")
     client = Client(conf["endpoints"], conf["cert"], conf["user"], conf["password"])
     from haven.cli.common import submit_and_wait
+    from haven.daemon.localstate import LocalState
 
     for n in layout.nodes[1:]:
         vm_capable = not (witness and n is layout.nodes[-1])
+        # The administrator's step on each new node: read its one-time join token.
+        token = LocalState(n.dir).join_token()
         submit_and_wait(client, [{"OP_ID": "OP_NODE_ADD", "node_name": n.name,
                                   "primary_ip": n.address, "master_capable": True,
-                                  "vm_capable": vm_capable}],
+                                  "vm_capable": vm_capable, "join_token": token}],
                         quiet=True)
         log(f"{time.monotonic() - t0:5.1f}s added {n.name} ({n.address})"
             + ("" if vm_capable else ", a vote-only witness"))

@@ -52,7 +52,7 @@ class SimRpc(NodeRpc):
         self.caller = caller
 
     def call(self, address: str, port: int, method: str, path: str,
-             body: Any = None, timeout: float = 10.0, verify: bool = True) -> Any:
+             body: Any = None, timeout: float = 10.0, verify: bool | str = True) -> Any:
         node = self.sim.by_ip[address]
         parts = path.strip("/").split("/")  # haven/node/instance/<name>/<action>
         name, action = parts[3], parts[4]

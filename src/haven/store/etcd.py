@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -54,6 +55,7 @@ from haven.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from haven.store.tls import TlsFiles, client_context
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +164,9 @@ def _why(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _url(endpoint: str) -> str:
+def _url(endpoint: str, scheme: str = "http") -> str:
     endpoint = endpoint.strip().rstrip("/")
-    return endpoint if "://" in endpoint else f"http://{endpoint}"
+    return endpoint if "://" in endpoint else f"{scheme}://{endpoint}"
 
 
 def _error_of(data: Json, status: int) -> tuple[str, int]:
@@ -184,10 +186,16 @@ def _member(d: Json) -> Member:
 class EtcdStore(Store):
     """:class:`Store` on etcd 3.4+ through its JSON gateway.  Thread-safe."""
 
-    def __init__(self, endpoints: Sequence[str], prefix: str, timeout: float = 2.0) -> None:
+    def __init__(self, endpoints: Sequence[str], prefix: str, timeout: float = 2.0,
+                 tls: TlsFiles | None = None) -> None:
         if not endpoints:
             raise ValueError("EtcdStore needs at least one endpoint")
-        self._endpoints = [_url(e) for e in endpoints]
+        # With TLS files, bare host:port endpoints mean https, and every connection
+        # presents the client certificate etcd's --client-cert-auth asks for.
+        self._scheme = "https" if tls else "http"
+        self._tls = tls
+        verify: ssl.SSLContext | bool = client_context(tls) if tls else True
+        self._endpoints = [_url(e, self._scheme) for e in endpoints]
         self._prefix = prefix
         self._pfx = prefix.encode()
         self._timeout = timeout
@@ -199,17 +207,22 @@ class EtcdStore(Store):
         # capture traffic to etcd.
         self._client = httpx.Client(
             timeout=timeout, trust_env=False,
-            transport=httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS))
+            transport=httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS, verify=verify))
         # Watches block in reads for as long as nothing changes: no read timeout, and
         # no pooling of their connections (close() shuts their sockets down).
         self._watch_client = httpx.Client(
             timeout=httpx.Timeout(timeout, read=None), trust_env=False,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
-            transport=httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS))
+            transport=httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS, verify=verify))
 
     @property
     def endpoints(self) -> list[str]:
         return list(self._endpoints)
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The TLS files this store connects with (for a sibling store)."""
+        return self._tls
 
     # -- transport -----------------------------------------------------------------
     def set_endpoints(self, endpoints: Sequence[str]) -> None:
@@ -217,7 +230,7 @@ class EtcdStore(Store):
         one is tried first.  Requests under way finish on the old list."""
         if not endpoints:
             return
-        urls = [_url(e) for e in endpoints]
+        urls = [_url(e, self._scheme) for e in endpoints]
         with self._lock:
             if urls != self._endpoints:
                 self._endpoints = urls
@@ -308,7 +321,7 @@ class EtcdStore(Store):
 
     def _post_one(self, endpoint: str, path: str, body: Json, timeout: float) -> Json:
         # One named endpoint, no rotation: status and defragment are per member.
-        ep = _url(endpoint)
+        ep = _url(endpoint, self._scheme)
         try:
             resp = self._send(ep + path, body, timeout)
             data = resp.json()

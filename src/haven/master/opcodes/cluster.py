@@ -8,6 +8,7 @@ from typing import Any
 from haven.errors import HavenError
 from haven.master import locks, quorum, state
 from haven.master.lu import LogicalUnit, register
+from haven.master.opcodes.node import local_state
 from haven.model.job import JobStatus
 
 
@@ -202,6 +203,7 @@ class RedistConf(LogicalUnit):
                 body["rapi_users"] = users
         except HavenError as exc:
             self.feedback(f"Could not read the master's RAPI users file: {exc.message}")
+        body["keys"] = local_state(self.c).key_bundle()
         for n in state.nodes(self.c.store):
             if n.offline or n.name not in alive:
                 report[n.name] = "skipped: node is offline or down"

@@ -251,7 +251,7 @@ class InstanceCreate(InstanceLU):
             primary_node=self.pnode,
             secondary_nodes=(self.snode,) if self.snode else (),
             network_port=iu.replication_port(self) if self.snode else 0,
-            replication_secret=secrets.token_hex(32) if self.snode else "",
+            replication_key_id=secrets.token_hex(16) if self.snode else "",
             disks=tuple(Disk(str(uuid.uuid4()), i, d["size"], "", self.op["disk_format"],
                              d["mode"], str(d.get("provider", "")),
                              dict(d.get("params", {})))

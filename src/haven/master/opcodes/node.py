@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+from haven import pki
 from haven.errors import (
     ExistsError,
     HavenError,
@@ -27,6 +28,16 @@ log = logging.getLogger(__name__)
 NODE_NAME = (str, REQUIRED)
 
 
+def local_state(ctx: Any) -> Any:
+    """The master daemon's LocalState (haven.daemon.localstate), which holds the
+    cluster's keys; the master package does not import the daemon."""
+    local = getattr(ctx.extras.get("daemon"), "local", None)
+    if local is None:
+        raise OpExecError("This master holds no cluster keys; run the job on a node "
+                          "daemon.")
+    return local
+
+
 def resolve(name: str) -> str:
     try:
         return socket.gethostbyname(name)
@@ -43,15 +54,26 @@ class NodeAdd(LogicalUnit):
     OP_ID = "OP_NODE_ADD"
     PARAMS = {"node_name": NODE_NAME, "primary_ip": (str, ""), "secondary_ip": (str, ""),
               "master_capable": (bool, True), "vm_capable": (bool, True),
-              "readd": (bool, False), "api_port": (int, 0), "group": (str, "")}
+              "readd": (bool, False), "api_port": (int, 0), "group": (str, ""),
+              "join_token": (str, "")}
 
     def lock_names(self) -> list[str]:
         return ["cluster-membership", f"node/{self.op['node_name']}"]
+
+    def check_arguments(self) -> None:
+        super().check_arguments()
+        if self.op["join_token"]:
+            pki.split_token(self.op["join_token"])
 
     def check_prereq(self) -> None:
         name = self.op["node_name"]
         if self.c.store.get(Keys.node(name)) is not None:
             raise ExistsError(f"Node {name} is already in the cluster; see gnt-node list.")
+        if not self.op["join_token"]:
+            raise OpPrereqError(
+                f"Node {name} can join only with its join token: run 'haven join-token' "
+                f"on {name} and pass what it prints with 'gnt-node add --join-token "
+                f"TOKEN {name}'.", "wrong_input")
         ip = self.op["primary_ip"] or resolve(name)
         self.op["primary_ip"] = ip
         for n in state.nodes(self.c.store):
@@ -60,8 +82,11 @@ class NodeAdd(LogicalUnit):
                                   f"{n.name}.")
         cluster = self.cluster()
         self.port = self.op["api_port"] or cluster.api_port
+        # The node's standby certificate must be the one its token names: the master
+        # hands the cluster's keys only to the node the administrator read it from.
+        self.pin = pki.split_token(self.op["join_token"])[1]
         info = self.c.rpc.call(ip, self.port, "GET", "/haven/node/info", timeout=5,
-                               verify=False)
+                               verify=self.pin)
         if info.get("name") != name:
             raise OpPrereqError(f"The daemon at {ip}:{self.port} is node "
                                 f"{info.get('name')!r}, not {name!r}; check the address.")
@@ -80,8 +105,8 @@ class NodeAdd(LogicalUnit):
                     master_capable=self.op["master_capable"],
                     master_candidate=self.op["master_capable"],
                     vm_capable=self.op["vm_capable"],
-                    etcd_client_url=f"http://{ip}:2379" if member else "",
-                    etcd_peer_url=f"http://{ip}:2380" if member else "",
+                    etcd_client_url=f"https://{ip}:2379" if member else "",
+                    etcd_peer_url=f"https://{ip}:2380" if member else "",
                     ctime=now, mtime=now)
         if self.c.store.create(Keys.node(name), state.dumps(node.to_json()), guard=guard) \
                 is None:
@@ -89,10 +114,10 @@ class NodeAdd(LogicalUnit):
         member_id = 0
         try:
             join: dict[str, Any] = {
-                "cluster_name": cluster.name, "cert_pem": cluster.cert_pem,
-                "key_pem": cluster.key_pem, "etcd_managed": cluster.etcd_managed,
+                "cluster_name": cluster.name, "etcd_managed": cluster.etcd_managed,
                 "etcd_endpoints": self._endpoints(cluster), "node_uuid": node.uuid,
-                "member": None}
+                "member": None, "join_token": self.op["join_token"],
+                "crypto": self._crypto(name, ip, cluster.etcd_managed)}
             if member:
                 self.feedback(f"Adding etcd member for {name}")
                 new, members = members_mod.add_member(self.c.etcd_admin, node.etcd_peer_url)
@@ -102,7 +127,7 @@ class NodeAdd(LogicalUnit):
                     "token": self._token()}
             self.feedback(f"Joining node {name} at {ip}")
             self.c.rpc.call(ip, self.port, "POST", "/haven/node/join", join, timeout=60,
-                            verify=False)
+                            verify=self.pin)
             if member_id:
                 self._apply_quorum_rules()
         except HavenError:
@@ -136,6 +161,17 @@ class NodeAdd(LogicalUnit):
             return list(cluster.etcd_endpoints)
         urls = [n.etcd_client_url for n in state.nodes(self.c.store) if n.etcd_client_url]
         return sorted(set(urls))
+
+    def _crypto(self, name: str, ip: str, etcd_cert: bool) -> dict[str, str]:
+        """The cluster's keys from the master's own files (never from etcd), and a
+        certificate from the cluster CA for the new node's etcd connections."""
+        local = local_state(self.c)
+        out: dict[str, str] = dict(local.key_bundle())
+        if etcd_cert:
+            pair = pki.issue(local.ca(), name,
+                             pki.node_addresses(ip, self.op["secondary_ip"] or ip))
+            out.update(etcd_cert=pair.cert_pem, etcd_key=pair.key_pem)
+        return out
 
     def _token(self) -> str:
         daemon = self.c.extras.get("daemon")
