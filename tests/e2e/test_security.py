@@ -137,3 +137,33 @@ def test_join_token_etcd_tls_and_no_secret_in_etcd(cluster2: Sim, tmp_path: Path
             mode = stat.S_IMODE((sim.base / node / f).stat().st_mode)
             assert mode == 0o600, f"{node}/{f} has mode {mode:o}"
     assert stat.S_IMODE((sim.base / "client.json").stat().st_mode) == 0o600
+
+    # -- renew-crypto: new node certificates, served at once ----------------------------
+    before = {n: _served(sim.address(n), tls) for n in ("node01", "node02")}
+    p = sim.run("gnt-cluster", "renew-crypto", "--new-node-certificates")
+    assert p.returncode != 0 and "-f" in p.stderr  # not on a terminal: must confirm
+    p = sim.run("gnt-cluster", "renew-crypto", "--new-cluster-domain-secret", "-f")
+    assert p.returncode == 1 and "cannot renew" in p.stderr
+    p = sim.run("gnt-cluster", "renew-crypto", "--new-node-certificates", "-f")
+    assert p.returncode == 0, p.stderr
+    ca_pem = Path(tls.ca).read_text()
+    for node in ("node01", "node02"):
+        cert = (sim.base / node / "etcd.pem").read_text()
+        assert pki.signed_by(cert, ca_pem)
+        assert pki.fingerprint(cert) != before[node]
+        assert _served(sim.address(node), tls) == pki.fingerprint(cert)
+    sim.wait_verify_ok()
+    assert "vm1" in sim.run("gnt-instance", "list", check=True).stdout
+
+
+def _served(address: str, tls: TlsFiles) -> str:
+    """The fingerprint of the certificate etcd serves at ``address``."""
+    import socket
+
+    with socket.create_connection((address, 2379), timeout=5) as raw, \
+            client_context(tls).wrap_socket(raw) as conn:
+        der = conn.getpeercert(binary_form=True)
+    assert der is not None
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(der).hexdigest()

@@ -154,6 +154,34 @@ def cmd_redist(args: Any) -> int:
     return 0
 
 
+UNRENEWABLE = ("new_cluster_certificate", "new_rapi_certificate", "rapi_certificate",
+               "new_confd_hmac_key", "new_spice_certificate", "spice_certificate",
+               "new_cluster_domain_secret", "cluster_domain_secret", "new_ssh_keys")
+
+
+def cmd_renew_crypto(args: Any) -> int:
+    asked = [f"--{k.replace('_', '-')}" for k in UNRENEWABLE if getattr(args, k)]
+    if asked:
+        raise InvalidInput(
+            f"Haven cannot renew {', '.join(asked)} yet: only --new-node-certificates "
+            f"(each node's etcd certificate from the cluster CA) is supported.")
+    if not args.new_node_certificates:
+        raise InvalidInput("Nothing to renew: give --new-node-certificates.")
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise ConfirmationError("Renewing every node's etcd certificate; add -f to "
+                                    "confirm when not on a terminal.")
+        answer = input("Updating every node's etcd certificate now.\n"
+                       "Continue? y/[n]: ").strip().lower()
+        if answer not in ("y", "yes"):
+            raise ConfirmationError("Aborted: not confirmed.")
+    res = submit_and_wait(Client.from_config(), [{"OP_ID": "OP_CLUSTER_RENEW_CRYPTO",
+                                                  "node_certificates": True}], args.submit)
+    for node in sorted(res or {}):
+        print(f"{node}: new etcd certificate")
+    return 0
+
+
 def cmd_destroy(args: Any) -> int:
     if not args.yes_do_it:
         raise ConfirmationError("Destroying a cluster is irreversible; confirm with "
@@ -211,6 +239,18 @@ def build_parser(prog: str = "gnt-cluster") -> ArgParser:
     rp = sub.add_parser("redist-conf")
     rp.add_argument("--submit", action="store_true")
     rp.set_defaults(fn=cmd_redist)
+    cp = sub.add_parser("renew-crypto", help="renew the cluster's certificates")
+    cp.add_argument("-f", "--force", action="store_true")
+    cp.add_argument("--new-node-certificates", action="store_true",
+                    help="every node's etcd certificate, from the cluster CA")
+    for flag in UNRENEWABLE:
+        name = f"--{flag.replace('_', '-')}"
+        if flag in ("rapi_certificate", "spice_certificate", "cluster_domain_secret"):
+            cp.add_argument(name, metavar="FILE", help="(not supported by Haven)")
+        else:
+            cp.add_argument(name, action="store_true", help="(not supported by Haven)")
+    cp.add_argument("--submit", action="store_true")
+    cp.set_defaults(fn=cmd_renew_crypto)
     dp = sub.add_parser("destroy")
     dp.add_argument("--yes-do-it", action="store_true")
     dp.set_defaults(fn=cmd_destroy)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from haven.errors import HavenError
+from haven import pki
+from haven.errors import HavenError, OpPrereqError
 from haven.master import locks, quorum, state
 from haven.master.lu import LogicalUnit, register
 from haven.master.opcodes.node import local_state
@@ -218,4 +219,50 @@ class RedistConf(LogicalUnit):
             except HavenError as exc:
                 report[n.name] = f"failed: {exc.message}"
                 self.feedback(f"Node {n.name}: failed: {exc.message}")
+        return report
+
+
+@register
+class RenewCrypto(LogicalUnit):
+    """``gnt-cluster renew-crypto --new-node-certificates``: every node's certificate
+    for etcd (its member's server and peer identity, its daemon's client identity) is
+    issued again by the cluster CA and sent to the node.  etcd reads its certificate
+    files at every TLS handshake, so members serve the new ones at once, without a
+    restart; a node daemon connects with its new one from its next start.  Every node
+    must be up: one that misses the renewal keeps its old, still valid, certificate."""
+
+    OP_ID = "OP_CLUSTER_RENEW_CRYPTO"
+    PARAMS = {"node_certificates": (bool, False)}
+
+    def lock_names(self) -> list[str]:
+        return ["cluster-membership"]
+
+    def check_prereq(self) -> None:
+        if not self.op["node_certificates"]:
+            raise OpPrereqError("Nothing to renew: give --new-node-certificates.",
+                                "wrong_input")
+        if not self.cluster().etcd_managed:
+            raise OpPrereqError("This cluster uses an external etcd: its certificates are "
+                                "not Haven's to renew.", "wrong_input")
+        alive = state.alive(self.c.store)
+        down = [n.name for n in state.nodes(self.c.store)
+                if n.offline or n.name not in alive]
+        if down:
+            raise OpPrereqError(f"Node(s) {', '.join(sorted(down))} are down or offline; "
+                                f"renew when every node is up, or remove them first.",
+                                "wrong_state")
+
+    def exec(self) -> Any:
+        local = local_state(self.c)
+        bundle = local.key_bundle()
+        ca = local.ca()
+        report: dict[str, Any] = {}
+        for n in state.nodes(self.c.store):
+            pair = pki.issue(ca, n.name, pki.node_addresses(n.primary_ip, n.secondary_ip))
+            body = {"keys": {**bundle, "etcd_cert": pair.cert_pem, "etcd_key": pair.key_pem}}
+            res = self.c.rpc.call(n.primary_ip, n.api_port, "POST", "/haven/node/redist",
+                                  body)
+            report[n.name] = res.get("written", [])
+            self.feedback(f"Node {n.name}: new etcd certificate "
+                          f"{pki.fingerprint(pair.cert_pem)[:23]}...")
         return report
