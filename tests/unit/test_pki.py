@@ -75,3 +75,15 @@ def test_key_bundle_round_trip_and_missing_keys(tmp_path: Path) -> None:
         b.save_key_bundle({k: v for k, v in bundle.items() if k != "ca_key"})
     b.forget()
     assert not b.secrets_file.exists() and not b.ca_key_file.exists()
+
+
+def test_the_api_never_shows_a_join_token() -> None:
+    from haven.api.routes import job_dict
+    from haven.model.job import Job
+
+    job = Job.new(1, [{"OP_ID": "OP_NODE_ADD", "node_name": "node02",
+                       "join_token": f"hvn1.{'a' * 32}.{'0' * 64}"}], 0.0)
+    shown = job_dict(job)
+    assert shown["ops"][0]["join_token"] == "<hidden>"
+    assert "a" * 32 not in str(shown)
+    assert job.ops[0]["join_token"].startswith("hvn1.")  # the master still has it

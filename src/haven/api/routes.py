@@ -15,7 +15,7 @@ from haven.api.views import cluster_view
 from haven.errors import InvalidInput, NotFoundError
 from haven.master import jobqueue, state
 from haven.master.lu import check_job
-from haven.model.job import Job
+from haven.model.job import Job, public_op
 from haven.model.keys import Keys
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def _jid(q: Request) -> int:
 def job_dict(job: Job) -> dict[str, Any]:
     """A job in RAPI's ``/2/jobs/<id>`` shape."""
     return {
-        "id": job.id, "status": str(job.status), "ops": list(job.ops),
+        "id": job.id, "status": str(job.status), "ops": [public_op(op) for op in job.ops],
         "opstatus": [str(s) for s in job.opstatus], "opresult": list(job.opresult),
         "oplog": [list(map(list, log)) for log in job.oplog],
         "summary": job.summary, "received_ts": _ts(job.received_ts),

@@ -97,6 +97,16 @@ class Job:
         return replace(self, opstatus=tuple(st), opresult=tuple(res))
 
 
+# Opcode arguments that are secrets: kept in the job (the master needs them) but never
+# shown by the API, whose reads are open to anyone as Ganeti's RAPI's are.
+SECRET_OP_FIELDS = frozenset({"join_token"})
+
+
+def public_op(op: dict[str, Any]) -> dict[str, Any]:
+    """``op`` as the API shows it: secret arguments replaced by ``"<hidden>"``."""
+    return {k: "<hidden>" if k in SECRET_OP_FIELDS and v else v for k, v in op.items()}
+
+
 def summarize(op: dict[str, Any]) -> str:
     """Ganeti's job summary: ``OP_NODE_ADD`` with its main argument, ``NODE_ADD(node02)``."""
     op_id = str(op.get("OP_ID", "OP_UNKNOWN"))
