@@ -218,16 +218,19 @@ def qemu_node(pid: int) -> str:
         return "?"
 
 
-def qmp_status(pid: int, name: str) -> str:
-    """``running``, ``paused``, ``inmigrate``, ``postmigrate``... or ``unanswered``."""
-    from haven.hypervisor.qemu.qmp import qmp_call
+def qmp_statuses(pids: list[int], name: str) -> list[str]:
+    """Per QEMU: ``running``, ``paused``, ``inmigrate``, ``postmigrate``... or
+    ``unanswered``; asked side by side, briefly (the sampler must not stall)."""
+    from haven.hypervisor.qemu.qmp import qmp_call_many
 
-    try:
-        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-        return str(qmp_call(cwd / f"{name}.qmp-status", "query-status",
-                            timeout=0.5)["status"])
-    except Exception:  # a probe: any failure is an answer of its own
-        return "unanswered"
+    paths: list[str | Path] = []
+    for pid in pids:
+        try:
+            paths.append(Path(os.readlink(f"/proc/{pid}/cwd")) / f"{name}.qmp-status")
+        except OSError:
+            paths.append(f"/nonexistent/{pid}")
+    answers = qmp_call_many(paths, "query-status", timeout=0.2)
+    return [str(a["status"]) if isinstance(a, dict) else "unanswered" for a in answers]
 
 
 class Sampler(threading.Thread):
@@ -245,6 +248,7 @@ class Sampler(threading.Thread):
         self._open: dict[str, dict[str, Any]] = {}
         self._logs: dict[Path, tuple[int, int, int | None]] = {}  # inode, offset, run
         self.ticks = 0
+        self.errors = 0  # ticks that failed (counted: a blind sampler proves nothing)
         self.max_gap = 0.0
 
     def run(self) -> None:
@@ -257,6 +261,7 @@ class Sampler(threading.Thread):
                 self._check_qemus()
                 self._read_logs()
             except Exception as exc:  # the sampler must outlive any odd /proc state
+                self.errors += 1
                 print(f"sampler: {exc!r}", file=sys.stderr)
             self.ticks += 1
 
@@ -265,8 +270,7 @@ class Sampler(threading.Thread):
             pids = qemus(self.c.base, name)
             running: list[tuple[int, str, str]] = []
             if len(pids) > 1:
-                for pid in pids:
-                    st = qmp_status(pid, name)
+                for pid, st in zip(pids, qmp_statuses(pids, name), strict=True):
                     if st in ("running", "unanswered"):
                         running.append((pid, qemu_node(pid), st))
             ep = self._open.get(name)
@@ -900,7 +904,8 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
     table = summarize(rounds)
     result = {"seed": seed, "faults_asked": faults, "faults": done, "kinds": list(allowed),
               "rounds": len(rounds), "seconds": round(time.monotonic() - t0, 1),
-              "sampler": {"ticks": sampler.ticks, "max_gap_s": round(sampler.max_gap, 3)},
+              "sampler": {"ticks": sampler.ticks, "max_gap_s": round(sampler.max_gap, 3),
+                          "errors": sampler.errors},
               "table": table, "violations": violations, "round_details": rounds,
               "split_brain": sampler.episodes}
     if name:
@@ -909,41 +914,65 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
 
 
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per fault kind: runs, recovered, recovery time min/median/max, violations."""
+    """Per fault kind, and in ``total`` over all rounds (a round with several faults
+    counts once there): runs, recovered, recovery time min/median/max, violations."""
     table: dict[str, dict[str, Any]] = {}
-    for kind in KINDS:
-        rows = [r for r in rounds if kind in r["kinds"]]
+    for kind in (*KINDS, "total"):
+        rows = [r for r in rounds if kind in r["kinds"] or kind == "total"]
+
+        def count(r: dict[str, Any], kind: str = kind) -> int:
+            return len(r["kinds"]) if kind == "total" else int(r["kinds"].count(kind))
+
         times = [r["seconds"] for r in rows if r["seconds"] is not None]
         table[kind] = {
-            "runs": sum(r["kinds"].count(kind) for r in rows),
-            "recovered": sum(r["kinds"].count(kind) for r in rows if r["recovered"]),
+            "runs": sum(count(r) for r in rows),
+            "recovered": sum(count(r) for r in rows if r["recovered"]),
             "min": min(times, default=None), "max": max(times, default=None),
             "median": statistics.median(times) if times else None,
             "split_brain": sum(len(r["split_brain"]) for r in rows),
             "lost_writes": sum(len(r["lost_writes"]) for r in rows),
             "stuck": sum(bool(r["stuck"]) for r in rows),
-            "verify_errors": sum(not r["verify_ok"] for r in rows)}
+            "verify_errors": sum(not r["verify_ok"] for r in rows),
+            # Writers that saw nothing acknowledged before the round's faults (a guest
+            # still frozen from the round before): nothing of theirs to check.
+            "unchecked": sum(v < 0 for r in rows for v in r["acked"].values())}
     return table
 
 
 def format_table(table: dict[str, dict[str, Any]]) -> str:
+    """The table as text: a line per fault kind that ran, then the total."""
     def f(v: float | None) -> str:
         return f"{v:6.1f}" if v is not None else "     -"
 
     lines = [f"{'fault kind':18s} runs recov    min median    max split lost stuck "
-             f"verify-err"]
+             f"verify-err unchecked"]
     for kind, t in table.items():
         if t["runs"]:
             lines.append(f"{kind:18s} {t['runs']:4d} {t['recovered']:5d} {f(t['min'])} "
                          f"{f(t['median'])} {f(t['max'])} {t['split_brain']:5d} "
-                         f"{t['lost_writes']:4d} {t['stuck']:5d} {t['verify_errors']:10d}")
-    total = {k: sum(t[k] for t in table.values())
-             for k in ("runs", "recovered", "split_brain", "lost_writes", "stuck",
-                       "verify_errors")}
-    lines.append(f"{'total':18s} {total['runs']:4d} {total['recovered']:5d} {'':20s} "
-                 f"{total['split_brain']:5d} {total['lost_writes']:4d} {total['stuck']:5d} "
-                 f"{total['verify_errors']:10d}")
+                         f"{t['lost_writes']:4d} {t['stuck']:5d} {t['verify_errors']:10d} "
+                         f"{t['unchecked']:9d}")
     return "\n".join(lines)
+
+
+def merge(paths: list[Path]) -> int:
+    """One table for several campaigns (the chunks of a long one, each with its seed)."""
+    rounds: list[dict[str, Any]] = []
+    seconds = 0.0
+    for path in paths:
+        data = json.loads(path.read_text())
+        rounds += data["round_details"]
+        seconds += data["seconds"]
+        print(f"{path}: seed {data['seed']}, {data['faults']} faults in {data['rounds']} "
+              f"rounds, {data['seconds']:.0f} s, violations {data['violations']}, "
+              f"sampler longest gap {data['sampler']['max_gap_s']} s")
+    print()
+    print(format_table(summarize(rounds)))
+    bad = [r for r in rounds if r["split_brain"] or r["lost_writes"] or not r["recovered"]
+           or r["stuck"]]
+    print(f"{sum(len(r['kinds']) for r in rounds)} faults in {len(rounds)} rounds, "
+          f"{seconds / 60:.0f} min; rounds with a violation: {len(bad)}")
+    return 1 if bad else 0
 
 
 def main() -> int:
@@ -959,7 +988,12 @@ def main() -> int:
     ap.add_argument("--kinds", default=",".join(KINDS),
                     help=f"comma-separated fault kinds to draw from (default all: "
                          f"{', '.join(KINDS)})")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                    help="print the table of these campaigns' JSON files together (no "
+                         "cluster is run)")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
