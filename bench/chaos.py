@@ -77,6 +77,8 @@ OTHER_KINDS = ("qemu-kill", "qemu-stop", "qsd-kill", "qsd-stop", "tgtd-kill", "t
 USER_KINDS = ("user-migrate", "user-failover")
 KINDS = NODE_KINDS + OTHER_KINDS + USER_KINDS
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
+RUN_LINE = re.compile(r"(?:^|\s)RUN-(\d+)\s*$")  # the marker's output, not its echo
+ACK_LINE = re.compile(r"(?:^|\s)A (\d+)\s*$")
 RULE_TAG = "haven-chaos"
 
 
@@ -306,13 +308,16 @@ class Sampler(threading.Thread):
             if end < 0:
                 continue
             for line in data[:end].decode(errors="replace").splitlines():
-                line = line.strip()
-                if line.startswith("RUN-") and line[4:].isdigit():
-                    run = int(line[4:]) - 1000
-                elif run is not None and line.startswith("A ") and line[2:].isdigit():
+                # A line may begin with the shell's prompt ("/ # A 0").
+                m = RUN_LINE.search(line)
+                if m:
+                    run = int(m.group(1)) - 1000
+                    continue
+                m = ACK_LINE.search(line)
+                if m and run is not None:
                     key = (name, run)
                     with self.lock:
-                        self.acked[key] = max(self.acked.get(key, -1), int(line[2:]))
+                        self.acked[key] = max(self.acked.get(key, -1), int(m.group(1)))
             self._logs[log] = (inode, offset + end + 1, run)
 
     def last_acked(self, name: str, run: int) -> int:
