@@ -246,6 +246,7 @@ class Sampler(threading.Thread):
         self.halt = threading.Event()
         self.lock = threading.Lock()
         self.acked: dict[tuple[str, int], int] = {}
+        self.marks: dict[tuple[str, int], str] = {}  # where each writer run began
         self.episodes: list[dict[str, Any]] = []  # two running QEMUs of one instance
         self._open: dict[str, dict[str, Any]] = {}
         self._logs: dict[Path, tuple[int, int, int | None]] = {}  # inode, offset, run
@@ -312,6 +313,8 @@ class Sampler(threading.Thread):
                 m = RUN_LINE.search(line)
                 if m:
                     run = int(m.group(1)) - 1000
+                    with self.lock:
+                        self.marks[(name, run)] = log.parent.parent.name
                     continue
                 m = ACK_LINE.search(line)
                 if m and run is not None:
@@ -843,6 +846,9 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
                      else f"NOT recovered: {why}")
             lost = {}
             acked = {}
+            with sampler.lock:  # an unchecked writer: did its run begin at all?
+                began_on = {i: sampler.marks.get((i, run), "no marker seen")
+                            for i in INSTANCES}
             if took is not None:
                 time.sleep(0.2)  # the sampler's last read of the console logs
                 for inst in INSTANCES:
@@ -867,7 +873,8 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
             row = {"round": len(rounds), "kinds": kinds,
                    "what": [f.what for f in fl], "recovered": took is not None,
                    "seconds": None if took is None else round(took, 2),
-                   "not_recovered": why, "acked": acked, "lost_writes": lost,
+                   "not_recovered": why, "acked": acked, "writer_began_on": began_on,
+                   "lost_writes": lost,
                    "split_brain": splits, "stuck": calm, "errors": errors,
                    "verify_ok": verify.returncode == 0,
                    "verify": [ln.strip() for ln in verify.stdout.splitlines()
