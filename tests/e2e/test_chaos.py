@@ -36,10 +36,10 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 # lost in the same round they hit the known gap of ARCHITECTURE.md's fencing rule 5
 # (QEMU's write-blocking mirror acknowledges a write its peer did not get; README,
 # Limits), and this test would then fail by timing.  Drawn from the rest by this seed:
-# a node daemon killed; the master killed during a migration with a QEMU killed; a
-# user's failover racing a node's SIGKILL.
+# a node frozen (SIGSTOP) with tgtd frozen; an etcd member frozen; the master killed
+# during a migration with a QEMU killed.
 GAP_KINDS = ("qsd-kill", "qsd-stop", "partition-rst")
-SEED = 32
+SEED = 10
 FAULTS = 5
 
 

@@ -15,6 +15,10 @@ from tests.e2e.conftest import BIN
 pytestmark = pytest.mark.e2e
 
 
+# make test-all only (CI time): the demo is the two-node reference scenario, which
+# tests/e2e/test_two_node.py::test_reference_scenarios_on_two_nodes[kill] runs step by
+# step with the same Ganeti commands; `make demo` runs it too.
+@pytest.mark.long
 def test_haven_demo_succeeds_and_reports_every_scenario(tmp_path: Path) -> None:
     base = tmp_path / "demo"
     env = dict(os.environ, HAVEN_DEMO_DIR=str(base))

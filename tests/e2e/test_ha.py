@@ -130,6 +130,10 @@ def test_a_killed_node_s_instances_restart_on_their_secondaries_by_themselves(
     assert "alive-42" in console_until(sim, "vm2", "echo alive-$((40+2))", "alive-42")
 
 
+# make test-all only (CI time): a frozen node is also fenced, recovered and kept out in
+# tests/e2e/test_ext_storage.py (test_a_frozen_node_is_refused_by_the_storage_and_the_
+# guest_is_intact) and by the short fault campaign's node-stop (tests/e2e/test_chaos.py).
+@pytest.mark.long
 def test_a_frozen_node_is_fenced_recovered_and_stays_out_when_resumed(three: Sim) -> None:
     """SIGSTOP of every process of a node: nothing of it runs, so it cannot fence itself;
     its lease expires, its instances restart elsewhere.  Resumed, its fencer fires at
