@@ -175,41 +175,53 @@ def _alive_console(c: Cluster, name: str) -> bool:
     return b"-incoming" in argv or "GUEST-READY" in text
 
 
-_qemu_cache: dict[int, str | None] = {}
+# pid -> (its start time, the instance if it is a QEMU of this cluster, when first
+# read).  Keyed by start time too: pids are reused (pid_max is 32768 here).  A "not a
+# QEMU" is read again for its first seconds: between fork and exec a QEMU-to-be still
+# shows its parent's command line (cached for good, it stayed invisible: a QEMU that
+# ran was counted as missing).
+_qemu_cache: dict[int, tuple[str, str | None, float]] = {}
+_YOUNG = 3.0
 
 
 def qemus(base: Path, name: str | None = None, frozen: bool = False
           ) -> list[int]:
     """Live QEMUs of this cluster (of instance ``name`` if given); frozen ones (SIGSTOP,
-    state T) only with ``frozen``.  Command lines are read once per pid."""
+    state T) only with ``frozen``."""
     found = []
     seen = set()
     marker = str(base).encode()
+    now = time.monotonic()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            st, started = fields[0], fields[19]
+        except (OSError, IndexError):
+            continue
         seen.add(pid)
-        if pid not in _qemu_cache:
+        cached = _qemu_cache.get(pid)
+        if cached is None or cached[0] != started or (
+                cached[1] is None and now - cached[2] < _YOUNG):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
             m = re.search(rb"guest=([^,\0]+),", argv)
-            _qemu_cache[pid] = m.group(1).decode() if (
+            guest = m.group(1).decode() if (
                 m and b"qemu-system" in argv.split(b"\0")[0] and marker in argv) else None
-        guest = _qemu_cache[pid]
+            first = cached[2] if cached is not None and cached[0] == started else now
+            _qemu_cache[pid] = cached = (started, guest, first)
+        guest = cached[1]
         if guest is None or (name is not None and guest != name):
-            continue
-        try:
-            st = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
             continue
         if st == "Z" or (st in ("T", "t") and not frozen):
             continue
         found.append(pid)
     for pid in set(_qemu_cache) - seen:
-        del _qemu_cache[pid]
+        _qemu_cache.pop(pid, None)
     return found
 
 
