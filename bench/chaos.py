@@ -283,17 +283,25 @@ class Sampler(threading.Thread):
     def _check_qemus(self) -> None:
         for name in INSTANCES:
             pids = qemus(self.c.base, name)
-            running: list[tuple[int, str, str]] = []
-            if len(pids) > 1:
-                for pid, st in zip(pids, qmp_statuses(pids, name), strict=True):
-                    if st in ("running", "unanswered"):
-                        running.append((pid, qemu_node(pid), st))
+            seen: list[list[str]] = []
+            # Two QEMUs both running: asked again at once, in the same order, so that a
+            # migration's switchover between the two answers (the source answered
+            # "running" just before it stopped, the destination just after it
+            # started) is not taken for an overlap; still both running the second
+            # time, the first was running throughout the second's answer.
+            while len(pids) > 1 and len(seen) < 2:
+                states = qmp_statuses(pids, name)
+                seen.append(states)
+                if sum(st == "running" for st in states) < 2:
+                    break
+            split = len(seen) == 2 and all(sum(st == "running" for st in states) > 1
+                                           for states in seen)
             ep = self._open.get(name)
-            if len(running) > 1 and any(st == "running" for _, _, st in running) and \
-                    sum(st == "running" for _, _, st in running) > 1:
+            if split:
                 if ep is None:
                     ep = {"instance": name, "start": time.time(), "end": time.time(),
-                          "qemus": running}
+                          "qemus": [(pid, qemu_node(pid)) for pid in pids],
+                          "states": seen}
                     self._open[name] = ep
                     with self.lock:
                         self.episodes.append(ep)
