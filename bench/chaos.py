@@ -361,6 +361,22 @@ def start_writer(c: Cluster, name: str, run: int) -> None:
               f"100000000 20 &", f"RUN-{1000 + run}")
 
 
+def start_writer_acked(c: Cluster, sampler: Sampler, name: str, run: int,
+                       tries: int = 3) -> str:
+    """Start writer run ``run`` and wait for its first acknowledged write; started again
+    if none comes within 5 s.  The guest's console shell sometimes dies right after
+    printing the run's marker (init starts a new one; its background writer dies with
+    it): a round must not go unchecked for that.  Returns why not ('' once acked)."""
+    for _ in range(tries):
+        start_writer(c, name, run)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if sampler.last_acked(name, run) >= 0:
+                return ""
+            time.sleep(0.1)
+    return f"writer run {run} of {name} acknowledged nothing after {tries} starts"
+
+
 def write_kept(c: Cluster, name: str, run: int, seq: int) -> tuple[bool, str]:
     """Whether the block of acknowledged write ``seq`` holds it (or a later write of the
     same block) on the disk the instance now runs on."""
@@ -830,7 +846,8 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
         f"{seed}, {faults} faults")
     try:
         for inst in INSTANCES:
-            start_writer(c, inst, run)
+            if why_not := start_writer_acked(c, sampler, inst, run):
+                inj.note(why_not)
         while done < faults:
             kinds = draw_round(rng, faults - done, allowed)
             frs = [random.Random(rng.getrandbits(64)) for _ in kinds]
@@ -925,7 +942,8 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
             run += 1
             for inst in INSTANCES:
                 try:
-                    start_writer(c, inst, run)
+                    if why_not := start_writer_acked(c, sampler, inst, run):
+                        inj.note(why_not)
                 except RuntimeError as exc:  # the next round says it: nothing acked
                     inj.note(f"writer run {run} of {inst} did not start: {exc}")
     finally:
