@@ -26,14 +26,23 @@ or queued, ``gnt-cluster verify`` is clean or explains (its errors are recorded)
 Partitions on the loopback (``--netns`` cannot carry the iSCSI target: ``haven up``
 refuses ``--netns --storage iscsi``): the node's processes are moved into their own
 cgroup, iptables drops what that cgroup sends to other nodes and what anyone else sends
-to the node's address, and ``ss -K`` ends the connections already open.
+to the node's address; the connections already open are cut silently by a rule each
+(``partition``, ``storage-partition``: a pulled cable) or reset with ``ss -K``
+(``partition-rst``: a peer or firewall answering RST, both ends see the failure at once).
 
-Output: a table per fault kind (runs, recovered, recovery time min/median/max,
-invariant violations), ``bench/results/chaos[-NAME].json`` (table, rounds, timeline),
-and on any violation the seed, the round's timeline, and the cluster's logs copied to
-``<base>.logs/round-N``.  Usage (root; under the shared cluster lock)::
+Recovery time: from the round's first fault until every instance runs and answers; a
+fault held for a while (a frozen node) is part of it.  Output: a table per fault kind
+(runs, recovered, recovery time min/median/max, split brains, lost acknowledged writes,
+stuck jobs, ``verify`` errors, writers with nothing acknowledged to check), the JSON
+``bench/results/NAME.json`` (``--name``; table, every round with its timeline), and on
+any violation the seed, the round's timeline, and the cluster's logs copied to
+``<base>.logs/round-N``.  Usage (root; under the shared cluster lock; a long campaign in
+chunks of different seeds, merged afterwards)::
 
-    flock /tmp/haven-cluster.lock python bench/chaos.py --seed 7 --faults 50
+    flock /tmp/haven-cluster.lock python bench/chaos.py --seed 1001 --faults 50 \
+        --name chaos-1001
+    python bench/chaos.py --merge bench/results/chaos-10*.json
+    python bench/chaos.py --seed 1 --faults 8 --kinds partition-rst   # one kind only
 """
 
 from __future__ import annotations
