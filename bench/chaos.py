@@ -955,6 +955,8 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
                         inj.note(why_not)
                 except RuntimeError as exc:  # the next round says it: nothing acked
                     inj.note(f"writer run {run} of {inst} did not start: {exc}")
+    except KeyboardInterrupt:  # SIGINT: stop early, keep what was measured
+        log(f"interrupted after {done} faults: the table covers the rounds completed")
     finally:
         sampler.halt.set()
         parts.heal_all()
