@@ -26,14 +26,23 @@ or queued, ``gnt-cluster verify`` is clean or explains (its errors are recorded)
 Partitions on the loopback (``--netns`` cannot carry the iSCSI target: ``haven up``
 refuses ``--netns --storage iscsi``): the node's processes are moved into their own
 cgroup, iptables drops what that cgroup sends to other nodes and what anyone else sends
-to the node's address, and ``ss -K`` ends the connections already open.
+to the node's address; the connections already open are cut silently by a rule each
+(``partition``, ``storage-partition``: a pulled cable) or reset with ``ss -K``
+(``partition-rst``: a peer or firewall answering RST, both ends see the failure at once).
 
-Output: a table per fault kind (runs, recovered, recovery time min/median/max,
-invariant violations), ``bench/results/chaos[-NAME].json`` (table, rounds, timeline),
-and on any violation the seed, the round's timeline, and the cluster's logs copied to
-``<base>.logs/round-N``.  Usage (root; under the shared cluster lock)::
+Recovery time: from the round's first fault until every instance runs and answers; a
+fault held for a while (a frozen node) is part of it.  Output: a table per fault kind
+(runs, recovered, recovery time min/median/max, split brains, lost acknowledged writes,
+stuck jobs, ``verify`` errors, writers with nothing acknowledged to check), the JSON
+``bench/results/NAME.json`` (``--name``; table, every round with its timeline), and on
+any violation the seed, the round's timeline, and the cluster's logs copied to
+``<base>.logs/round-N``.  Usage (root; under the shared cluster lock; a long campaign in
+chunks of different seeds, merged afterwards)::
 
-    flock /tmp/haven-cluster.lock python bench/chaos.py --seed 7 --faults 50
+    flock /tmp/haven-cluster.lock python bench/chaos.py --seed 1001 --faults 50 \
+        --name chaos-1001
+    python bench/chaos.py --merge bench/results/chaos-10*.json
+    python bench/chaos.py --seed 1 --faults 8 --kinds partition-rst   # one kind only
 """
 
 from __future__ import annotations
@@ -175,41 +184,53 @@ def _alive_console(c: Cluster, name: str) -> bool:
     return b"-incoming" in argv or "GUEST-READY" in text
 
 
-_qemu_cache: dict[int, str | None] = {}
+# pid -> (its start time, the instance if it is a QEMU of this cluster, when first
+# read).  Keyed by start time too: pids are reused (pid_max is 32768 here).  A "not a
+# QEMU" is read again for its first seconds: between fork and exec a QEMU-to-be still
+# shows its parent's command line (cached for good, it stayed invisible: a QEMU that
+# ran was counted as missing).
+_qemu_cache: dict[int, tuple[str, str | None, float]] = {}
+_YOUNG = 3.0
 
 
 def qemus(base: Path, name: str | None = None, frozen: bool = False
           ) -> list[int]:
     """Live QEMUs of this cluster (of instance ``name`` if given); frozen ones (SIGSTOP,
-    state T) only with ``frozen``.  Command lines are read once per pid."""
+    state T) only with ``frozen``."""
     found = []
     seen = set()
     marker = str(base).encode()
+    now = time.monotonic()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            st, started = fields[0], fields[19]
+        except (OSError, IndexError):
+            continue
         seen.add(pid)
-        if pid not in _qemu_cache:
+        cached = _qemu_cache.get(pid)
+        if cached is None or cached[0] != started or (
+                cached[1] is None and now - cached[2] < _YOUNG):
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
             m = re.search(rb"guest=([^,\0]+),", argv)
-            _qemu_cache[pid] = m.group(1).decode() if (
+            guest = m.group(1).decode() if (
                 m and b"qemu-system" in argv.split(b"\0")[0] and marker in argv) else None
-        guest = _qemu_cache[pid]
+            first = cached[2] if cached is not None and cached[0] == started else now
+            _qemu_cache[pid] = cached = (started, guest, first)
+        guest = cached[1]
         if guest is None or (name is not None and guest != name):
-            continue
-        try:
-            st = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
             continue
         if st == "Z" or (st in ("T", "t") and not frozen):
             continue
         found.append(pid)
     for pid in set(_qemu_cache) - seen:
-        del _qemu_cache[pid]
+        _qemu_cache.pop(pid, None)
     return found
 
 
@@ -271,17 +292,25 @@ class Sampler(threading.Thread):
     def _check_qemus(self) -> None:
         for name in INSTANCES:
             pids = qemus(self.c.base, name)
-            running: list[tuple[int, str, str]] = []
-            if len(pids) > 1:
-                for pid, st in zip(pids, qmp_statuses(pids, name), strict=True):
-                    if st in ("running", "unanswered"):
-                        running.append((pid, qemu_node(pid), st))
+            seen: list[list[str]] = []
+            # Two QEMUs both running: asked again at once, in the same order, so that a
+            # migration's switchover between the two answers (the source answered
+            # "running" just before it stopped, the destination just after it
+            # started) is not taken for an overlap; still both running the second
+            # time, the first was running throughout the second's answer.
+            while len(pids) > 1 and len(seen) < 2:
+                states = qmp_statuses(pids, name)
+                seen.append(states)
+                if sum(st == "running" for st in states) < 2:
+                    break
+            split = len(seen) == 2 and all(sum(st == "running" for st in states) > 1
+                                           for states in seen)
             ep = self._open.get(name)
-            if len(running) > 1 and any(st == "running" for _, _, st in running) and \
-                    sum(st == "running" for _, _, st in running) > 1:
+            if split:
                 if ep is None:
                     ep = {"instance": name, "start": time.time(), "end": time.time(),
-                          "qemus": running}
+                          "qemus": [(pid, qemu_node(pid)) for pid in pids],
+                          "states": seen}
                     self._open[name] = ep
                     with self.lock:
                         self.episodes.append(ep)
@@ -339,6 +368,22 @@ def start_writer(c: Cluster, name: str, run: int) -> None:
     c.console(name, f"killall diskw 2>/dev/null; while [ ! -b /dev/vdb ]; do sleep 0.2; "
               f"done; echo RUN-$((1000+{run})); diskw /dev/vdb {region} {REGION} "
               f"100000000 20 &", f"RUN-{1000 + run}")
+
+
+def start_writer_acked(c: Cluster, sampler: Sampler, name: str, run: int,
+                       tries: int = 3) -> str:
+    """Start writer run ``run`` and wait for its first acknowledged write; started again
+    if none comes within 5 s.  The guest's console shell sometimes dies right after
+    printing the run's marker (init starts a new one; its background writer dies with
+    it): a round must not go unchecked for that.  Returns why not ('' once acked)."""
+    for _ in range(tries):
+        start_writer(c, name, run)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if sampler.last_acked(name, run) >= 0:
+                return ""
+            time.sleep(0.1)
+    return f"writer run {run} of {name} acknowledged nothing after {tries} starts"
 
 
 def write_kept(c: Cluster, name: str, run: int, seq: int) -> tuple[bool, str]:
@@ -810,7 +855,8 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
         f"{seed}, {faults} faults")
     try:
         for inst in INSTANCES:
-            start_writer(c, inst, run)
+            if why_not := start_writer_acked(c, sampler, inst, run):
+                inj.note(why_not)
         while done < faults:
             kinds = draw_round(rng, faults - done, allowed)
             frs = [random.Random(rng.getrandbits(64)) for _ in kinds]
@@ -905,9 +951,12 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
             run += 1
             for inst in INSTANCES:
                 try:
-                    start_writer(c, inst, run)
+                    if why_not := start_writer_acked(c, sampler, inst, run):
+                        inj.note(why_not)
                 except RuntimeError as exc:  # the next round says it: nothing acked
                     inj.note(f"writer run {run} of {inst} did not start: {exc}")
+    except KeyboardInterrupt:  # SIGINT: stop early, keep what was measured
+        log(f"interrupted after {done} faults: the table covers the rounds completed")
     finally:
         sampler.halt.set()
         parts.heal_all()
