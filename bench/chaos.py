@@ -397,10 +397,12 @@ def write_kept(c: Cluster, name: str, run: int, seq: int) -> tuple[bool, str]:
     got = int(found[-1]) if found else None
     if got is not None and got >= seq and got % REGION == seq % REGION:
         return True, f"block {block} holds {got}"
-    # Lost: how many?  The newest write of the run that the disk does hold.
+    # Lost: how many?  The newest write of the run that the disk does hold.  diskw pads
+    # each "SEQ n" line with NULs, so only the region's first line begins with "SEQ":
+    # the matches are taken anywhere in a line (-o), not at its start.
     out = c.console(name, f"dd if=/dev/vdb bs=4096 skip={(run % 8) * REGION} "
-                    f"count={REGION} 2>/dev/null | grep -a '^SEQ' | sort -u | tail -1; "
-                    f"echo newest-$((40+2))", "newest-42")
+                    f"count={REGION} 2>/dev/null | grep -ao 'SEQ [0-9]*' | sort -u | "
+                    f"tail -1; echo newest-$((40+2))", "newest-42")
     newest = re.findall(r"SEQ (\d{12})", out)
     return False, (f"acknowledged write {seq} is lost: block {block} holds "
                    f"{got if got is not None else 'no write'}; the newest write of the "
