@@ -97,3 +97,24 @@ def test_a_new_pid_is_published() -> None:
 
 def test_an_offline_node_starts_nothing() -> None:
     assert plan(view([inst()], offline=True)) == []
+
+
+def test_a_restart_count_is_cleared_once_the_vm_ran_stably() -> None:
+    """Found by the fault campaign: five successful restarts spread over an instance's
+    life made the agent give up on the sixth failure, minutes later."""
+    from dataclasses import replace
+
+    from haven.agent.plan import STABLE_AFTER
+
+    running = replace(obs("running", restarts=4), since=1000.0, pid=10)
+    young = replace(view([inst()], [running], [vm()]), now=1000.0 + STABLE_AFTER - 1)
+    assert plan(young) == []
+    old = replace(young, now=1000.0 + STABLE_AFTER)
+    (a,) = plan(old)
+    assert (a.kind, a.restarts, a.state) == ("publish", 0, "running")
+    # Without a clock (the simulator's views) nothing changes.
+    assert plan(replace(young, now=0.0)) == []
+    # A crash loop still gives up: restarts within the window keep counting.
+    crashed = replace(obs("running", restarts=5), since=1000.0)
+    (g,) = plan(replace(view([inst()], [crashed], []), now=1000.0 + STABLE_AFTER))
+    assert g.kind == "give_up"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from haven.agent.plan import Action, AgentView, plan, summary
@@ -132,7 +133,7 @@ class Agent:
         node = self.d.node_record()
         vms = {name: info for name, (_hv, info) in self.d.instances.all_vms().items()}
         return AgentView(self.d.name, bool(node and node.offline), instances, observed,
-                         locked, vms, self.d.start_blocked())
+                         locked, vms, self.d.start_blocked(), now=time.time())
 
     def execute(self, a: Action, view: AgentView) -> None:
         store = self.d.store()

@@ -31,6 +31,14 @@ class AgentView:
     # Why this node may not start VMs now ("" if it may): its lease is not valid, its
     # fencer is not fed, or the HA manager fenced it and recovers its instances.
     start_blocked: str = ""
+    # Wall-clock time of the observation (0: unknown, as in the simulator's unit views).
+    now: float = 0.0
+
+
+# A VM that ran this long since its last automatic restart has its count cleared, as
+# Ganeti's watcher forgets an instance it finds running: five failures over months
+# must not exhaust the budget meant for a crash loop (found by the fault campaign).
+STABLE_AFTER = 300.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,10 @@ def _plan_one(v: AgentView, name: str) -> Action | None:
         if not mine or obs is None or obs.state != "running" or obs.pid != vm.pid:
             return Action("publish", name, "running", inst.generation,
                           obs.restarts if mine and obs else 0, "running", vm.pid)
+        if obs.restarts and v.now and v.now - obs.since >= STABLE_AFTER:
+            return Action("publish", name, f"running for {STABLE_AFTER / 60:g} min since "
+                          f"its last automatic restart: its restart count starts again",
+                          inst.generation, 0, "running", vm.pid)
         return None
     if vm is not None and vm.status == "shutdown":
         if not mine or obs is None or obs.state != "user_down":
