@@ -89,6 +89,7 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
         d.member.start()
         if not d.member.wait_healthy(30):
             d.member.unconfigure()
+            d.local.forget()
             raise NodeSetupError(f"The etcd member of {d.name} did not start; see "
                                  f"{d.member.log_path}.")
         etcd_endpoints = [s.etcd_client_url]
