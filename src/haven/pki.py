@@ -77,10 +77,9 @@ def make_ca(cluster_name: str) -> KeyPair:
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
 
 
-def issue(ca: KeyPair, common_name: str, addresses: list[str],
-          names: list[str] | None = None) -> KeyPair:
+def issue(ca: KeyPair, common_name: str, addresses: list[str]) -> KeyPair:
     """A certificate for ``common_name`` signed by ``ca``, valid for the IP
-    ``addresses`` and DNS ``names``, usable as TLS server and client."""
+    ``addresses``, usable as TLS server and client."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
     ca_key = serialization.load_pem_private_key(ca.key_pem.encode(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -88,7 +87,6 @@ def issue(ca: KeyPair, common_name: str, addresses: list[str],
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(a))
                                     for a in dict.fromkeys(addresses)]
-    sans += [x509.DNSName(n) for n in dict.fromkeys(names or [])]
     now = _now()
     cert = (x509.CertificateBuilder()
             .subject_name(_name(common_name)).issuer_name(ca_cert.subject)
@@ -109,6 +107,12 @@ def issue(ca: KeyPair, common_name: str, addresses: list[str],
                 ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+
+
+def node_certificate(ca: KeyPair, node: str, *addresses: str) -> KeyPair:
+    """Node ``node``'s certificate for etcd, for its ``addresses`` (primary and
+    secondary IP) and the loopback (see :func:`node_addresses`)."""
+    return issue(ca, node, node_addresses(*addresses))
 
 
 def node_addresses(*addresses: str) -> list[str]:

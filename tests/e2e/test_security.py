@@ -9,7 +9,9 @@ searched for secrets.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import socket
 import ssl
 import stat
 from pathlib import Path
@@ -158,12 +160,8 @@ def test_join_token_etcd_tls_and_no_secret_in_etcd(cluster2: Sim, tmp_path: Path
 
 def _served(address: str, tls: TlsFiles) -> str:
     """The fingerprint of the certificate etcd serves at ``address``."""
-    import socket
-
     with socket.create_connection((address, 2379), timeout=5) as raw, \
             client_context(tls).wrap_socket(raw) as conn:
         der = conn.getpeercert(binary_form=True)
     assert der is not None
-    import hashlib
-
     return "sha256:" + hashlib.sha256(der).hexdigest()

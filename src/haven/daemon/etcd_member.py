@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from haven.daemon import procs
+from haven.daemon.localstate import etcd_tls_files
 from haven.errors import NodeSetupError
 from haven.store.tls import TlsFiles, client_context
 
@@ -58,8 +60,7 @@ class EtcdMember:
         self.log_path = data_dir / "logs" / "etcd.log"
         self.cluster_id_path = data_dir / "etcd.cluster"
         # The node's certificate from the cluster CA (haven.daemon.localstate).
-        self.tls = TlsFiles(str(data_dir / "ca.pem"), str(data_dir / "etcd.pem"),
-                            str(data_dir / "etcd.key"))
+        self.tls = etcd_tls_files(data_dir)
 
     # -- configuration -------------------------------------------------------------
     def config(self) -> MemberConfig | None:
@@ -248,16 +249,23 @@ class EtcdMember:
 
 def wait_healthy(client_url: str, timeout: float, tls: TlsFiles | None = None) -> bool:
     deadline = time.monotonic() + timeout
+    ctx = None
     while time.monotonic() < deadline:
-        if healthy(client_url, tls):
+        if ctx is None and tls and client_url.startswith("https:"):
+            try:
+                ctx = client_context(tls)
+            except OSError:  # the files are not written yet: ask again
+                time.sleep(0.1)
+                continue
+        if healthy(client_url, ctx):
             return True
         time.sleep(0.1)
     return False
 
 
-def healthy(client_url: str, tls: TlsFiles | None = None) -> bool:
+def healthy(client_url: str, ctx: ssl.SSLContext | None = None) -> bool:
+    """``/health`` answers with a leader (``ctx``: the client TLS context for https)."""
     try:
-        ctx = client_context(tls) if tls and client_url.startswith("https:") else None
         with urllib.request.urlopen(client_url + "/health", timeout=1.0,
                                     context=ctx) as resp:
             body = json.loads(resp.read())

@@ -43,6 +43,10 @@ class ClusterSecrets:
     def new(cls) -> ClusterSecrets:
         return cls(secrets.token_hex(32), secrets.token_urlsafe(18))
 
+    def to_text(self) -> str:
+        """What ``secrets.json`` holds."""
+        return json.dumps(asdict(self), indent=1)
+
 
 @dataclass(frozen=True)
 class JoinedState:
@@ -65,10 +69,11 @@ class LocalState:
         self.provisional_cert = data_dir / "provisional.pem"
         self.provisional_key = data_dir / "provisional.key"
         self.logs = data_dir / "logs"
-        self.ca_file = data_dir / "ca.pem"
+        self.etcd_files = etcd_tls_files(data_dir)
+        self.ca_file = Path(self.etcd_files.ca)
         self.ca_key_file = data_dir / "ca.key"
-        self.etcd_cert_file = data_dir / "etcd.pem"
-        self.etcd_key_file = data_dir / "etcd.key"
+        self.etcd_cert_file = Path(self.etcd_files.cert)
+        self.etcd_key_file = Path(self.etcd_files.key)
         self.secrets_file = data_dir / "secrets.json"
         self.join_token_file = data_dir / "join-token"
 
@@ -96,12 +101,7 @@ class LocalState:
             f.unlink(missing_ok=True)
 
     def save_cert(self, cert_pem: str, key_pem: str) -> list[str]:
-        written = []
-        for path, text in ((self.cert_file, cert_pem), (self.key_file, key_pem)):
-            if not path.exists() or path.read_text() != text:
-                write_private(path, text)
-                written.append(str(path))
-        return written
+        return write_changed({self.cert_file: cert_pem, self.key_file: key_pem})
 
     def ensure_provisional_cert(self) -> None:
         if not self.provisional_cert.exists():
@@ -128,12 +128,11 @@ class LocalState:
     def etcd_tls(self) -> TlsFiles | None:
         """The files this node talks to etcd with, or None (a cluster made before etcd
         had TLS, or an external etcd reached over plain HTTP)."""
-        files = TlsFiles(str(self.ca_file), str(self.etcd_cert_file),
-                         str(self.etcd_key_file))
+        files = self.etcd_files
         return files if all(os.path.exists(f) for f in files) else None
 
     def save_secrets(self, value: ClusterSecrets) -> None:
-        write_private(self.secrets_file, json.dumps(asdict(value), indent=1))
+        write_private(self.secrets_file, value.to_text())
 
     def secrets(self) -> ClusterSecrets | None:
         try:
@@ -165,24 +164,20 @@ class LocalState:
         try:
             files = {self.cert_file: bundle["cert_pem"], self.key_file: bundle["key_pem"],
                      self.ca_file: bundle["ca_pem"], self.ca_key_file: bundle["ca_key"],
-                     self.secrets_file: json.dumps(asdict(ClusterSecrets(
-                         str(bundle["cluster_secret"]), str(bundle["admin_password"]))),
-                         indent=1)}
+                     self.secrets_file: ClusterSecrets(
+                         str(bundle["cluster_secret"]),
+                         str(bundle["admin_password"])).to_text()}
         except KeyError as exc:
             raise NodeSetupError(f"The cluster's keys sent to this node lack {exc}; the "
                                  f"master runs an older Haven.") from exc
         if bundle.get("etcd_cert") and bundle.get("etcd_key"):
             files[self.etcd_key_file] = bundle["etcd_key"]
             files[self.etcd_cert_file] = bundle["etcd_cert"]
-        written = []
         for path, text in files.items():
             if not isinstance(text, str) or not text:
                 raise NodeSetupError(f"The cluster's keys sent to this node have no "
                                      f"{path.name}.")
-            if not path.exists() or path.read_text() != text:
-                write_private(path, text)
-                written.append(str(path))
-        return written
+        return write_changed({path: str(text) for path, text in files.items()})
 
     # -- the join token (standby) -----------------------------------------------------
     def join_token(self) -> str:
@@ -217,6 +212,23 @@ class LocalState:
     def new_join_token(self) -> None:
         """Forget the current token (the next ``join_token`` makes a new one)."""
         self.join_token_file.unlink(missing_ok=True)
+
+
+def etcd_tls_files(data_dir: Path) -> TlsFiles:
+    """Where a node keeps the cluster CA and its own etcd certificate and key: read by
+    its daemon's store and by its etcd member (haven.daemon.etcd_member)."""
+    return TlsFiles(str(data_dir / "ca.pem"), str(data_dir / "etcd.pem"),
+                    str(data_dir / "etcd.key"))
+
+
+def write_changed(files: dict[Path, str]) -> list[str]:
+    """Write each file whose content differs (:func:`write_private`); the paths written."""
+    written = []
+    for path, text in files.items():
+        if not path.exists() or path.read_text() != text:
+            write_private(path, text)
+            written.append(str(path))
+    return written
 
 
 def write_private(path: Path, text: str) -> None:

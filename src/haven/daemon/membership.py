@@ -81,7 +81,7 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
     ca = pki.make_ca(name)
     d.local.save_ca(ca)
     if managed:
-        d.local.save_etcd_cert(pki.issue(ca, d.name, pki.node_addresses(s.address)))
+        d.local.save_etcd_cert(pki.node_certificate(ca, d.name, s.address))
     if managed:
         d.member.configure(MemberConfig(d.name, s.etcd_client_url, s.etcd_peer_url,
                                         f"{d.name}={s.etcd_peer_url}", "new",

@@ -253,12 +253,11 @@ class RenewCrypto(LogicalUnit):
                                 "wrong_state")
 
     def exec(self) -> Any:
-        local = local_state(self.c)
-        bundle = local.key_bundle()
-        ca = local.ca()
+        bundle = local_state(self.c).key_bundle()
+        ca = pki.KeyPair(bundle["ca_pem"], bundle["ca_key"])
         report: dict[str, Any] = {}
         for n in state.nodes(self.c.store):
-            pair = pki.issue(ca, n.name, pki.node_addresses(n.primary_ip, n.secondary_ip))
+            pair = pki.node_certificate(ca, n.name, n.primary_ip, n.secondary_ip)
             body = {"keys": {**bundle, "etcd_cert": pair.cert_pem, "etcd_key": pair.key_pem}}
             res = self.c.rpc.call(n.primary_ip, n.api_port, "POST", "/haven/node/redist",
                                   body)

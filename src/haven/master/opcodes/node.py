@@ -165,11 +165,10 @@ class NodeAdd(LogicalUnit):
     def _crypto(self, name: str, ip: str, etcd_cert: bool) -> dict[str, str]:
         """The cluster's keys from the master's own files (never from etcd), and a
         certificate from the cluster CA for the new node's etcd connections."""
-        local = local_state(self.c)
-        out: dict[str, str] = dict(local.key_bundle())
+        out: dict[str, str] = dict(local_state(self.c).key_bundle())
         if etcd_cert:
-            pair = pki.issue(local.ca(), name,
-                             pki.node_addresses(ip, self.op["secondary_ip"] or ip))
+            pair = pki.node_certificate(pki.KeyPair(out["ca_pem"], out["ca_key"]), name,
+                                        ip, self.op["secondary_ip"] or ip)
             out.update(etcd_cert=pair.cert_pem, etcd_key=pair.key_pem)
         return out
 
