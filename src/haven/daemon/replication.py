@@ -87,6 +87,8 @@ class NodeReplication:
         # (instance, disk) -> (when, state) since which its mirror made no progress.
         self._still: dict[tuple[str, int], tuple[float, MirrorState]] = {}
         self._severed: set[tuple[str, int]] = set()  # resync those without resuming
+        # (instance, disk) -> since when its quorum peer's export has not answered.
+        self._unanswered: dict[tuple[str, int], float] = {}
         # VMs frozen by their mirror watcher on a replication error: thawed once the
         # peer is recorded not UpToDate (report), or the mirror is healthy again.
         self._frozen: dict[str, float] = {}
@@ -103,9 +105,14 @@ class NodeReplication:
         if frozen:
             try:
                 locked = self.d.store().get(Keys.lock(f"instance/{name}")) is not None
+                # A quorum disk whose replica was taken out stays paused whatever holds
+                # the instance: every write from now on would reach this node alone.
+                lost = any(m.slot == "lost" for m in
+                           replication.status(self.qmp_path(name)).values())
             except (HavenError, StoreError):
                 locked = False  # etcd unreachable: stay frozen, the report waits for it
-            if locked:
+                lost = True
+            if locked and not lost:
                 try:
                     replication.thaw(self.qmp_path(name))
                 except HavenError as exc:
@@ -179,23 +186,50 @@ class NodeReplication:
             if inst is None or inst.disk_template != "drbd" or inst.hypervisor != "kvm":
                 continue
             try:
-                st = replication.status(self.qmp_path(name))
+                st = self._settled(inst, replication.status(self.qmp_path(name)))
             except HavenError as exc:
                 log.debug("mirror status of %s: %s", name, exc.message)
                 continue  # unknown this cycle: no decision is taken on it
             st = {i: self._unless_stalled(inst, m) for i, m in st.items()}
             out[name] = {i: Mirror(m.phase, 100.0 * m.offset / m.length if m.length else 0.0)
                          for i, m in st.items()}
-        for key in set(self._still) - {(n, i) for n, disks in out.items() for i in disks}:
+        seen = {(n, i) for n, disks in out.items() for i in disks}
+        for key in set(self._still) - seen:
             del self._still[key]
+        for key in set(self._unanswered) - seen:
+            del self._unanswered[key]
         self.watch.follow({name: self._hv().path(name, EVENTS_QMP_SUFFIX) for name in out})
         return out
+
+    def _settled(self, inst: Instance, st: dict[int, MirrorState]) -> dict[int, MirrorState]:
+        """``st`` after the steps a quorum disk (``hypervisor.qemu.quorum``) takes on
+        its own: a sync mirror that became ready hands over to the quorum (the replica
+        takes the slot), and a write error nobody heard (no event watcher then) takes
+        the replica out, with the guest left paused until the peer is ``Outdated``."""
+        from haven.hypervisor.qemu import replication
+        from haven.hypervisor.qemu.mirror_spec import JOB
+
+        qmp, changed = self.qmp_path(inst.name), False
+        for i, m in st.items():
+            if m.slot in ("unprotected", "lost") and m.job_id == JOB.format(i) \
+                    and m.phase == "ready":
+                changed = replication.promote(qmp, i) or changed
+            elif m.slot == "replica" and m.io_status == "failed" \
+                    and m.job_id != JOB.format(i) and replication.sever(qmp, i):
+                self._frozen[inst.name] = time.monotonic()
+                log.warning("%s: disk %d stopped on a replica write error; replica taken "
+                            "out, guest paused until its peer is recorded Outdated",
+                            inst.name, i)
+                changed = True
+        return replication.status(qmp) if changed else st
 
     def _unless_stalled(self, inst: Instance, m: MirrorState) -> MirrorState:
         """``m``, or a failed state once the mirror has stalled for ``STALL_SECONDS``
         and its connection was cut (so the report marks the replica Outdated)."""
         from haven.hypervisor.qemu import replication
 
+        if m.slot == "replica" and m.phase == "ready":
+            return self._unless_unanswered(inst, m)
         name, now = inst.name, time.monotonic()
         since = self._still.get((name, m.disk))
         if since is None or not replication.stalled(since[1], m):
@@ -213,6 +247,38 @@ class NodeReplication:
         msg = (f"disk/{m.disk}: its secondary made no progress for {STALL_SECONDS:g} s with "
                "writes pending; replication connection cut")
         log.warning("%s %s", name, msg)
+        self.d.instances.emit("replica-hung", inst, msg, "warning")
+        return replace(m, phase="failed")
+
+    def _unless_unanswered(self, inst: Instance, m: MirrorState) -> MirrorState:
+        """For a protected quorum disk: a hung peer (stopped, or cut off without a reset)
+        blocks every guest write, and nothing in QEMU says so.  When the disk has
+        completed no I/O for a second, ask the export (an NBD greeting, 1 s); once it
+        has not answered for ``STALL_SECONDS`` the connection is cut, the replica taken
+        out and the guest paused until the peer is ``Outdated`` (DRBD's ping timeout)."""
+        from haven.hypervisor.qemu import replication
+
+        key, now = (inst.name, m.disk), time.monotonic()
+        if m.idle_s < 1.0:
+            self._unanswered.pop(key, None)
+            return m
+        try:
+            replication.probe(self.targets(inst)[m.disk], timeout=1.0)
+        except (HavenError, StoreError, KeyError):
+            first = self._unanswered.setdefault(key, now)
+            if now - first < STALL_SECONDS:
+                return m
+        else:
+            self._unanswered.pop(key, None)
+            return m
+        del self._unanswered[key]
+        if not replication.sever(self.qmp_path(inst.name), m.disk):
+            return m
+        self._frozen[inst.name] = now
+        msg = (f"disk/{m.disk}: its secondary did not answer for {STALL_SECONDS:g} s while "
+               "the disk was blocked or idle; replication connection cut, guest paused "
+               "until the replica is recorded Outdated")
+        log.warning("%s %s", inst.name, msg)
         self.d.instances.emit("replica-hung", inst, msg, "warning")
         return replace(m, phase="failed")
 

@@ -37,6 +37,10 @@ class DiskSpec:
     uri: str = ""
     secret_file: str = ""
     initiator: str = ""
+    #: A ``drbd`` disk: the guest writes through a quorum of this image and its replica
+    #: (``haven.hypervisor.qemu.quorum``), which needs the image's size in bytes.
+    replicated: bool = False
+    size: int = 0
 
 
 @dataclass(frozen=True)

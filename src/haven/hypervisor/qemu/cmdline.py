@@ -85,13 +85,27 @@ def disk_args(disk: DiskSpec, direct: bool = True) -> list[str]:
         return _uri_disk_args(disk)
     i = disk.index
     ro = ",read-only=on" if disk.read_only else ""
-    return [
+    nodes = [
         "-blockdev",
         f"driver=file,filename={_opt(disk.path)},node-name=file{i},"
         f"cache.direct={'on' if direct else 'off'},aio=threads{ro}",
         "-blockdev", f"driver={disk.format},file=file{i},node-name=disk{i}{ro}",
-        "-device", f"virtio-blk-pci,drive=disk{i},id=vblk{i}",
     ]
+    if disk.replicated and not disk.read_only:
+        # The guest writes through a quorum of the image and the replica's slot, which
+        # starts with a placeholder (haven.hypervisor.qemu.quorum); werror=stop: a
+        # write that fails on either side pauses the guest before it is acknowledged.
+        if disk.size <= 0:
+            raise HypervisorError(f"Disk {i} ({disk.path}) is replicated but its size is "
+                                  "unknown; the storage template must give it.")
+        return [
+            *nodes,
+            "-blockdev", f"driver=null-co,node-name=null{i},size={disk.size},read-zeroes=on",
+            "-blockdev", f"driver=quorum,node-name=q{i},vote-threshold=2,read-pattern=fifo,"
+            f"children.0=disk{i},children.1=null{i}",
+            "-device", f"virtio-blk-pci,drive=q{i},id=vblk{i},werror=stop,rerror=stop",
+        ]
+    return [*nodes, "-device", f"virtio-blk-pci,drive=disk{i},id=vblk{i}"]
 
 
 def uri_node(disk: DiskSpec) -> tuple[list[str], dict[str, object]]:

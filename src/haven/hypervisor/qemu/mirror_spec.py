@@ -33,7 +33,11 @@ class NbdTarget:
 class MirrorState:
     """One disk's replication job.  ``phase``: ``syncing`` (initial sync or resync),
     ``ready`` (every write reaches both sides), ``failed`` (paused or I/O error: the peer
-    is lost), ``none`` (no job).  ``offset``/``length``: the job's progress in bytes."""
+    is lost), ``none`` (no job).  ``offset``/``length``: the job's progress in bytes.
+    ``slot``: for a disk started as a quorum (:mod:`.quorum`), what its second child is
+    (``replica``, ``unprotected``, ``lost``); "" for a disk without one.  ``idle_s``:
+    seconds since the disk last completed an I/O (0 when unknown): with a quorum, a
+    hung peer shows as a disk that stopped completing anything."""
 
     disk: int
     job_id: str
@@ -42,6 +46,8 @@ class MirrorState:
     length: int = 0
     io_status: str = "ok"
     paused: bool = False
+    slot: str = ""
+    idle_s: float = 0.0
 
     @property
     def pending(self) -> int:
@@ -95,11 +101,13 @@ def tls_object_args(disk: int, target: NbdTarget) -> dict[str, Any]:
             "dir": target.psk_dir, "username": target.psk_user, "priority": TLS_PRIORITY}
 
 
-def mirror_args(disk: int, sync: Literal["full", "none"]) -> dict[str, Any]:
-    """``blockdev-mirror`` disk<i> -> repl<i>: a guest write completes once both sides
-    have it (``write-blocking``); a target error pauses the job, not the guest; the
-    ended job stays until dismissed so that its outcome can be read."""
-    return {"job-id": JOB.format(disk), "device": f"disk{disk}", "target": NODE.format(disk),
+def mirror_args(disk: int, sync: Literal["full", "none"], source: str = "") -> dict[str, Any]:
+    """``blockdev-mirror`` disk<i> (or ``source``) -> repl<i>: a guest write completes
+    once both sides have it (``write-blocking``); a target error pauses the job, not the
+    guest; the ended job stays until dismissed so that its outcome can be read.  A
+    quorum disk mirrors from its quorum node: QEMU mirrors only from a root node."""
+    return {"job-id": JOB.format(disk), "device": source or f"disk{disk}",
+            "target": NODE.format(disk),
             "sync": sync, "copy-mode": "write-blocking", "on-target-error": "stop",
             "auto-dismiss": False}
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from haven.hypervisor.base import HypervisorError
+from haven.hypervisor.qemu import quorum
 from haven.hypervisor.qemu.mirror_spec import (
     BITMAP,
     BITMAP_GRANULARITY,
@@ -61,7 +62,6 @@ from haven.hypervisor.qemu.mirror_spec import (
     disk_of_job,
     mirror_args,
     nbd_node_args,
-    parse_block_jobs,
     phase_of,
     stalled,
     target_of,
@@ -158,11 +158,33 @@ def _new_bitmap(s: QmpSession, nodes: dict[str, dict[str, Any]], disk: int) -> N
 
 
 def status(qmp: Qmp, disks: Iterable[int] = ()) -> dict[int, MirrorState]:
-    """Every disk with a replication job, plus ``disks`` (``none`` if they have none),
-    from one ``query-block-jobs`` (~1 ms): cheap enough for every agent cycle."""
+    """Every disk with a replication job or a quorum, plus ``disks`` (``none`` if they
+    have neither), from one monitor session (~2 ms): cheap enough for every agent cycle.
+
+    A quorum disk (:mod:`.quorum`) is ``ready`` while its slot holds the replica and
+    its device has not stopped on an I/O error, ``failed`` once the replica was lost,
+    ``none`` while unprotected; a job on it (a sync under way) says more and wins."""
     found = {i: MirrorState(i, "", "none") for i in disks}
-    found.update(parse_block_jobs(qmp_call(qmp, "query-block-jobs")))
+    with qmp_session(qmp) as s:
+        jobs = s.execute("query-block-jobs")
+        slots = quorum.slots(s)
+        failed = quorum.io_failed(s) if slots else set()
+        idle = _idle(s) if slots else {}
+    found.update(quorum.states(slots, jobs, failed, idle))
     return found
+
+
+def _idle(s: QmpSession) -> dict[int, float]:
+    """Seconds since each guest disk (``vblk<i>``) last completed an I/O, for those
+    that did one (``query-blockstats``)."""
+    out = {}
+    for dev in s.execute("query-blockstats"):
+        qdev = str(dev.get("qdev", ""))
+        idle = dev.get("stats", {}).get("idle_time_ns")
+        tail = qdev.rpartition("/vblk")[2].partition("/")[0]
+        if idle is not None and tail.isdigit():
+            out[int(tail)] = int(idle) / 1e9
+    return out
 
 
 def wait_ready(qmp: Qmp, disk: int, timeout: float) -> MirrorState:
@@ -171,7 +193,8 @@ def wait_ready(qmp: Qmp, disk: int, timeout: float) -> MirrorState:
     deadline = time.monotonic() + timeout
     while True:
         state = status(qmp, [disk])[disk]
-        if state.phase == "ready" and state.job_id == JOB.format(disk):
+        if state.phase == "ready" and state.job_id in (JOB.format(disk),
+                                                        quorum.QUORUM.format(disk)):
             return state
         if state.phase in ("failed", "none"):
             raise HypervisorError(f"The replication of disk {disk} ({qmp}) is {state.phase} "
@@ -185,23 +208,36 @@ def wait_ready(qmp: Qmp, disk: int, timeout: float) -> MirrorState:
 
 def watch_errors(qmp: Qmp, timeout: float, frozen: list[bool] | None = None,
                  freeze_if: Callable[[], bool] | None = None) -> list[int]:
-    """Block until a replication job reports ``BLOCK_JOB_ERROR`` or ``timeout`` passes;
-    the disks that reported one ([] on timeout), a few ms after the event.  It holds the
-    monitor for the whole wait, so give it one nobody else needs; an error raised while
-    nobody watches is still seen by :func:`status`.
+    """Block until a replication job reports ``BLOCK_JOB_ERROR``, or a quorum disk's
+    device stops the guest on a write error (``BLOCK_IO_ERROR``), or ``timeout``
+    passes; the disks that reported one ([] on timeout), a few ms after the event.  It
+    holds the monitor for the whole wait, so give it one nobody else needs; an error
+    raised while nobody watches is still seen by :func:`status`.
 
     With ``frozen`` (a list), the guest is paused in the same session right after the
     event (``stop``: a millisecond, no new connection), if ``freeze_if()`` (asked then)
     allows it, and ``frozen`` gets True if this call paused it: writes the peer missed
-    are not acknowledged from then on."""
+    are not acknowledged from then on.  A quorum disk needs no freeze (QEMU stopped the
+    guest before acknowledging anything): its failed replica is taken out of the slot
+    (:func:`.quorum.degrade`) and ``frozen`` gets True, since the guest must stay
+    paused until the peer is recorded ``Outdated``.  A quorum write that failed on the
+    *local* image is not the peer's fault: the guest stays stopped on it, nothing is
+    changed, and the disk is not reported."""
     def ours(ev: dict[str, Any]) -> bool:
-        return disk_of_job(str(ev.get("data", {}).get("device"))) is not None
+        data = ev.get("data", {})
+        if ev.get("event") == "BLOCK_IO_ERROR":
+            return quorum.disk_of(str(data.get("node-name", ""))) is not None
+        return disk_of_job(str(data.get("device"))) is not None
 
     with qmp_session(qmp, timeout=min(timeout, 5.0)) as session:
         try:
-            events = [session.wait_event("BLOCK_JOB_ERROR", timeout, match=ours)]
+            first = session.wait_event(("BLOCK_JOB_ERROR", "BLOCK_IO_ERROR"), timeout,
+                                       match=ours)
         except QmpTimeout:
             return []
+        if first["event"] == "BLOCK_IO_ERROR":
+            return _quorum_failed(session, first, frozen)
+        events = [first]
         if frozen is not None and (freeze_if is None or freeze_if()):
             running = session.execute("query-status").get("status") == "running"
             if running:
@@ -210,6 +246,29 @@ def watch_errors(qmp: Qmp, timeout: float, frozen: list[bool] | None = None,
         events += [ev for ev in session.events() if ev.get("event") == "BLOCK_JOB_ERROR"]
     return sorted({d for ev in events
                    if (d := disk_of_job(str(ev.get("data", {}).get("device")))) is not None})
+
+
+def _quorum_failed(s: QmpSession, first: dict[str, Any], frozen: list[bool] | None
+                   ) -> list[int]:
+    """:func:`watch_errors` after a quorum disk's write error stopped the guest."""
+    time.sleep(0.005)  # the events of the same failure arrive within a ms or two
+    events = [first, *s.events()]
+    disks = {d for ev in events if ev.get("event") == "BLOCK_IO_ERROR"
+             and (d := quorum.disk_of(str(ev.get("data", {}).get("node-name", "")))) is not None}
+    # QUORUM_REPORT_BAD names the child that failed: the local image is disk<i>.
+    local = {int(node[4:]) for ev in events if ev.get("event") == "QUORUM_REPORT_BAD"
+             and (node := str(ev.get("data", {}).get("node-name", ""))).startswith("disk")
+             and node[4:].isdigit()}
+    for d in sorted(local & disks):
+        log.error("Disk %d of %s: a write failed on the local image; the guest stays "
+                  "stopped on the I/O error (check the node's storage)", d, s.path)
+    degraded = [d for d in sorted(disks - local) if quorum.degrade(s, d)]
+    if degraded and frozen is not None:
+        frozen.append(True)
+    if degraded:
+        log.warning("Disk(s) %s of %s: a write failed on the replica; replica taken out, "
+                    "guest paused until its peer is recorded Outdated", degraded, s.path)
+    return degraded
 
 
 def freeze(qmp: Qmp) -> bool:
@@ -240,19 +299,35 @@ def _paused(s: QmpSession) -> Iterator[None]:
             s.execute("cont")
 
 
-def _drop_connection(s: QmpSession, disk: int) -> None:
-    """Remove ``repl<i>`` (closing its connection) and its TLS object, if there."""
-    for cmd, args in (("blockdev-del", {"node-name": NODE.format(disk)}),
-                      ("object-del", {"id": TLS.format(disk)})):
-        with contextlib.suppress(QmpCommandError):  # not there: fine
-            s.execute(cmd, args)
+_drop_connection = quorum.drop_connection
+
+
+def _source(slot: quorum.Slot | None, disk: int) -> str:
+    """The node a sync mirror copies from: a quorum disk's quorum (QEMU mirrors only
+    from a root node), else the image's format node."""
+    return quorum.QUORUM.format(disk) if slot is not None else f"disk{disk}"
+
+
+def _slot(qmp: Qmp, disk: int) -> quorum.Slot | None:
+    """The slot state of a quorum disk, None for a disk without a quorum."""
+    with qmp_session(qmp) as s:
+        found = quorum.slots(s).get(disk)
+    return found[0] if found else None
 
 
 def sever(qmp: Qmp, disk: int) -> bool:
     """Cut the replica connection of ``disk`` (QMP ``yank``) when its peer hangs (see
     :func:`stalled`): the blocked writes fail on the replica side, the job fails, the
     guest continues.  The connection never comes back, so resync with
-    ``resume_timeout=0``.  False if there is no such connection."""
+    ``resume_timeout=0``.  False if there is no such connection.
+
+    A quorum disk with the replica in its slot is degraded instead
+    (:func:`.quorum.degrade`): the guest is left *paused*, for the caller to resume
+    once the peer is recorded ``Outdated``."""
+    with qmp_session(qmp) as s:
+        if quorum.degrade(s, disk):
+            log.warning("Disk %d of %s: replica connection severed, guest paused", disk, qmp)
+            return True
     try:
         qmp_call(qmp, "yank", {"instances": [{"type": "block-node",
                                               "node-name": NODE.format(disk)}]})
@@ -289,14 +364,7 @@ def _connect(qmp: Qmp, disk: int, target: NbdTarget) -> None:
     """(Re)create ``repl<i>`` (and its TLS object) connected to ``target``."""
     probe(target)
     with qmp_session(qmp) as s:
-        _drop_connection(s, disk)
-        try:
-            if target.psk_dir is not None:
-                s.execute("object-add", tls_object_args(disk, target))
-            s.execute("blockdev-add", nbd_node_args(disk, target))
-        except QmpCommandError as exc:
-            raise HypervisorError(f"Cannot connect disk {disk} to its replica {target.export}"
-                                  f" at {target.host}:{target.port}: {exc}") from exc
+        quorum.add_connection(s, disk, target)
 
 
 def protect(qmp: Qmp, disk: int, target: NbdTarget, bitmap: bool = True) -> None:
@@ -311,7 +379,8 @@ def protect(qmp: Qmp, disk: int, target: NbdTarget, bitmap: bool = True) -> None
     """
     nodes = _nodes(qmp)
     job = _job(qmp, JOB.format(disk))
-    if job is not None and phase_of(job) != "none":
+    slot = _slot(qmp, disk)
+    if (job is not None and phase_of(job) != "none") or slot == "replica":
         if target_of(nodes.get(NODE.format(disk))) == (target.host, target.port,
                                                        target.export):
             return
@@ -324,7 +393,7 @@ def protect(qmp: Qmp, disk: int, target: NbdTarget, bitmap: bool = True) -> None
     with qmp_session(qmp) as s:
         if bitmap and _bitmap(nodes, disk) is None:
             _new_bitmap(s, nodes, disk)
-        s.execute("blockdev-mirror", mirror_args(disk, "full"))
+        s.execute("blockdev-mirror", mirror_args(disk, "full", _source(slot, disk)))
     log.info("Disk %d of %s: mirroring to %s:%d/%s", disk, qmp, target.host, target.port,
              target.export)
 
@@ -412,10 +481,14 @@ def unprotect(qmp: Qmp, disk: int, keep_bitmap: bool = False) -> bool:
     its connection) and, unless ``keep_bitmap``, the resync bitmap are removed."""
     state = status(qmp, [disk])[disk]
     in_sync = False
-    if state.job_id:
+    if state.job_id and state.job_id != quorum.QUORUM.format(disk):
         in_sync = _end_job(qmp, state.job_id, graceful=state.phase == "ready")
         in_sync = in_sync and state.phase == "ready"
     with qmp_session(qmp) as s:
+        if state.slot:
+            with quorum.paused(s):
+                in_sync = in_sync or (state.slot == "replica" and state.phase == "ready")
+                quorum.set_slot(s, disk, "unprotected")
         _drop_connection(s, disk)
         if not keep_bitmap:
             with contextlib.suppress(QmpCommandError):  # already gone
@@ -439,14 +512,24 @@ def hand_over(qmp: Qmp, disks: Iterable[int], timeout: float = 10.0) -> None:
     disks = tuple(disks)
     with qmp_session(qmp, timeout=timeout) as s:
         jobs = {str(j.get("device")): j for j in s.execute("query-block-jobs")}
-        lagging = [d for d in disks if phase_of(jobs.get(JOB.format(d), {})) != "ready"]
+        slots = quorum.slots(s)
+        failed = quorum.io_failed(s) if slots else set()
+        # A quorum disk with the replica in its slot is in sync (and has no job).
+        held = [d for d in disks if JOB.format(d) not in jobs
+                and d in slots and slots[d][0] == "replica" and d not in failed]
+        lagging = [d for d in disks if d not in held
+                   and phase_of(jobs.get(JOB.format(d), {})) != "ready"]
         if lagging:
             raise HypervisorError(f"The replica of disk(s) {lagging} is not in sync; resync "
                                   "it first.")
-        for d in disks:
+        for d in held:  # the guest is paused (pre-switchover): nothing is in flight
+            quorum.set_slot(s, d, "unprotected")
+            _drop_connection(s, d)
+        mirrored = [d for d in disks if d not in held]
+        for d in mirrored:
             s.execute("block-job-cancel", {"device": JOB.format(d), "force": False})
         not_in_sync = []
-        for d in disks:
+        for d in mirrored:
             jid = JOB.format(d)
 
             def of_job(ev: dict[str, Any], jid: str = jid) -> bool:
@@ -516,6 +599,10 @@ def refresh(qmp: Qmp, targets: dict[int, NbdTarget], pid: int | None,
     ``bitmap`` mode; two pauses of a few ms).  Connections found established
     (:func:`peer_connected`) are left alone: no pause at all in the usual case.
 
+    A quorum disk (:mod:`.quorum`) with the replica in its slot is reconnected in place
+    with the guest paused: every write it acknowledged is on the replica, and a paused
+    guest writes nothing meanwhile, so nothing needs copying.
+
     Raises :class:`HypervisorError` when a mirror is not ``ready`` (or has no resync
     bitmap) -- nothing is changed then -- or the export does not answer."""
     stale = {d: t for d, t in sorted(targets.items())
@@ -523,6 +610,20 @@ def refresh(qmp: Qmp, targets: dict[int, NbdTarget], pid: int | None,
     if not stale:
         return []
     nodes = _nodes(qmp)
+    states = status(qmp, stale)
+    held = {d: t for d, t in stale.items() if states[d].slot == "replica"
+            and states[d].phase == "ready" and states[d].job_id != JOB.format(d)}
+    for target in held.values():
+        probe(target)
+    if held:
+        with qmp_session(qmp) as s, quorum.paused(s):
+            for d, target in held.items():
+                log.warning("Disk %d of %s: the replica connection is dead; reconnecting "
+                            "with the guest paused", d, qmp)
+                quorum.set_slot(s, d, "lost")
+                quorum.add_connection(s, d, target)
+                quorum.set_slot(s, d, "replica")
+    stale = {d: t for d, t in stale.items() if d not in held}
     for d, target in stale.items():
         job = _job(qmp, JOB.format(d))
         if job is None or phase_of(job) != "ready" or _bitmap(nodes, d) is None:
@@ -536,7 +637,7 @@ def refresh(qmp: Qmp, targets: dict[int, NbdTarget], pid: int | None,
         _end_job(qmp, JOB.format(d))  # forced, guest paused: see _force_cancel
         # No job and a trusted bitmap: choose_mode says "bitmap".
         resync(qmp, d, target, trust_bitmap=True, timeout=timeout, resume_timeout=0)
-    return sorted(stale)
+    return sorted(stale | held)
 
 
 # -- resync -------------------------------------------------------------------------------
@@ -566,6 +667,7 @@ def resync(qmp: Qmp, disk: int, target: NbdTarget, *, trust_bitmap: bool = True,
 def _resync(qmp: Qmp, disk: int, target: NbdTarget, trust_bitmap: bool, timeout: float,
             resume_timeout: float) -> ResyncResult:
     t0 = time.monotonic()
+    _take_out_replica(qmp, disk)
     nodes = _nodes(qmp)
     job = _job(qmp, JOB.format(disk))
     same = target_of(nodes.get(NODE.format(disk))) == (target.host, target.port, target.export)
@@ -575,6 +677,7 @@ def _resync(qmp: Qmp, disk: int, target: NbdTarget, trust_bitmap: bool, timeout:
         copied = _resume(qmp, disk, int(job.get("offset", 0)) if job else 0,
                          resume_timeout, timeout)
         if copied is not None:
+            promote(qmp, disk)
             checkpoint(qmp, disk)
             return ResyncResult("resume", copied, time.monotonic() - t0)
         mode = choose_mode(_job(qmp, JOB.format(disk)), False, has_bitmap, trust_bitmap)
@@ -591,10 +694,53 @@ def _resync(qmp: Qmp, disk: int, target: NbdTarget, trust_bitmap: bool, timeout:
         return ResyncResult("bitmap", copied, time.monotonic() - t0, pause_ms)
     with qmp_session(qmp) as s:
         _new_bitmap(s, nodes, disk)  # valid once this full sync is ready
-        s.execute("blockdev-mirror", mirror_args(disk, "full"))
+        slot = quorum.slots(s).get(disk)
+        s.execute("blockdev-mirror",
+                  mirror_args(disk, "full", _source(slot[0] if slot else None, disk)))
     state = wait_ready(qmp, disk, timeout)
+    promote(qmp, disk)
     checkpoint(qmp, disk)
     return ResyncResult("full", state.offset, time.monotonic() - t0)
+
+
+def _take_out_replica(qmp: Qmp, disk: int) -> None:
+    """Before a resync of a quorum disk: a replica still in its slot (its failure was
+    not handled: a write error nobody watched, a connection found dead) is taken out,
+    and a guest stopped on it resumes.  A resync comes after the peer was recorded
+    not ``UpToDate``, so writes that reach only this node are allowed again."""
+    with qmp_session(qmp) as s:
+        state = s.execute("query-status").get("status")
+        if quorum.degrade(s, disk) and state in ("running", "io-error"):
+            s.execute("cont")
+
+
+def promote(qmp: Qmp, disk: int, timeout: float = 10.0) -> bool:
+    """Make a quorum disk whose sync mirror is ``ready`` protected: with the guest
+    paused (a few ms), end the mirror in sync (a graceful cancel of a ready mirror
+    completes it without a pivot) and put the replica connection into the slot
+    (:mod:`.quorum`).  False if there was nothing to do (no quorum, the replica is in
+    the slot already, or no ready mirror).  Raises :class:`HypervisorError` if the
+    mirror did not end in sync (the slot keeps its placeholder: sync again)."""
+    jid = JOB.format(disk)
+    with qmp_session(qmp, timeout=timeout) as s:
+        slot = quorum.slots(s).get(disk)
+        job = next((j for j in s.execute("query-block-jobs") if j.get("device") == jid), None)
+        if slot is None or slot[0] == "replica" or job is None or phase_of(job) != "ready":
+            return False
+        t0 = time.monotonic()
+        with quorum.paused(s):
+            s.execute("block-job-cancel", {"device": jid, "force": False})
+            ev = s.wait_event(("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), timeout,
+                              match=lambda ev: ev["data"].get("device") == jid)
+            with contextlib.suppress(QmpCommandError):  # already gone
+                s.execute("job-dismiss", {"id": jid})
+            if ev["event"] != "BLOCK_JOB_COMPLETED" or ev["data"].get("error"):
+                raise HypervisorError(f"The mirror of disk {disk} ({qmp}) was not in sync "
+                                      "when it ended; sync it again.")
+            quorum.set_slot(s, disk, "replica")
+    log.info("Disk %d of %s: in sync, the replica is now written with every guest write "
+             "(guest paused %.1f ms)", disk, qmp, (time.monotonic() - t0) * 1000)
+    return True
 
 
 def _resume(qmp: Qmp, disk: int, offset0: int, resume_timeout: float,
@@ -657,7 +803,10 @@ def _bitmap_resync(qmp: Qmp, disk: int, timeout: float) -> tuple[int, float]:
         if done["data"].get("error"):
             raise HypervisorError(f"The resync of disk {disk} ({qmp}) failed: "
                                   f"{done['data']['error']}.")
-        s.execute("blockdev-mirror", mirror_args(disk, "none"))
-        s.wait_event("BLOCK_JOB_READY", timeout,
-                     match=lambda ev: ev["data"]["device"] == JOB.format(disk))
+        if disk in quorum.slots(s):
+            quorum.set_slot(s, disk, "replica")  # in sync: the replica takes the slot
+        else:
+            s.execute("blockdev-mirror", mirror_args(disk, "none"))
+            s.wait_event("BLOCK_JOB_READY", timeout,
+                         match=lambda ev: ev["data"]["device"] == JOB.format(disk))
     return copied + int(done["data"].get("offset", 0)), (time.monotonic() - t_pause) * 1000

@@ -4,7 +4,7 @@ monitor, so that a scrape never waits behind a migration or a resync).
 
     io_stats(sockets, timeout)  -> {name: VmIo}    two QMP commands per VM, all VMs at once
     parse_blockstats(reply)     -> (DiskIo, ...)    pure
-    parse_block_jobs(reply)     -> {disk: MirrorState}  pure (in mirror_spec, shared with
+    quorum.states(slots, jobs)  -> {disk: MirrorState}  pure (shared with
                                                         replication.status)
 
 A VM whose monitor does not answer within ``timeout`` is left out of the answer (the
@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from haven.hypervisor.qemu.mirror_spec import MirrorState, parse_block_jobs
+from haven.hypervisor.qemu.mirror_spec import MirrorState
 from haven.hypervisor.qemu.qmp import QmpError, qmp_call_many
+from haven.hypervisor.qemu.quorum import parse_slots, states
 
 # The guest's disk i is the virtio-blk device ``vblk<i>`` on the format node ``disk<i>``
 # (cmdline.disk_args).  The device's path is the stable key: while a mirror runs, the
-# root node of its backend is the mirror's filter, not ``disk<i>``.
+# root node of its backend is the mirror's filter, and a replicated disk's is its
+# quorum ``q<i>``, not ``disk<i>``.
 _QDEV = re.compile(r"/vblk(\d+)(/|$)")
 _NODE = re.compile(r"^disk(\d+)$")
 
@@ -94,9 +96,12 @@ def io_stats(sockets: Mapping[str, Path], timeout: float = 0.5) -> dict[str, VmI
     paths = [sockets[n] for n in names]
     blocks = qmp_call_many(paths, "query-blockstats", timeout=timeout)
     jobs = qmp_call_many(paths, "query-block-jobs", timeout=timeout)
+    graphs = qmp_call_many(paths, "x-debug-query-block-graph", timeout=timeout)
     out: dict[str, VmIo] = {}
-    for name, b, j in zip(names, blocks, jobs, strict=True):
+    for name, b, j, g in zip(names, blocks, jobs, graphs, strict=True):
         if isinstance(b, QmpError) or isinstance(j, QmpError):
             continue
-        out[name] = VmIo(parse_blockstats(b), parse_block_jobs(j))
+        # A replicated disk in sync has no job: its quorum's slot says it is protected.
+        slots = {} if isinstance(g, QmpError) else parse_slots(g)
+        out[name] = VmIo(parse_blockstats(b), states(slots, j))
     return out
