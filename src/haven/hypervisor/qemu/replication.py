@@ -705,13 +705,13 @@ def _resync(qmp: Qmp, disk: int, target: NbdTarget, trust_bitmap: bool, timeout:
 
 def _take_out_replica(qmp: Qmp, disk: int) -> None:
     """Before a resync of a quorum disk: a replica still in its slot (its failure was
-    not handled: a write error nobody watched, a connection found dead) is taken out,
-    and a guest stopped on it resumes.  A resync comes after the peer was recorded
-    not ``UpToDate``, so writes that reach only this node are allowed again."""
+    not handled) is taken out.  The guest stays paused: the resync copies with it
+    paused and leaves it so, for its owner to resume once the peer's state is known
+    (the node daemon's watcher does that: ``daemon.replication``)."""
     with qmp_session(qmp) as s:
-        state = s.execute("query-status").get("status")
-        if quorum.degrade(s, disk) and state in ("running", "io-error"):
-            s.execute("cont")
+        if quorum.degrade(s, disk):
+            log.warning("Disk %d of %s: its replica was still in the slot at a resync; "
+                        "taken out, guest paused", disk, qmp)
 
 
 def promote(qmp: Qmp, disk: int, timeout: float = 10.0) -> bool:
