@@ -1,5 +1,8 @@
-"""Replication (QEMU write-blocking mirror into a qemu-storage-daemon NBD export), one VM
-under TCG with a 256 MiB raw disk filled with random data, everything on 127.0.0.1:
+"""Replication into a qemu-storage-daemon NBD export, one VM under TCG with a 256 MiB raw
+disk filled with random data, everything on 127.0.0.1.  ``--mode quorum`` (the default,
+what ``drbd`` instances run: the disk is a quorum of the image and the replica, see
+``haven.hypervisor.qemu.quorum``) or ``--mode mirror`` (the write-blocking mirror alone,
+what Haven ran before):
 
 * initial full sync time of the 256 MiB,
 * guest write throughput (``dd bs=1M count=64 oflag=direct``) and 4 KiB O_DSYNC write
@@ -9,11 +12,11 @@ under TCG with a 256 MiB raw disk filled with random data, everything on 127.0.0
   ``tls`` (the default export over TLS-PSK),
 * the guest pause of a ``checkpoint()`` (bitmap clear),
 * resync after the export was SIGKILLed while the guest changed 1% of the disk:
-  bitmap resync (R2, new port), resume (R1, same port) and full resync; bytes copied,
-  seconds and the guest pause of R2.
+  bitmap resync (R2, new port), resume (R1, same port; mirror mode only: a quorum keeps
+  no job to resume) and full resync; bytes copied, seconds and the guest pause of R2.
 
 Goal (issue 4): replicated throughput >= 80% of local; incremental resync bytes within
-2x of what changed.  Usage: python bench/replication.py [--rounds 4]
+2x of what changed.  Usage: python bench/replication.py [--rounds 4] [--mode quorum]
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ class Console:
 
 
 class Bench:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, quorum: bool) -> None:
         self.tmp = tmp
+        self.quorum = quorum
         self.hv = QemuHypervisor(tmp / "run")
         self.exports = ExportManager(tmp / "exports")
         self.volatile = ExportManager(tmp / "exports-volatile", writethrough=False)
@@ -99,7 +103,8 @@ class Bench:
 
     def boot(self) -> Console:
         spec = VmSpec(name="bench", uuid=str(uuid.uuid4()), memory=256, accel="tcg",
-                      disks=(DiskSpec(0, str(self.prim)),),
+                      disks=(DiskSpec(0, str(self.prim), replicated=self.quorum,
+                                      size=DISK_MIB << 20),),
                       kernel_path=str(GUEST / "vmlinuz"), initrd_path=str(GUEST / "initrd.gz"),
                       kernel_args="console=ttyS0 quiet haven.nomount")
         self.hv.start(spec)
@@ -121,6 +126,7 @@ class Bench:
         t = time.perf_counter()
         repl.protect(self.qmp, 0, self.export(kind))
         repl.wait_ready(self.qmp, 0, 300)
+        repl.promote(self.qmp, 0)  # a quorum disk: the replica takes the slot
         seconds = time.perf_counter() - t
         t = time.perf_counter()
         repl.checkpoint(self.qmp, 0)
@@ -188,6 +194,11 @@ def outage(b: Bench, console: Console, resync: Callable[[], repl.ResyncResult]
     b.protect("plain")
     info = b.exports.list()["bench-plain"]
     os.kill(info.pid, signal.SIGKILL)
+    if b.quorum:
+        # What the node daemon does once the guest's next write fails on the replica
+        # (here the guest is idle): take the replica out, resume once it is Outdated.
+        repl.sever(b.qmp, 0)
+        repl.thaw(b.qmp)
     changed = change_one_percent(console)
     deadline = time.monotonic() + 5
     while repl.status(b.qmp)[0].phase != "failed" and time.monotonic() < deadline:
@@ -216,12 +227,14 @@ def resyncs(b: Bench, console: Console) -> dict[str, Any]:
         t = time.perf_counter()
         repl.protect(b.qmp, 0, target)
         state = repl.wait_ready(b.qmp, 0, 300)
+        repl.promote(b.qmp, 0)
         return repl.ResyncResult("full", state.offset, time.perf_counter() - t)
 
     out["bitmap"] = outage(b, console, bitmap)
     b.exports.stop("bench-plain")
-    out["resume"] = outage(b, console, resume)
-    b.exports.stop("bench-plain")
+    if not b.quorum:
+        out["resume"] = outage(b, console, resume)
+        b.exports.stop("bench-plain")
     out["full"] = outage(b, console, full)
     b.exports.stop("bench-plain")
     return out
@@ -230,9 +243,10 @@ def resyncs(b: Bench, console: Console) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--mode", choices=("quorum", "mirror"), default="quorum")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="haven-replbench-") as tmp:
-        b = Bench(Path(tmp))
+        b = Bench(Path(tmp), args.mode == "quorum")
         try:
             console = b.boot()
             initial = b.protect("plain")
@@ -241,11 +255,13 @@ def main() -> None:
             res = resyncs(b, console)
         finally:
             b.close()
-    data = {"disk_mib": DISK_MIB, "initial_sync_seconds": initial, "throughput": tput,
+    data = {"mode": args.mode, "disk_mib": DISK_MIB, "initial_sync_seconds": initial,
+            "throughput": tput,
             "checkpoint_pause_ms": statistics.median(b.checkpoint_ms),
             "resync": res, "goal": {"replicated_vs_local": 0.8, "copied_vs_changed": 2.0}}
-    path = write_json("replication", data)
+    path = write_json(f"replication-{args.mode}", data)
     med, ratio = tput["median"], tput["ratio_replicated_vs_local"]
+    print(f"mode {args.mode}")
     print(f"initial full sync of {DISK_MIB} MiB random data: {initial:.2f} s")
     for kind in KINDS:
         print(f"{kind:>8}: dd 1 MiB O_DIRECT {med[kind]['dd_mib_s']:7.1f} MiB/s   "
