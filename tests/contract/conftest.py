@@ -8,7 +8,10 @@ are reaped), or for etcd the test really sleeps.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -17,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -236,3 +240,97 @@ def flaky() -> type[FlakyStore]:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+@dataclass
+class EtcdMember:
+    """One member of :func:`etcd_cluster`; freeze it with :meth:`freeze`."""
+
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def status(self) -> dict[str, Any]:
+        r = httpx.post(f"{self.url}/v3/maintenance/status", json={}, timeout=1,
+                       trust_env=False)
+        data: dict[str, Any] = r.json()
+        return data
+
+    def member_id(self) -> int:
+        return int(self.status()["header"]["member_id"])
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the process for the block: it keeps accepting connections and
+        bytes (the kernel does that) but answers nothing, as in the fault campaign."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+
+@dataclass
+class EtcdCluster:
+    members: list[EtcdMember]
+
+    def leader(self) -> EtcdMember:
+        """The member every member names as leader (waits for them to agree)."""
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                leaders = {int(m.status().get("leader") or 0) for m in self.members}
+                ids = {m.member_id(): m for m in self.members}
+            except (httpx.HTTPError, ValueError, KeyError):
+                leaders, ids = {0}, {}
+            if len(leaders) == 1 and 0 not in leaders and next(iter(leaders)) in ids:
+                return ids[next(iter(leaders))]
+            if time.monotonic() > deadline:
+                raise AssertionError("the etcd members do not agree on a leader")
+            time.sleep(0.05)
+
+    def follower(self) -> EtcdMember:
+        leader = self.leader()
+        return next(m for m in self.members if m is not leader)
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """Three real etcd members on loopback, with the flags Haven's managed members use
+    that matter here (``--pre-vote``; default election timing)."""
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed")
+    tmp = tmp_path_factory.mktemp("etcd3")
+    names = ["e0", "e1", "e2"]
+    peers = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+    clients = {n: f"http://127.0.0.1:{free_port()}" for n in names}
+    initial = ",".join(f"{n}={peers[n]}" for n in names)
+    members: list[EtcdMember] = []
+    try:
+        for n in names:
+            with (tmp / f"{n}.log").open("wb") as out:
+                proc = subprocess.Popen(
+                    ["etcd", "--name", n, "--data-dir", str(tmp / n),
+                     "--listen-client-urls", clients[n],
+                     "--advertise-client-urls", clients[n],
+                     "--listen-peer-urls", peers[n],
+                     "--initial-advertise-peer-urls", peers[n],
+                     "--initial-cluster", initial, "--initial-cluster-state", "new",
+                     "--listen-metrics-urls", f"http://127.0.0.1:{free_port()}",
+                     "--pre-vote", "--logger", "zap", "--log-level", "warn"],
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            members.append(EtcdMember(n, clients[n], proc))
+        cluster = EtcdCluster(members)
+        cluster.leader()
+        yield cluster
+    finally:
+        for m in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(m.proc.pid, signal.SIGCONT)
+            m.proc.terminate()
+        for m in members:
+            try:
+                m.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                m.proc.kill()
+                m.proc.wait()

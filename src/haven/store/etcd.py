@@ -6,13 +6,26 @@ so each method inherits that RPC's atomicity (see :mod:`haven.store.base`).
 
 Endpoint rotation.  A request goes to the endpoint that answered last; when it cannot
 be delivered (connection refused, connect timeout) or etcd refuses it before acting
-("no leader", a learner, a stopping server) the next endpoint is tried.  After a
-*write* whose outcome is unknown (the reply timed out, "request timed out", "leader
-changed") nothing is resent: a resent compare-and-swap could fail against our own
-first attempt and report a conflict that is not one.  The caller gets
-:class:`OutcomeUnknown` and re-reads, as after any outage.  That is the rule of
-etcd's own Go client.  Reads, keepalives and revokes are resent freely; ``Store.put``
-and ``Store.cas`` resend once themselves (see :mod:`haven.store.base`).
+("no leader", a learner, a stopping server) the next endpoint is tried.
+
+A frozen member (SIGSTOP, a stalled disk under its process) accepts connections and
+request bytes but never answers.  So a request that is safe to resend (reads,
+keepalives, revokes) waits only ``fast_timeout`` (0.6 s) for each member in its first
+round, then goes to the next; only when no member answered that quickly does it try
+them all again with the full ``timeout`` (a slow but live cluster still answers).  A
+member that did not answer in time goes to the back of the order until it answers
+again (at most ``SUSPECT_FOR`` s), so other requests do not wait for it too; a warning
+names it, and the member that answered instead, once per such episode.
+
+After a *write* whose outcome is unknown (the reply timed out, "request timed out",
+"leader changed") nothing is resent: a resent compare-and-swap could fail against our
+own first attempt and report a conflict that is not one.  The caller gets
+:class:`OutcomeUnknown` and re-reads, as after any outage.  That is the rule of etcd's
+own Go client.  Reads, keepalives and revokes are resent freely; ``Store.put`` and
+``Store.cas`` resend once themselves (see :mod:`haven.store.base`).  "Unknown"
+includes "later": a member frozen with the write in its socket buffer may apply it
+when it resumes, seconds after the caller re-read and moved on (5 times in 12 with a
+SIGSTOPped etcd 3.4.23 member; closing the connection with a reset does not stop it).
 
 Every ``httpx`` exception is mapped here; none escapes this module.
 """
@@ -86,6 +99,14 @@ _GRPC_UNAVAILABLE = 14
 # out instead of failing the caller.
 RETRY_PATIENCE = 3.0
 
+# A request that is safe to resend waits this long for one member in its first round
+# (a frozen member never answers; etcd answers a keepalive or a read in milliseconds).
+# Under a third of the 4 s the lease keeper has to renew (TTL 5 - margin 1).
+FAST_TIMEOUT = 0.6
+# A member that did not answer in time is tried last for this long (or until it
+# answers): the next request must not wait for it again.
+SUSPECT_FOR = 10.0
+
 # Detect a peer that vanished without closing (power loss, partition) on idle watch
 # connections within ~11 s instead of the kernel's two hours.
 _SOCKET_OPTIONS = [
@@ -129,6 +150,11 @@ Alarms = list[Alarm]
 class _AllFailed(StoreUnavailable):
     """Every endpoint failed, nothing may have been applied, and at least one member
     answered: etcd is electing a leader, worth a retry in a moment."""
+
+
+class _TimedOut(StoreUnavailable):
+    """No endpoint answered a request that is safe to resend, and some did not answer
+    within the short first-round timeout: worth one round with the full timeout."""
 
 
 class _Refused(StoreError):
@@ -187,7 +213,7 @@ class EtcdStore(Store):
     """:class:`Store` on etcd 3.4+ through its JSON gateway.  Thread-safe."""
 
     def __init__(self, endpoints: Sequence[str], prefix: str, timeout: float = 2.0,
-                 tls: TlsFiles | None = None) -> None:
+                 tls: TlsFiles | None = None, fast_timeout: float = FAST_TIMEOUT) -> None:
         if not endpoints:
             raise ValueError("EtcdStore needs at least one endpoint")
         # With TLS files, bare host:port endpoints mean https, and every connection
@@ -199,7 +225,14 @@ class EtcdStore(Store):
         self._prefix = prefix
         self._pfx = prefix.encode()
         self._timeout = timeout
+        # First-round wait for one member, for requests that are safe to resend.
+        self._fast_timeout = min(fast_timeout, timeout)
         self._lock = threading.Lock()
+        # Endpoint URL -> when it last failed to answer in time (monotonic) and how
+        # long it had been given; it is ordered last while that is recent.  Cleared
+        # when it answers again.
+        self._silent: dict[str, tuple[float, float]] = {}
+        self._silent_reported: set[str] = set()  # warned about in this episode
         self._shut = False  # close() was called
         self._current = 0  # index of the endpoint that answered last
         self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
@@ -237,15 +270,47 @@ class EtcdStore(Store):
                 self._current = 0
 
     def _order(self) -> list[tuple[int, str]]:
-        """Each endpoint with its index, the last one that answered first."""
+        """Each endpoint with its index, the last one that answered first, and those
+        that recently did not answer in time last."""
+        now = time.monotonic()
         with self._lock:
             start, eps = self._current, self._endpoints
+            silent = {ep for ep, (t, _) in self._silent.items() if now - t < SUSPECT_FOR}
         n = len(eps)
-        return [((start + i) % n, eps[(start + i) % n]) for i in range(n)]
+        order = [((start + i) % n, eps[(start + i) % n]) for i in range(n)]
+        return ([o for o in order if o[1] not in silent]
+                + [o for o in order if o[1] in silent])
 
     def _worked(self, idx: int) -> None:
         with self._lock:
             self._current = idx
+
+    def _answered(self, idx: int, ep: str, path: str) -> None:
+        """``ep`` answered ``path``: it comes first from now on, and each member that
+        recently did not answer in time is named once per episode (here, where the
+        member that answered instead is known)."""
+        with self._lock:
+            self._current = idx
+            back = self._silent.pop(ep, None) is not None
+            self._silent_reported.discard(ep)
+            news = [(e, waited) for e, (_, waited) in self._silent.items()
+                    if e not in self._silent_reported]
+            self._silent_reported.update(e for e, _ in news)
+        if back:
+            log.info("etcd member %s answers again", ep)
+        for silent_ep, waited in news:
+            log.warning("etcd member %s did not answer in %.1f s; %s answered %s instead "
+                        "(the silent member is tried last until it answers again)",
+                        silent_ep, waited, ep, path)
+
+    def _timed_out(self, ep: str, waited: float) -> None:
+        """``ep`` accepted a request but did not answer it within ``waited`` s."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._silent.get(ep)
+            if last is not None and now - last[0] >= SUSPECT_FOR:
+                self._silent_reported.discard(ep)  # an old episode: warn again
+            self._silent[ep] = (now, waited)
 
     def _unavailable(self, path: str, errors: list[str], electing: bool = False
                      ) -> StoreUnavailable:
@@ -258,31 +323,55 @@ class EtcdStore(Store):
     def _post(self, path: str, body: Json, *, idempotent: bool) -> Json:
         """POST to the endpoints in turn (see the module docstring for when); when every
         endpoint failed in a way that is safe to retry (etcd electing a leader, members
-        restarting), try them all again for up to ``RETRY_PATIENCE`` seconds."""
+        restarting), try them all again for up to ``RETRY_PATIENCE`` seconds.
+
+        A request that is safe to resend first gives each member ``fast_timeout``; if
+        none answered and some were merely slow, one more round waits the full
+        ``timeout`` for each."""
         deadline = time.monotonic() + RETRY_PATIENCE
+        timeout = self._fast_timeout if idempotent and self._fast_timeout < self._timeout \
+            else None
         while True:
             try:
-                return self._post_round(path, body, idempotent=idempotent)
+                return self._post_round(path, body, idempotent=idempotent, timeout=timeout)
             except _AllFailed:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+            except _TimedOut:
+                if timeout is None:
+                    raise
+                timeout = None  # slow, not silent, perhaps: once more with patience
 
-    def _post_round(self, path: str, body: Json, *, idempotent: bool) -> Json:
+    def _post_round(self, path: str, body: Json, *, idempotent: bool,
+                    timeout: float | None = None) -> Json:
+        """One try at each endpoint; ``timeout`` (default: the store's) for each."""
         errors: list[str] = []
         electing = False  # some member answered, but the cluster has no usable leader
         last: Exception | None = None
+        timed_out = False  # some member did not answer in time
+        waited = self._timeout if timeout is None else timeout
         for idx, ep in self._order():
             try:
-                resp = self._send(ep + path, body)
+                resp = self._send(ep + path, body, timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
                     httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
                 errors.append(f"{ep}: {_why(exc)}")
                 last = exc
+                if isinstance(exc, httpx.ConnectTimeout):
+                    # Unreachable (a partition, a powered-off host): as silent as a
+                    # frozen member, and as costly to wait for again.
+                    self._timed_out(ep, waited)
+                    timed_out = True
                 continue
             except httpx.HTTPError as exc:
                 errors.append(f"{ep}: {_why(exc)}")
                 last = exc
+                if isinstance(exc, httpx.TimeoutException):
+                    # Connected, sent, no answer: a frozen or badly stalled member.  The
+                    # read timed out, so httpx does not pool this connection again.
+                    self._timed_out(ep, waited)
+                    timed_out = True
                 if idempotent:
                     continue
                 self._worked((idx + 1) % len(self._endpoints))
@@ -297,7 +386,7 @@ class EtcdStore(Store):
             if not isinstance(data, dict):
                 raise StoreError(f"etcd at {ep} sent a malformed answer to {path}.")
             if resp.status_code == 200 and "error" not in data:
-                self._worked(idx)
+                self._answered(idx, ep, path)
                 return data
             text, code = _error_of(data, resp.status_code)
             log.debug("etcd %s%s: %s (code %s)", ep, path, text, code)
@@ -317,6 +406,9 @@ class EtcdStore(Store):
             if "lease not found" in text:
                 raise LeaseExpired(f"etcd no longer knows the lease used by {path} ({text}).")
             raise _Refused(f"etcd at {ep} refused {path}: {text}.", text, code)
+        if timed_out and timeout is not None and not electing:
+            raise _TimedOut(f"No etcd endpoint answered {path} within {timeout} s "
+                            f"({'; '.join(errors)}).") from last
         raise self._unavailable(path, errors, electing) from last
 
     def _post_one(self, endpoint: str, path: str, body: Json, timeout: float) -> Json:

@@ -121,7 +121,17 @@ class LeaseKeeper:
             if self._lost is not None or self._lease_id != lease_id:
                 renewed = False  # lost (or restarted) while the request was in flight
             elif ttl <= 0:
-                self._mark_lost("etcd no longer knows it (expired or revoked)")
+                early = self._deadline - self._clock()
+                if early > 0:
+                    # etcd cannot have expired it yet on its own clock: it was revoked,
+                    # or a stale etcd leader resumed after a freeze revoked it (etcd
+                    # before the fix of its issue 15247 does that).  The master may
+                    # already count this node lost; the fencer still waits ``early``.
+                    self._mark_lost(f"etcd no longer knows it, {early:.1f} s before its "
+                                    "local deadline (revoked, or expired early by an etcd "
+                                    "member that was frozen while it led)")
+                else:
+                    self._mark_lost("etcd no longer knows it (expired or revoked)")
                 renewed = False
             elif self._clock() >= self._deadline:
                 # The answer came after the deadline: someone may already have acted
