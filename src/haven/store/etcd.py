@@ -320,38 +320,52 @@ class EtcdStore(Store):
             f"running and reachable at {', '.join(self._endpoints)}."
         )
 
-    def _post(self, path: str, body: Json, *, idempotent: bool) -> Json:
+    def _post(self, path: str, body: Json, *, idempotent: bool, patient: bool = True
+              ) -> Json:
         """POST to the endpoints in turn (see the module docstring for when); when every
         endpoint failed in a way that is safe to retry (etcd electing a leader, members
         restarting), try them all again for up to ``RETRY_PATIENCE`` seconds.
 
-        A request that is safe to resend first gives each member ``fast_timeout``; if
-        none answered and some were merely slow, one more round waits the full
-        ``timeout`` for each."""
+        A request that is safe to resend gives each member ``fast_timeout``, round after
+        round for up to ``RETRY_PATIENCE`` s: while a frozen leader is replaced, the
+        followers hold requests (forwarded to it) until a new one is elected, and only
+        a request sent after that is answered.  Then, if ``patient``, one last round
+        waits the full ``timeout`` for each member (slow, not silent, perhaps); a lease
+        keepalive is not patient: its keeper retries by itself, within its deadline."""
         deadline = time.monotonic() + RETRY_PATIENCE
         timeout = self._fast_timeout if idempotent and self._fast_timeout < self._timeout \
             else None
         while True:
             try:
-                return self._post_round(path, body, idempotent=idempotent, timeout=timeout)
+                return self._post_round(path, body, idempotent=idempotent, timeout=timeout,
+                                        until=deadline if timeout is not None else None)
             except _AllFailed:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
             except _TimedOut:
-                if timeout is None:
+                if timeout is None or (time.monotonic() >= deadline and not patient):
                     raise
-                timeout = None  # slow, not silent, perhaps: once more with patience
+                if time.monotonic() >= deadline:
+                    timeout = None  # the last round, with the full timeout
 
     def _post_round(self, path: str, body: Json, *, idempotent: bool,
-                    timeout: float | None = None) -> Json:
-        """One try at each endpoint; ``timeout`` (default: the store's) for each."""
+                    timeout: float | None = None, until: float | None = None) -> Json:
+        """One try at each endpoint; ``timeout`` (default: the store's) for each, cut
+        short so that no try runs past ``until`` (monotonic) if given."""
         errors: list[str] = []
         electing = False  # some member answered, but the cluster has no usable leader
         last: Exception | None = None
         timed_out = False  # some member did not answer in time
-        waited = self._timeout if timeout is None else timeout
         for idx, ep in self._order():
+            if until is not None and timeout is not None:
+                left = until - time.monotonic()
+                if left < 0.1:
+                    errors.append(f"{ep}: not tried, out of time")
+                    timed_out = True
+                    continue
+                timeout = min(timeout, left)
+            waited = self._timeout if timeout is None else timeout
             try:
                 resp = self._send(ep + path, body, timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
@@ -407,7 +421,7 @@ class EtcdStore(Store):
                 raise LeaseExpired(f"etcd no longer knows the lease used by {path} ({text}).")
             raise _Refused(f"etcd at {ep} refused {path}: {text}.", text, code)
         if timed_out and timeout is not None and not electing:
-            raise _TimedOut(f"No etcd endpoint answered {path} within {timeout} s "
+            raise _TimedOut(f"No etcd endpoint answered {path} in time "
                             f"({'; '.join(errors)}).") from last
         raise self._unavailable(path, errors, electing) from last
 
@@ -507,7 +521,8 @@ class EtcdStore(Store):
 
     def lease_keepalive(self, lease_id: int) -> int:
         """One keepalive round trip; ``0`` when etcd no longer knows the lease."""
-        data = self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, idempotent=True)
+        data = self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, idempotent=True,
+                          patient=False)
         return _int(data.get("result", {}).get("TTL"))
 
     def lease_revoke(self, lease_id: int) -> None:
