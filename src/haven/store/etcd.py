@@ -10,9 +10,10 @@ be delivered (connection refused, connect timeout) or etcd refuses it before act
 
 A frozen member (SIGSTOP, a stalled disk under its process) accepts connections and
 request bytes but never answers.  So a request that is safe to resend (reads,
-keepalives, revokes) waits only ``fast_timeout`` (0.6 s) for each member in its first
-round, then goes to the next; only when no member answered that quickly does it try
-them all again with the full ``timeout`` (a slow but live cluster still answers).  A
+keepalives, revokes) waits only ``fast_timeout`` (0.6 s) for each member, then goes to
+the next, round after round for up to ``RETRY_PATIENCE`` s; only then does it try them
+all once more with the full ``timeout`` (a slow but live cluster still answers; not
+for keepalives, whose keeper retries by itself within its deadline).  A
 member that did not answer in time goes to the back of the order until it answers
 again (at most ``SUSPECT_FOR`` s), so other requests do not wait for it too; a warning
 names it, and the member that answered instead, once per such episode.
