@@ -214,6 +214,9 @@ class FlakyStore(Store):
     def lease_keepalive(self, lease_id: int) -> int:
         return self.inner.lease_keepalive(lease_id)
 
+    def lease_ttl(self, lease_id: int) -> float:
+        return self.inner.lease_ttl(lease_id)
+
     def lease_revoke(self, lease_id: int) -> None:
         self.inner.lease_revoke(lease_id)
 

@@ -193,6 +193,18 @@ def test_lease_ttl_is_at_least_two_and_expiry_removes_keys(backend):
     assert s.list("alive/") == ([], s.revision())
 
 
+def test_lease_ttl_says_the_time_left_and_zero_once_gone(backend):
+    # The master times a node's silence from it when it first sees the node's key.
+    s = backend.store
+    lease, ttl = s.lease_grant(5)
+    assert ttl - 1 <= s.lease_ttl(lease) <= ttl  # etcd rounds down to whole seconds
+    backend.advance(2.5)
+    assert ttl - 4 <= s.lease_ttl(lease) <= ttl - 2
+    s.lease_revoke(lease)
+    assert s.lease_ttl(lease) == 0
+    assert s.lease_ttl(0x1234_5678) == 0
+
+
 def test_keepalive_and_revoke_of_an_unknown_lease(backend):
     s = backend.store
     assert s.lease_keepalive(0x1234_5678) == 0

@@ -160,11 +160,19 @@ def _plan_node(v: HAView, node: Node, states: dict[str, NodeHA]) -> Action | Non
                       state=H.UNREACHABLE, node_record=rec)
     if cur.fence == "confirmed":
         return to(H.FENCED, f"{cur.fence_msg} (its fence agent)")
-    # The lease rule: its key gone, or silent past the fencer's deadline, for the grace.
+    # The lease rule: silent past the fencer's deadline for the grace, and its key gone
+    # for the grace (or still there).  A key gone early does not shorten the wait: an
+    # etcd leader that resumes after a freeze may revoke a live lease (etcd issue
+    # 15247), while the node's fencer still waits for the deadline of its last renewal;
+    # the node renews under a new lease well before then.  A key gone in the usual way
+    # (etcd expired it, TTL after the last renewal) is silent long enough by then.  A
+    # node whose heartbeats this master never saw (it took over after the key went) has
+    # an unknown silence: the key's absence alone decides, as it must after a master's
+    # death, when the new master cannot know more.
     age = v.state_age.get(node.name, 0.0) if v.state_age is not None else v.now - cur.since
-    silent = v.silent.get(node.name, 0.0)
-    if (node.name not in v.alive and age >= v.grace) or \
-            (node.name in v.alive and silent >= v.silent_limit + v.grace):
+    silent = v.silent.get(node.name, 0.0 if node.name in v.alive else float("inf"))
+    if (node.name not in v.alive and age >= v.grace and silent >= v.silent_limit + v.grace) \
+            or (node.name in v.alive and silent >= v.silent_limit + v.grace):
         return to(H.FENCED, f"lost {v.now - cur.lost_at:.1f} s ago; its fencer has "
                   f"stopped its VMs")
     return None

@@ -61,13 +61,27 @@ def observe(ctx: MasterContext, grace: float = GRACE,
     alive = frozenset(alive_rev)
     beats = {} if beats is None else beats
     now_m = monotonic()
-    for name, rev in alive_rev.items():
-        if beats.get(name, (0, 0.0))[0] != rev:
+    cluster = state.cluster(store)
+    for kv in kvs:
+        name, rev = kv.key[len(ALIVE):], kv.mod_revision
+        if name not in beats and kv.lease:
+            # First sight (a new master): the lease's time left says when it was last
+            # renewed, 1 s earlier for etcd's rounding down, so that silence is never
+            # underestimated.
+            try:
+                left = store.lease_ttl(kv.lease)
+            except HavenError:
+                left = float(cluster.lease_ttl)
+            beats[name] = (rev, now_m - max(cluster.lease_ttl - left - 1.0, 0.0))
+        elif beats.get(name, (0, 0.0))[0] != rev:
             beats[name] = (rev, now_m)
-    for name in set(beats) - set(alive_rev):
+    # A node's last heartbeat is remembered after its key is gone: the lease rule in
+    # master/ha.py needs it (an etcd leader that resumes after a freeze may revoke a
+    # live lease early, etcd issue 15247).  A node whose key this master never saw has
+    # no entry: its silence is unknown.
+    for name in set(beats) - set(alive_rev) - set(nodes):
         del beats[name]
     silent = {name: now_m - seen for name, (_rev, seen) in beats.items()}
-    cluster = state.cluster(store)
     kvs, _ = store.list(H.HA_NODES)
     node_ha = {r.node: r for r in (NodeHA.from_json(json.loads(kv.value)) for kv in kvs)}
     kvs, _ = store.list(INSTANCES)

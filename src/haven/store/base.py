@@ -220,6 +220,11 @@ class Store(abc.ABC):
         """Renew once; returns the TTL now left, ``0`` if the lease no longer exists."""
 
     @abc.abstractmethod
+    def lease_ttl(self, lease_id: int) -> float:
+        """Seconds the lease has left (etcd rounds down to whole seconds); ``0`` if it
+        no longer exists."""
+
+    @abc.abstractmethod
     def lease_revoke(self, lease_id: int) -> None:
         """Drop the lease and every key attached to it.  Unknown leases are ignored."""
 

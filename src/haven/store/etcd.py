@@ -526,6 +526,11 @@ class EtcdStore(Store):
                           patient=False)
         return _int(data.get("result", {}).get("TTL"))
 
+    def lease_ttl(self, lease_id: int) -> float:
+        """``/v3/lease/timetolive``: whole seconds left (etcd truncates), 0 if gone."""
+        data = self._post("/v3/lease/timetolive", {"ID": str(lease_id)}, idempotent=True)
+        return float(max(_int(data.get("TTL")), 0))
+
     def lease_revoke(self, lease_id: int) -> None:
         """Revoke; the lease's keys are deleted in the same revision."""
         with contextlib.suppress(LeaseExpired):

@@ -270,6 +270,13 @@ class MemoryStore(Store):
             lease.deadline = st.clock() + lease.ttl
             return lease.ttl
 
+    def lease_ttl(self, lease_id: int) -> float:
+        """Seconds left on the store's clock; ``0`` if the lease is gone."""
+        with self._state.cond:
+            st = self._enter()
+            lease = st.leases.get(lease_id)
+            return max(lease.deadline - st.clock(), 0.0) if lease is not None else 0.0
+
     def lease_revoke(self, lease_id: int) -> None:
         """Drop the lease and delete its keys in one revision; unknown ids are ignored."""
         with self._state.cond:
