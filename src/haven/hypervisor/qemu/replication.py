@@ -16,12 +16,13 @@ re-exported here).  A ``drbd`` disk is started as a quorum (:mod:`.quorum`): the
 and backup jobs only copy, and the replica then takes the quorum's slot.
 
 The contract of a disk without a quorum, replicated by the mirror alone (QEMU 7.2,
-measured by tests/integration/test_replication.py): once the mirror is ``ready`` every acknowledged guest write is on both sides.  When the peer
-fails, the job pauses within ~10-60 ms (``BLOCK_JOB_ERROR action=stop``) while the
-guest keeps running on the local copy; what the peer missed is in the job's own bitmap
-(lost with the QEMU process) and in ``repl<i>-dirty``.  Writes acknowledged between the
-failure and the caller's reaction (:func:`watch_errors`, then :func:`freeze` until the
-store says ``Outdated``) are on the primary only.  Guest flushes are not forwarded to the
+measured by tests/integration/test_replication.py): once the mirror is ``ready`` every
+acknowledged guest write is on both sides. When the peer fails, the job pauses within
+~10-60 ms (``BLOCK_JOB_ERROR action=stop``) while the guest keeps running on the local
+copy; what the peer missed is in the job's own bitmap (lost with the QEMU process) and
+in ``repl<i>-dirty``. Writes acknowledged between the failure and the caller's reaction
+(:func:`watch_errors`, then :func:`freeze` until the store says ``Outdated``) are on the
+primary only. Guest flushes are not forwarded to the
 replica: its durability comes from the export's ``writethrough`` (see :mod:`.exports`).
 ``on-target-error: stop`` matters beyond keeping the job's bitmap: a job that *ends*
 with guest writes in flight makes QEMU (7.2, 10.0.2) write into freed memory, so a job
