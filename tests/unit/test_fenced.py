@@ -102,6 +102,27 @@ def test_the_deadline_passing_unfed_kills_this_nodes_qemus_and_only_them(
     assert fencer.check() == [] and kept.poll() is None and fencer.timeout() == 5.0
 
 
+def test_a_deadline_passed_unfed_fences_even_when_a_new_feed_is_waiting(
+        tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    # A node frozen whole (SIGSTOP) and resumed: its daemon may grant a new lease and
+    # feed it before the fencer runs again; the feed is then the first thing the fencer
+    # reads, after its deadline passed.  The VMs must die all the same: the cluster
+    # counted the node lost and runs them elsewhere.
+    run = tmp_path / "run"
+    run.mkdir()
+    vm1 = fake_qemu(procs, run, "vm1")
+    clock = Clock()
+    fencer = Fencer(run, clock, watchdog=None)
+    fencer.handle({"op": "feed", "deadline": clock.now + 4, "lease": "abc"})
+    clock.now += 10  # frozen
+    fencer.handle({"op": "feed", "deadline": clock.now + 4, "lease": "def"})
+    assert dead(vm1)
+    assert json.loads((run / "fenced.json").read_text())["lease"] == "abc"
+    assert not fencer.fired and fencer.lease == "def"  # armed again, on the new lease
+    kept = fake_qemu(procs, run, "vm2")
+    assert fencer.check() == [] and kept.poll() is None
+
+
 def test_the_real_process_fences_when_the_daemon_stops_feeding_it(
         tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     run = tmp_path / "run"

@@ -130,6 +130,11 @@ class Fencer:
             deadline = float(msg["deadline"])
             if deadline <= self.clock():
                 return  # already past: feeding it changes nothing
+            # A deadline that passed unfed fences, even if a feed is already waiting
+            # when this process gets to look: a node frozen with its daemon, resumed,
+            # may grant a new lease and feed it before this process runs again, while
+            # the cluster already counts the node lost and runs its VMs elsewhere.
+            self.check()
             lease = str(msg.get("lease", ""))
             if self.fired or self.deadline is None or lease != self.lease:
                 log.info("Armed: lease %s, deadline in %.1f s", lease or "?",
