@@ -12,7 +12,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +128,8 @@ def thaw(qmp: Qmp) -> None:
     qmp_call(qmp, "cont")
 
 
-@contextlib.contextmanager
-def _paused(s: QmpSession) -> Iterator[None]:
-    """The guest paused (``stop`` drains its I/O) for the block, in session ``s``;
-    resumed after it unless it was paused already (then it is its owner's)."""
-    was_running = s.execute("query-status").get("status") == "running"
-    if was_running:
-        s.execute("stop")
-    try:
-        yield
-    finally:
-        if was_running:
-            s.execute("cont")
+# The guest paused for a block: one definition, shared with the quorum slot swaps.
+_paused = quorum.paused
 
 
 def _source(slot: quorum.Slot | None, disk: int) -> str:

@@ -2,7 +2,7 @@
 replication jobs' progress, read from every VM's *status* monitor (never the command
 monitor, so that a scrape never waits behind a migration or a resync).
 
-    io_stats(sockets, timeout)  -> {name: VmIo}    two QMP commands per VM, all VMs at once
+    io_stats(sockets, timeout)  -> {name: VmIo}    three QMP commands per VM, all VMs at once
     parse_blockstats(reply)     -> (DiskIo, ...)    pure
     quorum.states(slots, jobs)  -> {disk: MirrorState}  pure (shared with
                                                         replication.status)
