@@ -23,10 +23,12 @@ round: every instance runs again with one QEMU on its primary and its console an
 write its writer saw acknowledged is on the disk it now runs on, no job stays running
 or queued, ``gnt-cluster verify`` is clean or explains (its errors are recorded).
 
-Partitions on the loopback (``--netns`` cannot carry the iSCSI target: ``haven up``
-refuses ``--netns --storage iscsi``): the node's processes are moved into their own
-cgroup, iptables drops what that cgroup sends to other nodes and what anyone else sends
-to the node's address; the connections already open are cut silently by a rule each
+Partitions (``bench/chaos_net.py``): with ``--netns`` each node is in its own network
+namespace on a bridged LAN with the iSCSI target on it (``haven up --netns --storage
+iscsi``), and iptables in the node's namespace drops its traffic.  On the loopback (the
+default, and ``make test``'s short campaign) the node's processes are moved into their
+own cgroup, iptables drops what that cgroup sends to other nodes and what anyone else
+sends to the node's address.  Either way the connections already open are cut silently
 (``partition``, ``storage-partition``: a pulled cable) or reset with ``ss -K``
 (``partition-rst``: a peer or firewall answering RST, both ends see the failure at once).
 
@@ -66,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from chaos_net import NetnsPartitions, Partitions
 from common import write_json
 
 BIN = Path(sys.executable).parent
@@ -85,17 +88,15 @@ OTHER_KINDS = ("qemu-kill", "qemu-stop", "qsd-kill", "qsd-stop", "tgtd-kill", "t
                "storage-partition")
 USER_KINDS = ("user-migrate", "user-failover")
 KINDS = NODE_KINDS + OTHER_KINDS + USER_KINDS
-CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 RUN_LINE = re.compile(r"(?:^|\s)RUN-(\d+)\s*$")  # the marker's output, not its echo
 ACK_LINE = re.compile(r"(?:^|\s)A (\d+)\s*$")
-RULE_TAG = "haven-chaos"
 
 
 class Cluster:
     """Commands as a user types them, and the processes of the local cluster."""
 
-    def __init__(self, base: Path, subnet: str) -> None:
-        self.base, self.subnet = base, subnet
+    def __init__(self, base: Path, subnet: str, netns: bool = False) -> None:
+        self.base, self.subnet, self.netns = base, subnet, netns
         self.env = dict(os.environ, HAVEN_CLIENT_CONFIG=str(base / "client.json"))
         self.env.pop("HAVEN_DATA_DIR", None)
         # A console with a writer printing never goes quiet: piped, it ends 3 x LINGER
@@ -103,6 +104,10 @@ class Cluster:
         # asked again if not).
         self.env.setdefault("HAVEN_CONSOLE_LINGER", "0.4")
         self.san = f"{subnet}.250"
+        if netns:  # haven.sim.netns: the nodes on 10.77.0.NN, the target on the switch
+            from haven.sim import netns as lan
+
+            self.subnet, self.san = lan.PREFIX, lan.SWITCH_IP
 
     def run(self, *argv: str, timeout: float = 120, check: bool = False
             ) -> subprocess.CompletedProcess[str]:
@@ -409,132 +414,6 @@ def write_kept(c: Cluster, name: str, run: int, seq: int) -> tuple[bool, str]:
                    f"run on the disk is {int(newest[-1]) if newest else 'none'}")
 
 
-# ----------------------------------------------------------------- partitions
-
-
-class Partitions:
-    """Network partitions on the loopback.
-
-    The node's processes move into a cgroup of their own: iptables drops what that
-    cgroup sends to any other address (its own and, unless the storage network is the
-    one cut, the target's stay reachable) and what anyone else sends to the node's
-    address.  A socket keeps the cgroup it was made in, so the connections already open
-    are cut too: silently, by a rule per connection (as a pulled cable: nothing tells
-    either end), or with ``reset`` by ``ss -K`` (as a peer or firewall answering RST:
-    both ends see the connection fail at once)."""
-
-    def __init__(self, c: Cluster) -> None:
-        self.c = c
-        self.root = CGROUP_ROOT / f"{RULE_TAG}-{os.getpid()}"
-
-    def cut(self, node: str, storage_only: bool, reset: bool) -> None:
-        cg = self.root / node
-        cg.mkdir(parents=True, exist_ok=True)
-        pids = list(self.c.node_pids(node).values())
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                (cg / "cgroup.procs").write_text(str(pid))
-        me = ["-m", "cgroup", "--path", str(cg.relative_to(CGROUP_ROOT))]
-        addr, san = self.c.address(node), self.c.san
-        rules: list[list[str]] = []
-        if storage_only:
-            rules.append([*me, "-d", san])
-        else:
-            rules += [[*me, "-d", addr, "ACCEPT"], [*me, "-d", san, "ACCEPT"], me,
-                      ["-d", addr]]
-        conns = _connections(pids)
-        # The open ones: every connection of the node's processes with a peer that is
-        # not the node itself (nor the target, unless the storage network is cut).
-        cut = [(lo, re) for lo, re, peer_is_mine in conns if not peer_is_mine and (
-            (re[0] == san) if storage_only else (re[0] != san and lo[0] != san))]
-        if not reset:
-            for (la, lp), (ra, rp) in cut:
-                rules.append(["-p", "tcp", "-s", la, "--sport", str(lp), "-d", ra,
-                              "--dport", str(rp)])
-                rules.append(["-p", "tcp", "-s", ra, "--sport", str(rp), "-d", la,
-                              "--dport", str(lp)])
-        for rule in rules:
-            verdict = "ACCEPT" if rule and rule[-1] == "ACCEPT" else "DROP"
-            body = rule[:-1] if verdict == "ACCEPT" else rule
-            subprocess.run(["iptables", "-A", "OUTPUT", *body, "-m", "comment",
-                            "--comment", f"{RULE_TAG} {node}", "-j", verdict],
-                           check=True, timeout=10)
-        if reset:
-            filters = [f"( src {la} and sport = :{lp} and dst {ra} and dport = :{rp} )"
-                       for (la, lp), (ra, rp) in cut]
-            filters += [f"( src {ra} and sport = :{rp} and dst {la} and dport = :{lp} )"
-                        for (la, lp), (ra, rp) in cut]
-            for i in range(0, len(filters), 16):
-                subprocess.run(["ss", "-K", "-t", " or ".join(filters[i:i + 16])],
-                               capture_output=True, timeout=10)
-
-    def heal(self, node: str) -> None:
-        p = subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True, text=True,
-                           timeout=10)
-        for line in p.stdout.splitlines():
-            if f'"{RULE_TAG} {node}"' in line:
-                subprocess.run(["iptables", "-D", *_unquote(line.split()[1:])],
-                               capture_output=True, timeout=10)
-        cg = self.root / node
-        with contextlib.suppress(OSError):
-            for pid in (cg / "cgroup.procs").read_text().split():
-                with contextlib.suppress(OSError):
-                    (CGROUP_ROOT / "cgroup.procs").write_text(pid)
-            cg.rmdir()
-
-    def heal_all(self) -> None:
-        for node in NODES:
-            self.heal(node)
-        with contextlib.suppress(OSError):
-            self.root.rmdir()
-
-
-def _unquote(args: list[str]) -> list[str]:
-    """``iptables -S`` quotes a comment with spaces: join it back into one argument."""
-    out: list[str] = []
-    buf: list[str] | None = None
-    for a in args:
-        if buf is not None:
-            buf.append(a)
-            if a.endswith('"'):
-                out.append(" ".join(buf).strip('"'))
-                buf = None
-        elif a.startswith('"') and not (a.endswith('"') and len(a) > 1):
-            buf = [a]
-        else:
-            out.append(a.strip('"'))
-    return out
-
-
-Endpoint = tuple[str, int]
-
-
-def _hex_endpoint(text: str) -> Endpoint:
-    ip, port = text.split(":")
-    return ".".join(str(int(ip[i:i + 2], 16)) for i in (6, 4, 2, 0)), int(port, 16)
-
-
-def _connections(pids: list[int]) -> list[tuple[Endpoint, Endpoint, bool]]:
-    """The TCP connections of ``pids``: (local, remote, whether the remote end is a
-    socket of ``pids`` too)."""
-    inodes: set[str] = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.scandir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(fd.path)
-                    if link.startswith("socket:["):
-                        inodes.add(link[8:-1])
-    rows = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            f = line.split()
-            if f[3] != "0A":  # not a listener
-                rows.append((_hex_endpoint(f[1]), _hex_endpoint(f[2]), f[9]))
-    mine = {lo for lo, _, ino in rows if ino in inodes}
-    return [(lo, re, re in mine) for lo, re, ino in rows if ino in inodes]
-
-
 # ----------------------------------------------------------------- faults
 
 
@@ -551,7 +430,7 @@ class Injector:
     """Carries out one fault (inject, hold, heal); everything random comes from its own
     ``random.Random``, seeded from the campaign's generator."""
 
-    def __init__(self, c: Cluster, parts: Partitions, t0: float) -> None:
+    def __init__(self, c: Cluster, parts: Partitions | NetnsPartitions, t0: float) -> None:
         self.c, self.parts, self.t0 = c, parts, t0
         self.log: list[dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -828,20 +707,22 @@ def draw_round(rng: random.Random, left: int, allowed: tuple[str, ...] = KINDS
 
 def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120.0,
              keep: bool = False, name: str = "chaos", log: Callable[[str], None] = print,
-             allowed: tuple[str, ...] = KINDS, create: bool = True) -> dict[str, Any]:
+             allowed: tuple[str, ...] = KINDS, create: bool = True, netns: bool = False
+             ) -> dict[str, Any]:
     """Run a campaign of ``faults`` faults drawn from ``allowed``; its result (what goes
     into the JSON).  With ``create`` the cluster is made at ``base`` and destroyed
     afterwards unless ``keep``; without, a fresh ``haven up --nodes 3 --storage iscsi``
     at ``base`` on ``subnet`` is used and left to its owner.  A violation's logs are
     copied to ``<base>.logs/round-N``."""
     rng = random.Random(seed)
-    c = Cluster(base, subnet)
-    parts = Partitions(c)
+    c = Cluster(base, subnet, netns)
+    parts: Partitions | NetnsPartitions = NetnsPartitions(c) if netns else Partitions(c)
     t_setup = time.monotonic()
     if create:
         c.run("haven", "down", "--destroy", timeout=180)
-        c.run("haven", "up", "--nodes", "3", "--subnet", subnet, "--storage", "iscsi",
-              check=True, timeout=300)
+        where = ["--netns"] if netns else ["--subnet", subnet]
+        c.run("haven", "up", "--nodes", "3", *where, "--storage", "iscsi", check=True,
+              timeout=300)
     for inst, argv in INSTANCES.items():
         c.run("gnt-instance", "add", *argv, "-B", "memory=128", "-o", "busybox", inst,
               check=True, timeout=300)
@@ -1044,6 +925,10 @@ def main() -> int:
     ap.add_argument("--faults", type=int, default=20)
     ap.add_argument("--base", type=Path, default=Path("/tmp/haven-chaos/sim"))
     ap.add_argument("--subnet", default="127.0.88")
+    ap.add_argument("--netns", action="store_true",
+                    help="each node in its own network namespace on a bridged LAN, the "
+                         "iSCSI target on it (haven up --netns); partitions by iptables "
+                         "in the node's namespace")
     ap.add_argument("--bound", type=float, default=120.0,
                     help="recovery bound in seconds after the last fault is healed")
     ap.add_argument("--name", default="chaos", help="JSON file bench/results/NAME.json")
@@ -1068,7 +953,7 @@ def main() -> int:
               file=sys.stderr)
         return 2
     result = campaign(args.base, args.subnet, args.seed, args.faults, args.bound,
-                      args.keep, args.name, allowed=kinds)
+                      args.keep, args.name, allowed=kinds, netns=args.netns)
     print()
     print(format_table(result["table"]))
     print(f"seed {args.seed}: {result['faults']} faults in {result['rounds']} rounds, "

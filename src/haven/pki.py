@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -73,6 +74,22 @@ def make_ca(cluster_name: str) -> KeyPair:
                 critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
+            .sign(key, hashes.SHA256()))
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+
+
+def self_signed(common_name: str) -> KeyPair:
+    """A self-signed certificate for the node API (the cluster certificate: clients
+    pin it whole, so it names no address)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = _now()
+    cert = (x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=NODE_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
 
@@ -156,3 +173,47 @@ def split_token(token: str) -> tuple[str, str]:
         raise InvalidInput("The join token is not valid; print the node's token with "
                            "'haven join-token' on that node and copy it whole.")
     return parts[1], "sha256:" + parts[2]
+
+
+def serial(cert_pem: str) -> int:
+    """The serial number of a certificate (what a revocation list names)."""
+    return int(x509.load_pem_x509_certificate(cert_pem.encode()).serial_number)
+
+
+def make_crl(ca: KeyPair, serials: Iterable[int]) -> str:
+    """A revocation list signed by ``ca`` naming ``serials`` (PEM).  etcd reads its
+    ``--client-crl-file``/``--peer-crl-file`` again for every new connection and refuses
+    a certificate whose serial is listed (measured with etcd 3.4.23), so a list written
+    in place takes effect at once; connections already open stay open."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
+    ca_key = serialization.load_pem_private_key(ca.key_pem.encode(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the cluster CA key is not an EC key")
+    now = _now()
+    builder = (x509.CertificateRevocationListBuilder()
+               .issuer_name(ca_cert.subject)
+               .last_update(now)
+               .next_update(now + datetime.timedelta(days=CA_DAYS)))
+    for number in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(number)
+            .revocation_date(now).build())
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(
+        serialization.Encoding.PEM).decode()
+
+
+def crl_serials(crl_pem: str) -> set[int]:
+    """The serial numbers a revocation list names."""
+    crl = x509.load_pem_x509_crl(crl_pem.encode())
+    return {int(r.serial_number) for r in crl}
+
+
+def crl_signed_by(crl_pem: str, ca_pem: str) -> bool:
+    """True if ``crl_pem`` parses and was signed by the CA ``ca_pem``: a node writes no
+    other list for its etcd member, since one it cannot parse refuses every client."""
+    try:
+        crl = x509.load_pem_x509_crl(crl_pem.encode())
+        ca = x509.load_pem_x509_certificate(ca_pem.encode())
+        return bool(crl.is_signature_valid(ca.public_key()))  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return False

@@ -1,6 +1,7 @@
-"""``haven up --netns``: nodes in their own network namespaces on a bridged LAN, a guest
-with a bridged NIC and its own LAN address, reached from a client namespace before,
-during and after live migrations (its tap follows it).  Root only."""
+"""``haven up --netns --storage iscsi``: nodes in their own network namespaces on a
+bridged LAN with an iSCSI server on it, a guest with a bridged NIC and its own LAN
+address, reached from a client namespace before, during and after live migrations (its
+tap follows it); a node cut off the LAN, with an iSCSI guest.  Root only."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     env.pop("HAVEN_DATA_DIR", None)
     sim = Sim(base, "10.77.0", env)
     try:
-        sim.run("haven", "up", "--netns", "--nodes", "2", check=True, timeout=240)
+        sim.run("haven", "up", "--netns", "--nodes", "2", "--storage", "iscsi", check=True,
+                timeout=240)
         yield sim
     finally:
         sim.run("haven", "down", "--destroy", timeout=180)
@@ -100,8 +102,9 @@ def test_a_cut_off_node_fences_itself_and_its_guest_moves_to_the_master_side(
     master = lan.master()
     cut = "node02" if master == "node01" else "node01"
     index = int(cut[-2:])
-    p = lan.run("gnt-instance", "add", "-t", "sharedfile", "--disk", "0:size=32m", "-B",
-                "memory=128", "-o", "busybox", "--net",
+    # Its disk is on the iSCSI server, reached over the same LAN link that is cut.
+    p = lan.run("gnt-instance", "add", "-t", "ext", "--disk", "0:size=32m,provider=iscsi",
+                "-B", "memory=128", "-o", "busybox", "--net",
                 f"0:mode=bridged,link=br0,ip={GUEST_IP}/24", "-n", cut, "web2",
                 timeout=180)
     assert p.returncode == 0, p.stderr

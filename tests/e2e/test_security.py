@@ -11,9 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import signal
 import socket
 import ssl
 import stat
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -21,7 +24,7 @@ import httpx
 from haven import pki
 from haven.daemon.localstate import LocalState
 from haven.store.tls import TlsFiles, client_context
-from tests.e2e.conftest import Sim
+from tests.e2e.conftest import BIN, Sim
 
 BAD_TOKEN = f"hvn1.{'0' * 32}.{'0' * 64}"
 
@@ -69,8 +72,13 @@ def _dump(url: str, tls: TlsFiles) -> bytes:
 
 def test_join_token_etcd_tls_and_no_secret_in_etcd(cluster2: Sim, tmp_path: Path) -> None:
     sim = cluster2
-    # -- joining: the token is required, checked both ways, and used up ----------------
+    url1 = f"https://{sim.address('node01')}:2379"
+    # -- a removed node's certificate is revoked ---------------------------------------
+    removed = _copy_tls(sim.base / "node02", tmp_path / "removed")
+    _reads(url1, removed)  # it opens etcd while node02 belongs to the cluster
     assert sim.run("gnt-node", "remove", "node02").returncode == 0
+    _refused(url1, client_context(removed))
+    # -- joining: the token is required, checked both ways, and used up ----------------
     p = sim.run("gnt-node", "add", "--primary-ip", sim.address("node02"), "node02")
     assert p.returncode == 1 and "join token" in p.stderr and "Traceback" not in p.stderr
     # A token naming another certificate: the master refuses before sending any key.
@@ -140,8 +148,9 @@ def test_join_token_etcd_tls_and_no_secret_in_etcd(cluster2: Sim, tmp_path: Path
             assert mode == 0o600, f"{node}/{f} has mode {mode:o}"
     assert stat.S_IMODE((sim.base / "client.json").stat().st_mode) == 0o600
 
-    # -- renew-crypto: new node certificates, served at once ----------------------------
+    # -- renew-crypto: new node certificates, served at once; the old ones revoked -----
     before = {n: _served(sim.address(n), tls) for n in ("node01", "node02")}
+    old = {n: _copy_tls(sim.base / n, tmp_path / f"old-{n}") for n in ("node01", "node02")}
     p = sim.run("gnt-cluster", "renew-crypto", "--new-node-certificates")
     assert p.returncode != 0 and "-f" in p.stderr  # not on a terminal: must confirm
     p = sim.run("gnt-cluster", "renew-crypto", "--new-cluster-domain-secret", "-f")
@@ -154,8 +163,53 @@ def test_join_token_etcd_tls_and_no_secret_in_etcd(cluster2: Sim, tmp_path: Path
         assert pki.signed_by(cert, ca_pem)
         assert pki.fingerprint(cert) != before[node]
         assert _served(sim.address(node), tls) == pki.fingerprint(cert)
+    for node in ("node01", "node02"):  # no member takes an old certificate any more
+        for port in (2379, 2380):
+            for holder in ("node01", "node02"):
+                _refused(f"https://{sim.address(node)}:{port}", client_context(old[holder]))
+    _reads(url1, tls)
     sim.wait_verify_ok()
-    assert "vm1" in sim.run("gnt-instance", "list", check=True).stdout
+    # The daemons connect with their new certificates from now on: node01's member (the
+    # only voter of two nodes) restarts, every connection to it is opened again.
+    pid = int((sim.base / "node01" / "etcd.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    sim.wait_verify_ok()
+    assert int((sim.base / "node01" / "etcd.pid").read_text()) != pid
+    out = sim.run("gnt-instance", "list", "--no-headers", "-o", "name,status",
+                  check=True).stdout
+    assert out.split() == ["vm1", "running"], out
+
+    # -- renew-crypto: a new cluster certificate, served and pinned at once ------------
+    stale = tmp_path / "stale-client.json"
+    stale.write_text((sim.base / "client.json").read_text())
+    old_cert = json.loads(stale.read_text())["cert"]
+    p = sim.run("gnt-cluster", "renew-crypto", "--new-cluster-certificate", "-f")
+    assert p.returncode == 0, p.stderr
+    new_cert = json.loads((sim.base / "client.json").read_text())["cert"]
+    assert new_cert != old_cert  # the CLI that ran it follows the new certificate
+    for node in ("node01", "node02"):
+        assert ssl.get_server_certificate((sim.address(node), 5080)).strip() == \
+            new_cert.strip()
+        assert json.loads((sim.base / node / "client.json").read_text())["cert"] == new_cert
+    sim.wait_verify_ok()  # node to node calls pin the new certificate too
+    p = subprocess.run([str(BIN / "gnt-cluster"), "info"], capture_output=True, text=True,
+                       timeout=60, env={**sim.env, "HAVEN_CLIENT_CONFIG": str(stale)})
+    assert p.returncode != 0 and "renew-crypto" in p.stderr and "Traceback" not in p.stderr
+
+
+def _copy_tls(node_dir: Path, dest: Path) -> TlsFiles:
+    """A copy of a node's etcd certificate and key as they are now (a backup)."""
+    dest.mkdir()
+    files = TlsFiles(str(dest / "ca.pem"), str(dest / "etcd.pem"), str(dest / "etcd.key"))
+    for name, path in zip(("ca.pem", "etcd.pem", "etcd.key"), files, strict=True):
+        Path(path).write_text((node_dir / name).read_text())
+    return files
+
+
+def _reads(url: str, tls: TlsFiles) -> None:
+    """``tls`` opens etcd at ``url``: a read gets through."""
+    resp = _post(url, "/v3/kv/range", {"key": _b64("cluster")}, client_context(tls))
+    assert resp.status_code == 200, resp.text
 
 
 def _served(address: str, tls: TlsFiles) -> str:

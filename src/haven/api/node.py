@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from haven.storage.base import StoragePaths
     from haven.store.base import Store
     from haven.store.etcd import EtcdStore
+    from haven.store.tls import TlsFiles
 
 
 class NodeSettings(Protocol):
@@ -73,6 +74,20 @@ class LocalFiles(Protocol):
 
     def save_key_bundle(self, bundle: dict[str, object]) -> list[str]:
         """Write the cluster's keys as the master sent them; the paths that changed."""
+        ...
+
+    def save_crl(self, crl_pem: str) -> list[str]:
+        """Write the cluster's revocation list if the CA signed it; the paths written."""
+        ...
+
+    @property
+    def etcd_cert_file(self) -> Path:
+        """This node's certificate for etcd."""
+        ...
+
+    @property
+    def etcd_files(self) -> TlsFiles:
+        """The CA, certificate and key this node connects to etcd with."""
         ...
 
 

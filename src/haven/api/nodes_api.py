@@ -6,6 +6,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+from haven import pki
 from haven.api.rapi_create import refuse_dry_run
 from haven.api.routing import HttpError, Request, Router
 from haven.api.views import ROLE_NAMES, instances_by_node, node_view
@@ -16,6 +17,7 @@ from haven.model.cluster import Cluster
 from haven.model.instance import Instance
 from haven.model.keys import INSTANCES, Keys
 from haven.store import Store
+from haven.store.tls import reload_certificates
 
 if TYPE_CHECKING:
     from haven.api.node import NodeContext
@@ -181,7 +183,17 @@ def redist(d: NodeContext, body: dict[str, Any] | None = None) -> dict[str, Any]
     """Save what the master sent: the cluster's keys (from its files, never from
     etcd), its RAPI users file; then rewrite the client config."""
     keys = (body or {}).get("keys")
+    old_cert = d.local.etcd_cert_file.read_text() if d.local.etcd_cert_file.exists() else ""
     written = d.local.save_key_bundle(keys) if isinstance(keys, dict) else []
+    replaced = ""
+    if str(d.local.etcd_cert_file) in written:
+        # This daemon's connections opened from now on present the new certificate,
+        # so that the old one can be revoked (haven.revocation) without locking it out.
+        reload_certificates(d.local.etcd_files)
+        replaced = f"{pki.serial(old_cert):x}" if old_cert else ""
+    crl = (body or {}).get("crl_pem")
+    if isinstance(crl, str):
+        written += d.local.save_crl(crl)
     text = (body or {}).get("rapi_users")
     uf = d.api.auth.users_file if d.api is not None else None
     if isinstance(text, str) and uf is not None and uf.replace(text):
@@ -191,4 +203,4 @@ def redist(d: NodeContext, body: dict[str, Any] | None = None) -> dict[str, Any]
     if d.local.client_file.read_text() != before:
         written.append(str(d.local.client_file))
     d.use_certificate()
-    return {"node": d.name, "written": written}
+    return {"node": d.name, "written": written, "replaced": replaced}

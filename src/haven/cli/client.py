@@ -30,15 +30,8 @@ class Client:
                  password: str | None, config_path: Path | None = None) -> None:
         self.endpoints = list(endpoints)
         self.config_path = config_path
-        if cert_pem:
-            self.ctx = ssl.create_default_context(cadata=cert_pem)
-            # The pinned self-signed cluster certificate is the identity; nodes are
-            # addressed by IP, so there is no host name to check.
-            self.ctx.check_hostname = False
-        else:
-            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            self.ctx.check_hostname = False
-            self.ctx.verify_mode = ssl.CERT_NONE
+        self._cert = cert_pem
+        self.ctx = _context(cert_pem)
         self._conns: dict[str, http.client.HTTPSConnection] = {}
         self.auth = None
         if user and password is not None:
@@ -73,6 +66,7 @@ class Client:
         result share one TLS session).
         """
         errors = []
+        cert_changed = False
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"}
         if self.auth:
@@ -92,6 +86,10 @@ class Client:
                     break
                 except (OSError, http.client.HTTPException) as exc:
                     self._drop(ep)
+                    if isinstance(exc, ssl.SSLCertVerificationError):
+                        if not attempt and self._follow_new_certificate():
+                            continue
+                        cert_changed = True
                     # A kept-alive connection the server has closed fails at once:
                     # retry once on a new one before trying the next node.
                     if attempt or not reused:
@@ -107,9 +105,29 @@ class Client:
             if i:  # remember the endpoint that answered for the next call
                 self.endpoints.insert(0, self.endpoints.pop(i))
             return self._decode(status, data, ep)
+        if cert_changed:
+            raise ApiUnavailable(
+                "The cluster's nodes present a certificate this client does not pin ("
+                + "; ".join(errors) + "); if it was renewed (gnt-cluster renew-crypto), "
+                "copy the client config from a node (<data dir>/client.json).")
         raise ApiUnavailable(
             "No node of the cluster answered (" + "; ".join(errors) + "). Check that "
             "haven-noded runs on the nodes ('haven status' for a local cluster).")
+
+    def _follow_new_certificate(self) -> bool:
+        """The node presented a certificate that is not the pinned one: if this
+        client's config file now pins another (a node rewrites its own after
+        ``renew-crypto --new-cluster-certificate``), use that.  True if it changed."""
+        if self.config_path is None:
+            return False
+        conf = clientconf.load(self.config_path)
+        cert = conf.get("cert") if conf else None
+        if not cert or cert == self._cert:
+            return False
+        self.close()
+        self._cert = cert
+        self.ctx = _context(cert)
+        return True
 
     def _connection(self, ep: str) -> tuple[http.client.HTTPSConnection, bool]:
         conn = self._conns.get(ep)
@@ -203,6 +221,19 @@ class Client:
             return
         if isinstance(conf, dict) and conf.get("endpoints"):
             clientconf.save(conf, self.config_path)
+
+
+def _context(cert_pem: str | None) -> ssl.SSLContext:
+    if cert_pem:
+        ctx = ssl.create_default_context(cadata=cert_pem)
+        # The pinned self-signed cluster certificate is the identity; nodes are
+        # addressed by IP, so there is no host name to check.
+        ctx.check_hostname = False
+        return ctx
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def local_daemon() -> tuple[str, int] | None:

@@ -154,31 +154,42 @@ def cmd_redist(args: Any) -> int:
     return 0
 
 
-UNRENEWABLE = ("new_cluster_certificate", "new_rapi_certificate", "rapi_certificate",
-               "new_confd_hmac_key", "new_spice_certificate", "spice_certificate",
-               "new_cluster_domain_secret", "cluster_domain_secret", "new_ssh_keys")
+UNRENEWABLE = ("rapi_certificate", "new_confd_hmac_key", "new_spice_certificate",
+               "spice_certificate", "new_cluster_domain_secret", "cluster_domain_secret",
+               "new_ssh_keys")
 
 
 def cmd_renew_crypto(args: Any) -> int:
     asked = [f"--{k.replace('_', '-')}" for k in UNRENEWABLE if getattr(args, k)]
     if asked:
         raise InvalidInput(
-            f"Haven cannot renew {', '.join(asked)} yet: only --new-node-certificates "
-            f"(each node's etcd certificate from the cluster CA) is supported.")
-    if not args.new_node_certificates:
-        raise InvalidInput("Nothing to renew: give --new-node-certificates.")
+            f"Haven cannot renew {', '.join(asked)}: it renews --new-node-certificates "
+            f"(each node's etcd certificate) and --new-cluster-certificate (the API's, "
+            f"also --new-rapi-certificate), and makes them itself.")
+    cluster_cert = args.new_cluster_certificate or args.new_rapi_certificate
+    if not (args.new_node_certificates or cluster_cert):
+        raise InvalidInput("Nothing to renew: give --new-node-certificates or "
+                           "--new-cluster-certificate.")
+    what = " and ".join(w for w, asked_for in (
+        ("every node's etcd certificate", args.new_node_certificates),
+        ("the cluster certificate every client pins", cluster_cert)) if asked_for)
     if not args.force:
         if not sys.stdin.isatty():
-            raise ConfirmationError("Renewing every node's etcd certificate; add -f to "
-                                    "confirm when not on a terminal.")
-        answer = input("Updating every node's etcd certificate now.\n"
-                       "Continue? y/[n]: ").strip().lower()
+            raise ConfirmationError(f"Renewing {what}; add -f to confirm when not on a "
+                                    f"terminal.")
+        answer = input(f"Updating {what} now.\nContinue? y/[n]: ").strip().lower()
         if answer not in ("y", "yes"):
             raise ConfirmationError("Aborted: not confirmed.")
-    res = submit_and_wait(Client.from_config(), [{"OP_ID": "OP_CLUSTER_RENEW_CRYPTO",
-                                                  "node_certificates": True}], args.submit)
+    client = Client.from_config()
+    res = submit_and_wait(client, [{"OP_ID": "OP_CLUSTER_RENEW_CRYPTO",
+                                    "node_certificates": args.new_node_certificates,
+                                    "cluster_certificate": cluster_cert}], args.submit)
+    if cluster_cert and not args.submit:
+        # Over the connection the job was followed on (it was opened before the
+        # switch): this client's config pins the new certificate from now on.
+        client.refresh_config()
     for node in sorted(res or {}):
-        print(f"{node}: new etcd certificate")
+        print(f"{node}: renewed")
     return 0
 
 
@@ -243,6 +254,10 @@ def build_parser(prog: str = "gnt-cluster") -> ArgParser:
     cp.add_argument("-f", "--force", action="store_true")
     cp.add_argument("--new-node-certificates", action="store_true",
                     help="every node's etcd certificate, from the cluster CA")
+    cp.add_argument("--new-cluster-certificate", action="store_true",
+                    help="the certificate every node's API serves and clients pin")
+    cp.add_argument("--new-rapi-certificate", action="store_true",
+                    help="the same as --new-cluster-certificate (one API serves RAPI)")
     for flag in UNRENEWABLE:
         name = f"--{flag.replace('_', '-')}"
         if flag in ("rapi_certificate", "spice_certificate", "cluster_domain_secret"):

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from haven.daemon import procs
-from haven.daemon.localstate import etcd_tls_files
+from haven.daemon.localstate import etcd_crl_file, etcd_tls_files
 from haven.errors import NodeSetupError
 from haven.store.tls import TlsFiles, client_context
 
@@ -61,6 +61,9 @@ class EtcdMember:
         self.cluster_id_path = data_dir / "etcd.cluster"
         # The node's certificate from the cluster CA (haven.daemon.localstate).
         self.tls = etcd_tls_files(data_dir)
+        # The certificates the cluster revoked (haven.revocation); etcd reads it again
+        # for every new connection, so it is given only once it exists.
+        self.crl = etcd_crl_file(data_dir)
 
     # -- configuration -------------------------------------------------------------
     def config(self) -> MemberConfig | None:
@@ -126,14 +129,17 @@ class EtcdMember:
         """https URLs: clients and peers must show a certificate from the cluster CA.
         etcd reads the certificate files again at every handshake, so a renewed node
         certificate is served without a restart (measured with etcd 3.4); the CA file
-        is read only at start."""
+        is read only at start.  The revocation list is read for every new connection;
+        a member started before its node had one runs without it until restarted."""
         if not conf.client_url.startswith("https:"):
             return []  # a cluster made before etcd had TLS
         ca, cert, key = self.tls
+        crl = (["--client-crl-file", str(self.crl), "--peer-crl-file", str(self.crl)]
+               if self.crl.exists() else [])
         return ["--cert-file", cert, "--key-file", key, "--client-cert-auth",
                 "--trusted-ca-file", ca,
                 "--peer-cert-file", cert, "--peer-key-file", key, "--peer-client-cert-auth",
-                "--peer-trusted-ca-file", ca]
+                "--peer-trusted-ca-file", ca, *crl]
 
     def _base_argv(self, conf: MemberConfig) -> list[str]:
         return [

@@ -6,6 +6,7 @@
 ``<data_dir>/client.json`` the client config (redist-conf), with the CLI's password
 ``<data_dir>/ca.pem|.key``  the cluster's CA (haven.pki), which signs the etcd certificates
 ``<data_dir>/etcd.pem|.key`` this node's certificate for etcd (server, peer and client)
+``<data_dir>/etcd-crl.pem`` the etcd certificates the cluster revoked (haven.revocation)
 ``<data_dir>/secrets.json`` the cluster secret and the CLI's password (never in etcd)
 ``<data_dir>/join-token``  while standby: the one-time token a master must present to
                            make this node join (``haven join-token`` prints it)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import subprocess
@@ -28,6 +30,8 @@ from typing import Any
 from haven import pki
 from haven.errors import NodeSetupError
 from haven.store.tls import TlsFiles
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class LocalState:
         self.ca_key_file = data_dir / "ca.key"
         self.etcd_cert_file = Path(self.etcd_files.cert)
         self.etcd_key_file = Path(self.etcd_files.key)
+        self.crl_file = etcd_crl_file(data_dir)
         self.secrets_file = data_dir / "secrets.json"
         self.join_token_file = data_dir / "join-token"
 
@@ -97,7 +102,7 @@ class LocalState:
         """Leave the cluster locally: drop the joined state and the cluster secrets."""
         for f in (self.node_file, self.cert_file, self.key_file, self.client_file,
                   self.ca_file, self.ca_key_file, self.etcd_cert_file, self.etcd_key_file,
-                  self.secrets_file):
+                  self.secrets_file, self.crl_file):
             f.unlink(missing_ok=True)
 
     def save_cert(self, cert_pem: str, key_pem: str) -> list[str]:
@@ -154,9 +159,12 @@ class LocalState:
         except OSError as exc:
             raise NodeSetupError(f"The cluster certificate is missing in {self.dir} "
                                  f"({exc}).") from exc
-        return {"cert_pem": cert, "key_pem": key, "ca_pem": ca.cert_pem,
-                "ca_key": ca.key_pem, "cluster_secret": keys.cluster_secret,
-                "admin_password": keys.admin_password}
+        out = {"cert_pem": cert, "key_pem": key, "ca_pem": ca.cert_pem,
+               "ca_key": ca.key_pem, "cluster_secret": keys.cluster_secret,
+               "admin_password": keys.admin_password}
+        if self.crl_file.exists():
+            out["crl_pem"] = self.crl_file.read_text()
+        return out
 
     def save_key_bundle(self, bundle: dict[str, object]) -> list[str]:
         """Write what :meth:`key_bundle` gave (files that changed are returned);
@@ -177,7 +185,24 @@ class LocalState:
             if not isinstance(text, str) or not text:
                 raise NodeSetupError(f"The cluster's keys sent to this node have no "
                                      f"{path.name}.")
-        return write_changed({path: str(text) for path, text in files.items()})
+        written = write_changed({path: str(text) for path, text in files.items()})
+        crl = bundle.get("crl_pem")
+        if isinstance(crl, str):
+            written += self.save_crl(crl)
+        return written
+
+    def save_crl(self, crl_pem: str) -> list[str]:
+        """Write the cluster's revocation list for the etcd member, if it is signed by
+        this node's CA (etcd refuses every connection while its list does not parse);
+        the paths written."""
+        try:
+            ca_pem = self.ca_file.read_text()
+        except OSError:
+            return []
+        if not pki.crl_signed_by(crl_pem, ca_pem):
+            log.warning("Ignoring a revocation list that the cluster CA did not sign")
+            return []
+        return write_changed({self.crl_file: crl_pem})
 
     # -- the join token (standby) -----------------------------------------------------
     def join_token(self) -> str:
@@ -219,6 +244,11 @@ def etcd_tls_files(data_dir: Path) -> TlsFiles:
     its daemon's store and by its etcd member (haven.daemon.etcd_member)."""
     return TlsFiles(str(data_dir / "ca.pem"), str(data_dir / "etcd.pem"),
                     str(data_dir / "etcd.key"))
+
+
+def etcd_crl_file(data_dir: Path) -> Path:
+    """Where a node keeps the cluster's revocation list for its etcd member."""
+    return data_dir / "etcd-crl.pem"
 
 
 def write_changed(files: dict[Path, str]) -> list[str]:

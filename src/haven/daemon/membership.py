@@ -15,8 +15,9 @@ import time
 import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from haven import clientconf, pki
+from haven import clientconf, pki, revocation
 from haven.daemon.etcd_member import MemberConfig
 from haven.daemon.localstate import ClusterSecrets, JoinedState, make_certificate
 from haven.daemon.role import HANDOVER_JOB_WAIT
@@ -25,6 +26,7 @@ from haven.errors import (
     HavenError,
     InvalidInput,
     NodeSetupError,
+    NotFoundError,
     OpExecError,
     OpPrereqError,
 )
@@ -34,7 +36,7 @@ from haven.model.cluster import Cluster
 from haven.model.keys import ALIVE, HANDOVER, MASTER, Keys, store_prefix
 from haven.model.node import Node
 from haven.passwords import hash_password
-from haven.store.base import Compare, Put
+from haven.store.base import Compare, Put, Store
 from haven.store.errors import StoreError
 from haven.store.etcd import EtcdStore
 from haven.store.members import add_member, initial_cluster
@@ -80,8 +82,16 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
     d.local.save_secrets(keys)
     ca = pki.make_ca(name)
     d.local.save_ca(ca)
+    issued: list[Put] = []
     if managed:
-        d.local.save_etcd_cert(pki.node_certificate(ca, d.name, s.address))
+        pair = pki.node_certificate(ca, d.name, s.address)
+        d.local.save_etcd_cert(pair)
+        # An empty revocation list from the start: the member reads it from its first
+        # connection on (haven.revocation).
+        crl = pki.make_crl(ca, ())
+        d.local.save_crl(crl)
+        issued = [Put(Keys.issued(d.name), revocation.issued_value([pki.serial(pair.cert_pem)])),
+                  Put(Keys.crl, crl.encode())]
     if managed:
         d.member.configure(MemberConfig(d.name, s.etcd_client_url, s.etcd_peer_url,
                                         f"{d.name}={s.etcd_peer_url}", "new",
@@ -105,7 +115,7 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
                     etcd_peer_url=s.etcd_peer_url if managed else "", ctime=now, mtime=now)
         res = store.txn([Compare(Keys.cluster, "create", "=", 0)],
                         [Put(Keys.cluster, state.dumps(cluster.to_json())),
-                         Put(Keys.node(d.name), state.dumps(node.to_json()))])
+                         Put(Keys.node(d.name), state.dumps(node.to_json())), *issued])
         if not res.succeeded:
             raise ExistsError(f"etcd at {', '.join(etcd_endpoints)} already holds a "
                               f"cluster named {name}; choose another name.")
@@ -380,6 +390,63 @@ def rejoin_if_removed(d: NodeDaemon, js: JoinedState) -> bool:
             continue
         finally:
             other.close()
+    if removed_per_api(d, js):
+        log.warning("node %s was removed from cluster %s (its etcd certificate is revoked); "
+                    "its etcd member is wiped and the node goes back to standby", d.name,
+                    js.cluster_name)
+        leave(d)
+        return True
+    return False
+
+
+def sync_crl(d: NodeDaemon, store: Store) -> None:
+    """Write the cluster's revocation list (``pki/crl``) for this node's etcd member
+    if it changed: at activation, and whenever the event hub sees it change."""
+    try:
+        kv = store.get(Keys.crl)
+    except StoreError as exc:
+        log.warning("could not read the revocation list: %s", exc.message)
+        return
+    if kv is not None and d.local.save_crl(kv.value.decode()):
+        log.info("etcd's revocation list updated: %d certificate(s) revoked",
+                 len(pki.crl_serials(kv.value.decode())))
+
+
+def removed_while_away(d: NodeDaemon) -> bool:
+    """The daemon cannot reach etcd: if another node says this one was removed (its
+    certificate is revoked, so etcd cannot tell it), go back to standby.  Asked at
+    most every 30 s: a partition fails the same way, and the question costs up to a
+    timeout per unreachable node."""
+    js = d.local.joined()
+    if js is None or time.monotonic() - d.asked_if_removed < 30:
+        return False
+    d.asked_if_removed = time.monotonic()
+    if not removed_per_api(d, js):
+        return False
+    log.warning("node %s was removed from cluster %s while away (its etcd certificate is "
+                "revoked); back to standby", d.name, js.cluster_name)
+    leave(d)
+    return True
+
+
+def removed_per_api(d: NodeDaemon, js: JoinedState) -> bool:
+    """True if another node's API (its cluster certificate pinned) says this node is
+    not part of the cluster.  Asked when no etcd member would answer: a node removed
+    while it was down finds its etcd certificate revoked (haven.revocation), so etcd
+    cannot tell it."""
+    rpc = d.rpc()
+    rpc.not_ready_patience = 0.0  # a node that is starting says nothing either way
+    for ep in js.etcd_endpoints:
+        host = urlsplit(ep if "//" in ep else f"//{ep}").hostname
+        if not host or ep == d.settings.etcd_client_url or host == d.settings.address:
+            continue
+        try:
+            rpc.call(host, d.settings.api_port, "GET", f"/2/nodes/{d.name}", timeout=1.0)
+        except NotFoundError:
+            return True
+        except HavenError:
+            continue
+        return False
     return False
 
 

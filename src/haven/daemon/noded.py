@@ -38,7 +38,16 @@ from haven.master.lu import MasterContext
 from haven.model import ha
 from haven.model.cluster import Cluster
 from haven.model.ha import LEASE_MARGIN
-from haven.model.keys import CLUSTER, INSTANCES, LOCKS, NODES, OBSERVED, Keys, store_prefix
+from haven.model.keys import (
+    CLUSTER,
+    INSTANCES,
+    LOCKS,
+    NODES,
+    OBSERVED,
+    PKI,
+    Keys,
+    store_prefix,
+)
 from haven.model.node import Node
 from haven.noderpc import HttpsNodeRpc
 from haven.passwords import hash_password
@@ -89,6 +98,7 @@ class NodeDaemon:
         # Held while a VM is started and while a new lease is granted: a VM is started
         # only under the lease (and fencer deadline) that was checked for it.
         self.vm_start_lock = threading.Lock()
+        self.asked_if_removed = -1e9  # monotonic (membership.removed_while_away)
         self._recorded_lease = 0  # the lease id last written to run/lease.json
 
     # -- process lifecycle -----------------------------------------------------------
@@ -155,6 +165,8 @@ class NodeDaemon:
         try:
             self.activate()
         except HavenError as exc:
+            if isinstance(exc, StoreError) and membership.removed_while_away(self):
+                return
             log.warning("cannot reach the cluster yet: %s (retrying)", exc.message)
 
     def activate(self) -> None:
@@ -184,6 +196,8 @@ class NodeDaemon:
             self._put_alive()
             self.publish_facts()
             self._remember_cluster_id(js)
+            membership.sync_crl(self, store)
+            hub.subscribe(PKI, lambda _k: membership.sync_crl(self, store))
             hub.subscribe(CLUSTER, lambda _k: self._on_cluster_change())
             # The cached etcd endpoints must follow membership at once: a node that
             # dies right after a join must still find the others when it returns.

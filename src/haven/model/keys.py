@@ -23,6 +23,9 @@ COUNTERS = "counters/"
 ALARMS_ACTIVE = "alarms/active/"  # alarms/active/<kind>:<object>: alarms that hold now
 ALARMS_HISTORY = "alarms/history/"  # alarms/history/<raised ns>-<id>: cleared ones
 ALARM_SETTINGS = "alarms/settings"  # thresholds and notification targets
+PKI = "pki/"
+CRL = "pki/crl"  # the etcd certificates the cluster revoked (a CRL, PEM)
+ISSUED = "pki/issued/"  # pki/issued/<node>: serials of the certificates issued to it
 
 
 class Keys:
@@ -31,6 +34,11 @@ class Keys:
     cluster = CLUSTER
     master = MASTER
     handover = HANDOVER
+    crl = CRL
+
+    @staticmethod
+    def issued(name: str) -> str:
+        return ISSUED + name
 
     @staticmethod
     def node(name: str) -> str:

@@ -97,8 +97,6 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
                            "witness.")
     if storage not in ("", "iscsi"):
         raise InvalidInput(f"--storage {storage} is not known; use iscsi.")
-    if storage and use_netns:
-        raise InvalidInput("--storage iscsi runs on the loopback addresses; drop --netns.")
     if use_netns:
         from haven.sim import netns
 
@@ -113,7 +111,13 @@ def up(base: Path = DEFAULT_BASE, nodes: int = 3, subnet: str = "127.0.10",
     save_layout(base, layout)
     t0 = time.monotonic()
     if storage == "iscsi":
-        srv = san.setup(base, subnet, cluster, [n.dir for n in layout.nodes])
+        san_ip = ""
+        if use_netns:
+            from haven.sim import netns
+
+            san_ip = netns.SWITCH_IP
+        srv = san.setup(base, subnet, cluster, [n.dir for n in layout.nodes],
+                        address=san_ip)
         log(f"{time.monotonic() - t0:5.1f}s storage server tgtd on {srv.portal} (pool "
             f"{srv.pool})")
     start_nodes(layout.nodes)

@@ -1,6 +1,7 @@
 """``haven up --netns``: every node in its own network namespace, as on a real LAN.
 
-    root namespace: bridge ``havenlan0`` (the LAN switch), 10.77.0.254/24
+    root namespace: bridge ``havenlan0`` (the LAN switch), 10.77.0.254/24; with
+               ``--storage iscsi`` the storage server (tgtd) listens there too
     havenNN:   eth0 (veth to the switch) enslaved to bridge ``br0`` = 10.77.0.NN/24;
                the node's daemon, etcd member, QEMUs and guest taps (on br0) live here
     havenc:    the client, eth0 = 10.77.0.250/24: it pings the guests
@@ -20,6 +21,7 @@ SWITCH = "havenlan0"
 PREFIX = "10.77.0"
 CLIENT_NS = "havenc"
 CLIENT_IP = f"{PREFIX}.250"
+SWITCH_IP = f"{PREFIX}.254"
 
 
 def ns_name(index: int) -> str:
@@ -40,7 +42,7 @@ def _ip(*args: str, check: bool = True) -> None:
 def setup(nodes: int) -> None:
     teardown(nodes)
     _ip("link", "add", SWITCH, "type", "bridge")
-    _ip("addr", "add", f"{PREFIX}.254/24", "dev", SWITCH)
+    _ip("addr", "add", f"{SWITCH_IP}/24", "dev", SWITCH)
     _ip("link", "set", SWITCH, "up")
     for i in range(1, nodes + 1):
         ns, peer = ns_name(i), f"hvl{i:02d}"

@@ -1,7 +1,9 @@
 """``haven up --storage iscsi``: a storage server for the local cluster.
 
 On one machine the SAN is Debian's userspace iSCSI target (``tgtd``) on its own
-loopback address (``<subnet>.250:3260``), its LUNs files under ``<base>/san/pool``.
+loopback address (``<subnet>.250:3260``), or with ``--netns`` on the LAN switch's
+address in the root namespace (``10.77.0.254:3260``), its LUNs files under
+``<base>/san/pool``.
 Every node gets the built-in ``iscsi`` provider's configuration
 (``<node>/extstorage/iscsi.conf``) and the cluster's CHAP secret in a root-only file
 (``<node>/extstorage/iscsi-chap``): the secret is in no command line, log or etcd key.
@@ -62,8 +64,12 @@ def _secret_of(base: Path) -> str:
 
 
 
-def setup(base: Path, subnet: str, cluster: str, data_dirs: list[Path]) -> San:
-    """Start the storage server of a new local cluster and configure every node."""
+def setup(base: Path, subnet: str, cluster: str, data_dirs: list[Path],
+          address: str = "") -> San:
+    """Start the storage server of a new local cluster and configure every node.
+    It listens on ``address``, by default ``<subnet>.250`` (a loopback address); a
+    ``--netns`` cluster gives its LAN switch's address, which every node's namespace
+    reaches over its own link."""
     from haven.storage.tgt import free_control
 
     if load(base) is not None:
@@ -75,7 +81,7 @@ def setup(base: Path, subnet: str, cluster: str, data_dirs: list[Path]) -> San:
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(18))
     last = subnet.rsplit(".", 1)[-1]
-    san = San(address=f"{subnet}.250", port=PORT,
+    san = San(address=address or f"{subnet}.250", port=PORT,
               control=free_control(100 + (int(last) if last.isdigit() else 0) % 100),
               pool=str(run_dir / "pool"), run_dir=str(run_dir),
               target_prefix=f"iqn.2026-12.org.haven:{cluster.lower()}")

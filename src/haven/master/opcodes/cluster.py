@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
-from haven import pki
-from haven.errors import HavenError, OpPrereqError
+from haven import pki, revocation
+from haven.errors import HavenError, OpExecError, OpPrereqError
 from haven.master import locks, quorum, state
 from haven.master.lu import LogicalUnit, register
-from haven.master.opcodes.node import local_state
+from haven.master.opcodes.node import local_state, push_crl
 from haven.model.job import JobStatus
+from haven.model.keys import Keys
 
 
 @register
@@ -224,24 +226,34 @@ class RedistConf(LogicalUnit):
 
 @register
 class RenewCrypto(LogicalUnit):
-    """``gnt-cluster renew-crypto --new-node-certificates``: every node's certificate
-    for etcd (its member's server and peer identity, its daemon's client identity) is
-    issued again by the cluster CA and sent to the node.  etcd reads its certificate
-    files at every TLS handshake, so members serve the new ones at once, without a
-    restart; a node daemon connects with its new one from its next start.  Every node
-    must be up: one that misses the renewal keeps its old, still valid, certificate."""
+    """``gnt-cluster renew-crypto``.
+
+    ``--new-cluster-certificate`` (``--new-rapi-certificate`` is the same: one API
+    serves Ganeti's noded and RAPI roles): a new self-signed cluster certificate, which
+    every node's API serves and every client pins.  It goes into etcd first (the nodes'
+    client configs are made from it), then to every other node, the master last: each
+    node is called while it still serves the old one, and swaps its live TLS context.
+
+    ``--new-node-certificates``: every node's certificate for etcd (its member's server
+    and peer identity, its daemon's client identity) is issued again by the cluster CA
+    and sent to the node.  etcd reads its certificate files at every TLS handshake, so
+    members serve the new ones at once, without a restart; a node daemon loads its new
+    one into its open TLS contexts, so that its next connections present it.  Then the
+    old certificates are revoked (haven.revocation): a copy of one no longer opens etcd.
+
+    Every node must be up: one that missed a renewal would keep an old certificate."""
 
     OP_ID = "OP_CLUSTER_RENEW_CRYPTO"
-    PARAMS = {"node_certificates": (bool, False)}
+    PARAMS = {"node_certificates": (bool, False), "cluster_certificate": (bool, False)}
 
     def lock_names(self) -> list[str]:
         return ["cluster-membership"]
 
     def check_prereq(self) -> None:
-        if not self.op["node_certificates"]:
-            raise OpPrereqError("Nothing to renew: give --new-node-certificates.",
-                                "wrong_input")
-        if not self.cluster().etcd_managed:
+        if not (self.op["node_certificates"] or self.op["cluster_certificate"]):
+            raise OpPrereqError("Nothing to renew: give --new-node-certificates or "
+                                "--new-cluster-certificate.", "wrong_input")
+        if self.op["node_certificates"] and not self.cluster().etcd_managed:
             raise OpPrereqError("This cluster uses an external etcd: its certificates are "
                                 "not Haven's to renew.", "wrong_input")
         alive = state.alive(self.c.store)
@@ -253,15 +265,59 @@ class RenewCrypto(LogicalUnit):
                                 "wrong_state")
 
     def exec(self) -> Any:
+        report: dict[str, Any] = {}
+        if self.op["node_certificates"]:
+            report = self._node_certificates()
+        if self.op["cluster_certificate"]:
+            for node, written in self._cluster_certificate().items():
+                report[node] = sorted(set(report.get(node, [])) | set(written))
+        return report
+
+    def _cluster_certificate(self) -> dict[str, Any]:
+        guard = self.require_guard()
+        cluster, rev = state.cluster_rev(self.c.store)
+        pair = pki.self_signed(cluster.name)
+        if self.c.store.cas(Keys.cluster, state.dumps(replace(
+                cluster, cert_pem=pair.cert_pem, mtime=self.c.clock()).to_json()), rev,
+                guard=guard) is None:
+            raise OpExecError("The cluster configuration changed during the renewal; run "
+                              "it again.")
+        bundle = {**local_state(self.c).key_bundle(), "cert_pem": pair.cert_pem,
+                  "key_pem": pair.key_pem}
+        master = self.c.master_node
+        report: dict[str, Any] = {}
+        for n in sorted(state.nodes(self.c.store), key=lambda n: n.name == master):
+            res = self.c.rpc.call(n.primary_ip, n.api_port, "POST", "/haven/node/redist",
+                                  {"keys": bundle})
+            report[n.name] = res.get("written", [])
+            self.feedback(f"Node {n.name}: serves the new cluster certificate "
+                          f"{pki.fingerprint(pair.cert_pem)[:23]}...")
+        return report
+
+    def _node_certificates(self) -> dict[str, Any]:
         bundle = local_state(self.c).key_bundle()
         ca = pki.KeyPair(bundle["ca_pem"], bundle["ca_key"])
+        guard = self.require_guard()
         report: dict[str, Any] = {}
-        for n in state.nodes(self.c.store):
+        old: set[int] = set()
+        nodes = state.nodes(self.c.store)
+        for n in nodes:
             pair = pki.node_certificate(ca, n.name, n.primary_ip, n.secondary_ip)
+            # Recorded before it is sent: a certificate is never out there unrecorded.
+            revocation.record_issued(self.c.store, n.name, pair.cert_pem, guard)
             body = {"keys": {**bundle, "etcd_cert": pair.cert_pem, "etcd_key": pair.key_pem}}
             res = self.c.rpc.call(n.primary_ip, n.api_port, "POST", "/haven/node/redist",
                                   body)
+            new = pki.serial(pair.cert_pem)
+            replaced = {int(res["replaced"], 16)} if res.get("replaced") else set()
+            old |= (revocation.issued(self.c.store, n.name) | replaced) - {new}
+            revocation.record_issued(self.c.store, n.name, pair.cert_pem, guard,
+                                     replace=True)
             report[n.name] = res.get("written", [])
             self.feedback(f"Node {n.name}: new etcd certificate "
                           f"{pki.fingerprint(pair.cert_pem)[:23]}...")
+        if old:
+            # When the command returns, no etcd member accepts an old certificate.
+            push_crl(self, revocation.revoke(self.c.store, ca, old, guard))
+            self.feedback(f"Revoked {len(old)} old etcd certificate(s)")
         return report

@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from haven import pki
+from haven import pki, revocation
 from haven.errors import (
     ExistsError,
     HavenError,
@@ -36,6 +36,22 @@ def local_state(ctx: Any) -> Any:
         raise OpExecError("This master holds no cluster keys; run the job on a node "
                           "daemon.")
     return local
+
+
+def push_crl(lu: LogicalUnit, crl: str) -> None:
+    """Send the new revocation list to every node that is up, so that it holds when
+    the job ends (each node's event hub also writes it, a moment later; one that is
+    down reads it from etcd when its daemon starts)."""
+    alive = state.alive(lu.c.store)
+    for n in state.nodes(lu.c.store):
+        if n.offline or n.name not in alive:
+            continue
+        try:
+            lu.c.rpc.call(n.primary_ip, n.api_port, "POST", "/haven/node/redist",
+                          {"crl_pem": crl})
+        except HavenError as exc:
+            lu.feedback(f"Node {n.name} did not take the revocation list now "
+                        f"({exc.message}); it reads it from etcd")
 
 
 def resolve(name: str) -> str:
@@ -113,11 +129,13 @@ class NodeAdd(LogicalUnit):
             raise ExistsError(f"Node {name} was added concurrently.")
         member_id = 0
         try:
+            crypto = self._crypto(name, ip, cluster.etcd_managed)
+            if "etcd_cert" in crypto:  # recorded first: revoked with the node
+                revocation.record_issued(self.c.store, name, crypto["etcd_cert"], guard)
             join: dict[str, Any] = {
                 "cluster_name": cluster.name, "etcd_managed": cluster.etcd_managed,
                 "etcd_endpoints": self._endpoints(cluster), "node_uuid": node.uuid,
-                "member": None, "join_token": self.op["join_token"],
-                "crypto": self._crypto(name, ip, cluster.etcd_managed)}
+                "member": None, "join_token": self.op["join_token"], "crypto": crypto}
             if member:
                 self.feedback(f"Adding etcd member for {name}")
                 new, members = members_mod.add_member(self.c.etcd_admin, node.etcd_peer_url)
@@ -242,7 +260,20 @@ class NodeRemove(LogicalUnit):
                           f"only")
         for key in (Keys.facts(name), Keys.alive(name)):
             self.c.store.delete(key, guard=guard)
+        self._revoke(name, guard)
         return {"node": name, "removed": True}
+
+    def _revoke(self, name: str, guard: Any) -> None:
+        """Revoke every etcd certificate issued to the removed node: a copy of its
+        data directory no longer opens etcd."""
+        serials = revocation.issued(self.c.store, name)
+        if not serials:
+            return
+        ca = local_state(self.c).ca()
+        crl = revocation.revoke(self.c.store, ca, serials, guard)
+        self.c.store.delete(Keys.issued(name), guard=guard)
+        push_crl(self, crl)
+        self.feedback(f"Revoked {len(serials)} etcd certificate(s) of {name}")
 
 
 @register
