@@ -12,6 +12,7 @@ must be able to go on.  The number of examples is bounded for ``make test``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -174,10 +175,9 @@ def test_generated_rest_requests_are_refused_cleanly_and_change_nothing(one: Sim
 def _raw(api: Api, data: bytes, wait: float = 5.0) -> bytes:
     with socket.create_connection((api.host, api.port), timeout=wait) as raw, \
             api.ctx.wrap_socket(raw) as tls:
-        try:
+        # Refused before it was all sent: what it answered is still read.
+        with contextlib.suppress(ssl.SSLError, BrokenPipeError, ConnectionResetError):
             tls.sendall(data)
-        except (ssl.SSLError, BrokenPipeError, ConnectionResetError):
-            pass  # refused before it was all sent: what it answered is still read
         chunks = []
         try:
             while True:
