@@ -489,3 +489,22 @@ def test_a_management_prefix_runs_every_step_through_a_remote_shell(srv: Env) ->
     assert srv.run("verify", vol, **mgmt).returncode == 0
     assert srv.run("remove", vol, **mgmt).returncode == 0
     assert srv.found(vol) is None and not (srv.pool / f"{vol}.img").exists()
+
+
+def test_a_local_account_is_made_over_tgtds_socket_not_on_a_command_line(
+        srv: Env, tmp_path: Path) -> None:
+    """tgtadm would show the password in the process list: the account is made over
+    tgtd's management socket, and logins with it work (the lifecycle test); a second
+    account of the same name is one clear error."""
+    from haven.storage import tgt_ipc
+    from haven.storage.tgt import Tgtadm, TgtError
+
+    adm = Tgtadm(control=srv.server.control)
+    assert CHAP_USER in adm.accounts()
+    adm.new_account("second", "pw-" + "x" * 12)
+    assert "second" in adm.accounts()
+    with pytest.raises(TgtError, match="cannot create CHAP account second") as err:
+        adm.new_account("second", "again")
+    assert not err.value.unreachable
+    with pytest.raises(tgt_ipc.TgtIpcError, match="may not contain"):
+        tgt_ipc.new_account(srv.server.control, "third", "a,b")

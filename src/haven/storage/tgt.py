@@ -16,9 +16,10 @@ Facts this module relies on (tgt 1.0.85, measured):
 - tgtd reads a LUN's size when the LUN is added; a grown backing file is only seen
   after the LUN is deleted and added again (``--op update`` cannot change the size).
 - Several daemons coexist with different ``-C`` and portals.
-- ``tgtadm`` takes an account's password only as an argument (it is visible in the
-  process list while tgtadm runs, a few milliseconds); nothing else here puts a secret
-  on a command line, and nothing logs one.
+- ``tgtadm`` takes an account's password only as an argument, visible in the process
+  list while it runs: a local daemon's account is created over its management socket
+  instead (:mod:`haven.storage.tgt_ipc`); only a remote one (``mgmt`` through ssh) gets
+  it from tgtadm's argument.  Nothing logs a secret.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from haven.errors import OpExecError
+from haven.storage import tgt_ipc
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +319,18 @@ class Tgtadm:
                  *(["--force"] if force else []), what=f"delete target {tid}")
 
     def new_account(self, user: str, password: str) -> None:
-        """Create CHAP account ``user`` (see the module note on the password)."""
+        """Create CHAP account ``user``.  On this machine the password goes to tgtd over
+        its management socket (:mod:`haven.storage.tgt_ipc`), never on a command line;
+        through a management prefix (ssh) only tgtadm's argument can carry it."""
+        if not self.mgmt:
+            log.debug("tgtd -C %d: new CHAP account %s (over its socket)", self.control,
+                      user)
+            try:
+                tgt_ipc.new_account(self.control, user, password, self.timeout)
+            except tgt_ipc.TgtIpcError as exc:
+                raise TgtError(f"cannot create CHAP account {user} on {self.where}: "
+                               f"{exc}", unreachable=not exc.code) from exc
+            return
         self.run("--op", "new", "--mode", "account", "--user", user, "--password", password,
                  what=f"create CHAP account {user}")
 
