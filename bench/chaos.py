@@ -666,6 +666,17 @@ def quiet(c: Cluster) -> list[str]:
     return out
 
 
+def diagnose(c: Cluster, why: dict[str, str]) -> dict[str, Any]:
+    """What the cluster says about instances that did not recover, kept in the JSON
+    (the logs copied with it may not outlive the machine): the HA manager's view, and
+    each one's recent events (restarts, give-ups, failed starts)."""
+    out: dict[str, Any] = {"ha_status": c.run("haven", "ha", "status", timeout=30).stdout}
+    for inst in why:
+        out[inst] = c.run("haven", "events", "-n", "40", "--object", f"instance/{inst}",
+                          timeout=30).stdout.splitlines()
+    return out
+
+
 def healthy_or_why(c: Cluster) -> dict[str, str]:
     try:
         return healthy(c)
@@ -809,6 +820,7 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
                    "verify": [ln.strip() for ln in verify.stdout.splitlines()
                               if "ERROR" in ln or "WARNING" in ln],
                    "timeline": inj.log[mark:],
+                   "diagnosis": diagnose(c, why) if took is None else {},
                    "phases": {"faults_and_recovery": round(t_recovered - start, 1),
                               "write_check": round(t_checked - t_recovered, 1),
                               "quiet": round(t_quiet - t_checked, 1),
