@@ -33,18 +33,14 @@ Every ``httpx`` exception is mapped here; none escapes this module.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import logging
 import socket
 import ssl
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypedDict
+from collections.abc import Sequence
 
 import httpx
 
@@ -59,21 +55,40 @@ from haven.store.base import (
     Store,
     TxnResult,
     Watch,
-    WatchEvent,
 )
 from haven.store.errors import (
-    Compacted,
     LeaseExpired,
     OutcomeUnknown,
     StoreClosed,
     StoreError,
     StoreUnavailable,
 )
+from haven.store.etcd_watch import _EtcdWatch
+from haven.store.etcd_wire import (
+    _RESULTS,
+    _TARGETS,
+    Alarm,
+    Alarms,
+    EndpointStatus,
+    Json,
+    _AllFailed,
+    _b64,
+    _error_of,
+    _int,
+    _member,
+    _Refused,
+    _TimedOut,
+    _unb64,
+    _url,
+    _why,
+    prefix_end,
+)
 from haven.store.tls import TlsFiles, client_context
+
+__all__ = ["Alarm", "EndpointStatus", "EtcdStore", "prefix_end"]
 
 log = logging.getLogger(__name__)
 
-Json = dict[str, Any]
 Members = list[Member]  # an alias: inside EtcdStore, ``list`` is the method
 
 # Refused before anything was proposed to raft: safe to resend anywhere.
@@ -116,100 +131,6 @@ _SOCKET_OPTIONS = [
     (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2),
     (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
 ]
-_TARGETS = {"mod": ("MOD", "mod_revision"), "create": ("CREATE", "create_revision"),
-            "version": ("VERSION", "version"), "value": ("VALUE", "value")}
-_RESULTS = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
-
-
-class EndpointStatus(TypedDict):
-    """``/v3/maintenance/status`` of one member, integers decoded."""
-
-    endpoint: str
-    version: str
-    cluster_id: int  # differs between the two sides of a --no-voting recovery
-    member_id: int
-    leader: int  # 0: this member knows no leader
-    raft_term: int
-    raft_index: int
-    db_size: int
-    db_size_in_use: int
-    is_learner: bool
-    errors: list[str]
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """A raised etcd alarm, e.g. ``NOSPACE`` (the cluster is read-only until disarmed)."""
-
-    member_id: int
-    alarm: str
-
-
-Alarms = list[Alarm]
-
-
-class _AllFailed(StoreUnavailable):
-    """Every endpoint failed, nothing may have been applied, and at least one member
-    answered: etcd is electing a leader, worth a retry in a moment."""
-
-
-class _TimedOut(StoreUnavailable):
-    """No endpoint answered a request that is safe to resend, and some did not answer
-    within the short first-round timeout: worth one round with the full timeout."""
-
-
-class _Refused(StoreError):
-    """etcd answered with an error we do not retry; ``text`` is etcd's message."""
-
-    def __init__(self, message: str, text: str, code: int) -> None:
-        super().__init__(message)
-        self.text = text
-        self.code = code
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
-
-
-def _int(value: object) -> int:
-    return int(str(value)) if value else 0
-
-
-def prefix_end(key: bytes) -> bytes:
-    """The ``range_end`` that selects every key starting with ``key``."""
-    trimmed = key.rstrip(b"\xff")
-    if not trimmed:
-        return b"\0"  # etcd: "\0" as range_end means "to the end of the keyspace"
-    return trimmed[:-1] + bytes([trimmed[-1] + 1])
-
-
-def _why(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _url(endpoint: str, scheme: str = "http") -> str:
-    endpoint = endpoint.strip().rstrip("/")
-    return endpoint if "://" in endpoint else f"{scheme}://{endpoint}"
-
-
-def _error_of(data: Json, status: int) -> tuple[str, int]:
-    err = data.get("error")
-    if isinstance(err, dict):  # streaming endpoints: {"error": {"grpc_code", "message"}}
-        return str(err.get("message", "")), _int(err.get("grpc_code"))
-    return str(data.get("message") or err or f"HTTP status {status}"), _int(data.get("code"))
-
-
-def _member(d: Json) -> Member:
-    return Member(id=_int(d.get("ID")), name=str(d.get("name", "")),
-                  peer_urls=tuple(d.get("peerURLs", ())),
-                  client_urls=tuple(d.get("clientURLs", ())),
-                  is_learner=bool(d.get("isLearner", False)))
-
-
 class EtcdStore(Store):
     """:class:`Store` on etcd 3.4+ through its JSON gateway.  Thread-safe."""
 
@@ -642,102 +563,3 @@ class EtcdStore(Store):
     def defragment(self, endpoint: str) -> None:
         """Defragment one member (it blocks that member while it runs)."""
         self._post_one(endpoint, "/v3/maintenance/defragment", {}, max(self._timeout, 60.0))
-
-
-class _EtcdWatch(Watch):
-    """One ``/v3/watch`` stream; ``close()`` shuts its socket to wake a blocked read."""
-
-    def __init__(self, store: EtcdStore, body: Json) -> None:
-        self._store = store
-        self._body = body
-        self._lock = threading.Lock()
-        self._closed = False
-        self._resp: httpx.Response | None = None
-
-    def _open(self) -> tuple[httpx.Response, str] | None:
-        st = self._store
-        errors: list[str] = []
-        last: Exception | None = None
-        for idx, ep in st._order():
-            if st._shut:
-                raise st._closed_error()
-            try:
-                req = st._watch_client.build_request("POST", ep + "/v3/watch", json=self._body)
-                resp = st._watch_client.send(req, stream=True)
-            except RuntimeError:
-                if st._shut:
-                    raise st._closed_error() from None
-                raise
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                errors.append(f"{ep}: {_why(exc)}")
-                last = exc
-                continue
-            if resp.status_code != 200:
-                resp.close()
-                errors.append(f"{ep}: HTTP status {resp.status_code}")
-                continue
-            st._worked(idx)
-            with self._lock:
-                if self._closed:
-                    resp.close()
-                    return None
-                self._resp = resp
-            return resp, ep
-        raise st._unavailable("/v3/watch", errors) from last
-
-    def __iter__(self) -> Iterator[WatchEvent]:
-        opened = self._open()
-        if opened is None:
-            return
-        resp, ep = opened
-        try:
-            for line in resp.iter_lines():
-                if not line.strip():
-                    continue
-                msg = json.loads(line)
-                if "error" in msg:
-                    text, _ = _error_of(msg, 200)
-                    raise StoreUnavailable(f"etcd at {ep} ended a watch: {text}.")
-                result = msg.get("result", {})
-                compact_rev = _int(result.get("compact_revision"))
-                if compact_rev:
-                    raise Compacted(
-                        f"etcd at {ep} has compacted the history this watch needs (up to "
-                        f"revision {compact_rev}); re-list and watch again.", compact_rev)
-                if result.get("canceled"):
-                    reason = result.get("cancel_reason") or "no reason given"
-                    raise StoreUnavailable(f"etcd at {ep} canceled a watch: {reason}.")
-                for ev in result.get("events") or []:
-                    kv = self._store._kv(ev.get("kv", {}))
-                    yield WatchEvent("DELETE" if ev.get("type") == "DELETE" else "PUT", kv)
-        except (httpx.HTTPError, httpx.StreamError) as exc:
-            if self._closed:
-                return
-            raise StoreUnavailable(
-                f"The watch connection to etcd at {ep} broke ({_why(exc)}); "
-                "resume from the last revision seen + 1."
-            ) from exc
-        except ValueError as exc:
-            if self._closed:
-                return
-            raise StoreError(f"etcd at {ep} sent a malformed watch response.") from exc
-        finally:
-            resp.close()
-        if not self._closed:
-            raise StoreUnavailable(
-                f"etcd at {ep} ended a watch stream; resume from the last revision seen + 1."
-            )
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            resp = self._resp
-        if resp is None:
-            return
-        # Closing the socket from another thread does not wake a read blocked on it;
-        # shutdown() does (the reader sees EOF, notices _closed and returns).
-        stream = resp.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
