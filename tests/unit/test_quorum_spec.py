@@ -3,6 +3,7 @@ replication state read from QEMU's block graph and jobs."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -30,7 +31,12 @@ def graph(children: dict[str, str]) -> dict[str, Any]:
 def test_a_replicated_disk_is_a_quorum_of_the_image_and_a_placeholder() -> None:
     args = disk_args(DiskSpec(0, "/d/x.raw", replicated=True, size=1 << 26))
     joined = " ".join(args)
-    assert "driver=null-co,node-name=null0,size=67108864,read-zeroes=on" in joined
+    placeholder = json.loads(args[args.index("-blockdev", 4) + 1])
+    assert placeholder["node-name"] == "null0"
+    # Writes vanish; reads fail (never zeros handed to the guest as data).
+    assert placeholder["file"]["driver"] == "blkdebug"
+    assert placeholder["file"]["inject-error"][0]["iotype"] == "read"
+    assert placeholder["file"]["image"] == {"driver": "null-co", "size": 1 << 26}
     assert ("driver=quorum,node-name=q0,vote-threshold=2,read-pattern=fifo,"
             "children.0=disk0,children.1=null0") in joined
     assert args[-1] == "virtio-blk-pci,drive=q0,id=vblk0,werror=stop,rerror=stop"

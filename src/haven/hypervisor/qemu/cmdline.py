@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from haven.hypervisor.base import DiskSpec, HypervisorError, NicSpec, VmSpec
@@ -100,12 +101,26 @@ def disk_args(disk: DiskSpec, direct: bool = True) -> list[str]:
                                   "unknown; the storage template must give it.")
         return [
             *nodes,
-            "-blockdev", f"driver=null-co,node-name=null{i},size={disk.size},read-zeroes=on",
+            "-blockdev", json.dumps(placeholder_args(f"null{i}", disk.size)),
             "-blockdev", f"driver=quorum,node-name=q{i},vote-threshold=2,read-pattern=fifo,"
             f"children.0=disk{i},children.1=null{i}",
             "-device", f"virtio-blk-pci,drive=q{i},id=vblk{i},werror=stop,rerror=stop",
         ]
     return [*nodes, "-device", f"virtio-blk-pci,drive=disk{i},id=vblk{i}"]
+
+
+def placeholder_args(name: str, size: int) -> dict[str, Any]:
+    """``blockdev-add`` (or ``-blockdev`` as JSON) of a slot placeholder: writes vanish,
+    reads fail with EIO.  Reads go to the local image first and reach the slot only when
+    the local read failed: a ``null-co`` alone would then hand the guest zeros as data
+    (measured with qemu-io); the failing read stops the guest instead (``rerror=stop``).
+    ``blkdebug`` fails every read once the ``raw`` node above it has announced one
+    (its ``read_aio`` event), and passes writes through."""
+    return {"driver": "raw", "node-name": name,
+            "file": {"driver": "blkdebug",
+                     "inject-error": [{"event": "read_aio", "iotype": "read", "errno": 5}],
+                     "image": {"driver": "null-co", "size": size}}}
+
 
 
 def uri_node(disk: DiskSpec) -> tuple[list[str], dict[str, object]]:

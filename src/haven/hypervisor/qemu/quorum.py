@@ -19,13 +19,16 @@ A replicated disk ``i`` is started as (see :func:`.cmdline.disk_args`)::
 
 and the second child, the *slot*, says the replication state:
 
-    null<i>   a ``null-co`` placeholder: not protected (just started, or unprotected)
+    null<i>   a placeholder (:func:`.cmdline.placeholder_args`): not protected (just started, or
+              unprotected)
     repl<i>   the ``nbd`` connection to the peer's export: protected, every acknowledged
               write is on both nodes
-    lost<i>   a ``null-co`` placeholder put in place of a failed ``repl<i>``: the peer
-              missed writes from here on; they are recorded in the resync bitmap
+    lost<i>   a placeholder put in place of a failed ``repl<i>``: the peer missed writes
+              from here on; they are recorded in the resync bitmap
 
-Reads go to ``disk<i>`` first (``fifo``).  The initial sync and every resync still copy
+Reads go to ``disk<i>`` first (``fifo``); one that fails there is read from the
+replica when it is in the slot (as DRBD reads from its peer), and fails for the guest
+otherwise.  The initial sync and every resync still copy
 with a mirror or backup job into ``repl<i>`` while the slot holds a placeholder; the
 connection becomes the slot with the guest paused, once the copy is complete
 (:func:`promote`, or the last pass of a bitmap resync).
@@ -43,6 +46,7 @@ from collections.abc import Collection, Iterator
 from typing import Any, Literal
 
 from haven.hypervisor.base import HypervisorError
+from haven.hypervisor.qemu.cmdline import placeholder_args
 from haven.hypervisor.qemu.mirror_spec import NODE as REPLICA
 from haven.hypervisor.qemu.mirror_spec import (
     TLS,
@@ -134,12 +138,6 @@ def _size(s: QmpSession, disk: int) -> int:
         if node.get("node-name") == f"disk{disk}":
             return int(node["image"]["virtual-size"])
     raise HypervisorError(f"Disk {disk} has no block node disk{disk}; is it replicated?")
-
-
-def placeholder_args(name: str, size: int) -> dict[str, Any]:
-    """``blockdev-add`` of a slot placeholder: writes vanish, reads are zeros (they
-    never reach it: reads go to the local image first)."""
-    return {"driver": "null-co", "node-name": name, "size": size, "read-zeroes": True}
 
 
 def set_slot(s: QmpSession, disk: int, to: Slot) -> Slot | None:

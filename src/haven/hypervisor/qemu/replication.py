@@ -203,8 +203,8 @@ def _quorum_failed(s: QmpSession, first: dict[str, Any], frozen: list[bool] | No
              and (node := str(ev.get("data", {}).get("node-name", ""))).startswith("disk")
              and node[4:].isdigit()}
     for d in sorted(local & disks):
-        log.error("Disk %d of %s: a write failed on the local image; the guest stays "
-                  "stopped on the I/O error (check the node's storage)", d, s.path)
+        log.error("Disk %d of %s: an I/O failed on the local image; the guest stays "
+                  "stopped on the error (check the node's storage)", d, s.path)
     degraded = [d for d in sorted(disks - local) if quorum.degrade(s, d)]
     if degraded and frozen is not None:
         frozen.append(True)
