@@ -585,6 +585,30 @@ def test_an_interrupted_migration_without_a_job_gets_one_cleanup_job(master: Mas
     assert [(j.ops[0]["instance_name"], j.ops[0]["cleanup"]) for j in jobs] == [("vm1", True)]
 
 
+def test_a_failed_cleanup_is_tried_again_at_once_when_a_node_comes_back(
+        master: Master) -> None:
+    # A cleanup that could not ask a down node is retried with a growing delay, but a
+    # node's return is what it waits for: then at once (a crashed VM is not restarted
+    # while the record stays, so minutes of backoff left it down).
+    master.store.put("migrations/vm1", b'{"step": "migrate", "source": "a", "target": "b"}')
+    runner = master.runner(start=False)
+
+    def cleanups() -> int:
+        return sum(1 for j in jobqueue.list_jobs(master.store)
+                   if j.ops[0]["OP_ID"] == "OP_INSTANCE_MIGRATE")
+
+    runner._scan()
+    assert cleanups() == 1
+    master.clock.advance(5)
+    runner._scan()
+    assert cleanups() == 1  # not before its delay
+    master.store.put(Keys.alive("b"), b"{}")  # node b is back
+    runner._scan()
+    assert cleanups() == 2
+    runner._scan()
+    assert cleanups() == 2  # once per change
+
+
 def test_a_job_started_by_the_watcher_and_the_scan_at_once_runs_once(
         master: Master, monkeypatch: pytest.MonkeyPatch) -> None:
     # The watcher's event and the first scan both start a queued job.  A thread that

@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 ARCHIVE_AFTER = 6 * 3600.0  # Ganeti's watcher archives jobs older than 6 hours
 LOCK_POLL = 0.05
 EVENTS_KEPT = 10000
-CLEANUP_FIRST, CLEANUP_MAX = 10.0, 600.0  # retry delays for an interrupted migration
+# Retry delays for an interrupted migration's cleanup.  Under a minute at most: the
+# instance's agent leaves it alone while the record stays, so a VM that crashes then
+# is not restarted until a cleanup ends the record.
+CLEANUP_FIRST, CLEANUP_MAX = 10.0, 60.0
 QUORUM_PERIOD = 1.0  # seconds between checks of etcd's voters
 STORE_PATIENCE = 30.0  # seconds a job's status write is retried through an etcd hiccup
 
@@ -53,6 +56,7 @@ class JobRunner:
         self._quorum_summary = ""
         # instance -> (when to submit its next cleanup job, the delay after that one)
         self._cleanups: dict[str, tuple[float, float]] = {}
+        self._cleanup_alive: frozenset[str] = frozenset()  # nodes alive at the last try
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -181,6 +185,15 @@ class JobRunner:
         held = locks.held(self.store)
         for name in set(self._cleanups) - set(pending):
             del self._cleanups[name]
+        if pending:
+            # A cleanup fails while a node it must ask is down: when the nodes that
+            # hold leases change, it is tried again at once.
+            from haven.master import state
+
+            alive = frozenset(state.alive(self.store))
+            if alive != self._cleanup_alive:
+                self._cleanup_alive = alive
+                self._cleanups = {n: (now, CLEANUP_FIRST) for n in self._cleanups}
         for name in pending:
             due, delay = self._cleanups.get(name, (now, CLEANUP_FIRST))
             if f"instance/{name}" in held or now < due:
