@@ -118,3 +118,37 @@ def test_a_restart_count_is_cleared_once_the_vm_ran_stably() -> None:
     crashed = replace(obs("running", restarts=5), since=1000.0)
     (g,) = plan(replace(view([inst()], [crashed], []), now=1000.0 + STABLE_AFTER))
     assert g.kind == "give_up"
+
+
+def test_a_vm_that_went_down_with_its_node_is_restarted_uncounted() -> None:
+    """Found by the fault campaign: node kills and the QEMU kills between them used up
+    an instance's five restarts in minutes, and it was given up on.  A VM last seen
+    running before this node's daemon started went down with the node: restarted, not
+    counted (even with the budget spent); one that crashed since is counted."""
+    from dataclasses import replace
+
+    seen = replace(obs("running", restarts=5), since=1000.0)
+    (a,) = plan(replace(view([inst()], [seen]), now=1100.0, started=1050.0))
+    assert (a.kind, a.reason, a.restarts) == ("start", "went down with its node", 5)
+    (g,) = plan(replace(view([inst()], [seen]), now=1100.0, started=900.0))
+    assert g.kind == "give_up"
+    counted = replace(obs("running", restarts=2), since=1000.0)
+    (c,) = plan(replace(view([inst()], [counted]), now=1100.0, started=900.0))
+    assert (c.reason, c.restarts) == ("crashed", 3)
+
+
+def test_after_a_failed_start_the_next_waits_longer_each_time() -> None:
+    """A storage server out for a few seconds must not use up the five attempts in as
+    many agent cycles."""
+    from dataclasses import replace
+
+    from haven.agent.plan import RETRY_DELAYS
+
+    for restarts in range(1, 5):
+        failed = replace(obs("stopped", restarts=restarts), since=1000.0)
+        wait = RETRY_DELAYS[restarts]
+        early = replace(view([inst()], [failed]), now=1000.0 + wait - 0.1)
+        assert plan(early) == [], restarts
+        (a,) = plan(replace(early, now=1000.0 + wait))
+        assert (a.kind, a.restarts) == ("start", restarts + 1)
+    assert sum(RETRY_DELAYS) >= 20  # five attempts span a storage restart

@@ -133,7 +133,8 @@ class Agent:
         node = self.d.node_record()
         vms = {name: info for name, (_hv, info) in self.d.instances.all_vms().items()}
         return AgentView(self.d.name, bool(node and node.offline), instances, observed,
-                         locked, vms, self.d.start_blocked(), now=time.time())
+                         locked, vms, self.d.start_blocked(), now=time.time(),
+                         started=self.d.started)
 
     def execute(self, a: Action, view: AgentView) -> None:
         store = self.d.store()
@@ -154,6 +155,9 @@ class Agent:
                 if a.reason == "crashed":
                     mgr.emit("crashed", inst, f"its process on {self.d.name} died; "
                              f"restarting ({a.restarts}/5)", "warning")
+                elif a.reason == "went down with its node":
+                    mgr.emit("crashed", inst, f"it went down with {self.d.name}; "
+                             f"restarting (not counted: {a.restarts}/5)", "warning")
                 mgr.start(a.name, a.generation, reason="restarted", restarts=a.restarts)
             elif a.kind == "give_up":
                 assert inst is not None

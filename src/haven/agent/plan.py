@@ -33,12 +33,20 @@ class AgentView:
     start_blocked: str = ""
     # Wall-clock time of the observation (0: unknown, as in the simulator's unit views).
     now: float = 0.0
+    # Wall-clock time this node's daemon started (0: unknown).  A VM last seen running
+    # before then may have gone down with its node rather than crashed on its own.
+    started: float = 0.0
 
 
 # A VM that ran this long since its last automatic restart has its count cleared, as
 # Ganeti's watcher forgets an instance it finds running: five failures over months
 # must not exhaust the budget meant for a crash loop (found by the fault campaign).
 STABLE_AFTER = 300.0
+# After a start that failed, the next automatic one waits this long (by the number of
+# attempts so far): a storage server or a network out for a few seconds must not use
+# up the whole budget in as many agent cycles (found by the fault campaign: an iSCSI
+# instance given up on while its target restarted).
+RETRY_DELAYS = (0.0, 2.0, 4.0, 8.0, 16.0)
 
 
 @dataclass(frozen=True)
@@ -108,12 +116,22 @@ def _plan_one(v: AgentView, name: str) -> Action | None:
     if mine and obs is not None and obs.state in ("failed", "user_down"):
         return None  # gave up, or shut down from inside: the administrator decides
     restarts = obs.restarts if mine and obs is not None else 0
-    if restarts >= (inst.ha_max_restart or MAX_RESTARTS):
+    crashed = mine and obs is not None and obs.state == "running"
+    # Last seen running before this daemon started: the node went down (or its daemon
+    # with the VM), not the VM alone.  That restart is not counted against the budget
+    # meant for a VM that crashes again and again.
+    with_node = crashed and obs is not None and 0 < obs.since < v.started
+    if restarts >= (inst.ha_max_restart or MAX_RESTARTS) and not with_node:
         return Action("give_up", name, f"it failed {restarts} automatic restarts",
                       inst.generation, restarts)
-    crashed = mine and obs is not None and obs.state == "running"
-    reason = "crashed" if crashed else "not running"
-    return Action("start", name, reason, inst.generation, restarts + 1)
+    if mine and obs is not None and obs.state == "stopped" and restarts and v.now:
+        wait = RETRY_DELAYS[min(restarts, len(RETRY_DELAYS) - 1)]
+        if v.now - obs.since < wait:
+            return None  # its last start failed: the next one a little later
+    reason = "went down with its node" if with_node else "crashed" if crashed \
+        else "not running"
+    return Action("start", name, reason, inst.generation,
+                  restarts if with_node else restarts + 1)
 
 
 def summary(actions: list[Action], n_instances: int) -> str:
