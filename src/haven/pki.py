@@ -56,16 +56,24 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1)
 
 
-def make_ca(cluster_name: str) -> KeyPair:
-    """A new self-signed CA for the cluster ``cluster_name``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name(f"Haven cluster CA {cluster_name}")
+def _self_signed_builder(key: ec.EllipticCurvePrivateKey, name: x509.Name, days: int
+                         ) -> x509.CertificateBuilder:
     now = _now()
-    cert = (x509.CertificateBuilder()
+    return (x509.CertificateBuilder()
             .subject_name(name).issuer_name(name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=days)))
+
+
+def _pair(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> KeyPair:
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+
+
+def make_ca(cluster_name: str) -> KeyPair:
+    """A new self-signed CA for the cluster ``cluster_name``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (_self_signed_builder(key, _name(f"Haven cluster CA {cluster_name}"), CA_DAYS)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(
                 digital_signature=True, key_cert_sign=True, crl_sign=True,
@@ -75,7 +83,7 @@ def make_ca(cluster_name: str) -> KeyPair:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
             .sign(key, hashes.SHA256()))
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+    return _pair(cert, key)
 
 
 def self_signed(common_name: str) -> KeyPair:
@@ -83,15 +91,10 @@ def self_signed(common_name: str) -> KeyPair:
     pin it whole, so it names no address)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = _now()
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=NODE_DAYS))
+    cert = (_self_signed_builder(key, name, NODE_DAYS)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+    return _pair(cert, key)
 
 
 def issue(ca: KeyPair, common_name: str, addresses: list[str]) -> KeyPair:
