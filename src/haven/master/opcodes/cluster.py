@@ -125,6 +125,7 @@ class ClusterVerify(LogicalUnit):
             errors.append(f"instance {name}: a migration from {rec.get('source')} to "
                           f"{rec.get('target')} was interrupted ({rec.get('step')}); finish "
                           f"it with 'gnt-instance migrate --cleanup {name}'")
+        _verify_instances(store, set(alive), set(held), now, errors)
         for j in jobqueue.list_jobs(store):
             if j.status == JobStatus.RUNNING and j.master and j.master != master:
                 errors.append(f"job {j.id}: still marked running by former master "
@@ -222,6 +223,42 @@ class RedistConf(LogicalUnit):
                 report[n.name] = f"failed: {exc.message}"
                 self.feedback(f"Node {n.name}: failed: {exc.message}")
         return report
+
+
+DOWN_FOR = 60.0  # an instance down this long on a live primary is an error
+
+
+def _verify_instances(store: Any, alive: set[str], held: set[str], now: float,
+                      errors: list[str]) -> None:
+    """Ganeti's EINSTANCEDOWN: an instance that should run and does not.  One its
+    node's agent gave up on at once; one merely down only after ``DOWN_FOR`` s (a
+    restart or a recovery under way is not an error).  A primary that is down is
+    reported with its node, a locked instance is a job's."""
+    import json
+
+    from haven.model.instance import Instance, Observed
+    from haven.model.keys import INSTANCES, OBSERVED
+
+    kvs, _ = store.list(INSTANCES)
+    okvs, _ = store.list(OBSERVED)
+    observed = {o.name: o for o in (Observed.from_json(json.loads(kv.value)) for kv in okvs)}
+    for kv in kvs:
+        inst = Instance.from_json(json.loads(kv.value))
+        if inst.admin_state != "up" or inst.primary_node not in alive \
+                or f"instance/{inst.name}" in held:
+            continue
+        obs = observed.get(inst.name)
+        mine = obs is not None and obs.node == inst.primary_node
+        if mine and obs is not None and obs.state == "failed":
+            errors.append(f"instance {inst.name}: not running on {inst.primary_node}; its "
+                          f"agent gave up after {obs.restarts} automatic restarts (see "
+                          f"haven events); start it with 'gnt-instance startup "
+                          f"{inst.name}'")
+        elif not mine or obs is None or obs.state not in ("running", "user_down"):
+            since = obs.since if mine and obs is not None else 0.0
+            if since and now - since > DOWN_FOR:
+                errors.append(f"instance {inst.name}: should run on {inst.primary_node} "
+                              f"and has not for {now - since:.0f} s (see haven events)")
 
 
 @register
