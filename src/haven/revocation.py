@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterable
 
 from haven import pki
-from haven.model.keys import Keys
+from haven.model.keys import ISSUED, Keys
 from haven.store.base import Guard, Store
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,18 @@ def issued(store: Store, node: str) -> set[int]:
         return {int(s, 16) for s in json.loads(kv.value)}
     except (ValueError, TypeError):
         return set()
+
+
+def orphans(store: Store, nodes: set[str]) -> dict[str, set[int]]:
+    """Serials recorded for nodes that are not in ``nodes`` (removed, but a failure
+    kept their certificates from being revoked then)."""
+    kvs, _ = store.list(ISSUED)
+    out: dict[str, set[int]] = {}
+    for kv in kvs:
+        name = kv.key[len(ISSUED):]
+        if name not in nodes:
+            out[name] = issued(store, name)
+    return out
 
 
 def issued_value(serials: Iterable[int]) -> bytes:

@@ -140,6 +140,9 @@ def test_revoking_keeps_what_was_revoked_and_records_what_was_issued() -> None:
     crl = revocation.revoke(store, ca, [pki.serial(b1.cert_pem)], None)
     assert pki.crl_serials(crl) == {pki.serial(a1.cert_pem), pki.serial(b1.cert_pem)}
     assert revocation.revoked(store) == pki.crl_serials(crl)
+    # A node that is gone but whose certificates were never revoked: renew-crypto's.
+    assert revocation.orphans(store, {"a", "b"}) == {}
+    assert revocation.orphans(store, {"a"}) == {"b": {pki.serial(b1.cert_pem)}}
 
 
 def _presented(ctx: ssl.SSLContext, files: TlsFiles, server: pki.KeyPair) -> int:

@@ -353,8 +353,13 @@ class RenewCrypto(LogicalUnit):
             report[n.name] = res.get("written", [])
             self.feedback(f"Node {n.name}: new etcd certificate "
                           f"{pki.fingerprint(pair.cert_pem)[:23]}...")
+        # Certificates of nodes that are gone (a removal that could not revoke them).
+        gone = revocation.orphans(self.c.store, {n.name for n in nodes})
+        old |= {s for serials in gone.values() for s in serials}
         if old:
             # When the command returns, no etcd member accepts an old certificate.
             push_crl(self, revocation.revoke(self.c.store, ca, old, guard))
             self.feedback(f"Revoked {len(old)} old etcd certificate(s)")
+        for name in gone:
+            self.c.store.delete(Keys.issued(name), guard=guard)
         return report

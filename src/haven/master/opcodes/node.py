@@ -266,12 +266,20 @@ class NodeRemove(LogicalUnit):
     def _revoke(self, name: str, guard: Any) -> None:
         """Revoke every etcd certificate issued to the removed node: a copy of its
         data directory no longer opens etcd."""
-        serials = revocation.issued(self.c.store, name)
-        if not serials:
+        try:
+            serials = revocation.issued(self.c.store, name)
+            if not serials:
+                return
+            ca = local_state(self.c).ca()
+            crl = revocation.revoke(self.c.store, ca, serials, guard)
+            self.c.store.delete(Keys.issued(name), guard=guard)
+        except HavenError as exc:
+            # The node is removed already: the job says what is left to do, it does
+            # not fail for it.
+            self.feedback(f"Could not revoke the etcd certificates of {name} "
+                          f"({exc.message}); run 'gnt-cluster renew-crypto "
+                          f"--new-node-certificates' to revoke every old one")
             return
-        ca = local_state(self.c).ca()
-        crl = revocation.revoke(self.c.store, ca, serials, guard)
-        self.c.store.delete(Keys.issued(name), guard=guard)
         push_crl(self, crl)
         self.feedback(f"Revoked {len(serials)} etcd certificate(s) of {name}")
 
