@@ -674,7 +674,32 @@ def diagnose(c: Cluster, why: dict[str, str]) -> dict[str, Any]:
     for inst in why:
         out[inst] = c.run("haven", "events", "-n", "40", "--object", f"instance/{inst}",
                           timeout=30).stdout.splitlines()
+        out[f"{inst} tasks"] = _guest_tasks(c, inst)
     return out
+
+
+def _guest_tasks(c: Cluster, name: str) -> list[str]:
+    """The guest kernel's task list with stacks (SysRq-t, typed on its keyboard over
+    QMP: the busybox OS boots with ``sysrq_always_enabled``), from the console log: what
+    a guest whose shell stopped answering is blocked on."""
+    from haven.hypervisor.qemu.qmp import QmpError, qmp_call
+
+    pids = qemus(c.base, name)
+    if len(pids) != 1:
+        return [f"{len(pids)} live QEMUs"]
+    try:
+        run = Path(os.readlink(f"/proc/{pids[0]}/cwd"))
+        log = run / f"{name}.console.log"
+        start = log.stat().st_size
+        qmp_call(run / f"{name}.qmp", "human-monitor-command",
+                 {"command-line": "sendkey alt-sysrq-t"})
+        time.sleep(5)  # a few hundred lines at 115200 baud
+        with open(log, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except (OSError, QmpError) as exc:
+        return [f"no task list: {exc}"]
+    return [ln for ln in text.splitlines() if not ACK_LINE.search(ln)][-400:]
 
 
 def healthy_or_why(c: Cluster) -> dict[str, str]:

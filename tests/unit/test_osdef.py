@@ -173,7 +173,8 @@ def test_expand_vars_is_shell_like() -> None:
 def test_the_shipped_busybox_os_is_valid_and_boots_a_kernel() -> None:
     os_def, variant = find_os("busybox+default", environ={"HAVEN_GUEST_DIR": "/g"})
     assert variant == "default" and os_def.path == REPO_OS / "busybox"
-    assert os_def.boot == BootHints("/g/vmlinuz", "/g/initrd.gz", "console=ttyS0 quiet")
+    assert os_def.boot == BootHints("/g/vmlinuz", "/g/initrd.gz",
+                                    "console=ttyS0 quiet sysrq_always_enabled=1")
     os_def, _ = find_os("busybox", environ={})
     assert os_def.boot is not None
     assert os_def.boot.kernel_path == "/var/cache/haven/guest/vmlinuz"
