@@ -2,14 +2,15 @@
 
 A renewed certificate (``gnt-cluster renew-crypto --new-node-certificates``) and the
 certificate of a removed node (``gnt-node remove``) must stop opening etcd: a copy of
-one (a backup of a node's data directory, a disk sent for repair) must not be a key
-to the cluster.  The master records the serial of every certificate it issues under
-``pki/issued/<node>``; revoking adds serials to the cluster's revocation list, signed
-by the CA, kept in ``pki/crl`` (public: serial numbers and a signature).  Every node
-writes the list into its own file as soon as it sees it change (its event hub), and
-its etcd member reads that file for every new client and peer connection
-(``--client-crl-file``/``--peer-crl-file``), so a revocation takes effect within a
-watch event, without a restart.
+one (``etcd.pem`` and ``etcd.key`` taken from a backup, say) must not be a key to the
+cluster.  (A copy of a whole data directory also holds the CA key, which can sign a
+new certificate: only a new CA would shut that out.)  The master records the serial
+of every certificate it issues under ``pki/issued/<node>``; revoking adds serials to
+the cluster's revocation list, signed by the CA, kept in ``pki/crl`` (public: serial
+numbers and a signature).  Every node writes the list into its own file as soon as it
+sees it change (its event hub), and its etcd member reads that file for every new
+client and peer connection (``--client-crl-file``/``--peer-crl-file``), so a
+revocation takes effect within a watch event, without a restart.
 """
 
 from __future__ import annotations

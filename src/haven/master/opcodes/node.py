@@ -265,7 +265,7 @@ class NodeRemove(LogicalUnit):
 
     def _revoke(self, name: str, guard: Any) -> None:
         """Revoke every etcd certificate issued to the removed node: a copy of its
-        data directory no longer opens etcd."""
+        certificate no longer opens etcd."""
         try:
             serials = revocation.issued(self.c.store, name)
             if not serials:
