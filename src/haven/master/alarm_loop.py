@@ -34,15 +34,12 @@ from haven.model import alarm as A
 from haven.model import event
 from haven.model import ha as H
 from haven.model.alarm import Alarm
-from haven.model.instance import Instance, Observed
 from haven.model.job import Job, JobStatus
 from haven.model.keys import (
     ALARMS_HISTORY,
     ALIVE,
-    INSTANCES,
     JOBS,
     MIGRATIONS,
-    OBSERVED,
     REPLICAS,
     Keys,
 )
@@ -214,12 +211,8 @@ class AlarmManager(CycleLoop):
         kvs, _ = store.list(H.HA_NODES)
         node_ha = {r.node: r for r in (H.NodeHA.from_json(json.loads(kv.value))
                                        for kv in kvs)}
-        kvs, _ = store.list(INSTANCES)
-        instances = {i.name: i for i in (Instance.from_json(json.loads(kv.value))
-                                         for kv in kvs)}
-        kvs, _ = store.list(OBSERVED)
-        observed = {o.name: o for o in (Observed.from_json(json.loads(kv.value))
-                                        for kv in kvs)}
+        instances = state.instances(store)
+        observed = state.all_observed(store)
         kvs, _ = store.list(REPLICAS)
         replicas = {r.instance: r for r in (Replicas.from_json(json.loads(kv.value))
                                             for kv in kvs)}

@@ -24,8 +24,7 @@ from haven.master.periodic import CycleLoop
 from haven.model import event
 from haven.model import ha as H
 from haven.model.ha import InstanceHA, NodeHA
-from haven.model.instance import Instance, Observed
-from haven.model.keys import ALIVE, INSTANCES, LOCKS, MIGRATIONS, OBSERVED, REPLICAS, Keys
+from haven.model.keys import ALIVE, LOCKS, MIGRATIONS, REPLICAS, Keys
 from haven.model.node import Node, NodeFacts
 from haven.model.replica import Replicas
 from haven.store.base import Compare, Guard, Put, WatchEvent
@@ -84,8 +83,7 @@ def observe(ctx: MasterContext, grace: float = GRACE,
     silent = {name: now_m - seen for name, (_rev, seen) in beats.items()}
     kvs, _ = store.list(H.HA_NODES)
     node_ha = {r.node: r for r in (NodeHA.from_json(json.loads(kv.value)) for kv in kvs)}
-    kvs, _ = store.list(INSTANCES)
-    instances = {i.name: i for i in (Instance.from_json(json.loads(kv.value)) for kv in kvs)}
+    instances = state.instances(store)
     kvs, _ = store.list(REPLICAS)
     replicas = {r.instance: r for r in (Replicas.from_json(json.loads(kv.value))
                                         for kv in kvs)}
@@ -107,8 +105,7 @@ def observe(ctx: MasterContext, grace: float = GRACE,
     locks = {kv.key[len(LOCKS + "instance/"):]: int(kv.value) for kv in kvs}
     facts = state.facts(store)
     free = {name: f.memory_free for name, f in facts.items()}
-    kvs, _ = store.list(OBSERVED)
-    observed = {o.name: o for o in (Observed.from_json(json.loads(kv.value)) for kv in kvs)}
+    observed = state.all_observed(store)
     running = frozenset(o.name for o in observed.values()
                         if o.state == "running" and o.name in instances
                         and instances[o.name].primary_node == o.node)

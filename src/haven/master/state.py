@@ -7,8 +7,8 @@ from typing import Any
 
 from haven.errors import NotClusterError, NotFoundError
 from haven.model.cluster import Cluster
-from haven.model.instance import Observed
-from haven.model.keys import ALIVE, FACTS, MASTER, NODES, Keys
+from haven.model.instance import Instance, Observed
+from haven.model.keys import ALIVE, FACTS, INSTANCES, MASTER, NODES, OBSERVED, Keys
 from haven.model.node import Node, NodeFacts
 from haven.store.base import Store
 
@@ -55,6 +55,18 @@ def observed(store: Store, name: str) -> Observed | None:
     nothing runs it)."""
     kv = store.get(Keys.observed(name))
     return Observed.from_json(json.loads(kv.value)) if kv else None
+
+
+def instances(store: Store) -> dict[str, Instance]:
+    """Every instance, by name."""
+    kvs, _ = store.list(INSTANCES)
+    return {i.name: i for i in (Instance.from_json(json.loads(kv.value)) for kv in kvs)}
+
+
+def all_observed(store: Store) -> dict[str, Observed]:
+    """What the agents last reported of every instance, by name."""
+    kvs, _ = store.list(OBSERVED)
+    return {o.name: o for o in (Observed.from_json(json.loads(kv.value)) for kv in kvs)}
 
 
 def alive(store: Store) -> dict[str, dict[str, Any]]:

@@ -122,7 +122,6 @@ def placeholder_args(name: str, size: int) -> dict[str, Any]:
                      "image": {"driver": "null-co", "size": size}}}
 
 
-
 def uri_node(disk: DiskSpec) -> tuple[list[str], dict[str, object]]:
     """The ``-object secret`` arguments and the protocol block node (no node name) that
     open a disk QEMU reaches itself (an ExtStorage provider's ``kvm:`` URI).

@@ -234,16 +234,8 @@ def _verify_instances(store: Any, alive: set[str], held: set[str], now: float,
     node's agent gave up on at once; one merely down only after ``DOWN_FOR`` s (a
     restart or a recovery under way is not an error).  A primary that is down is
     reported with its node, a locked instance is a job's."""
-    import json
-
-    from haven.model.instance import Instance, Observed
-    from haven.model.keys import INSTANCES, OBSERVED
-
-    kvs, _ = store.list(INSTANCES)
-    okvs, _ = store.list(OBSERVED)
-    observed = {o.name: o for o in (Observed.from_json(json.loads(kv.value)) for kv in okvs)}
-    for kv in kvs:
-        inst = Instance.from_json(json.loads(kv.value))
+    observed = state.all_observed(store)
+    for inst in state.instances(store).values():
         if inst.admin_state != "up" or inst.primary_node not in alive \
                 or f"instance/{inst.name}" in held:
             continue
