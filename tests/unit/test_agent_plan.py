@@ -68,9 +68,17 @@ def test_an_administratively_down_instance_is_stopped() -> None:
         ("stop", "vm1", "it is administratively down")]
 
 
-def test_a_vm_whose_primary_is_another_node_is_stopped_never_two_copies() -> None:
-    assert kinds(view([inst(node="node02")], [], [vm()])) == [
-        ("stop", "vm1", "its primary node is node02")]
+def test_a_vm_whose_primary_is_another_node_is_killed_never_two_copies() -> None:
+    """Killed, not powered off: the seed-3006 campaign round saw a stray copy run on
+    for the 7 s its guest took to hear the power button."""
+    [a] = plan(view([inst(node="node02")], [], [vm()]))
+    assert (a.kind, a.name, a.reason, a.force) == (
+        "stop", "vm1", "its primary node is node02", True)
+
+
+def test_only_a_stray_copy_is_killed_an_administrative_stop_is_graceful() -> None:
+    [a] = plan(view([inst(admin="down")], [obs("running")], [vm()]))
+    assert (a.kind, a.force) == ("stop", False)
 
 
 def test_a_vm_unknown_to_the_cluster_is_stopped() -> None:

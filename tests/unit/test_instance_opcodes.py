@@ -90,6 +90,56 @@ def test_failover_needs_the_states_of_the_current_generation(ctx: MasterContext)
         run_prereq(ctx, {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "vm2"})
 
 
+def test_failover_waits_for_the_cleanup_of_an_interrupted_migration(
+        ctx: MasterContext) -> None:
+    """Seed 3006 of the fault campaign: a user's failover ran before the cleanup of the
+    migration a killed master left, and the cleanup then undid it."""
+    add_drbd(ctx, UP_TO_DATE)
+    ctx.store.put("migrations/vm2", dumps({"step": "migrate", "source": "node01",
+                                           "target": "node02", "generation": 3}))
+    with pytest.raises(OpPrereqError, match=r"interrupted \(migrate\).*--cleanup vm2"):
+        run_prereq(ctx, {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "vm2"})
+
+
+@pytest.mark.parametrize("step,source,target,rec_gen,primary,gen,stale", [
+    ("migrate", "node01", "node02", 3, "node01", 3, False),  # not switched yet
+    ("migrate", "node01", "node02", 3, "node02", 4, False),  # switched, not recorded
+    ("finish", "node01", "node02", 4, "node02", 4, False),   # switched and recorded
+    ("finish", "node01", "node02", 4, "node01", 5, True),    # then failed over back
+    ("migrate", "node01", "node02", 3, "node01", 5, True),   # moved twice since
+    ("accept", "node01", "node02", 3, "node02", 5, True),
+    ("migrate", "node01", "node03", 3, "node02", 4, True),   # failed over elsewhere
+])
+def test_a_migration_record_is_stale_once_another_job_moved_the_instance(
+        step: str, source: str, target: str, rec_gen: int, primary: str, gen: int,
+        stale: bool) -> None:
+    from haven.master.opcodes.instance_migrate import _stale
+
+    inst = Instance("vm2", "u", "busybox", "kvm", "sharedfile", primary, generation=gen)
+    rec = {"step": step, "source": source, "target": target, "generation": rec_gen}
+    assert bool(_stale(rec, inst)) is stale
+
+
+def test_the_cleanup_of_a_record_a_failover_overtook_moves_nothing(
+        ctx: MasterContext) -> None:
+    """The record says node01 -> node02 finished at generation 4; a failover has since
+    moved the instance back to node01 (generation 5).  The cleanup used to "finish" the
+    migration again, making node02 the primary while node01 ran the instance: two
+    running copies.  Now it drops the record and calls no node (NoRpc would fail)."""
+    inst = Instance("vm2", "u-vm2", "busybox", "kvm", "sharedfile", "node01",
+                    admin_state="up", generation=5, beparams={"memory": 128})
+    ctx.store.put(Keys.instance("vm2"), dumps(inst.to_json()))
+    ctx.store.put("migrations/vm2", dumps({"step": "finish", "source": "node01",
+                                           "target": "node02", "generation": 4}))
+    lu = run_prereq(ctx, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "vm2",
+                          "cleanup": True})
+    out = lu.exec()
+    assert "nothing to do" in out["cleanup"], out
+    after = json.loads(ctx.store.get(Keys.instance("vm2")).value)  # type: ignore[union-attr]
+    assert (after["primary_node"], after["generation"]) == ("node01", 5)
+    assert ctx.store.get("migrations/vm2") is None
+
+
 def test_failover_of_a_file_instance_points_to_move(ctx: MasterContext) -> None:
     inst = Instance("vm1", "u1", "busybox", "kvm", "file", "node01")
     ctx.store.put(Keys.instance("vm1"), dumps(inst.to_json()))

@@ -52,3 +52,23 @@ def test_only_this_node_s_running_words_without_a_process_are_taken_back(
         assert ni.retract_stale() == []
     finally:
         fake.kill("alive1")
+
+
+def test_a_stray_copy_stopped_here_leaves_the_primary_s_word_alone(tmp_path: Path) -> None:
+    """A copy killed off its primary used to publish "stopped" over the primary's
+    "running" (one key per instance), so the cluster briefly saw the instance down."""
+    from haven.model.instance import Instance
+
+    store = MemoryStore()
+    daemon = SimpleNamespace(name="node01", settings=SimpleNamespace(data_dir=tmp_path),
+                             store=lambda: store)
+    ni = NodeInstances(daemon)  # type: ignore[arg-type]
+    inst = Instance("vm1", "u1", "busybox", "fake", "diskless", "node02")
+    store.put(Keys.instance("vm1"), json.dumps(inst.to_json()).encode())
+    ni.hypervisor("fake").start(VmSpec(name="vm1", uuid="u1", memory=64, vcpus=1,
+                                       disks=(), nics=()))
+    _obs(store, "vm1", "node02", "running")
+    assert ni.stop("vm1", force=True) == {"stopped": True}
+    assert "vm1" not in ni.all_vms()
+    seen = _state(store, "vm1")
+    assert (seen.node, seen.state) == ("node02", "running")

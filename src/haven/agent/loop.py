@@ -144,7 +144,8 @@ class Agent:
         inst = view.instances.get(a.name)
         try:
             if a.kind == "stop":
-                mgr.stop(a.name, timeout=30, reason=f"stopped ({a.reason})")
+                mgr.stop(a.name, timeout=30, force=a.force,
+                         reason=f"{'killed' if a.force else 'stopped'} ({a.reason})")
                 if inst is None:
                     ev = event.new("stopped", f"instance/{a.name}", self.d.name,
                                    f"Instance {a.name}: stopped on {self.d.name} "

@@ -278,11 +278,18 @@ class NodeInstances:
             for nic in inst.nics:
                 if nic.mode == "bridged":
                     netdev.unplug(netdev.tap_name(inst.uuid, nic.index))
-            self.publish(inst, "stopped", None)
+            if inst.primary_node == self.d.name or self._observed_here(name):
+                # A stray copy elsewhere must not overwrite what the primary published.
+                self.publish(inst, "stopped", None)
             if running:
-                self.emit(reason, inst, f"{reason} on {self.d.name}")
+                self.emit(reason, inst, f"{reason} on {self.d.name}",
+                          "info" if inst.primary_node == self.d.name else "warning")
             self.detach_if_gone(inst)
         return {"stopped": running}
+
+    def _observed_here(self, name: str) -> bool:
+        kv = self.d.store().get(Keys.observed(name))
+        return kv is not None and Observed.from_json(json.loads(kv.value)).node == self.d.name
 
     def detach_if_gone(self, inst: Instance) -> None:
         """Release shared disks here once no VM of ``inst`` runs here (``ext``: the

@@ -51,6 +51,7 @@ class InstanceFailover(InstanceLU):
             raise OpPrereqError(f"Instance {inst.name} is no longer on "
                                 f"{self.op['from_node']} (its primary node is "
                                 f"{inst.primary_node}); nothing to recover.")
+        iu.refuse_if_migrating(self, inst.name, "the failover")
         if inst.disk_template == "drbd":
             self.target = inst.secondary_nodes[0]
             if self.op["target_node"] and self.op["target_node"] != self.target:

@@ -257,6 +257,15 @@ class InstanceMigrate(InstanceLU):
         if rec is None:
             return {"instance": inst.name, "cleanup": "nothing to clean up"}
         source, target = str(rec["source"]), str(rec["target"])
+        stale = _stale(rec, inst)
+        if stale:
+            # Another job moved it since (a failover, say): the copies are that job's
+            # doing, and acting on this record would undo it.  The agents stop any copy
+            # left off the primary.
+            self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
+            outcome = f"nothing to do: {stale}"
+            emit(self, "migration-cleanup", inst.name, outcome)
+            return {"instance": inst.name, "cleanup": outcome}
         where = {}
         fenced = _fenced_nodes(self.c.store)
         for node in (source, target):
@@ -295,6 +304,26 @@ class InstanceMigrate(InstanceLU):
             outcome = f"rolled back: {inst.name} stays on {source} ({where.get(source)})"
         emit(self, "migration-cleanup", inst.name, outcome)
         return {"instance": inst.name, "cleanup": outcome, "seen": where}
+
+
+def _stale(rec: dict[str, Any], inst: Instance) -> str:
+    """Why the migration record ``rec`` no longer describes ``inst`` ("" if it does).
+
+    Only a change of primary node raises an instance's generation.  The migration
+    recorded generation G with ``source`` primary; its switchover makes ``target`` the
+    primary at G+1 and then records step ``finish`` at G+1.  Any other pair means a
+    later job (a failover, a modify --new-primary) moved the instance."""
+    gen, step = int(rec.get("generation", -1)), rec.get("step")
+    source, target = rec.get("source"), rec.get("target")
+    now = (inst.generation, inst.primary_node)
+    if step == "finish":
+        if now == (gen, target):
+            return ""
+    elif now in ((gen, source), (gen + 1, target)):
+        return ""
+    return (f"{inst.name} was moved since the migration from {source} to {target} was "
+            f"interrupted (its primary node is {inst.primary_node}, generation "
+            f"{inst.generation}); the record is dropped")
 
 
 def _fenced_nodes(store: Any) -> set[str]:

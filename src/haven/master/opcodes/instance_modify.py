@@ -87,6 +87,7 @@ class InstanceSetParams(InstanceLU):
                     self.require_stopped("adding a disk")
         if self.op["pnode"]:
             self.require_stopped("changing the primary node")
+            iu.refuse_if_migrating(self, inst.name, "gnt-instance modify --new-primary")
             if self.op["pnode"] == inst.primary_node:
                 raise OpPrereqError(f"Node {self.op['pnode']} already is the primary node of "
                                     f"{inst.name}.")

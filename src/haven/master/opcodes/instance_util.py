@@ -18,7 +18,7 @@ from haven.errors import (
 from haven.master import state
 from haven.master.lu import LogicalUnit
 from haven.model.instance import Instance
-from haven.model.keys import INSTANCES, Keys
+from haven.model.keys import INSTANCES, MIGRATIONS, Keys
 from haven.model.node import Node
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9-]+)*$")
@@ -65,6 +65,22 @@ def write(lu: LogicalUnit, inst: Instance, rev: int) -> int:
     if new_rev is None:
         raise OpPrereqError(f"Instance {inst.name} changed while this job ran; retry.")
     return new_rev
+
+
+def refuse_if_migrating(lu: LogicalUnit, name: str, what: str) -> None:
+    """An interrupted migration (its record still in the store) may have a copy on
+    each side; only its cleanup, which the master queues by itself, may decide which
+    one lives.  Moving the instance first would leave the cleanup acting on a record
+    that no longer describes it (found by the fault campaign: a failover raced by the
+    cleanup of the migration a killed master left, two running copies for 5.8 s)."""
+    kv = lu.c.store.get(MIGRATIONS + name)
+    if kv is None:
+        return
+    step = json.loads(kv.value).get("step", "")
+    raise OpPrereqError(f"A migration of {name} was interrupted ({step}) and is not "
+                        f"settled yet; the master finishes or rolls it back by itself "
+                        f"(or run gnt-instance migrate --cleanup {name}), then retry "
+                        f"{what}.")
 
 
 def node_call(lu: LogicalUnit, node: str, action: str, name: str,
