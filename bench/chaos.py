@@ -20,8 +20,13 @@ Checked: every 50 ms, that no instance has two running QEMUs (a frozen QEMU cann
 write and does not count; two live ones are asked over QMP whether they run); after a
 round: every instance runs again with one QEMU on its primary and its console answers
 (time from the round's first fault: the recovery time, bound ``--bound``), the last
-write its writer saw acknowledged is on the disk it now runs on, no job stays running
-or queued, ``gnt-cluster verify`` is clean or explains (its errors are recorded).
+write its writer saw acknowledged is on the disk it now runs on (read through that
+QEMU's own block layer, ``qemu-io`` over QMP), no job stays running or queued,
+``gnt-cluster verify`` is clean or explains (its errors are recorded).  A QEMU that
+stopped reading its console's input (QEMU 7.2 does, now and then, under TCG) counts
+as running when its guest's kernel answers SysRq typed over QMP; the round records it
+(``console_stalled``), and that guest's writer cannot be started again, so its later
+writes go unchecked (``unchecked``) until its QEMU is replaced.
 
 Partitions (``bench/chaos_net.py``): with ``--netns`` each node is in its own network
 namespace on a bridged LAN with the iSCSI target on it (``haven up --netns --storage
@@ -104,6 +109,8 @@ class Cluster:
         # asked again if not).
         self.env.setdefault("HAVEN_CONSOLE_LINGER", "0.4")
         self.san = f"{subnet}.250"
+        # Instance -> the QEMU (pid) seen to no longer read its console's input.
+        self.stalled: dict[str, int] = {}
         if netns:  # haven.sim.netns: the nodes on 10.77.0.NN, the target on the switch
             from haven.sim import netns as lan
 
@@ -391,27 +398,66 @@ def start_writer_acked(c: Cluster, sampler: Sampler, name: str, run: int,
     return f"writer run {run} of {name} acknowledged nothing after {tries} starts"
 
 
+HEX_LINE = re.compile(r"^[0-9a-f]{8}:\s+((?:[0-9a-f]{2} ){1,16})", re.M)
+
+
+class DiskReader:
+    """Disk 1 of an instance read through its own QEMU (the HMP ``qemu-io`` command on
+    the virtio device's block backend, over QMP): the disk it now runs on, whatever the
+    storage (the ``drbd`` quorum reads the primary's image first, ``ext`` reads the
+    LUN), and without typing on the guest's console, whose input QEMU 7.2 sometimes
+    stops reading (README, the fault campaign)."""
+
+    def __init__(self, c: Cluster, name: str) -> None:
+        from haven.hypervisor.qemu.qmp import QmpSession
+
+        pids = qemus(c.base, name)
+        if len(pids) != 1:
+            raise RuntimeError(f"{len(pids)} live QEMUs of {name}")
+        run = Path(os.readlink(f"/proc/{pids[0]}/cwd"))
+        self.session = QmpSession(run / f"{name}.qmp", timeout=10.0)
+
+    def read(self, offset: int, length: int) -> bytes:
+        from haven.hypervisor.qemu.qmp import QmpError
+
+        line = f'qemu-io -d vblk1/virtio-backend "read -v {offset} {length}"'
+        try:
+            out = str(self.session.execute("human-monitor-command",
+                                           {"command-line": line}))
+        except QmpError as exc:
+            raise RuntimeError(f"qemu-io: {exc}") from exc
+        if f"read {length}/{length} bytes" not in out:
+            raise RuntimeError(f"qemu-io: {out.strip()[-200:]}")
+        return bytes.fromhex("".join(m.group(1) for m in HEX_LINE.finditer(out))
+                             .replace(" ", ""))
+
+    def seq(self, block: int) -> int | None:
+        """The write a block holds (``SEQ <n>`` at its start), None if none."""
+        m = re.match(rb"SEQ (\d{12})", self.read(block * 4096, 32))
+        return int(m.group(1)) if m else None
+
+    def close(self) -> None:
+        self.session.close()
+
+
 def write_kept(c: Cluster, name: str, run: int, seq: int) -> tuple[bool, str]:
     """Whether the block of acknowledged write ``seq`` holds it (or a later write of the
     same block) on the disk the instance now runs on."""
     block = (run % 8) * REGION + seq % REGION
-    out = c.console(name, f"while [ ! -b /dev/vdb ]; do sleep 0.2; done; dd if=/dev/vdb "
-                    f"bs=4096 skip={block} count=1 2>/dev/null | head -c 17; echo; "
-                    f"echo read-$((40+2))", "read-42")
-    found = re.findall(r"SEQ (\d{12})", out)
-    got = int(found[-1]) if found else None
-    if got is not None and got >= seq and got % REGION == seq % REGION:
-        return True, f"block {block} holds {got}"
-    # Lost: how many?  The newest write of the run that the disk does hold.  diskw pads
-    # each "SEQ n" line with NULs, so only the region's first line begins with "SEQ":
-    # the matches are taken anywhere in a line (-o), not at its start.
-    out = c.console(name, f"dd if=/dev/vdb bs=4096 skip={(run % 8) * REGION} "
-                    f"count={REGION} 2>/dev/null | grep -ao 'SEQ [0-9]*' | sort -u | "
-                    f"tail -1; echo newest-$((40+2))", "newest-42")
-    newest = re.findall(r"SEQ (\d{12})", out)
+    disk = DiskReader(c, name)
+    try:
+        got = disk.seq(block)
+        if got is not None and got >= seq and got % REGION == seq % REGION:
+            return True, f"block {block} holds {got}"
+        # Lost: how many?  The newest write of the run that the disk does hold.
+        start = (run % 8) * REGION
+        held = [n for n in (disk.seq(b) for b in range(start, start + REGION))
+                if n is not None]
+    finally:
+        disk.close()
     return False, (f"acknowledged write {seq} is lost: block {block} holds "
                    f"{got if got is not None else 'no write'}; the newest write of the "
-                   f"run on the disk is {int(newest[-1]) if newest else 'none'}")
+                   f"run on the disk is {max(held) if held else 'none'}")
 
 
 # ----------------------------------------------------------------- faults
@@ -627,7 +673,8 @@ def _tgtd_pid(c: Cluster) -> int | None:
 
 def healthy(c: Cluster) -> dict[str, str]:
     """Why each instance is not yet recovered ({} when all are): one live QEMU, on the
-    primary the configuration names, whose console answers."""
+    primary the configuration names, whose console answers, or, for a QEMU that stopped
+    reading its console's input, whose guest kernel answers SysRq."""
     place = c.placement()
     why = {}
     for name in INSTANCES:
@@ -637,11 +684,55 @@ def healthy(c: Cluster) -> dict[str, str]:
         if st != "running" or where != [pnode]:
             why[name] = f"status {st} on {pnode}, QEMUs on {where}"
             continue
+        if c.stalled.get(name) == pids[0]:
+            if not guest_alive(c, name):
+                why[name] = ("its console's input stalled earlier and its kernel does not "
+                             "answer SysRq")
+            continue
         try:
             c.console(name, "echo up-$((40+2))", "up-42", timeout=4)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             why[name] = f"console: {exc}"
+            if not _alive_console(c, name):
+                continue  # still booting
+            try:  # a slow guest, or QEMU no longer reads what is typed: which one?
+                c.console(name, "echo up-$((40+2))", "up-42", timeout=12)
+                del why[name]
+            except (RuntimeError, subprocess.TimeoutExpired):
+                if guest_alive(c, name):
+                    c.stalled[name] = pids[0]
+                    del why[name]
     return why
+
+
+def guest_alive(c: Cluster, name: str) -> bool:
+    """Whether the guest's kernel answers: SysRq-h typed on its keyboard over QMP (the
+    busybox OS boots with ``sysrq_always_enabled``) prints its help on the console.
+    Output only: QEMU 7.2 sometimes stops reading a console's input while it keeps
+    passing the guest's output on (seen live: the guest's UART empty with its receive
+    interrupt on, bytes written to QEMU's socket never reaching it).  Such a guest runs;
+    only its console cannot take the campaign's commands, and the round says so."""
+    from haven.hypervisor.qemu.qmp import QmpError, qmp_call
+
+    pids = qemus(c.base, name)
+    if len(pids) != 1:
+        return False
+    try:
+        run = Path(os.readlink(f"/proc/{pids[0]}/cwd"))
+        log = run / f"{name}.console.log"
+        start = log.stat().st_size
+        qmp_call(run / f"{name}.qmp", "human-monitor-command",
+                 {"command-line": "sendkey alt-sysrq-h"})
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            with open(log, "rb") as f:
+                f.seek(start)
+                if b"HELP :" in f.read():
+                    return True
+            time.sleep(0.1)
+    except (OSError, QmpError):
+        pass
+    return False
 
 
 def quiet(c: Cluster) -> list[str]:
@@ -840,6 +931,8 @@ def campaign(base: Path, subnet: str, seed: int, faults: int, bound: float = 120
                    "seconds": None if took is None else round(took, 2),
                    "not_recovered": why, "acked": acked, "writer_began_on": began_on,
                    "lost_writes": lost,
+                   "console_stalled": sorted(n for n, pid in c.stalled.items()
+                                             if pid in qemus(c.base, n)),
                    "split_brain": splits, "stuck": calm, "errors": errors,
                    "verify_ok": verify.returncode == 0,
                    "verify": [ln.strip() for ln in verify.stdout.splitlines()
@@ -916,7 +1009,10 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "verify_errors": sum(not r["verify_ok"] for r in rows),
             # Writers that saw nothing acknowledged before the round's faults (a guest
             # still frozen from the round before): nothing of theirs to check.
-            "unchecked": sum(v < 0 for r in rows for v in r["acked"].values())}
+            "unchecked": sum(v < 0 for r in rows for v in r["acked"].values()),
+            # Rounds whose check found a QEMU that stopped reading its console's input
+            # (the guest answers SysRq; its writer cannot be started again there).
+            "console_stalled": sum(bool(r.get("console_stalled")) for r in rows)}
     return table
 
 
@@ -926,13 +1022,13 @@ def format_table(table: dict[str, dict[str, Any]]) -> str:
         return f"{v:6.1f}" if v is not None else "     -"
 
     lines = [f"{'fault kind':18s} runs recov    min median    max split lost stuck "
-             f"verify-err unchecked"]
+             f"verify-err unchecked console-stall"]
     for kind, t in table.items():
         if t["runs"]:
             lines.append(f"{kind:18s} {t['runs']:4d} {t['recovered']:5d} {f(t['min'])} "
                          f"{f(t['median'])} {f(t['max'])} {t['split_brain']:5d} "
                          f"{t['lost_writes']:4d} {t['stuck']:5d} {t['verify_errors']:10d} "
-                         f"{t['unchecked']:9d}")
+                         f"{t['unchecked']:9d} {t.get('console_stalled', 0):13d}")
     return "\n".join(lines)
 
 
