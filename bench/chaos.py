@@ -416,18 +416,34 @@ class DiskReader:
             raise RuntimeError(f"{len(pids)} live QEMUs of {name}")
         run = Path(os.readlink(f"/proc/{pids[0]}/cwd"))
         self.session = QmpSession(run / f"{name}.qmp", timeout=10.0)
+        # A running VM's qemu-io prints to QEMU's stderr, not into the monitor's reply
+        # (QEMU 10.0: the read completes outside the monitor's context).
+        self.stderr = run / f"{name}.log"
 
     def read(self, offset: int, length: int) -> bytes:
         from haven.hypervisor.qemu.qmp import QmpError
 
         line = f'qemu-io -d vblk1/virtio-backend "read -v {offset} {length}"'
+        done = f"read {length}/{length} bytes at offset {offset}"
         try:
+            start = self.stderr.stat().st_size
             out = str(self.session.execute("human-monitor-command",
                                            {"command-line": line}))
-        except QmpError as exc:
+            deadline = time.monotonic() + 5.0
+            while done not in out and time.monotonic() < deadline:
+                if out.strip():
+                    break  # an error, in the reply
+                with open(self.stderr, "rb") as f:
+                    f.seek(start)
+                    text = f.read().decode(errors="replace")
+                if done in text:
+                    out = text[:text.index(done) + len(done)]
+                else:
+                    time.sleep(0.02)
+        except (QmpError, OSError) as exc:
             raise RuntimeError(f"qemu-io: {exc}") from exc
-        if f"read {length}/{length} bytes" not in out:
-            raise RuntimeError(f"qemu-io: {out.strip()[-200:]}")
+        if done not in out:
+            raise RuntimeError(f"qemu-io: {out.strip()[-200:] or 'no answer'}")
         return bytes.fromhex("".join(m.group(1) for m in HEX_LINE.finditer(out))
                              .replace(" ", ""))
 
