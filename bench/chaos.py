@@ -23,7 +23,7 @@ round: every instance runs again with one QEMU on its primary and its console an
 write its writer saw acknowledged is on the disk it now runs on (read through that
 QEMU's own block layer, ``qemu-io`` over QMP), no job stays running or queued,
 ``gnt-cluster verify`` is clean or explains (its errors are recorded).  A QEMU that
-stopped reading its console's input (QEMU 7.2 does, now and then, under TCG) counts
+stopped reading its console's input (QEMU 10.0.2 does, now and then, under TCG) counts
 as running when its guest's kernel answers SysRq typed over QMP; the round records it
 (``console_stalled``), and that guest's writer cannot be started again, so its later
 writes go unchecked (``unchecked``) until its QEMU is replaced.
@@ -405,7 +405,7 @@ class DiskReader:
     """Disk 1 of an instance read through its own QEMU (the HMP ``qemu-io`` command on
     the virtio device's block backend, over QMP): the disk it now runs on, whatever the
     storage (the ``drbd`` quorum reads the primary's image first, ``ext`` reads the
-    LUN), and without typing on the guest's console, whose input QEMU 7.2 sometimes
+    LUN), and without typing on the guest's console, whose input QEMU 10.0.2 sometimes
     stops reading (README, the fault campaign)."""
 
     def __init__(self, c: Cluster, name: str) -> None:
@@ -724,7 +724,7 @@ def healthy(c: Cluster) -> dict[str, str]:
 def guest_alive(c: Cluster, name: str) -> bool:
     """Whether the guest's kernel answers: SysRq-h typed on its keyboard over QMP (the
     busybox OS boots with ``sysrq_always_enabled``) prints its help on the console.
-    Output only: QEMU 7.2 sometimes stops reading a console's input while it keeps
+    Output only: QEMU 10.0.2 sometimes stops reading a console's input while it keeps
     passing the guest's output on (seen live: the guest's UART empty with its receive
     interrupt on, bytes written to QEMU's socket never reaching it).  Such a guest runs;
     only its console cannot take the campaign's commands, and the round says so."""
