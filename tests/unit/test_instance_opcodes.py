@@ -323,3 +323,36 @@ def test_under_tcg_the_default_mode_follows_the_sources_qemu(
     set_facts(ctx, "node01", hv_version=version)
     set_facts(ctx, "node02", hv_version=version)
     assert run_prereq(ctx, migrate()).mode == mode
+
+
+def test_a_cleanup_after_a_saved_switchover_never_resumes_the_source(
+        ctx: MasterContext) -> None:
+    """The master died after saving the target as primary (generation 4) but before
+    recording ``finish``; the target then died.  Resuming the paused source would run
+    a copy off the primary (its node refuses that now): the cleanup finishes instead,
+    and the HA manager and the agents take it from there."""
+    import dataclasses
+
+    calls: list[str] = []
+
+    class Rpc(NoRpc):
+        def call(self, address: str, port: int, method: str, path: str,
+                 body: Any = None, timeout: float = 10.0, verify: bool | str = True) -> Any:
+            calls.append(f"{method} {path} {address}")
+            if path == "/haven/node/vms":
+                return {"vm2": {"status": "paused"}} if address == "10.0.0.1" else {}
+            return super().call(address, port, method, path, body, timeout, verify)
+
+    c = dataclasses.replace(ctx, rpc=Rpc())
+    inst = Instance("vm2", "u-vm2", "busybox", "kvm", "sharedfile", "node02",
+                    admin_state="up", generation=4, beparams={"memory": 128})
+    c.store.put(Keys.instance("vm2"), dumps(inst.to_json()))
+    c.store.put("migrations/vm2", dumps({"step": "migrate", "source": "node01",
+                                         "target": "node02", "generation": 3}))
+    out = run_prereq(c, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "vm2",
+                         "cleanup": True}).exec()
+    assert out["cleanup"].startswith("finished: node02 is the primary"), out
+    assert not [x for x in calls if "resume" in x], calls
+    after = json.loads(c.store.get(Keys.instance("vm2")).value)  # type: ignore[union-attr]
+    assert (after["primary_node"], after["generation"]) == ("node02", 4)
+    assert c.store.get("migrations/vm2") is None

@@ -72,3 +72,22 @@ def test_a_stray_copy_stopped_here_leaves_the_primary_s_word_alone(tmp_path: Pat
     assert "vm1" not in ni.all_vms()
     seen = _state(store, "vm1")
     assert (seen.node, seen.state) == ("node02", "running")
+
+
+def test_a_paused_migration_source_is_resumed_only_on_the_primary(tmp_path: Path) -> None:
+    """A rollback that came too late (the instance moved since) must not resume the
+    old source: that would be a second running copy."""
+    import pytest
+
+    from haven.daemon.migration import NodeMigration
+    from haven.errors import OpPrereqError
+    from haven.model.instance import Instance
+
+    store = MemoryStore()
+    daemon = SimpleNamespace(name="node01", settings=SimpleNamespace(data_dir=tmp_path),
+                             store=lambda: store)
+    daemon.instances = NodeInstances(daemon)  # type: ignore[arg-type]
+    inst = Instance("vm1", "u1", "busybox", "kvm", "sharedfile", "node02")
+    store.put(Keys.instance("vm1"), json.dumps(inst.to_json()).encode())
+    with pytest.raises(OpPrereqError, match="primary node node02, not node01"):
+        NodeMigration(daemon).resume("vm1")  # type: ignore[arg-type]

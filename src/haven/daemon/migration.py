@@ -175,9 +175,15 @@ class NodeMigration:
         return {"killed": killed}
 
     def resume(self, name: str) -> dict[str, Any]:
-        """Roll a completed-but-not-taken-over migration back: the source runs again."""
+        """Roll a completed-but-not-taken-over migration back: the source runs again,
+        only where the configuration still names this node the primary (a copy resumed
+        anywhere else would be a second running one)."""
         from haven.hypervisor.qemu import migration
 
+        inst, _ = self.d.instances.instance(name)
+        if inst.primary_node != self.d.name:
+            raise OpPrereqError(f"Instance {name} has primary node {inst.primary_node}, "
+                                f"not {self.d.name}; its copy here is not resumed.")
         migration.resume_source(self._qemu(name).qmp_path(name))
         return {"resumed": True}
 

@@ -279,13 +279,18 @@ class InstanceMigrate(InstanceLU):
                 where[node] = vms.get(inst.name, {}).get("status")
             except HavenError:
                 where[node] = "node unreachable"
-        if rec.get("step") == "finish" or (where.get(target) == "running"
-                                           and where.get(source) != "running"):
+        # The switchover was saved (the target is the primary): the target took over,
+        # so the migration is finished whatever runs now; the source is never resumed
+        # (a copy off the primary), the agents and the HA manager take it from there.
+        if rec.get("step") == "finish" or inst.primary_node == target or (
+                where.get(target) == "running" and where.get(source) != "running"):
             if inst.primary_node != target:
                 self._switch(source, target)
             else:
                 self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
-            outcome = f"finished: {inst.name} runs on {target}"
+            outcome = f"finished: {inst.name} runs on {target}" \
+                if where.get(target) == "running" else \
+                f"finished: {target} is the primary of {inst.name} ({where.get(target)})"
         elif "node unreachable" in (where.get(target), where.get(source)) \
                 and where.get(source) != "running":
             # The target may run it (resuming the source could make two copies), or the
