@@ -420,19 +420,33 @@ class DiskReader:
         # (QEMU 10.0: the read completes outside the monitor's context).
         self.stderr = run / f"{name}.log"
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int, tries: int = 3) -> bytes:
+        """``length`` bytes at ``offset``; tried again on an error (the first command
+        after a target restart gets a UNIT ATTENTION: the guest's I/O is retried by
+        QEMU, and so is this read)."""
+        for attempt in range(tries):
+            try:
+                return self._read(offset, length)
+            except RuntimeError:
+                if attempt == tries - 1:
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
+
+    def _read(self, offset: int, length: int) -> bytes:
         from haven.hypervisor.qemu.qmp import QmpError
 
         line = f'qemu-io -d vblk1/virtio-backend "read -v {offset} {length}"'
         done = f"read {length}/{length} bytes at offset {offset}"
         try:
             start = self.stderr.stat().st_size
-            out = str(self.session.execute("human-monitor-command",
-                                           {"command-line": line}))
+            reply = str(self.session.execute("human-monitor-command",
+                                             {"command-line": line}))
+            out = reply
+            # The reply may hold only QEMU's error reports (a retried iSCSI command);
+            # the dump then comes on stderr.
             deadline = time.monotonic() + 5.0
             while done not in out and time.monotonic() < deadline:
-                if out.strip():
-                    break  # an error, in the reply
                 with open(self.stderr, "rb") as f:
                     f.seek(start)
                     text = f.read().decode(errors="replace")
@@ -443,7 +457,7 @@ class DiskReader:
         except (QmpError, OSError) as exc:
             raise RuntimeError(f"qemu-io: {exc}") from exc
         if done not in out:
-            raise RuntimeError(f"qemu-io: {out.strip()[-200:] or 'no answer'}")
+            raise RuntimeError(f"qemu-io: {reply.strip()[-200:] or 'no answer'}")
         return bytes.fromhex("".join(m.group(1) for m in HEX_LINE.finditer(out))
                              .replace(" ", ""))
 
