@@ -101,6 +101,38 @@ def test_failover_waits_for_the_cleanup_of_an_interrupted_migration(
         run_prereq(ctx, {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "vm2"})
 
 
+def test_a_failover_typed_during_the_cleanup_waits_for_it(
+        ctx: MasterContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before its lock, the failover waits for the master's own cleanup of the
+    interrupted migration (here: done 0.3 s later), then passes its checks; a cleanup
+    that never comes leaves the refusal above."""
+    import threading
+
+    from haven.master.opcodes import instance_util
+
+    add_drbd(ctx, UP_TO_DATE)
+    ctx.store.put("migrations/vm2", dumps({"step": "migrate", "source": "node01",
+                                           "target": "node02", "generation": 3}))
+    said: list[str] = []
+    op = {"OP_ID": "OP_INSTANCE_FAILOVER", "instance_name": "vm2"}
+    lu = lu_class(op)(ctx, dict(op), said.append)
+    lu.check_arguments()
+    threading.Timer(0.3, lambda: ctx.store.delete("migrations/vm2")).start()
+    lu.before_lock()
+    assert ctx.store.get("migrations/vm2") is None
+    assert said and "interrupted migration of vm2" in said[0], said
+    lu.check_prereq()
+
+    ctx.store.put("migrations/vm2", dumps({"step": "migrate", "source": "node01",
+                                           "target": "node02", "generation": 3}))
+    monkeypatch.setattr(instance_util, "MIGRATION_CLEANUP_WAIT", 0.2)
+    lu = lu_class(op)(ctx, dict(op), said.append)
+    lu.check_arguments()
+    lu.before_lock()
+    with pytest.raises(OpPrereqError, match="interrupted"):
+        lu.check_prereq()
+
+
 @pytest.mark.parametrize("step,source,target,rec_gen,primary,gen,stale", [
     ("migrate", "node01", "node02", 3, "node01", 3, False),  # not switched yet
     ("migrate", "node01", "node02", 3, "node02", 4, False),  # switched, not recorded

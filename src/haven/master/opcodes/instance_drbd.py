@@ -44,6 +44,10 @@ class InstanceFailover(InstanceLU):
     def steals_locks(self) -> bool:
         return bool(self.op["ha_recovery"])
 
+    def before_lock(self) -> None:
+        if not self.op["ha_recovery"]:  # the HA manager waits for the cleanup itself
+            iu.wait_for_migration_cleanup(self, self.op["instance_name"])
+
     def check_prereq(self) -> None:
         self.load()
         inst = self.inst

@@ -83,6 +83,26 @@ def refuse_if_migrating(lu: LogicalUnit, name: str, what: str) -> None:
                         f"{what}.")
 
 
+MIGRATION_CLEANUP_WAIT = 60.0  # seconds an opcode waits for a cleanup to settle it
+
+
+def wait_for_migration_cleanup(lu: LogicalUnit, name: str) -> None:
+    """Before taking the instance's lock: wait (bounded) for the cleanup of an
+    interrupted migration, which the master queues by itself after a master change, so
+    that a user's failover typed right after it runs on a settled instance rather than
+    being refused (:func:`refuse_if_migrating` still refuses if it did not settle)."""
+    import time
+
+    deadline = time.monotonic() + MIGRATION_CLEANUP_WAIT
+    told = False
+    while lu.c.store.get(MIGRATIONS + name) is not None and time.monotonic() < deadline:
+        if not told:
+            lu.feedback(f"- INFO: waiting for the master to finish or roll back the "
+                        f"interrupted migration of {name}")
+            told = True
+        time.sleep(0.5)
+
+
 def node_call(lu: LogicalUnit, node: str, action: str, name: str,
               body: dict[str, Any] | None = None, timeout: float = 120.0) -> Any:
     n = state.node(lu.c.store, node)
