@@ -76,3 +76,44 @@ def test_progress_or_idleness_is_never_a_stall(rig: dict[str, Any]) -> None:
            (62 + STALL_SECONDS + 2, state(8192, 12288))]
     assert set(observe(rep, rig, vm(), seq)) == {"ready"}
     assert rig["severed"] == []
+
+
+def _slow_monitor(qmp: str, disk: int) -> bool:
+    from haven.hypervisor.qemu.qmp import QmpTimeout
+
+    # QEMU's main loop drains writes stuck on the hung peer: the stop of the degrade
+    # was sent and lands later, after this timeout.
+    raise QmpTimeout(f"The QMP monitor ({qmp}) did not answer stop within 5 s")
+
+
+def test_a_cut_whose_monitor_times_out_holds_the_guest_frozen_for_its_thaw(
+        rig: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed 3008 of the fault campaign: the degrade's ``stop`` timed out, landed later,
+    and left the guest paused for good (nobody was to resume it).  Now the guest is
+    held frozen, so release_frozen resumes it once its peer is Outdated, and the disk
+    reports failed, which is what records the peer Outdated."""
+    monkeypatch.setattr(repl, "sever", _slow_monitor)
+    rep = NodeReplication(FakeDaemon())  # type: ignore[arg-type]
+    stuck = state(4096, 8192)
+    phases = observe(rep, rig, vm(), [(0, stuck), (STALL_SECONDS + 0.1, stuck)])
+    assert phases == ["ready", "failed"]
+    assert "vm1" in rep._frozen
+
+
+def test_an_unanswered_quorum_peer_whose_cut_times_out_is_held_frozen(
+        rig: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from haven.errors import HavenError
+
+    def no_answer(target: Any, timeout: float) -> None:
+        raise HavenError("no NBD greeting")
+
+    monkeypatch.setattr(repl, "sever", _slow_monitor)
+    monkeypatch.setattr(repl, "probe", no_answer)
+    monkeypatch.setattr(NodeReplication, "targets", lambda self, inst: {0: None})
+    rep = NodeReplication(FakeDaemon())  # type: ignore[arg-type]
+    idle = MirrorState(0, "", "ready", 0, 0, slot="replica", idle_s=5.0)
+    rig["now"] = 1000.0
+    assert rep._unless_unanswered(vm(), idle).phase == "ready"
+    rig["now"] = 1000.0 + STALL_SECONDS + 0.1
+    assert rep._unless_unanswered(vm(), idle).phase == "failed"
+    assert "vm1" in rep._frozen

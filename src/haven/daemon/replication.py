@@ -215,7 +215,7 @@ class NodeReplication:
                     and m.phase == "ready":
                 changed = replication.promote(qmp, i) or changed
             elif m.slot == "replica" and m.io_status == "failed" \
-                    and m.job_id != JOB.format(i) and replication.sever(qmp, i):
+                    and m.job_id != JOB.format(i) and self._sever(inst, i) is not False:
                 self._frozen[inst.name] = time.monotonic()
                 log.warning("%s: disk %d stopped on a replica write error; replica taken "
                             "out, guest paused until its peer is recorded Outdated",
@@ -239,7 +239,7 @@ class NodeReplication:
             return m
         del self._still[(name, m.disk)]
         try:
-            replication.sever(self.qmp_path(name), m.disk)
+            self._sever(inst, m.disk)
         except HavenError as exc:
             log.warning("cutting the hung replica connection of %s: %s", name, exc.message)
             return m
@@ -272,7 +272,7 @@ class NodeReplication:
             self._unanswered.pop(key, None)
             return m
         del self._unanswered[key]
-        if not replication.sever(self.qmp_path(inst.name), m.disk):
+        if self._sever(inst, m.disk) is False:
             return m
         self._frozen[inst.name] = now
         msg = (f"disk/{m.disk}: its secondary did not answer for {STALL_SECONDS:g} s while "
@@ -281,6 +281,26 @@ class NodeReplication:
         log.warning("%s %s", inst.name, msg)
         self.d.instances.emit("replica-hung", inst, msg, "warning")
         return replace(m, phase="failed")
+
+    def _sever(self, inst: Instance, disk: int) -> bool | None:
+        """``replication.sever``; None when QEMU's monitor did not answer in time.
+
+        The monitor is slow when QEMU's main loop drains writes stuck on the hung peer
+        (the ``stop`` of a quorum disk's degrade waits for them): the pause it was sent
+        then still lands, later, with nobody left to undo it.  The guest is therefore
+        held frozen like any cut replica, so :meth:`release_frozen` resumes it once the
+        peer is recorded ``Outdated`` (found by the fault campaign: a guest left paused
+        for good after its peer came back from a partition)."""
+        from haven.hypervisor.qemu import replication
+        from haven.hypervisor.qemu.qmp import QmpTimeout
+
+        try:
+            return replication.sever(self.qmp_path(inst.name), disk)
+        except QmpTimeout as exc:
+            self._frozen[inst.name] = time.monotonic()
+            log.warning("%s: cutting the replica of disk %d: %s; the guest is held frozen "
+                        "until its peer is recorded Outdated", inst.name, disk, exc.message)
+            return None
 
     def replicas(self) -> dict[str, Replicas]:
         kvs, _ = self.d.store().list(REPLICAS)
@@ -298,10 +318,16 @@ class NodeReplication:
         assert inst is not None
         if a.kind == "export":
             self.export(inst)
-        elif a.kind == "protect":
-            self._for_disks(inst, a.disks, "protect")
-        elif a.kind == "resync":
-            self._for_disks(inst, a.disks, "resync")
+        elif a.kind in ("protect", "resync"):
+            from haven.hypervisor.qemu.qmp import QmpTimeout
+
+            try:
+                self._for_disks(inst, a.disks, a.kind)
+            except QmpTimeout:
+                # Its brief pause (``stop``) may land after the timeout: held frozen,
+                # the guest is resumed once its mirrors are ready or its peer Outdated.
+                self._frozen[inst.name] = time.monotonic()
+                raise
         elif a.kind == "report":
             self.report(inst, a)
 
