@@ -1,5 +1,8 @@
-"""A node that returns takes back the "running" it published before it went down
-(``NodeInstances.retract_stale``, called before its alive key is written again).
+"""What a node does with copies and words that are no longer the instance's: a node
+that returns takes back the "running" it published before it went down
+(``NodeInstances.retract_stale``, called before its alive key is written again); a
+stray copy killed off its primary leaves the primary's word alone; a migration's
+rollback resumes a paused source only where that is the instance.
 
 CI caught the bug: right after a killed node came back, ``gnt-instance list`` showed its
 instance ``running`` from the old record, and a console sent on that word was refused
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from haven.daemon.instances import NodeInstances
 from haven.hypervisor.base import VmSpec
@@ -91,3 +95,42 @@ def test_a_paused_migration_source_is_resumed_only_on_the_primary(tmp_path: Path
     store.put(Keys.instance("vm1"), json.dumps(inst.to_json()).encode())
     with pytest.raises(OpPrereqError, match="primary node node02, not node01"):
         NodeMigration(daemon).resume("vm1")  # type: ignore[arg-type]
+
+
+def test_a_source_its_replication_holds_frozen_is_not_resumed_by_a_rollback(
+        tmp_path: Path) -> None:
+    """Seed 3010 of the fault campaign: the migration failed on a write to the peer, the
+    replication froze the source until the peer is Outdated, and the cleanup of the
+    migration (its master killed) tried to resume it, failed, and kept the instance
+    locked for good.  Now the rollback leaves it to its replication."""
+    from haven.daemon.migration import NodeMigration
+    from haven.model.instance import Instance
+
+    store = MemoryStore()
+    daemon = SimpleNamespace(name="node01", settings=SimpleNamespace(data_dir=tmp_path),
+                             store=lambda: store,
+                             replication=SimpleNamespace(holds_frozen=lambda n: n == "vm1"))
+    daemon.instances = NodeInstances(daemon)  # type: ignore[arg-type]
+    inst = Instance("vm1", "u1", "busybox", "kvm", "drbd", "node01")
+    store.put(Keys.instance("vm1"), json.dumps(inst.to_json()).encode())
+    assert NodeMigration(daemon).resume("vm1") == {"resumed": False}  # type: ignore[arg-type]
+
+
+def test_a_source_stopped_by_an_io_error_of_a_migration_that_failed_is_left_alone(
+        monkeypatch: Any) -> None:
+    from haven.hypervisor.qemu import migration
+
+    asked: list[str] = []
+    replies = {"query-status": {"status": "io-error"}, "query-migrate": {"status": "failed"}}
+
+    def qmp(path: Any, command: str, args: Any = None, **kw: Any) -> Any:
+        asked.append(command)
+        return replies.get(command, {})
+
+    monkeypatch.setattr(migration, "qmp_call", qmp)
+    assert migration.resume_source("/run/vm1.qmp") is False
+    assert "cont" not in asked
+    replies["query-status"] = {"status": "postmigrate"}
+    replies["query-migrate"] = {"status": "completed"}
+    assert migration.resume_source("/run/vm1.qmp") is True
+    assert asked[-1] == "cont"

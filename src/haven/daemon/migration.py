@@ -184,8 +184,14 @@ class NodeMigration:
         if inst.primary_node != self.d.name:
             raise OpPrereqError(f"Instance {name} has primary node {inst.primary_node}, "
                                 f"not {self.d.name}; its copy here is not resumed.")
-        migration.resume_source(self._qemu(name).qmp_path(name))
-        return {"resumed": True}
+        if self.d.replication.holds_frozen(name):
+            # Paused by its replication (a write failed on the peer) until the peer is
+            # recorded Outdated: resuming it here would acknowledge writes the peer
+            # missed.  The agent thaws it once the migration's record is gone.
+            log.info("Instance %s: not resumed for the migration's rollback; its "
+                     "replication holds it until its peer is recorded Outdated", name)
+            return {"resumed": False}
+        return {"resumed": migration.resume_source(self._qemu(name).qmp_path(name))}
 
     def finish_source(self, name: str) -> dict[str, Any]:
         """The destination runs: end the ``postmigrate`` source (refused in any other

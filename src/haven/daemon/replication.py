@@ -157,6 +157,11 @@ class NodeReplication:
                 thawed.append(name)
         return thawed
 
+    def holds_frozen(self, name: str) -> bool:
+        """Whether ``name``'s guest is paused by its replication (until its peer is
+        recorded ``Outdated``, or its mirrors are ready again)."""
+        return name in self._frozen
+
     def _woken(self, name: str, disks: list[int]) -> None:
         """A mirror of ``name`` failed: run the agent's cycle now, not in up to 2 s."""
         joined = self.d.joined

@@ -489,17 +489,24 @@ def _ensure_running(path: str, name: str) -> None:
         time.sleep(0.01)
 
 
-def resume_source(src_qmp: Path | str, settle: float = 5.0) -> None:
+def resume_source(src_qmp: Path | str, settle: float = 5.0) -> bool:
     """Roll a migration back on its source: ``cont`` a ``postmigrate`` source (completed,
     but no destination runs; it takes its disks back), or one left ``paused`` by a
     non-live migration that failed (waiting up to ``settle`` s for that migration to
     end first).  For ``drbd`` the replica then needs a *full* resync: the destination
-    may have written to it.  No-op if running."""
+    may have written to it.  False (nothing done) if running, or stopped for another
+    reason (``io-error``...) by a migration that never completed: it is still the
+    instance, and what stopped it resumes it (found by the fault campaign: a cleanup
+    that refused such a source, again and again, kept its instance locked for good)."""
     name = instance_of(src_qmp)
     state = qmp_call(src_qmp, "query-status").get("status")
     if state == "running":
-        return
+        return False
     if state not in ("postmigrate", "paused"):
+        if qmp_call(src_qmp, "query-migrate").get("status") != "completed":
+            log.info("Instance %s: its migration did not complete and it is %s: left as "
+                     "it is", name, state)
+            return False
         raise HypervisorError(f"Cannot resume the source of instance '{name}': it is "
                               f"{state}, not postmigrate or paused.")
     deadline = time.monotonic() + settle
@@ -510,6 +517,7 @@ def resume_source(src_qmp: Path | str, settle: float = 5.0) -> None:
         time.sleep(0.05)
     qmp_call(src_qmp, "cont")
     log.warning("Instance %s: migration rolled back, running on the source again", name)
+    return True
 
 
 def finish_source(src_qmp: Path | str) -> None:
