@@ -736,33 +736,42 @@ def healthy(c: Cluster) -> dict[str, str]:
 
 
 def guest_alive(c: Cluster, name: str) -> bool:
-    """Whether the guest's kernel answers: SysRq-h typed on its keyboard over QMP (the
-    busybox OS boots with ``sysrq_always_enabled``) prints its help on the console.
-    Output only: QEMU 10.0.2 sometimes stops reading a console's input while it keeps
-    passing the guest's output on (seen live: the guest's UART empty with its receive
-    interrupt on, bytes written to QEMU's socket never reaching it).  Such a guest runs;
-    only its console cannot take the campaign's commands, and the round says so."""
+    """Whether the guest's kernel answers: SysRq-h typed on its keyboard prints its help
+    on the console.  Output only: QEMU 10.0.2 sometimes stops reading a console's input
+    while it keeps passing the guest's output on (seen live: the guest's UART empty
+    with its receive interrupt on, bytes written to QEMU's socket never reaching it).
+    Such a guest runs; only its console cannot take the campaign's commands, and the
+    round says so."""
+    out = sysrq(c, name, "h", "HELP :", 3.0)
+    return out is not None and "HELP :" in out
+
+
+def sysrq(c: Cluster, name: str, key: str, until: str | None, wait: float) -> str | None:
+    """Type SysRq-``key`` on ``name``'s keyboard over QMP (the busybox OS boots with
+    ``sysrq_always_enabled``); what its console printed after it, until ``until``
+    appears or ``wait`` s have passed.  None without exactly one live QEMU, or when its
+    monitor or console log cannot be read."""
     from haven.hypervisor.qemu.qmp import QmpError, qmp_call
 
     pids = qemus(c.base, name)
     if len(pids) != 1:
-        return False
+        return None
     try:
         run = Path(os.readlink(f"/proc/{pids[0]}/cwd"))
         log = run / f"{name}.console.log"
         start = log.stat().st_size
         qmp_call(run / f"{name}.qmp", "human-monitor-command",
-                 {"command-line": "sendkey alt-sysrq-h"})
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
+                 {"command-line": f"sendkey alt-sysrq-{key}"})
+        deadline = time.monotonic() + wait
+        while True:
             with open(log, "rb") as f:
                 f.seek(start)
-                if b"HELP :" in f.read():
-                    return True
+                text = f.read().decode(errors="replace")
+            if (until is not None and until in text) or time.monotonic() >= deadline:
+                return text
             time.sleep(0.1)
     except (OSError, QmpError):
-        pass
-    return False
+        return None
 
 
 def quiet(c: Cluster) -> list[str]:
@@ -800,26 +809,14 @@ def diagnose(c: Cluster, why: dict[str, str]) -> dict[str, Any]:
 
 
 def _guest_tasks(c: Cluster, name: str) -> list[str]:
-    """The guest kernel's task list with stacks (SysRq-t, typed on its keyboard over
-    QMP: the busybox OS boots with ``sysrq_always_enabled``), from the console log: what
+    """The guest kernel's task list with stacks (SysRq-t), from the console log: what
     a guest whose shell stopped answering is blocked on."""
-    from haven.hypervisor.qemu.qmp import QmpError, qmp_call
-
     pids = qemus(c.base, name)
     if len(pids) != 1:
         return [f"{len(pids)} live QEMUs"]
-    try:
-        run = Path(os.readlink(f"/proc/{pids[0]}/cwd"))
-        log = run / f"{name}.console.log"
-        start = log.stat().st_size
-        qmp_call(run / f"{name}.qmp", "human-monitor-command",
-                 {"command-line": "sendkey alt-sysrq-t"})
-        time.sleep(5)  # a few hundred lines at 115200 baud
-        with open(log, "rb") as f:
-            f.seek(start)
-            text = f.read().decode(errors="replace")
-    except (OSError, QmpError) as exc:
-        return [f"no task list: {exc}"]
+    text = sysrq(c, name, "t", None, 5.0)  # a few hundred lines at 115200 baud
+    if text is None:
+        return ["no task list: its monitor or console log could not be read"]
     return [ln for ln in text.splitlines() if not ACK_LINE.search(ln)][-400:]
 
 

@@ -152,20 +152,25 @@ def test_a_migration_record_is_stale_once_another_job_moved_the_instance(
     assert bool(_stale(rec, inst)) is stale
 
 
+def run_cleanup(ctx: MasterContext, primary: str, gen: int, **record: Any) -> Any:
+    """``gnt-instance migrate --cleanup vm2``: vm2 (sharedfile) on ``primary`` at
+    generation ``gen``, with the record of a migration from node01 to node02."""
+    inst = Instance("vm2", "u-vm2", "busybox", "kvm", "sharedfile", primary,
+                    admin_state="up", generation=gen, beparams={"memory": 128})
+    ctx.store.put(Keys.instance("vm2"), dumps(inst.to_json()))
+    ctx.store.put("migrations/vm2", dumps({"source": "node01", "target": "node02",
+                                           **record}))
+    return run_prereq(ctx, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "vm2",
+                            "cleanup": True}).exec()
+
+
 def test_the_cleanup_of_a_record_a_failover_overtook_moves_nothing(
         ctx: MasterContext) -> None:
     """The record says node01 -> node02 finished at generation 4; a failover has since
     moved the instance back to node01 (generation 5).  The cleanup used to "finish" the
     migration again, making node02 the primary while node01 ran the instance: two
     running copies.  Now it drops the record and calls no node (NoRpc would fail)."""
-    inst = Instance("vm2", "u-vm2", "busybox", "kvm", "sharedfile", "node01",
-                    admin_state="up", generation=5, beparams={"memory": 128})
-    ctx.store.put(Keys.instance("vm2"), dumps(inst.to_json()))
-    ctx.store.put("migrations/vm2", dumps({"step": "finish", "source": "node01",
-                                           "target": "node02", "generation": 4}))
-    lu = run_prereq(ctx, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "vm2",
-                          "cleanup": True})
-    out = lu.exec()
+    out = run_cleanup(ctx, "node01", 5, step="finish", generation=4)
     assert "nothing to do" in out["cleanup"], out
     after = json.loads(ctx.store.get(Keys.instance("vm2")).value)  # type: ignore[union-attr]
     assert (after["primary_node"], after["generation"]) == ("node01", 5)
@@ -376,13 +381,7 @@ def test_a_cleanup_after_a_saved_switchover_never_resumes_the_source(
             return super().call(address, port, method, path, body, timeout, verify)
 
     c = dataclasses.replace(ctx, rpc=Rpc())
-    inst = Instance("vm2", "u-vm2", "busybox", "kvm", "sharedfile", "node02",
-                    admin_state="up", generation=4, beparams={"memory": 128})
-    c.store.put(Keys.instance("vm2"), dumps(inst.to_json()))
-    c.store.put("migrations/vm2", dumps({"step": "migrate", "source": "node01",
-                                         "target": "node02", "generation": 3}))
-    out = run_prereq(c, {"OP_ID": "OP_INSTANCE_MIGRATE", "instance_name": "vm2",
-                         "cleanup": True}).exec()
+    out = run_cleanup(c, "node02", 4, step="migrate", generation=3)
     assert out["cleanup"].startswith("finished: node02 is the primary"), out
     assert not [x for x in calls if "resume" in x], calls
     after = json.loads(c.store.get(Keys.instance("vm2")).value)  # type: ignore[union-attr]
