@@ -33,12 +33,18 @@ def _state(store: MemoryStore, name: str) -> Observed:
     return Observed.from_json(json.loads(kv.value))
 
 
+def node01(tmp_path: Path, store: MemoryStore, **extra: Any) -> Any:
+    """A stand-in for node01's daemon, with its ``NodeInstances`` as ``.instances``."""
+    daemon = SimpleNamespace(name="node01", settings=SimpleNamespace(data_dir=tmp_path),
+                             store=lambda: store, **extra)
+    daemon.instances = NodeInstances(daemon)  # type: ignore[arg-type]
+    return daemon
+
+
 def test_only_this_node_s_running_words_without_a_process_are_taken_back(
         tmp_path: Path) -> None:
     store = MemoryStore()
-    daemon = SimpleNamespace(name="node01", settings=SimpleNamespace(data_dir=tmp_path),
-                             store=lambda: store)
-    ni = NodeInstances(daemon)  # type: ignore[arg-type]
+    ni = node01(tmp_path, store).instances
     fake = ni.hypervisor("fake")
     spec = VmSpec(name="alive1", uuid="u1", memory=64, vcpus=1, disks=(), nics=())
     fake.start(spec)
@@ -64,9 +70,7 @@ def test_a_stray_copy_stopped_here_leaves_the_primary_s_word_alone(tmp_path: Pat
     from haven.model.instance import Instance
 
     store = MemoryStore()
-    daemon = SimpleNamespace(name="node01", settings=SimpleNamespace(data_dir=tmp_path),
-                             store=lambda: store)
-    ni = NodeInstances(daemon)  # type: ignore[arg-type]
+    ni = node01(tmp_path, store).instances
     inst = Instance("vm1", "u1", "busybox", "fake", "diskless", "node02")
     store.put(Keys.instance("vm1"), json.dumps(inst.to_json()).encode())
     ni.hypervisor("fake").start(VmSpec(name="vm1", uuid="u1", memory=64, vcpus=1,
@@ -88,9 +92,7 @@ def test_a_paused_migration_source_is_resumed_only_on_the_primary(tmp_path: Path
     from haven.model.instance import Instance
 
     store = MemoryStore()
-    daemon = SimpleNamespace(name="node01", settings=SimpleNamespace(data_dir=tmp_path),
-                             store=lambda: store)
-    daemon.instances = NodeInstances(daemon)  # type: ignore[arg-type]
+    daemon = node01(tmp_path, store)
     inst = Instance("vm1", "u1", "busybox", "kvm", "sharedfile", "node02")
     store.put(Keys.instance("vm1"), json.dumps(inst.to_json()).encode())
     with pytest.raises(OpPrereqError, match="primary node node02, not node01"):
@@ -107,10 +109,8 @@ def test_a_source_its_replication_holds_frozen_is_not_resumed_by_a_rollback(
     from haven.model.instance import Instance
 
     store = MemoryStore()
-    daemon = SimpleNamespace(name="node01", settings=SimpleNamespace(data_dir=tmp_path),
-                             store=lambda: store,
-                             replication=SimpleNamespace(holds_frozen=lambda n: n == "vm1"))
-    daemon.instances = NodeInstances(daemon)  # type: ignore[arg-type]
+    daemon = node01(tmp_path, store,
+                    replication=SimpleNamespace(holds_frozen=lambda n: n == "vm1"))
     inst = Instance("vm1", "u1", "busybox", "kvm", "drbd", "node01")
     store.put(Keys.instance("vm1"), json.dumps(inst.to_json()).encode())
     assert NodeMigration(daemon).resume("vm1") == {"resumed": False}  # type: ignore[arg-type]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -10,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from haven.agent.plan import Action, AgentView, plan, summary
 from haven.errors import HavenError
+from haven.master import state
 from haven.model import event
-from haven.model.instance import Instance, Observed
-from haven.model.keys import INSTANCES, LOCKS, MIGRATIONS, OBSERVED, Keys
+from haven.model.keys import LOCKS, MIGRATIONS, Keys
 
 if TYPE_CHECKING:
     from haven.daemon.noded import NodeDaemon
@@ -91,7 +90,6 @@ class Agent:
     def replicate(self, view: AgentView) -> str:
         """The replication half of the cycle (drbd instances only)."""
         from haven.agent.replan import RepView, plan_replication
-        from haven.master import state
 
         rep = self.d.replication
         running = frozenset(n for n, vm in view.vms.items()
@@ -114,16 +112,8 @@ class Agent:
 
     def observe(self) -> AgentView:
         store = self.d.store()
-        kvs, _ = store.list(INSTANCES)
-        instances = {}
-        for kv in kvs:
-            inst = Instance.from_json(json.loads(kv.value))
-            instances[inst.name] = inst
-        okvs, _ = store.list(OBSERVED)
-        observed = {}
-        for kv in okvs:
-            obs = Observed.from_json(json.loads(kv.value))
-            observed[obs.name] = obs
+        instances = state.instances(store)
+        observed = state.all_observed(store)
         lkvs, _ = store.list(LOCKS + "instance/")
         locked = frozenset(kv.key[len(LOCKS + "instance/"):] for kv in lkvs)
         # An interrupted migration may have a copy on each side: only its cleanup (the

@@ -288,8 +288,8 @@ class NodeInstances:
         return {"stopped": running}
 
     def _observed_here(self, name: str) -> bool:
-        kv = self.d.store().get(Keys.observed(name))
-        return kv is not None and Observed.from_json(json.loads(kv.value)).node == self.d.name
+        obs = state.observed(self.d.store(), name)
+        return obs is not None and obs.node == self.d.name
 
     def detach_if_gone(self, inst: Instance) -> None:
         """Release shared disks here once no VM of ``inst`` runs here (``ext``: the

@@ -65,6 +65,11 @@ class Keys:
         return REPLICAS + name
 
     @staticmethod
+    def migration(name: str) -> str:
+        """The record of ``name``'s migration while one runs or awaits its cleanup."""
+        return MIGRATIONS + name
+
+    @staticmethod
     def migration_progress(name: str) -> str:
         return MIGRATION_PROGRESS + name
 

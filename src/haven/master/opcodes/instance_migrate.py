@@ -31,10 +31,6 @@ NAME = (str, REQUIRED)
 SYNC_WAIT = 60.0  # seconds a migration waits for its target replica to be in sync
 
 
-def migration_key(name: str) -> str:
-    return MIGRATIONS + name
-
-
 @register
 class InstanceMigrate(InstanceLU):
     OP_ID = "OP_INSTANCE_MIGRATE"
@@ -143,11 +139,11 @@ class InstanceMigrate(InstanceLU):
                 self.failover = True
 
     def _record(self) -> dict[str, Any] | None:
-        kv = self.c.store.get(migration_key(self.op["instance_name"]))
+        kv = self.c.store.get(Keys.migration(self.op["instance_name"]))
         return json.loads(kv.value) if kv else None
 
     def _save_record(self, **data: Any) -> None:
-        self.c.store.put(migration_key(self.inst.name), state.dumps(data),
+        self.c.store.put(Keys.migration(self.inst.name), state.dumps(data),
                          guard=self.require_guard())
 
     def exec(self) -> Any:
@@ -182,7 +178,7 @@ class InstanceMigrate(InstanceLU):
                           f"on {source}")
             try:
                 iu.node_call(self, target, "migrate-abort", inst.name)
-                self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
+                self.c.store.delete(Keys.migration(inst.name), guard=self.require_guard())
             except HavenError as exc2:
                 self.feedback(f"Could not clean up {target}: {exc2.message}; run gnt-instance "
                               f"migrate --cleanup {inst.name}")
@@ -198,7 +194,7 @@ class InstanceMigrate(InstanceLU):
                           f"resuming {inst.name} on {source}")
             iu.node_call(self, target, "migrate-abort", inst.name)
             iu.node_call(self, source, "migrate-resume", inst.name)
-            self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
+            self.c.store.delete(Keys.migration(inst.name), guard=self.require_guard())
             raise OpExecError(f"Migration of {inst.name} to {target} failed at the "
                               f"switchover: {exc.message} It runs on {source} again.") \
                 from exc
@@ -248,7 +244,7 @@ class InstanceMigrate(InstanceLU):
         except HavenError as exc:
             self.feedback(f"Warning: could not end the source process on {source} "
                           f"({exc.message}); its agent stops it (wrong node)")
-        self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
+        self.c.store.delete(Keys.migration(inst.name), guard=self.require_guard())
 
     def _cleanup(self) -> Any:
         """Finish or roll back an interrupted migration from where the VMs really are."""
@@ -262,7 +258,7 @@ class InstanceMigrate(InstanceLU):
             # Another job moved it since (a failover, say): the copies are that job's
             # doing, and acting on this record would undo it.  The agents stop any copy
             # left off the primary.
-            self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
+            self.c.store.delete(Keys.migration(inst.name), guard=self.require_guard())
             outcome = f"nothing to do: {stale}"
             emit(self, "migration-cleanup", inst.name, outcome)
             return {"instance": inst.name, "cleanup": outcome}
@@ -287,7 +283,7 @@ class InstanceMigrate(InstanceLU):
             if inst.primary_node != target:
                 self._switch(source, target)
             else:
-                self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
+                self.c.store.delete(Keys.migration(inst.name), guard=self.require_guard())
             outcome = f"finished: {inst.name} runs on {target}" \
                 if where.get(target) == "running" else \
                 f"finished: {target} is the primary of {inst.name} ({where.get(target)})"
@@ -305,7 +301,7 @@ class InstanceMigrate(InstanceLU):
                 iu.node_call(self, target, "migrate-abort", inst.name)
             if where.get(source) == "paused":  # postmigrate, or stopped for a non-live copy
                 iu.node_call(self, source, "migrate-resume", inst.name)
-            self.c.store.delete(migration_key(inst.name), guard=self.require_guard())
+            self.c.store.delete(Keys.migration(inst.name), guard=self.require_guard())
             outcome = f"rolled back: {inst.name} stays on {source} ({where.get(source)})"
         emit(self, "migration-cleanup", inst.name, outcome)
         return {"instance": inst.name, "cleanup": outcome, "seen": where}

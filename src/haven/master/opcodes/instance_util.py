@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from typing import Any
 
 from haven.errors import (
@@ -18,7 +19,7 @@ from haven.errors import (
 from haven.master import state
 from haven.master.lu import LogicalUnit
 from haven.model.instance import Instance
-from haven.model.keys import INSTANCES, MIGRATIONS, Keys
+from haven.model.keys import INSTANCES, Keys
 from haven.model.node import Node
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9-]+)*$")
@@ -73,7 +74,7 @@ def refuse_if_migrating(lu: LogicalUnit, name: str, what: str) -> None:
     one lives.  Moving the instance first would leave the cleanup acting on a record
     that no longer describes it (found by the fault campaign: a failover raced by the
     cleanup of the migration a killed master left, two running copies for 5.8 s)."""
-    kv = lu.c.store.get(MIGRATIONS + name)
+    kv = lu.c.store.get(Keys.migration(name))
     if kv is None:
         return
     step = json.loads(kv.value).get("step", "")
@@ -91,11 +92,9 @@ def wait_for_migration_cleanup(lu: LogicalUnit, name: str) -> None:
     interrupted migration, which the master queues by itself after a master change, so
     that a user's failover typed right after it runs on a settled instance rather than
     being refused (:func:`refuse_if_migrating` still refuses if it did not settle)."""
-    import time
-
     deadline = time.monotonic() + MIGRATION_CLEANUP_WAIT
     told = False
-    while lu.c.store.get(MIGRATIONS + name) is not None and time.monotonic() < deadline:
+    while lu.c.store.get(Keys.migration(name)) is not None and time.monotonic() < deadline:
         if not told:
             lu.feedback(f"- INFO: waiting for the master to finish or roll back the "
                         f"interrupted migration of {name}")
