@@ -21,6 +21,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -176,11 +177,33 @@ class EtcdMember:
         self.pid_path.unlink(missing_ok=True)
 
     def wait_healthy(self, timeout: float = 20.0) -> bool:
-        """Wait until the member answers ``/health`` with a leader."""
+        """Wait until the member answers ``/health`` with a leader; ``False`` at once
+        if its process exits meanwhile (:meth:`exit_reason` says why)."""
         conf = self.config()
         if conf is None:
             return False
-        return wait_healthy(conf.client_url, timeout, self.tls)
+        return wait_healthy(conf.client_url, timeout, self.tls, alive=self.running)
+
+    def exit_reason(self) -> str:
+        """What etcd said last before it exited: the message and error of the last
+        fatal or error line of its log (JSON lines, zap), or ``""``."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for line in reversed(lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("fatal", "panic",
+                                                                    "error"):
+                err = str(entry.get("error", ""))
+                return f"{entry.get('msg', '')}: {err[:300]}" if err else \
+                    str(entry.get("msg", ""))
+        return ""
 
     def recover_alone(self, learner: bool = False) -> None:
         """Make this member a cluster of one, then restart it with its normal arguments.
@@ -253,10 +276,13 @@ class EtcdMember:
                     "in %s)", conf.name, backup)
 
 
-def wait_healthy(client_url: str, timeout: float, tls: TlsFiles | None = None) -> bool:
+def wait_healthy(client_url: str, timeout: float, tls: TlsFiles | None = None,
+                 alive: Callable[[], bool] | None = None) -> bool:
     deadline = time.monotonic() + timeout
     ctx = None
     while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            return False
         if ctx is None and tls and client_url.startswith("https:"):
             try:
                 ctx = client_context(tls)

@@ -98,9 +98,10 @@ def init(d: NodeDaemon, name: str, etcd_endpoints: list[str], lease_ttl: int,
                                         f"haven-{name}-{cluster.uuid[:8]}"), wipe=True)
         d.member.start()
         if not d.member.wait_healthy(30):
+            why = _exited(d)
             d.member.unconfigure()
             d.local.forget()
-            raise NodeSetupError(f"The etcd member of {d.name} did not start; see "
+            raise NodeSetupError(f"The etcd member of {d.name} did not start{why}; see "
                                  f"{d.member.log_path}.")
         etcd_endpoints = [s.etcd_client_url]
     store = EtcdStore(etcd_endpoints, store_prefix(name), tls=d.local.etcd_tls())
@@ -161,9 +162,10 @@ def join(d: NodeDaemon, body: dict[str, Any]) -> dict[str, Any]:
                                         str(member["token"])), wipe=True)
         d.member.start()
         if not d.member.wait_healthy(30):
+            why = _exited(d)
             d.member.unconfigure()
             d.local.forget()
-            raise NodeSetupError(f"The etcd member of {d.name} did not join; see "
+            raise NodeSetupError(f"The etcd member of {d.name} did not join{why}; see "
                                  f"{d.member.log_path}.")
     d.local.save_joined(JoinedState(str(body["cluster_name"]),
                                     tuple(body["etcd_endpoints"]),
@@ -173,6 +175,13 @@ def join(d: NodeDaemon, body: dict[str, Any]) -> dict[str, Any]:
     d.activate()
     write_client_config(d)
     return {"node": d.name, "joined": body["cluster_name"]}
+
+
+def _exited(d: NodeDaemon) -> str:
+    """`` (etcd exited: why)`` if the member's process is gone, else ``""``."""
+    if d.member.running():
+        return ""
+    return f" (etcd exited: {d.member.exit_reason() or 'no reason in its log'})"
 
 
 def leave(d: NodeDaemon) -> dict[str, Any]:

@@ -9,6 +9,7 @@ master after the old one died mid-way; the others are failed with a clear messag
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ class MasterContext:
     etcd_admin: Any = None  # EtcdStore when the cluster's etcd is managed
     clock: Callable[[], float] = time.time
     extras: dict[str, Any] = field(default_factory=dict)
+    # Held for every etcd membership change the master makes: the runner's quorum
+    # upkeep and the node jobs.  A member added while another was removed cannot
+    # start: its --initial-cluster no longer matches the members (etcd exits with
+    # "error validating peerURLs"); a node add lost its join to that race in CI.
+    votes: threading.Lock = field(default_factory=threading.Lock)
 
 
 class LogicalUnit:

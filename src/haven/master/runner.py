@@ -222,14 +222,21 @@ class JobRunner:
             return
         from haven.master import quorum, state
 
-        self._last_quorum_check = now
-        # While a node add or remove changes the members, no vote is taken away: a
-        # demotion then (the cluster seen as two nodes mid-removal) raced the job and
-        # once made a voter's etcd exit.  Promotions go on: an add needs the previous
-        # learner promoted (etcd allows one learner at a time).
-        busy = "cluster-membership" in locks.held(self.store)
-        step = quorum.reconcile(self.ctx.etcd_admin, self.ctx.master_node,
-                                state.nodes(self.store), demote=not busy)
+        # A node job changing the members holds the votes: it promotes what it needs
+        # itself (etcd allows one learner at a time), and this waits for the next pass.
+        if not self.ctx.votes.acquire(blocking=False):
+            return
+        try:
+            self._last_quorum_check = now
+            # While a node add or remove holds its lock, no vote is taken away: a
+            # demotion then (the cluster seen as two nodes mid-removal) raced the job
+            # and once made a voter's etcd exit.  Read under the votes, so that a job
+            # that takes its lock meanwhile waits for this pass to end.
+            busy = "cluster-membership" in locks.held(self.store)
+            step = quorum.reconcile(self.ctx.etcd_admin, self.ctx.master_node,
+                                    state.nodes(self.store), demote=not busy)
+        finally:
+            self.ctx.votes.release()
         if step.summary != self._quorum_summary:
             log.info("quorum: %s", step.summary)
             self._quorum_summary = step.summary

@@ -22,6 +22,7 @@ from haven.master.lu import REQUIRED, LogicalUnit, register
 from haven.model.keys import Keys
 from haven.model.node import Node
 from haven.store import members as members_mod
+from haven.store.base import Member
 
 log = logging.getLogger(__name__)
 
@@ -128,35 +129,66 @@ class NodeAdd(LogicalUnit):
                 is None:
             raise ExistsError(f"Node {name} was added concurrently.")
         member_id = 0
-        try:
-            crypto = self._crypto(name, ip, cluster.etcd_managed)
-            if "etcd_cert" in crypto:  # recorded first: revoked with the node
-                revocation.record_issued(self.c.store, name, crypto["etcd_cert"], guard)
-            join: dict[str, Any] = {
-                "cluster_name": cluster.name, "etcd_managed": cluster.etcd_managed,
-                "etcd_endpoints": self._endpoints(cluster), "node_uuid": node.uuid,
-                "member": None, "join_token": self.op["join_token"], "crypto": crypto}
-            if member:
-                self.feedback(f"Adding etcd member for {name}")
-                new, members = members_mod.add_member(self.c.etcd_admin, node.etcd_peer_url)
-                member_id = new.id
-                join["member"] = {
-                    "initial_cluster": members_mod.initial_cluster(members, new.id, name),
-                    "token": self._token()}
-            self.feedback(f"Joining node {name} at {ip}")
-            self.c.rpc.call(ip, self.port, "POST", "/haven/node/join", join, timeout=60,
-                            verify=self.pin)
-            if member_id:
-                self._apply_quorum_rules()
-        except HavenError:
-            self._rollback(name, member_id)
-            raise
+        # The votes are held from the member's addition until its vote is settled:
+        # the new member starts from the member list its addition returned, and no
+        # other change by the master may come in between.
+        with self.c.votes:
+            try:
+                crypto = self._crypto(name, ip, cluster.etcd_managed)
+                if "etcd_cert" in crypto:  # recorded first: revoked with the node
+                    revocation.record_issued(self.c.store, name, crypto["etcd_cert"],
+                                             guard)
+                join: dict[str, Any] = {
+                    "cluster_name": cluster.name, "etcd_managed": cluster.etcd_managed,
+                    "etcd_endpoints": self._endpoints(cluster), "node_uuid": node.uuid,
+                    "member": None, "join_token": self.op["join_token"],
+                    "crypto": crypto}
+                if member:
+                    self.feedback(f"Adding etcd member for {name}")
+                    new, members = self._add_member(node.etcd_peer_url)
+                    member_id = new.id
+                    join["member"] = {
+                        "initial_cluster": members_mod.initial_cluster(members, new.id,
+                                                                       name),
+                        "token": self._token()}
+                self.feedback(f"Joining node {name} at {ip}")
+                self.c.rpc.call(ip, self.port, "POST", "/haven/node/join", join,
+                                timeout=60, verify=self.pin)
+                if member_id:
+                    self._apply_quorum_rules()
+            except HavenError:
+                self._rollback(name, member_id)
+                raise
         if member_id:
             cur, rev = state.node_rev(self.c.store, name)
             self.c.store.cas(Keys.node(name), state.dumps(
                 cur.modified(self.c.clock(), etcd_member_id=member_id).to_json()), rev,
                 guard=self.require_guard())
         return {"node": name, "etcd_member": f"{member_id:x}" if member_id else None}
+
+    def _add_member(self, peer_url: str) -> tuple[Member, list[Member]]:
+        """``member add``, first promoting what the quorum rules now want to vote (a
+        two-node cluster's learner, once a third candidate is recorded): etcd 3.4 takes
+        one learner at a time, and the runner leaves the votes to this job while it
+        holds them.  A node whose member rejoins as a learner by itself takes that
+        place too; it is promoted once it runs, and the addition is tried again."""
+        deadline = self.c.clock() + 60.0
+        while True:
+            self._promote()
+            try:
+                return members_mod.add_member(self.c.etcd_admin, peer_url, timeout=2.0)
+            except NodeSetupError:
+                if self.c.clock() > deadline:
+                    raise
+
+    def _promote(self) -> None:
+        while True:
+            step = quorum.reconcile(self.c.etcd_admin, self.c.master_node,
+                                    state.nodes(self.c.store), promote_timeout=10.0,
+                                    demote=False)
+            if not step.changed:
+                return
+            self.feedback(step.summary[0].upper() + step.summary[1:])
 
     def _apply_quorum_rules(self) -> None:
         """Give votes as ``master/quorum.py`` wants them with the new candidate: with
@@ -238,8 +270,10 @@ class NodeRemove(LogicalUnit):
         if self.target.etcd_member_id and self.c.etcd_admin is not None:
             self.feedback(f"Removing etcd member {self.target.etcd_member_id:x} of {name}")
             try:
-                members_mod.remove_member(self.c.etcd_admin, self.target.etcd_member_id,
-                                          prefer_not=self.master_member)
+                with self.c.votes:
+                    members_mod.remove_member(self.c.etcd_admin,
+                                              self.target.etcd_member_id,
+                                              prefer_not=self.master_member)
             except BaseException:
                 if record is not None:  # as it was: the node is still a member
                     self.c.store.put(Keys.node(name), record.value, guard=guard)
