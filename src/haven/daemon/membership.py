@@ -381,6 +381,14 @@ def rejoin_if_removed(d: NodeDaemon, js: JoinedState) -> bool:
                 continue  # a learner cannot list members; ask the next one
             members = other.member_list()
             mine = next((m for m in members if s.etcd_peer_url in m.peer_urls), None)
+            if mine is not None and not mine.client_urls:
+                # Added but never started: its --initial-cluster may predate a change of
+                # the members made since, which etcd refuses at every start ("member
+                # count is unequal").  Started anew from the members as they are now.
+                _rejoin(d, other, members, mine, st["cluster_id"],
+                        "was added but never started; starting it from the current "
+                        "members")
+                return True
             if mine is not None and (not known or st["cluster_id"] == known):
                 return False
             if mine is None and other.get(Keys.node(d.name)) is None:
@@ -460,10 +468,10 @@ def removed_per_api(d: NodeDaemon, js: JoinedState) -> bool:
 
 
 def _rejoin(d: NodeDaemon, other: EtcdStore, members: list[Any], mine: Any,
-            cluster_id: int) -> None:
+            cluster_id: int, why: str = "is not part of the cluster its peers serve; "
+                                        "rejoining it as a fresh learner") -> None:
     s = d.settings
-    log.warning("etcd member of %s is not part of the cluster its peers serve; rejoining "
-                "it as a fresh learner", d.name)
+    log.warning("etcd member of %s %s", d.name, why)
     d.member.stop()
     if mine is None:
         mine, members = add_member(other, s.etcd_peer_url)
