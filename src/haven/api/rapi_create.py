@@ -22,7 +22,7 @@ from haven.errors import InvalidInput
 
 REQ_VERSION = "__version__"
 RENAME = {"os": "os_type", "name": "instance_name"}
-# What Haven's OP_INSTANCE_CREATE takes (see master/opcodes/instance.py).
+# What Haven's OP_INSTANCE_CREATE takes (see master/opcodes/instance_create.py).
 HAVEN_PARAMS = frozenset({
     "instance_name", "os_type", "disk_template", "disks", "nics", "beparams", "hvparams",
     "osparams", "pnode", "snode", "start", "no_install", "hypervisor", "iallocator",

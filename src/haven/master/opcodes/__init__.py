@@ -3,6 +3,7 @@
 from haven.master.opcodes import (
                                   cluster,
                                   instance,
+                                  instance_create,
                                   instance_drbd,
                                   instance_migrate,
                                   instance_modify,
@@ -12,5 +13,5 @@ from haven.master.opcodes import (
                                   tags,
 )
 
-__all__ = ["cluster", "instance", "instance_drbd", "instance_migrate", "instance_modify",
-           "node", "node_evac", "query", "tags"]
+__all__ = ["cluster", "instance", "instance_create", "instance_drbd", "instance_migrate",
+           "instance_modify", "node", "node_evac", "query", "tags"]
