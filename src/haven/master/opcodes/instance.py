@@ -7,7 +7,6 @@ Creation is in ``instance_create``, modify in ``instance_modify``."""
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -316,4 +315,3 @@ class InstanceGrowDisk(InstanceLU):
         return {"instance": self.inst.name, "disk": self.disk.index, "size": self.new_size}
 
 
-__all__ = ["time"]
