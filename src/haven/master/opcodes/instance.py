@@ -313,5 +313,3 @@ class InstanceGrowDisk(InstanceLU):
                       for d in self.inst.disks)
         self.save(self.inst.modified(self.c.clock(), disks=disks))
         return {"instance": self.inst.name, "disk": self.disk.index, "size": self.new_size}
-
-
