@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from haven.daemon.replication import migration_bitmaps_cover, process_start
+from haven.daemon.migration_bitmaps import migration_bitmaps_cover, process_start
 from haven.model.instance import Disk, Instance
 
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from haven.daemon import replication as node_repl
-from haven.daemon.replication import STALL_SECONDS, NodeReplication
+from haven.daemon import replica_stall
+from haven.daemon.replica_stall import STALL_SECONDS
+from haven.daemon.replication import NodeReplication
 from haven.hypervisor.qemu import replication as repl
 from haven.hypervisor.qemu.mirror_spec import MirrorState
 from haven.model.instance import Instance
@@ -30,7 +31,7 @@ class FakeDaemon:
 @pytest.fixture
 def rig(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     clock = {"now": 1000.0, "severed": []}
-    monkeypatch.setattr(node_repl.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(replica_stall.time, "monotonic", lambda: clock["now"])
     monkeypatch.setattr(repl, "sever", lambda qmp, disk: clock["severed"].append(disk) or True)
     monkeypatch.setattr(NodeReplication, "qmp_path", lambda self, name: f"/run/{name}.qmp")
     return clock
@@ -45,7 +46,7 @@ def observe(rep: NodeReplication, clock: dict[str, Any], inst: Instance,
     phases = []
     for at, m in seq:
         clock["now"] = 1000.0 + at
-        phases.append(rep._unless_stalled(inst, m).phase)
+        phases.append(replica_stall.unless_stalled(rep, inst, m).phase)
     return phases
 
 
@@ -113,7 +114,7 @@ def test_an_unanswered_quorum_peer_whose_cut_times_out_is_held_frozen(
     rep = NodeReplication(FakeDaemon())  # type: ignore[arg-type]
     idle = MirrorState(0, "", "ready", 0, 0, slot="replica", idle_s=5.0)
     rig["now"] = 1000.0
-    assert rep._unless_unanswered(vm(), idle).phase == "ready"
+    assert replica_stall.unless_unanswered(rep, vm(), idle).phase == "ready"
     rig["now"] = 1000.0 + STALL_SECONDS + 0.1
-    assert rep._unless_unanswered(vm(), idle).phase == "failed"
+    assert replica_stall.unless_unanswered(rep, vm(), idle).phase == "failed"
     assert "vm1" in rep._frozen

@@ -4,57 +4,45 @@ Always: serves the API, and once the node is part of a cluster, holds the node's
 (``alive/<node>``), publishes its facts, supervises its etcd member, and (on master
 candidates) runs the master role.  A node that is not part of a cluster yet waits in
 *standby* for ``gnt-cluster init`` or for a master's ``gnt-node add``.
+
+:class:`NodeDaemon` holds the process's state and what the API asks of it; connecting to
+the cluster and the supervision pass are in :mod:`haven.daemon.activation`, the lease,
+alive key and fencer in :mod:`haven.daemon.fencing`, joining and leaving in
+:mod:`haven.daemon.membership`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haven.agent.loop import Agent
 from haven.api.routing import Router
-from haven.daemon import diskcopy, membership
-from haven.daemon import facts as node_facts
+from haven.daemon import activation, diskcopy, fencing, membership
+from haven.daemon.activation import Joined
 from haven.daemon.etcd_member import EtcdMember
-from haven.daemon.hub import EventHub
 from haven.daemon.instances import NodeInstances
 from haven.daemon.localstate import JoinedState, LocalState, write_private
 from haven.daemon.migration import NodeMigration
 from haven.daemon.replication import NodeReplication
-from haven.daemon.role import MasterRole
 from haven.daemon.settings import DaemonSettings
-from haven.errors import HavenError, NodeSetupError, OpPrereqError
+from haven.errors import HavenError, NodeSetupError
 from haven.fence.feeder import Feeder
 from haven.master import state
 from haven.master.lu import MasterContext
-from haven.model import ha
 from haven.model.cluster import Cluster
-from haven.model.ha import LEASE_MARGIN
-from haven.model.keys import (
-    CLUSTER,
-    INSTANCES,
-    LOCKS,
-    NODES,
-    OBSERVED,
-    PKI,
-    Keys,
-    store_prefix,
-)
+from haven.model.keys import NODES
 from haven.model.node import Node
 from haven.noderpc import HttpsNodeRpc
 from haven.passwords import hash_password
 from haven.store.base import Guard
-from haven.store.errors import StoreError
 from haven.store.etcd import EtcdStore
-from haven.store.lease import LeaseKeeper
 
 if TYPE_CHECKING:
     from haven.api.http import ApiServer
@@ -62,19 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NODE_USER = "haven-node"  # the user node daemons authenticate to each other with
-
-
-class Joined:
-    """Everything that exists only while the node is part of a cluster."""
-
-    def __init__(self, store: EtcdStore, lease: LeaseKeeper, hub: EventHub,
-                 cluster: Cluster) -> None:
-        self.store = store
-        self.lease = lease
-        self.hub = hub
-        self.cluster = cluster
-        self.role: MasterRole | None = None
-        self.agent: Agent | None = None
 
 
 class NodeDaemon:
@@ -110,7 +85,7 @@ class NodeDaemon:
         # before the web stack is even imported.  Callers meanwhile wait in the
         # listening socket's backlog or retry (a node not ready yet).
         if self.local.joined() is not None:
-            self._activate_with_retry()
+            activation.activate_with_retry(self)
         from haven.api import console, routes, ui
         from haven.api.http import ApiServer
         from haven.api.users_file import UsersFile
@@ -161,160 +136,25 @@ class NodeDaemon:
                                      str(self.local.provisional_key))
 
     # -- joined state ------------------------------------------------------------------
-    def _activate_with_retry(self) -> None:
-        try:
-            self.activate()
-        except HavenError as exc:
-            if isinstance(exc, StoreError) and membership.removed_while_away(self):
-                return
-            log.warning("cannot reach the cluster yet: %s (retrying)", exc.message)
-
     def activate(self) -> None:
         """Connect to the store and start everything a cluster node runs."""
-        with self._lock:
-            if self.joined is not None:
-                return
-            js = self.local.joined()
-            if js is None:
-                raise NodeSetupError(f"Node {self.name} is not part of a cluster.")
-            if js.etcd_member and not self.member.running():
-                if not self._rejoin_if_removed(js):
-                    self.member.start()
-                elif self.local.joined() is None:
-                    return  # it was removed from the cluster while away: standby now
-            store = EtcdStore(self._endpoints(js), store_prefix(js.cluster_name),
-                              tls=self.local.etcd_tls())
-            cluster = state.cluster(store)
-            self._ensure_fencer()
-            lease = LeaseKeeper(store, cluster.lease_ttl, margin=LEASE_MARGIN,
-                                adopt=self._saved_lease(), on_renewed=self._lease_renewed,
-                                heartbeat=lambda lid: self._heartbeat(store, lid))
-            hub = EventHub(store)
-            joined = Joined(store, lease, hub, cluster)
-            self.joined = joined
-            self._refresh_auth(cluster)
-            self._put_alive()
-            self.publish_facts()
-            self._remember_cluster_id(js)
-            membership.sync_crl(self, store)
-            hub.subscribe(PKI, lambda _k: membership.sync_crl(self, store))
-            hub.subscribe(CLUSTER, lambda _k: self._on_cluster_change())
-            # The cached etcd endpoints must follow membership at once: a node that
-            # dies right after a join must still find the others when it returns.
-            hub.subscribe(NODES, lambda _k: self._refresh_endpoints())
-            role = MasterRole(self.name, store, lease, self._is_candidate,
-                              self._master_context)
-            lease.on_lost(lambda _reason: role.on_lease_lost())
-            hub.subscribe("master", lambda _k: role.wake.set())
-            hub.subscribe("handover", lambda _k: role.wake.set())
-            joined.role = role
-            agent = Agent(self)
-            joined.agent = agent
-            # Not REPLICAS: the agent itself writes them while a sync progresses.
-            for prefix in (INSTANCES, OBSERVED, LOCKS):
-                hub.subscribe(prefix, lambda _k: agent.wake.set())
-            hub.start()
-            role.start()
-            agent.start()
-            log.info("joined cluster %s", js.cluster_name)
+        activation.activate(self)
 
     def _deactivate(self, revoke: bool) -> None:
-        joined, self.joined = self.joined, None
-        if joined is None:
-            return
-        if joined.agent is not None:
-            joined.agent.stop()
-        if joined.role is not None:
-            joined.role.stop(resign=revoke)
-        joined.hub.stop()
-        vms = sorted(self.instances.all_vms()) if revoke else []
-        if vms:
-            # One last renewal: the next daemon gets the whole TTL - margin to take the
-            # lease over (its fencer's deadline is fed from this renewal too).
-            with contextlib.suppress(StoreError):
-                joined.lease.renew_once()
-            # The cluster must not believe the node gone while its VMs run: the lease
-            # stays, the fencer keeps its deadline.  A daemon started before it takes
-            # the lease over and keeps them; otherwise the fencer stops them first.
-            log.warning("Stopping with %d VM(s) running (%s): lease %x is kept; a daemon "
-                        "started within %.0f s takes it over, else haven-fenced stops "
-                        "them before it expires", len(vms), ", ".join(vms),
-                        joined.lease.lease_id, max(joined.lease.deadline - time.monotonic(),
-                                                   0))
-            revoke = False
-        with contextlib.suppress(StoreError):
-            joined.lease.stop(revoke=revoke)
-        if revoke:
-            self.fencer.disarm("the node daemon stopped cleanly with no VM running")
-        joined.store.close()
+        activation.deactivate(self, revoke)
 
     # -- fencing -------------------------------------------------------------------------
-    def _ensure_fencer(self) -> None:
-        if self.fencer.ensure_running():
-            deadline = time.monotonic() + 5
-            while not (self.instances.run_dir / "fenced.sock").exists():
-                if time.monotonic() > deadline:
-                    log.warning("haven-fenced did not open its socket within 5 s")
-                    return
-                time.sleep(0.02)
-            joined = self.joined
-            if joined is not None and joined.lease.valid():
-                self.fencer.feed(joined.lease.deadline, joined.lease.lease_id)
-
-    def _lease_path(self) -> Path:
-        return self.instances.run_dir / "lease.json"
-
-    def _saved_lease(self) -> int:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return int(json.loads(self._lease_path().read_text())["lease"])
-        return 0
-
-    def _lease_renewed(self, deadline: float, lease_id: int) -> None:
-        self.fencer.feed(deadline, lease_id)
-        # Every second: the file is written when the lease changes, never read here.
-        if lease_id != self._recorded_lease:
-            write_private(self._lease_path(), json.dumps({"lease": lease_id}))
-            self._recorded_lease = lease_id
-
     def start_blocked(self) -> str:
-        """Why this node may not start a VM now, or "" if it may: it needs a valid
-        lease that holds its alive key, a fed fencer, and the HA manager not to have
-        fenced it (ARCHITECTURE.md, "Fencing")."""
-        joined = self.joined
-        if joined is None:
-            return f"node {self.name} is not connected to the cluster"
-        if not joined.lease.valid():
-            return f"node {self.name} holds no valid lease"
-        if self.fencer.fed_until() <= time.monotonic():
-            return f"haven-fenced of node {self.name} is not running or not fed"
-        kv = joined.store.get(Keys.alive(self.name))
-        if kv is None or kv.lease != joined.lease.lease_id:
-            return f"node {self.name}'s alive key is not held by its lease"
-        kv = joined.store.get(ha.node_key(self.name))
-        if kv is not None:
-            rec = ha.NodeHA.from_json(json.loads(kv.value))
-            if rec.state in ha.BLOCKED:
-                return (f"the HA manager has node {self.name} {rec.state} ({rec.reason}); "
-                        f"its instances are being recovered elsewhere")
-        return ""
+        """Why this node may not start a VM now, or "" if it may
+        (:func:`haven.daemon.fencing.start_blocked`)."""
+        return fencing.start_blocked(self)
 
-    @contextlib.contextmanager
-    def vm_start_gate(self, name: str) -> Iterator[None]:
+    def vm_start_gate(self, name: str) -> AbstractContextManager[None]:
         """Hold while starting VM ``name``: refuses (one sentence) unless this node may
         start VMs, and keeps a new lease from being granted meanwhile."""
-        with self.vm_start_lock:
-            why = self.start_blocked()
-            if why:
-                raise OpPrereqError(f"Not starting {name} on {self.name}: {why}.")
-            yield
+        return fencing.vm_start_gate(self, name)
 
-    def _endpoints(self, js: JoinedState) -> list[str]:
-        eps = list(js.etcd_endpoints)
-        if js.etcd_member:
-            own = self.settings.etcd_client_url
-            eps = [own] + [e for e in eps if e != own]
-        return eps
-
+    # -- the master role, and the API's users ------------------------------------------
     def _is_candidate(self) -> bool:
         joined = self.joined
         if joined is None:
@@ -359,16 +199,6 @@ class NodeDaemon:
         keys = self.local.secrets() if self.joined is not None else None
         return keys.cluster_secret if keys else ""
 
-    def _on_cluster_change(self) -> None:
-        joined = self.joined
-        if joined is None:
-            return
-        try:
-            joined.cluster = state.cluster(joined.store)
-        except HavenError:
-            return
-        self._refresh_auth(joined.cluster)
-
     # -- periodic work -------------------------------------------------------------------
     def supervise(self) -> str:
         """One supervision pass; returns what it did, in one line."""
@@ -377,122 +207,14 @@ class NodeDaemon:
         if not self._lock.acquire(blocking=False):
             return "busy"
         try:
-            return self._supervise()
+            return activation.supervise(self)
         finally:
             self._lock.release()
 
-    def _supervise(self) -> str:
-        js = self.local.joined()
-        if js is None:
-            return "standby"
-        done = []
-        if js.etcd_member and not self.member.running() and self.member.config():
-            # Removed members exit: one demoted to a learner, or left behind by a
-            # recovery elsewhere, rejoins instead of restarting its old copy.
-            if self._rejoin_if_removed(js):
-                if self.local.joined() is None:
-                    return "removed from the cluster: standby"
-                done.append("rejoined etcd as a learner")
-            else:
-                self.member.start()
-                done.append("restarted etcd member")
-        joined = self.joined
-        if joined is None:
-            self._activate_with_retry()
-            return "activating"
-        self._ensure_fencer()
-        if not joined.lease.valid() or joined.lease.lease_id != self._alive_lease:
-            with self.vm_start_lock:
-                joined.lease.restart()
-                self._put_alive()
-            done.append("renewed lease")
-        fired = self.fencer.take_record()
-        if fired:
-            self._report_fenced(fired)
-        if time.monotonic() - self._last_facts > self.settings.facts_period:
-            self.publish_facts()
-            self._refresh_endpoints()
-            self._remember_cluster_id(js)
-        return ", ".join(done) or "ok"
-
-    def _report_fenced(self, fired: dict[str, Any]) -> None:
-        from haven.model import event
-
-        killed = ", ".join(fired.get("killed") or []) or "no VM"
-        ev = event.new("self-fenced", f"node/{self.name}", self.name,
-                       f"Node {self.name} fenced itself: its lease {fired.get('lease')} was "
-                       f"not renewed in time; haven-fenced killed {killed}", "warning")
-        with contextlib.suppress(StoreError):
-            self.store().put(ev.key(), ev.encode())
-
-    def _heartbeat(self, store: EtcdStore, lease_id: int) -> None:
-        """Re-write the alive key at every renewal: the master's HA manager times this
-        node's silence from these writes (``master/ha.py``)."""
-        if self._alive_lease != lease_id:
-            return  # not ours yet: supervise() writes it first
-        store.put(Keys.alive(self.name), self._alive_value(), lease=lease_id)
-
-    def _alive_value(self) -> bytes:
-        return json.dumps({"node": self.name, "pid": os.getpid(), "since": self.started,
-                           "api": f"{self.settings.address}:{self.settings.api_port}"}
-                          ).encode()
-
-    def _put_alive(self) -> None:
-        joined = self.joined
-        if joined is None or not joined.lease.valid():
-            return
-        if self._alive_lease != joined.lease.lease_id:
-            try:
-                self.instances.retract_stale()
-            except (StoreError, OSError) as exc:  # the agent's pass corrects it later
-                log.warning("could not correct %s's stale instance states: %s",
-                            self.name, exc)
-        joined.store.put(Keys.alive(self.name), self._alive_value(),
-                         lease=joined.lease.lease_id)
-        self._alive_lease = joined.lease.lease_id
-
-    def publish_facts(self) -> None:
-        joined = self.joined
-        if joined is None:
-            return
-        version = (self.instances.qemu_version()
-                   if "kvm" in joined.cluster.enabled_hypervisors else "")
-        f = node_facts.collect(self.name, self.settings.storage_dir,
-                               joined.cluster.enabled_hypervisors, hv_version=version)
-        joined.store.put(Keys.facts(self.name), state.dumps(f.to_json()))
-        self._last_facts = time.monotonic()
-
-    def _refresh_endpoints(self) -> None:
-        """Keep the cached etcd endpoints in step with the members in the store."""
-        joined = self.joined
-        js = self.local.joined()
-        if joined is None or js is None:
-            return
-        urls = tuple(sorted(n.etcd_client_url for n in state.nodes(joined.store)
-                            if n.etcd_client_url))
-        if js.etcd_managed and urls and urls != tuple(sorted(js.etcd_endpoints)):
-            self.use_etcd_endpoints(js, urls)
-
     def use_etcd_endpoints(self, js: JoinedState, urls: tuple[str, ...]) -> None:
-        """Remember ``urls`` as the cluster's etcd endpoints, and use them at once: a
-        member that joined after this node may be the only voter left when this
-        node's own member is demoted or the first ones go."""
-        js = replace(js, etcd_endpoints=urls)
-        self.local.save_joined(js)
-        joined = self.joined
-        if joined is not None:
-            joined.store.set_endpoints(self._endpoints(js))
-
-    def _rejoin_if_removed(self, js: JoinedState) -> bool:
-        return membership.rejoin_if_removed(self, js)
-
-    def _remember_cluster_id(self, js: JoinedState) -> None:
-        joined = self.joined
-        if joined is None or not js.etcd_member:
-            return
-        with contextlib.suppress(StoreError):
-            own = self.settings.etcd_client_url
-            self.member.remember_cluster_id(joined.store.status(own)["cluster_id"])
+        """Remember ``urls`` as the cluster's etcd endpoints, and use them at once
+        (:func:`haven.daemon.activation.use_etcd_endpoints`)."""
+        activation.use_etcd_endpoints(self, js, urls)
 
     # -- what the API asks ---------------------------------------------------------------
     @property

@@ -5,6 +5,9 @@ Reporting a peer ``Outdated`` follows DRBD's resource-and-stonith rule: the VM's
 frozen, the new state is written by compare-and-swap (which needs etcd quorum), and
 only then is the VM thawed.  A primary that cannot reach quorum stays frozen, and is
 fenced by losing its lease.
+
+Cutting off a hung peer is in :mod:`haven.daemon.replica_stall`, and copying only what
+an incoming migration wrote in :mod:`haven.daemon.migration_bitmaps`.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from haven.agent.replan import Mirror, RepAction
+from haven.daemon import migration_bitmaps, replica_stall
 from haven.daemon.mirror_watch import MirrorWatch
 from haven.errors import HavenError, NodeSetupError, OpExecError
 from haven.master import state
@@ -36,48 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A mirror that has writes pending and makes no progress for this long has a hung peer
-# (a partition, a stopped storage daemon): QEMU's NBD client has no request timeout, so
-# every guest write would wait for TCP to give up, ~15 min.  Its connection is cut and
-# the VM runs degraded, as DRBD does after ``timeout`` x ``ko-count``.
-STALL_SECONDS = 6.0
 # How long the new primary waits, right after a migration, for the old one to export
 # its disks (its agent does so once it sees the switch).
 EXPORT_WAIT = 3.0
-
-
-def process_start(pid: int) -> str:
-    """The start time of process ``pid`` (``/proc/<pid>/stat`` field 22, in clock ticks
-    since boot): with the pid it names one process, never a later one reusing the pid.
-    "" if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    fields = stat[stat.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else ""
-
-
-def migration_bitmaps_cover(record: dict[str, Any], inst: Instance, node: str, pid: int,
-                            start: str) -> bool:
-    """Whether the resync bitmaps of the VM ``pid`` (started at ``start``) on ``node``
-    hold every block in which the disks of ``inst`` differ from its secondary's replicas,
-    so that protecting them may copy just those blocks (pure).
-
-    ``record`` was written when this node accepted the migration of ``inst`` (see
-    :meth:`NodeReplication.note_migration`).  The bitmaps were added to the incoming
-    VM's disks before it activated them, so they hold every write it made.  At its
-    activation the disks equalled the source's: the source's mirrors had ended in sync
-    (``hand_over``) with its guest stopped, and the source never ran again.  So the
-    difference is exactly those writes, *provided* that: this is still that VM process
-    (a restarted QEMU has no bitmap: bitmaps on raw images are not persistent), the
-    secondary is that migration's source (its image untouched since: it only quit, then
-    got exported), and the generation is the one the migration's switch made (one more:
-    any other change of primary, secondary or disks bumps it again)."""
-    return (record.get("pid") == pid and bool(start) and record.get("start") == start
-            and record.get("instance") == inst.name and inst.primary_node == node
-            and tuple(inst.secondary_nodes[:1]) == (record.get("source"),)
-            and inst.generation == int(record.get("generation", -2)) + 1)
 
 
 class NodeReplication:
@@ -195,7 +159,7 @@ class NodeReplication:
             except HavenError as exc:
                 log.debug("mirror status of %s: %s", name, exc.message)
                 continue  # unknown this cycle: no decision is taken on it
-            st = {i: self._unless_stalled(inst, m) for i, m in st.items()}
+            st = {i: replica_stall.unless_stalled(self, inst, m) for i, m in st.items()}
             out[name] = {i: Mirror(m.phase, 100.0 * m.offset / m.length if m.length else 0.0)
                          for i, m in st.items()}
         seen = {(n, i) for n, disks in out.items() for i in disks}
@@ -220,92 +184,14 @@ class NodeReplication:
                     and m.phase == "ready":
                 changed = replication.promote(qmp, i) or changed
             elif m.slot == "replica" and m.io_status == "failed" \
-                    and m.job_id != JOB.format(i) and self._sever(inst, i) is not False:
+                    and m.job_id != JOB.format(i) \
+                    and replica_stall.sever(self, inst, i) is not False:
                 self._frozen[inst.name] = time.monotonic()
                 log.warning("%s: disk %d stopped on a replica write error; replica taken "
                             "out, guest paused until its peer is recorded Outdated",
                             inst.name, i)
                 changed = True
         return replication.status(qmp) if changed else st
-
-    def _unless_stalled(self, inst: Instance, m: MirrorState) -> MirrorState:
-        """``m``, or a failed state once the mirror has stalled for ``STALL_SECONDS``
-        and its connection was cut (so the report marks the replica Outdated)."""
-        from haven.hypervisor.qemu import replication
-
-        if m.slot == "replica" and m.phase == "ready":
-            return self._unless_unanswered(inst, m)
-        name, now = inst.name, time.monotonic()
-        since = self._still.get((name, m.disk))
-        if since is None or not replication.stalled(since[1], m):
-            self._still[(name, m.disk)] = (now, m)
-            return m
-        if now - since[0] < STALL_SECONDS:
-            return m
-        del self._still[(name, m.disk)]
-        try:
-            self._sever(inst, m.disk)
-        except HavenError as exc:
-            log.warning("cutting the hung replica connection of %s: %s", name, exc.message)
-            return m
-        self._severed.add((name, m.disk))
-        msg = (f"disk/{m.disk}: its secondary made no progress for {STALL_SECONDS:g} s with "
-               "writes pending; replication connection cut")
-        log.warning("%s %s", name, msg)
-        self.d.instances.emit("replica-hung", inst, msg, "warning")
-        return replace(m, phase="failed")
-
-    def _unless_unanswered(self, inst: Instance, m: MirrorState) -> MirrorState:
-        """For a protected quorum disk: a hung peer (stopped, or cut off without a reset)
-        blocks every guest write, and nothing in QEMU says so.  When the disk has
-        completed no I/O for a second, ask the export (an NBD greeting, 1 s); once it
-        has not answered for ``STALL_SECONDS`` the connection is cut, the replica taken
-        out and the guest paused until the peer is ``Outdated`` (DRBD's ping timeout)."""
-        from haven.hypervisor.qemu import replication
-
-        key, now = (inst.name, m.disk), time.monotonic()
-        if m.idle_s < 1.0:
-            self._unanswered.pop(key, None)
-            return m
-        try:
-            replication.probe(self.targets(inst)[m.disk], timeout=1.0)
-        except (HavenError, StoreError, KeyError):
-            first = self._unanswered.setdefault(key, now)
-            if now - first < STALL_SECONDS:
-                return m
-        else:
-            self._unanswered.pop(key, None)
-            return m
-        del self._unanswered[key]
-        if self._sever(inst, m.disk) is False:
-            return m
-        self._frozen[inst.name] = now
-        msg = (f"disk/{m.disk}: its secondary did not answer for {STALL_SECONDS:g} s while "
-               "the disk was blocked or idle; replication connection cut, guest paused "
-               "until the replica is recorded Outdated")
-        log.warning("%s %s", inst.name, msg)
-        self.d.instances.emit("replica-hung", inst, msg, "warning")
-        return replace(m, phase="failed")
-
-    def _sever(self, inst: Instance, disk: int) -> bool | None:
-        """``replication.sever``; None when QEMU's monitor did not answer in time.
-
-        The monitor is slow when QEMU's main loop drains writes stuck on the hung peer
-        (the ``stop`` of a quorum disk's degrade waits for them): the pause it was sent
-        then still lands, later, with nobody left to undo it.  The guest is therefore
-        held frozen like any cut replica, so :meth:`release_frozen` resumes it once the
-        peer is recorded ``Outdated`` (found by the fault campaign: a guest left paused
-        for good after its peer came back from a partition)."""
-        from haven.hypervisor.qemu import replication
-        from haven.hypervisor.qemu.qmp import QmpTimeout
-
-        try:
-            return replication.sever(self.qmp_path(inst.name), disk)
-        except QmpTimeout as exc:
-            self._frozen[inst.name] = time.monotonic()
-            log.warning("%s: cutting the replica of disk %d: %s; the guest is held frozen "
-                        "until its peer is recorded Outdated", inst.name, disk, exc.message)
-            return None
 
     def replicas(self) -> dict[str, Replicas]:
         kvs, _ = self.d.store().list(REPLICAS)
@@ -362,29 +248,10 @@ class NodeReplication:
                 for d in inst.disks}
 
     # -- the bitmaps of an incoming migration --------------------------------------
-    def _migration_path(self, name: str) -> Path:
-        return self.d.instances.run_dir / f"{name}.migrated.json"
-
     def note_migration(self, inst: Instance, pid: int) -> None:
-        """This node accepts the migration of ``inst`` into VM process ``pid``, whose
-        disks got their resync bitmaps before activation: remember it, so that the
-        mirror to the old primary can start from those bitmaps (see
-        :func:`migration_bitmaps_cover`).  A local file: a node daemon restarted
-        meanwhile still finds it; a new VM process does not match it."""
-        from haven.daemon.localstate import write_private
-
-        write_private(self._migration_path(inst.name), json.dumps({
-            "instance": inst.name, "pid": pid, "start": process_start(pid),
-            "source": inst.primary_node, "generation": inst.generation}))
-
-    def _migrated_bitmaps(self, inst: Instance) -> bool:
-        try:
-            record = json.loads(self._migration_path(inst.name).read_text())
-        except (OSError, ValueError):
-            return False
-        vm = self._hv().list().get(inst.name)
-        return isinstance(record, dict) and vm is not None and migration_bitmaps_cover(
-            record, inst, self.d.name, vm.pid, process_start(vm.pid))
+        """This node accepts the migration of ``inst`` into VM process ``pid``: remember
+        it for the mirror to the old primary (:func:`migration_bitmaps.note_migration`)."""
+        migration_bitmaps.note_migration(self.d, inst, pid)
 
     def _for_disks(self, inst: Instance, disks: tuple[int, ...], what: str) -> None:
         from haven.hypervisor.qemu import replication
@@ -393,7 +260,7 @@ class NodeReplication:
         targets = self.targets(inst)
         # After a migration here the old primary holds what this VM had at activation:
         # copy only what it wrote since, not the whole disks.
-        migrated = what == "protect" and self._migrated_bitmaps(inst)
+        migrated = what == "protect" and migration_bitmaps.migrated_bitmaps(self, inst)
         for i in disks:
             target = targets[i]
             if migrated and replication.has_bitmap(self.qmp_path(inst.name), i):
@@ -428,7 +295,7 @@ class NodeReplication:
                 self.d.instances.emit("resynced", inst, f"disk/{i} resynced to {snode.name} "
                                       f"({res.mode}, {res.bytes_copied} bytes)")
         if migrated:  # used: from now on the mirrors' own state says what to copy
-            self._migration_path(inst.name).unlink(missing_ok=True)
+            migration_bitmaps.migration_path(self.d, inst.name).unlink(missing_ok=True)
         self.watch.rearm(inst.name)  # a new mirror: its first error freezes the guest
         if what == "resync" or migrated:  # in sync now: report it without waiting
             self._woken(inst.name, list(disks))
@@ -470,7 +337,7 @@ class NodeReplication:
         """Remove the replication files instance ``name`` left here (removed or renamed):
         its TLS pre-shared key, secret material, and the log of an export that ended."""
         shutil.rmtree(self._psk_path(name), ignore_errors=True)
-        self._migration_path(name).unlink(missing_ok=True)
+        migration_bitmaps.migration_path(self.d, name).unlink(missing_ok=True)
         if not self.exports.alive(name):
             self.exports.path(name, ".log").unlink(missing_ok=True)
 

@@ -209,7 +209,7 @@ class World:
         """Called after a failed renewal (the keeper retries after 0.5 s)."""
 
     def _beat(self, node: SimNode) -> Callable[[int], None]:
-        """``NodeDaemon._heartbeat``: the alive key is rewritten at every renewal."""
+        """``daemon.fencing.heartbeat``: the alive key is rewritten at every renewal."""
         def beat(lease_id: int) -> None:
             if node.alive_lease == lease_id:
                 node.store.put(Keys.alive(node.name), _alive_value(node.name),
