@@ -49,11 +49,9 @@ from haven.storage.tgt import (
     DEFAULT_BSOFLAGS,
     DEFAULT_BSTYPE,
     TARGET_KEYS,
-    ServerInfo,
     free_control,
-    start_server,
-    stop_server,
 )
+from haven.storage.tgt_server import ServerInfo, start_server, stop_server
 from replication import GUEST, Console
 
 DISK_MIB = 256

@@ -26,13 +26,8 @@ import pytest
 import haven
 from haven.hypervisor.qemu.qmp import qmp_call
 from haven.storage.iscsi_provider import restore
-from haven.storage.tgt import (
-    ServerInfo,
-    TgtError,
-    free_control,
-    start_server,
-    stop_server,
-)
+from haven.storage.tgt import TgtError, free_control
+from haven.storage.tgt_server import ServerInfo, start_server, stop_server
 
 pytestmark = [
     pytest.mark.integration,

@@ -106,7 +106,7 @@ def configure_node(san: San, secret: str, data_dir: Path) -> None:
 def start(base: Path, data_dirs: list[Path] | None = None) -> San:
     """Start the storage server if it does not run, serving every volume of its pool
     again; (re)write the nodes' configuration when ``data_dirs`` is given."""
-    from haven.storage import iscsi_provider, tgt
+    from haven.storage import iscsi_provider, tgt, tgt_server
 
     san = load(base)
     if san is None:
@@ -116,8 +116,8 @@ def start(base: Path, data_dirs: list[Path] | None = None) -> San:
     for d in data_dirs or []:
         configure_node(san, secret, d)
     if not tgt.Tgtadm(control=san.control).answers():
-        tgt.start_server(Path(san.run_dir), san.address, san.port, san.control, CHAP_USER,
-                         secret)
+        tgt_server.start_server(Path(san.run_dir), san.address, san.port, san.control,
+                                CHAP_USER, secret)
         iscsi_provider.restore(_conf_file(data_dirs, base))
     return san
 
@@ -132,7 +132,7 @@ def _conf_file(data_dirs: list[Path] | None, base: Path) -> Path:
 
 def stop(base: Path) -> bool:
     """Stop the storage server (its volumes stay in the pool).  False if none ran."""
-    from haven.storage import tgt
+    from haven.storage import tgt_server
 
     san = load(base)
     if san is None:
@@ -142,9 +142,9 @@ def stop(base: Path) -> bool:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return False
-    info = tgt.ServerInfo(pid, san.address, san.port, san.control, Path(san.run_dir),
-                          Path(san.run_dir) / f"tgtd-{san.control}.log")
-    tgt.stop_server(info)
+    info = tgt_server.ServerInfo(pid, san.address, san.port, san.control, Path(san.run_dir),
+                                 Path(san.run_dir) / f"tgtd-{san.control}.log")
+    tgt_server.stop_server(info)
     return True
 
 

@@ -57,7 +57,8 @@ from haven.storage.iscsi_config import (
     load_config,
     sanitize,
 )
-from haven.storage.tgt import Target, TgtError
+from haven.storage.tgt import TgtError
+from haven.storage.tgt_show import Target
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,18 +1,16 @@
-"""A typed wrapper over ``tgtadm`` (Linux SCSI target framework, Debian's ``tgt``) and
-the lifecycle of a local ``tgtd`` storage server.
+"""A typed wrapper over ``tgtadm`` (Linux SCSI target framework, Debian's ``tgt``).
 
 Every call runs ``tgtadm -C <control> --lld iscsi ...``, optionally behind a management
 prefix (``["ssh", "root@san"]``; empty when tgtd runs on this machine), with a timeout.
 Every failure becomes one :class:`TgtError` whose message is a sentence naming the
 step and the daemon; ``unreachable`` tells a daemon that does not answer apart from a
-refused request.
+refused request.  ``tgtadm --op show`` output is parsed by :mod:`haven.storage.tgt_show`;
+a local ``tgtd`` is started and stopped by :mod:`haven.storage.tgt_server`.
 
 Facts this module relies on (tgt 1.0.85, measured):
 
 - ``-Q IQN`` binds an initiator *name*; ``-I`` binds an *address* (an IQN given to
   ``-I`` makes every login fail with "Target not found").
-- tgtd ignores SIGTERM: stop it with ``State offline``, ``delete target --force`` for
-  each target, then ``delete --mode system``.
 - tgtd reads a LUN's size when the LUN is added; a grown backing file is only seen
   after the LUN is deleted and added again (``--op update`` cannot change the size).
 - Several daemons coexist with different ``-C`` and portals.
@@ -24,26 +22,19 @@ Facts this module relies on (tgt 1.0.85, measured):
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import re
 import shlex
-import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from haven.errors import OpExecError
 from haven.storage import tgt_ipc
+from haven.storage.tgt_show import Connection, Target, parse_connections, parse_targets
 
 log = logging.getLogger(__name__)
 
 TGTADM = "tgtadm"
-TGTD = "/usr/sbin/tgtd"
-CONTROL_DIR = "/var/run/tgtd"
 
 # Backing store chosen for new LUNs, measured with ``qemu-img bench`` over iscsi://
 # against tgtd on 127.0.0.1 (2 cores, ext4 on virtio, 3 rounds alternated, noisy;
@@ -81,135 +72,6 @@ class TgtError(OpExecError):
         super().__init__(message)
         self.unreachable = unreachable
         self.detail = detail
-
-
-@dataclass(frozen=True)
-class Lun:
-    """One logical unit of a target; ``size_mb`` is tgt's rounded decimal MB."""
-
-    lun: int
-    size_mb: int
-    backing_path: str
-    bstype: str
-
-
-@dataclass(frozen=True)
-class Nexus:
-    """An I_T nexus (an iSCSI session): its id and the initiator name logged in."""
-
-    nexus_id: int
-    initiator: str
-
-
-@dataclass(frozen=True)
-class Target:
-    """One target as ``--op show --mode target`` reports it."""
-
-    tid: int
-    name: str
-    luns: tuple[Lun, ...] = ()
-    accounts: tuple[str, ...] = ()
-    acl: tuple[str, ...] = ()
-    sessions: tuple[Nexus, ...] = ()
-
-    def lun(self, number: int) -> Lun | None:
-        """The LUN with that number, if the target has it."""
-        return next((x for x in self.luns if x.lun == number), None)
-
-
-@dataclass(frozen=True)
-class Connection:
-    """One connection of a session, from ``--op show --mode conn --tid N``."""
-
-    sid: int
-    cid: int
-    initiator: str
-    address: str
-
-
-@dataclass
-class _TargetBuilder:
-    tid: int
-    name: str
-    luns: list[Lun] = field(default_factory=list)
-    accounts: list[str] = field(default_factory=list)
-    acl: list[str] = field(default_factory=list)
-    sessions: list[Nexus] = field(default_factory=list)
-    nexus: int | None = None
-    lun: dict[str, str] | None = None
-
-    def close_lun(self) -> None:
-        if self.lun is not None:
-            size = re.match(r"(\d+) MB", self.lun.get("Size", "0 MB"))
-            self.luns.append(Lun(int(self.lun["LUN"]), int(size.group(1)) if size else 0,
-                                 self.lun.get("Backing store path", ""),
-                                 self.lun.get("Backing store type", "")))
-        self.lun = None
-
-    def build(self) -> Target:
-        self.close_lun()
-        return Target(self.tid, self.name, tuple(self.luns), tuple(self.accounts),
-                      tuple(self.acl), tuple(self.sessions))
-
-
-def parse_targets(text: str) -> list[Target]:
-    """Parse ``tgtadm --op show --mode target``; unknown lines are skipped."""
-    targets: list[Target] = []
-    cur: _TargetBuilder | None = None
-    section = ""
-    for raw in text.splitlines():
-        m = re.match(r"^Target (\d+): (\S+)", raw)
-        if m:
-            if cur is not None:
-                targets.append(cur.build())
-            cur, section = _TargetBuilder(int(m.group(1)), m.group(2)), ""
-            continue
-        if cur is None:
-            continue
-        line = raw.strip()
-        if len(raw) - len(raw.lstrip()) == 4 and line.endswith(":"):
-            cur.close_lun()
-            section = line[:-1]
-        elif section == "I_T nexus information":
-            if nm := re.match(r"I_T nexus: (\d+)", line):
-                cur.nexus = int(nm.group(1))
-            elif (im := re.match(r"Initiator: (\S+)", line)) and cur.nexus is not None:
-                cur.sessions.append(Nexus(cur.nexus, im.group(1)))
-                cur.nexus = None
-        elif section == "LUN information":
-            if lm := re.match(r"LUN: (\d+)$", line):
-                cur.close_lun()
-                cur.lun = {"LUN": lm.group(1)}
-            elif cur.lun is not None and ":" in line:
-                # "Size: 67 MB, Block size: 512" holds two keys on one line.
-                for part in line.split(", "):
-                    key, _, value = part.partition(":")
-                    cur.lun.setdefault(key.strip(), value.strip())
-        elif section == "Account information" and line:
-            cur.accounts.append(line.split()[0])
-        elif section == "ACL information" and line:
-            cur.acl.append(line)
-    if cur is not None:
-        targets.append(cur.build())
-    return targets
-
-
-def parse_connections(text: str) -> list[Connection]:
-    """Parse ``tgtadm --op show --mode conn --tid N``."""
-    conns: list[Connection] = []
-    sid = cid = -1
-    initiator = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if m := re.match(r"Session: (\d+)", line):
-            sid = int(m.group(1))
-        elif m := re.match(r"Connection: (\d+)", line):
-            cid = int(m.group(1))
-        elif m := re.match(r"Initiator: (\S+)", line):
-            initiator = m.group(1)
-        elif m := re.match(r"IP Address: (\S+)", line):
-            conns.append(Connection(sid, cid, initiator, m.group(1)))
-    return conns
 
 
 @dataclass(frozen=True)
@@ -379,129 +241,3 @@ def free_control(start: int = 0) -> int:
         if not Tgtadm(control=control).answers():
             return control
     raise TgtError("no free tgtd control index; stop old tgtd processes (pkill tgtd)")
-
-
-# -- a local storage server ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """A tgtd started by :func:`start_server`."""
-
-    pid: int
-    address: str
-    port: int
-    control: int
-    run_dir: Path
-    log_path: Path = field(compare=False)
-
-    @property
-    def portal(self) -> str:
-        """``host:port`` as initiators and iscsi.conf write it."""
-        return f"{self.address}:{self.port}"
-
-    @property
-    def tgtadm(self) -> Tgtadm:
-        """A tgtadm for this daemon."""
-        return Tgtadm(control=self.control)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        # Reap it if it is our child and has exited (else it lingers as a zombie).
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def start_server(run_dir: Path, address: str, port: int, control: int, chap_user: str,
-                 chap_secret: str, timeout: float = 10.0) -> ServerInfo:
-    """Start ``tgtd -f`` in its own process group, serving iSCSI on ``address:port``
-    with control index ``control``; wait until tgtadm answers; create the CHAP account.
-
-    The log is ``run_dir/tgtd-<control>.log`` and the pid ``run_dir/tgtd-<control>.pid``.
-    Refuses a control index another daemon answers on (two daemons on one index would
-    share a control socket).
-    """
-    adm = Tgtadm(control=control)
-    if adm.answers():
-        raise TgtError(f"cannot start tgtd on {address}:{port}: control port {control} is "
-                       "already used by another tgtd; choose another control index")
-    if not Path(TGTD).exists():
-        raise TgtError(f"cannot start tgtd: {TGTD} is not installed; apt-get install tgt")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / f"tgtd-{control}.log"
-    with open(log_path, "ab") as logf:
-        proc = subprocess.Popen(
-            [TGTD, "-f", "-C", str(control), "-t", "2", "--iscsi",
-             f"portal={address}:{port}"],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    (run_dir / f"tgtd-{control}.pid").write_text(f"{proc.pid}\n", encoding="ascii")
-    info = ServerInfo(proc.pid, address, port, control, run_dir, log_path)
-    deadline = time.monotonic() + timeout
-    while not adm.answers():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _kill(proc.pid)
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
-            raise TgtError(f"cannot start tgtd on {address}:{port} (control port {control}): "
-                           f"it {'exited' if proc.poll() is not None else 'did not answer'}"
-                           f" ({' '.join(tail) or 'no log'}); see {log_path}")
-        time.sleep(0.05)
-    try:
-        if chap_user not in adm.accounts():
-            adm.new_account(chap_user, chap_secret)
-    except TgtError:
-        stop_server(info)
-        raise
-    log.info("tgtd started on %s (control port %d, pid %d)", info.portal, control, proc.pid)
-    return info
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    _wait_gone(pid, 5.0)
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def stop_server(info: ServerInfo, timeout: float = 10.0) -> None:
-    """Stop a daemon started by :func:`start_server`: go offline, delete every target
-    (``--force`` closes their sessions), ``delete --mode system``, then make sure the
-    process is gone (SIGKILL to its process group as the last resort)."""
-    adm = info.tgtadm
-    if _alive(info.pid):
-        try:
-            adm.set_state("offline")
-            for target in adm.targets():
-                adm.delete_target(target.tid, force=True)
-            adm.shutdown()
-        except TgtError as exc:
-            log.info("tgtd pid %d did not stop cleanly (%s); killing it", info.pid, exc)
-        if not _wait_gone(info.pid, timeout):
-            log.info("tgtd pid %d still runs after %g s; killing it", info.pid, timeout)
-            _kill(info.pid)
-    (info.run_dir / f"tgtd-{info.control}.pid").unlink(missing_ok=True)
-    # tgtd leaves its control socket behind; this index was ours alone (start_server
-    # refuses an index another daemon answers on).
-    for name in (f"socket.{info.control}", f"socket.{info.control}.lock"):
-        Path(CONTROL_DIR, name).unlink(missing_ok=True)
-    log.info("tgtd on %s (control port %d) stopped", info.portal, info.control)
