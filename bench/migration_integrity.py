@@ -30,7 +30,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import migration_qemu as mq
 from common import write_json
-from haven.hypervisor.qemu.migration import accept, finish_source, migrate, wait_destination
+from haven.hypervisor.qemu.migration import finish_source, migrate
+from haven.hypervisor.qemu.migration_destination import accept, wait_destination
 
 BROKEN = ("BUG", "Oops", "panic", "general protection")
 

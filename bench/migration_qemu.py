@@ -35,12 +35,11 @@ from haven.hypervisor.base import DiskSpec, VmSpec
 from haven.hypervisor.qemu import QemuHypervisor, replication
 from haven.hypervisor.qemu.exports import ExportDisk, ExportManager
 from haven.hypervisor.qemu.migration import (
-    accept,
     drbd_switchover,
     finish_source,
     migrate,
-    wait_destination,
 )
+from haven.hypervisor.qemu.migration_destination import accept, wait_destination
 
 GUEST = Path(os.environ.get("HAVEN_GUEST_DIR", "/var/cache/haven/guest"))
 NAME = "benchvm"

@@ -36,8 +36,8 @@ from haven.hypervisor.qemu.migration import (
     drbd_switchover,
     finish_source,
     migrate,
-    wait_destination,
 )
+from haven.hypervisor.qemu.migration_destination import wait_destination
 
 __all__ = ["guest", "nodes"]  # fixtures
 

@@ -29,12 +29,14 @@ from haven.hypervisor.base import DiskSpec, HypervisorError, VmSpec
 from haven.hypervisor.qemu import QemuHypervisor, replication
 from haven.hypervisor.qemu.exports import ExportDisk, ExportManager
 from haven.hypervisor.qemu.migration import (
-    abort_incoming,
-    accept,
     drbd_switchover,
     finish_source,
     migrate,
     resume_source,
+)
+from haven.hypervisor.qemu.migration_destination import (
+    abort_incoming,
+    accept,
     wait_destination,
 )
 from haven.hypervisor.qemu.qmp import qmp_call

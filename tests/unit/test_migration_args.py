@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from haven.hypervisor.base import HypervisorError
-from haven.hypervisor.qemu.migration import (
+from haven.hypervisor.qemu.migration_spec import (
     MigrationStats,
     capabilities,
     migration_params,

@@ -15,7 +15,7 @@ import pytest
 import haven.master.opcodes  # noqa: F401  (registers the opcodes)
 from haven.daemon.migration_progress import ProgressPublisher
 from haven.hypervisor.base import HypervisorError
-from haven.hypervisor.qemu import migration
+from haven.hypervisor.qemu import migration, migration_spec
 from haven.hypervisor.qemu.qmp import QmpTimeout
 from haven.master.lu import MasterContext, lu_class
 from haven.master.opcodes import migration_watch
@@ -51,16 +51,16 @@ def query(status: str, remaining_mib: float, copied_mib: float, passes: int = 1,
 # -- what a sample says ---------------------------------------------------------------------
 
 def test_a_sample_counts_zero_pages_in_the_rate_and_the_pass_from_the_dirty_syncs() -> None:
-    first = migration.progress_of(query("active", 100, 28))
+    first = migration_spec.progress_of(query("active", 100, 28))
     assert (first.total, first.remaining, first.copied, first.rate) == (
         128 * MIB, 100 * MIB, 28 * MIB, 0.0)
     assert first.passes == 1 and first.percent == pytest.approx(21.875)
-    second = migration.progress_of(query("active", 40, 88), first, 2.0)
+    second = migration_spec.progress_of(query("active", 40, 88), first, 2.0)
     assert second.rate == pytest.approx(30 * MIB)  # 60 MiB of memory in 2 s
     assert second.wire_rate == pytest.approx(10e6)  # 80 Mbit/s on the wire
-    dirty = migration.progress_of(query("active", 6, 130, passes=3), second, 1.0)
+    dirty = migration_spec.progress_of(query("active", 6, 130, passes=3), second, 1.0)
     assert dirty.passes == 3 and dirty.percent is None
-    assert migration.progress_of({"status": "setup"}).total == 0
+    assert migration_spec.progress_of({"status": "setup"}).total == 0
 
 
 def test_first_pass_line_has_percent_rate_and_time_left() -> None:

@@ -49,7 +49,7 @@ class NodeMigration:
         """Start the instance here paused, waiting for its memory; returns the URI."""
         from dataclasses import replace
 
-        from haven.hypervisor.qemu import QemuHypervisor, migration
+        from haven.hypervisor.qemu import QemuHypervisor, migration_destination
 
         m = self.d.instances
         inst, _ = m.instance(name)
@@ -71,7 +71,8 @@ class NodeMigration:
         port = free_port(me.secondary_ip)
         bitmaps = [d.index for d in inst.disks] if inst.disk_template == "drbd" else []
         try:
-            uri = migration.accept(str(hv.qmp_path(name)), me.secondary_ip, port, bitmaps)
+            uri = migration_destination.accept(str(hv.qmp_path(name)), me.secondary_ip,
+                                               port, bitmaps)
             if bitmaps:
                 self.d.replication.note_migration(inst, vm.pid)
         except Exception:
@@ -97,14 +98,14 @@ class NodeMigration:
         pauses it for the whole copy."""
         from dataclasses import asdict
 
-        from haven.hypervisor.qemu import QemuHypervisor, migration, replication
+        from haven.hypervisor.qemu import QemuHypervisor, migration, migration_spec, replication
 
         m = self.d.instances
         inst, _ = m.instance(name)
         hv = m.hypervisor(inst.hypervisor)
         assert isinstance(hv, QemuHypervisor)
         qmp = str(hv.qmp_path(name))
-        downtime, bandwidth = migration.migration_params(inst.hvparams)
+        downtime, bandwidth = migration_spec.migration_params(inst.hvparams)
         callback = None
         if inst.disk_template == "drbd":
             # A mirror left on a dead connection (the secondary restarted while the
@@ -155,10 +156,10 @@ class NodeMigration:
     def wait_running(self, name: str, resume: bool = False) -> dict[str, Any]:
         """After the source reported completion: the destination has taken over
         (``resume``: continue the paused guest of a non-live migration)."""
-        from haven.hypervisor.qemu import migration
+        from haven.hypervisor.qemu import migration_destination
 
         hv = self._qemu(name)
-        state_now = migration.wait_destination(hv, name, resume=resume)
+        state_now = migration_destination.wait_destination(hv, name, resume=resume)
         if state_now != "running":
             raise OpPrereqError(f"The destination of {name} on {self.d.name} is "
                                 f"{state_now}, not running.")
@@ -167,9 +168,9 @@ class NodeMigration:
     def abort_incoming(self, name: str) -> dict[str, Any]:
         """Kill a destination process that never became the instance (refused if it
         runs: then it *is* the instance)."""
-        from haven.hypervisor.qemu import migration
+        from haven.hypervisor.qemu import migration_destination
 
-        killed = migration.abort_incoming(self._qemu(name), name)
+        killed = migration_destination.abort_incoming(self._qemu(name), name)
         if killed:
             self._unplug(name)
         return {"killed": killed}

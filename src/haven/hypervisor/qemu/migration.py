@@ -1,5 +1,9 @@
 """Live migration of a QEMU VM to another node: precopy over TCP (QEMU 7.2).
 
+This module is the source side; the destination's steps (``accept``,
+``wait_destination``, ``abort_incoming``) are in :mod:`.migration_destination`, the
+parameters and the reading of QEMU's replies in :mod:`.migration_spec`.
+
 The phases, Ganeti's (accept on the destination, migrate, finalize both sides)::
 
     destination  hv.start(spec with incoming=True)  QEMU waits (-incoming defer): inmigrate
@@ -39,12 +43,22 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from haven.hypervisor.base import HypervisorError
 from haven.hypervisor.qemu import replication
+from haven.hypervisor.qemu.migration_spec import (
+    _ENDED_BADLY,
+    DEFAULT_BANDWIDTH_MIB,
+    DEFAULT_DOWNTIME_MS,
+    MIB,
+    MigrationStats,
+    _cause,
+    capabilities,
+    progress_of,
+    stats_of,
+)
 from haven.hypervisor.qemu.qmp import (
     QmpCommandError,
     QmpError,
@@ -56,19 +70,12 @@ from haven.hypervisor.qemu.qmp import (
 )
 from haven.model.migration_progress import MigrationProgress
 
-if TYPE_CHECKING:
-    from haven.hypervisor.qemu.driver import QemuHypervisor
-
 log = logging.getLogger(__name__)
 
-DEFAULT_DOWNTIME_MS = 30  # Ganeti's default migration_downtime; QEMU's own is 300 ms
-DEFAULT_BANDWIDTH_MIB = 10000  # "unlimited": QEMU's default 128 MiB/s doubled total time
-MIB = 1 << 20
 # Statuses (QAPI MigrationStatus) in which a migration still owns the source.
 _ACTIVE = frozenset({"setup", "active", "pre-switchover", "device", "wait-unplug",
                      "cancelling", "postcopy-active", "postcopy-paused",
                      "postcopy-recover", "colo"})
-_ENDED_BADLY = frozenset({"failed", "cancelled"})
 CANCEL_TIMEOUT = 10.0  # migrate_cancel shuts the socket down: this is ample
 RESTART_GRACE = 2.0  # QEMU restarts the source itself after a failure; wait this long
 STATS_TIMEOUT = 2.0  # the completed event can precede query-migrate's final numbers
@@ -81,200 +88,6 @@ _ADVICE = {  # by the outcome of _recover
             "destination that stopped reading; kill the destination QEMU (abort_incoming) "
             "and the source resumes by itself",
 }
-
-
-@dataclass(frozen=True)
-class MigrationStats:
-    """A completed migration, from the source's ``query-migrate`` (QEMU's own clocks).
-
-    ``downtime_ms``: the source's vCPUs stopped until the last byte was sent (with a
-    ``before_switchover`` callback it includes the callback's window);
-    ``transferred``: RAM bytes sent; ``pre_switchover_ms``: host-measured time from the
-    ``pre-switchover`` event to ``migrate-continue`` (0 without a callback).
-    """
-
-    total_ms: float
-    downtime_ms: float
-    setup_ms: float
-    transferred: int
-    pre_switchover_ms: float = 0.0
-
-
-def migration_params(hvparams: Mapping[str, Any]) -> tuple[int, int]:
-    """``(downtime_ms, bandwidth_bytes)`` from Ganeti's hypervisor parameters
-    ``migration_downtime`` (ms, default 30) and ``migration_bandwidth`` (MiB/s, default
-    10000: effectively unlimited).  Missing, None or empty means the default; anything
-    else must be a positive integer."""
-
-    def value(key: str, default: int) -> int:
-        raw = hvparams.get(key)
-        if raw is None or raw == "":
-            return default
-        with contextlib.suppress(TypeError, ValueError):
-            if (number := int(raw)) > 0 and not (isinstance(raw, float) and raw != number):
-                return number
-        raise HypervisorError(f"Hypervisor parameter {key}={raw!r} is not valid; give a "
-                              "positive integer.")
-
-    return (value("migration_downtime", DEFAULT_DOWNTIME_MS),
-            value("migration_bandwidth", DEFAULT_BANDWIDTH_MIB) * MIB)
-
-
-def capabilities(pause_before_switchover: bool) -> list[dict[str, Any]]:
-    """The source's ``migrate-set-capabilities`` list.  Every capability is set
-    explicitly, so that a previous migration's settings never leak into this one."""
-    return [{"capability": "events", "state": True},
-            {"capability": "pause-before-switchover", "state": pause_before_switchover},
-            {"capability": "return-path", "state": False}]
-
-
-def tcp_uri(address: str, port: int) -> str:
-    """``tcp:<address>:<port>`` (an IPv6 address in brackets)."""
-    host = f"[{address}]" if ":" in address and not address.startswith("[") else address
-    return f"tcp:{host}:{port}"
-
-
-def progress_of(info: Mapping[str, Any], previous: MigrationProgress | None = None,
-                elapsed: float = 0.0) -> MigrationProgress:
-    """A :class:`MigrationProgress` from a ``query-migrate`` reply; ``previous``, the
-    sample taken ``elapsed`` seconds before, gives the rate at which guest memory goes
-    through (zero pages included, which the wire rate hides: a mostly empty guest
-    moves far faster than its bytes on the wire suggest)."""
-    ram = info.get("ram", {})
-    page = int(ram.get("page-size") or 4096)
-    copied = int(ram.get("normal", 0)) * page + int(ram.get("duplicate", 0)) * page
-    rate = 0.0
-    if previous is not None and elapsed > 0 and copied >= previous.copied:
-        rate = (copied - previous.copied) / elapsed
-    return MigrationProgress(status=str(info.get("status", "")),
-                             total=int(ram.get("total", 0)),
-                             remaining=int(ram.get("remaining", 0)),
-                             transferred=int(ram.get("transferred", 0)), copied=copied,
-                             rate=rate, wire_rate=float(ram.get("mbps", 0.0)) * 1e6 / 8,
-                             passes=max(1, int(ram.get("dirty-sync-count", 1))),
-                             expected_downtime_ms=float(info.get("expected-downtime", 0)))
-
-
-def stats_of(info: Mapping[str, Any], pre_switchover_ms: float = 0.0) -> MigrationStats:
-    """:class:`MigrationStats` from a ``query-migrate`` reply."""
-    return MigrationStats(total_ms=float(info.get("total-time", 0)),
-                          downtime_ms=float(info.get("downtime", 0)),
-                          setup_ms=float(info.get("setup-time", 0)),
-                          transferred=int(info.get("ram", {}).get("transferred", 0)),
-                          pre_switchover_ms=pre_switchover_ms)
-
-
-# -- destination ----------------------------------------------------------------------------
-
-def accept(dest_qmp: Path | str, address: str, port: int, bitmaps: Sequence[int] = ()) -> str:
-    """Make the destination (started with ``spec.incoming``, status ``inmigrate``) listen
-    on ``address:port``; returns the URI to give to :func:`migrate`.
-
-    For every disk index in ``bitmaps`` the replication bitmap
-    (``replication.BITMAP``) is added on ``disk<i>`` first: QEMU accepts it on
-    the still-inactive node, and from activation on it records every write, so the old
-    primary can later become this VM's secondary with a bitmap resync
-    (``replication.resync(..., trust_bitmap=True)``) instead of a full copy.  Not
-    persistent: a restart of the destination means a full resync.
-    """
-    name = instance_of(dest_qmp)
-    uri = tcp_uri(address, port)
-    with qmp_session(dest_qmp, label=name) as s:
-        state = s.execute("query-status").get("status")
-        if state != "inmigrate":
-            raise HypervisorError(f"Cannot accept a migration of instance '{name}': its "
-                                  f"QEMU is {state}, not waiting for one (start it with "
-                                  "incoming=True).")
-        s.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": "events", "state": True}]})
-        for disk in bitmaps:
-            with contextlib.suppress(QmpCommandError):  # already there: keep it
-                s.execute("block-dirty-bitmap-add", {
-                    "node": f"disk{disk}", "name": replication.BITMAP.format(disk),
-                    "granularity": replication.BITMAP_GRANULARITY})
-        try:
-            s.execute("migrate-incoming", {"uri": uri})
-        except QmpCommandError as exc:
-            raise HypervisorError(f"Instance '{name}' cannot accept a migration on {uri}: "
-                                  f"{exc}") from exc
-    log.info("Instance %s: waiting for its migration on %s", name, uri)
-    return uri
-
-
-def wait_destination(hv: QemuHypervisor, name: str, timeout: float = 30.0,
-                     resume: bool = False) -> str:
-    """After :func:`migrate` returned: wait until the destination VM ``name`` of driver
-    ``hv`` has loaded the state and left ``inmigrate``; its run state (``running``, or
-    ``paused`` if the source was paused).
-
-    The source's ``completed`` only means all was sent: the destination still loads the
-    device state and activates its disks (10-50 ms under TCG), its monitors failing even
-    the QMP negotiation meanwhile.  ``paused`` for a running source means it could not
-    activate its disks (e.g. the image lock): treat that as a failure too.  Raises
-    :class:`HypervisorError` if it exited or its load failed; then kill it and
-    :func:`resume_source`.  ``resume``: a non-live migration's destination arrives
-    paused; continue it (then ``running``).
-
-    This runs exactly while the guest resumes on a 2-core host, so it must cost little
-    CPU: one monitor session (the negotiation itself waits for the busy main loop),
-    the pid checked rather than ``list()``, a query every 20 ms."""
-    deadline = time.monotonic() + timeout
-    state = "unknown"
-    session: QmpSession | None = None
-    try:
-        while True:
-            if not hv.alive(name):
-                raise HypervisorError(f"The destination QEMU of instance '{name}' exited "
-                                      f"while taking over (see {hv.path(name, '.log')}); "
-                                      "resume the source.")
-            try:
-                if session is None:
-                    session = qmp_session(hv.qmp_path(name), timeout=2.0, label=name)
-                state = str(session.execute("query-status")["status"])
-                if state == "paused" and resume:
-                    session.execute("cont")
-                    state = str(session.execute("query-status")["status"])
-                if state != "inmigrate":
-                    return state
-                incoming = session.execute("query-migrate")
-                if incoming.get("status") in _ENDED_BADLY:
-                    raise HypervisorError(f"The destination of instance '{name}' could not "
-                                          f"load the migration ({_cause(incoming)}); resume "
-                                          "the source.")
-            except QmpError:  # busy loading, or it died: reconnect, the pid tells
-                if session is not None:
-                    session.close()
-                session = None
-            if time.monotonic() > deadline:
-                raise HypervisorError(f"The destination of instance '{name}' did not take "
-                                      f"over within {timeout:g} s (still {state}).")
-            time.sleep(0.02)
-    finally:
-        if session is not None:
-            session.close()
-
-
-def abort_incoming(hv: QemuHypervisor, name: str, settle: float = 5.0) -> bool:
-    """Kill the destination QEMU of a failed migration; True if one was killed.
-
-    Only one still ``incoming`` is killed: one that runs or is paused has activated its
-    disks and *is* the instance now, so that raises.  While it loads the final state it
-    answers nothing (``unknown``): that is waited out for up to ``settle`` seconds, and
-    only a destination that stays silent is killed."""
-    deadline = time.monotonic() + settle
-    while (info := hv.list().get(name)) is not None and info.status == "unknown" \
-            and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if info is None:
-        hv.cleanup(name)
-        return False
-    if info.status not in ("incoming", "unknown"):
-        raise HypervisorError(f"Not aborting the incoming migration of instance '{name}': "
-                              f"its destination QEMU is {info.status}, so it holds the "
-                              "instance now; stop it explicitly if that is wrong.")
-    hv.kill(name)
-    hv.cleanup(name)
-    return True
 
 
 # -- source ---------------------------------------------------------------------------------
@@ -430,11 +243,6 @@ def _next_status(session: QmpSession, deadline: float, timeout: float,
         return status
 
 
-def _cause(info: Mapping[str, Any]) -> str:
-    """Why a ``query-migrate`` reply says failed or cancelled."""
-    desc = info.get("error-desc")
-    return f"QEMU reports it {info.get('status', 'failed')}" + (f": {desc}" if desc else "")
-
 
 def _final_stats(session: QmpSession | None, pre_ms: float, path: str = "") -> MigrationStats:
     """Poll ``query-migrate`` until ``total-time`` is set (the event can come first)."""
@@ -577,4 +385,3 @@ def drbd_switchover(src_qmp: Path | str, disks: Sequence[int],
     """The ``before_switchover`` callback for :func:`migrate` onto the replica holder
     (see :class:`DrbdSwitchover`)."""
     return DrbdSwitchover(src_qmp, disks, stop_export)
-
