@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from haven.api.routing import Router
-from haven.daemon import activation, diskcopy, fencing, membership
+from haven.daemon import activation, diskcopy, fencing, master_failover, membership
 from haven.daemon.activation import Joined
 from haven.daemon.etcd_member import EtcdMember
 from haven.daemon.instances import NodeInstances
@@ -266,7 +266,7 @@ class NodeDaemon:
         return membership.destroy(self)
 
     def master_failover(self, no_voting: bool) -> dict[str, Any]:
-        return membership.master_failover(self, no_voting)
+        return master_failover.master_failover(self, no_voting)
 
     def write_client_config(self) -> dict[str, Any]:
         return membership.write_client_config(self)
