@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from haven.errors import EXIT_FAILURE, EXIT_SUCCESS, HavenError, InvalidInput
@@ -38,6 +38,12 @@ def format_unit(mib: Any) -> str:
     if v < 1024 * 1024:
         return f"{v / 1024:.1f}G"
     return f"{v / 1024 / 1024:.1f}T"
+
+
+def print_fields(fields: Mapping[str, Sequence[Any]]) -> int:
+    """``list-fields``: each field's name and title (its first element); exit code 0."""
+    print(render_table(["Name", "Title"], [[k, v[0]] for k, v in fields.items()]))
+    return 0
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],

@@ -15,8 +15,8 @@ from haven.cli.common import (
     ArgParser,
     dispatch,
     parse_fields,
+    print_fields,
     print_listing,
-    render_table,
 )
 
 # field -> (header, numeric, formatter), Ganeti's titles
@@ -42,8 +42,7 @@ def cmd_list(args: Any) -> int:
 
 
 def cmd_list_fields(_args: Any) -> int:
-    print(render_table(["Name", "Title"], [[k, v[0]] for k, v in FIELDS.items()]))
-    return 0
+    return print_fields(FIELDS)
 
 
 def _spec(spec: dict[str, Any]) -> str:

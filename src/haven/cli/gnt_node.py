@@ -12,6 +12,7 @@ from haven.cli.common import (
     dispatch,
     format_unit,
     parse_fields,
+    print_fields,
     print_listing,
     render_table,
     submit_and_wait,
@@ -49,8 +50,7 @@ def cmd_list(args: Any) -> int:
 
 
 def cmd_list_fields(_args: Any) -> int:
-    print(render_table(["Name", "Title"], [[k, v[0]] for k, v in FIELDS.items()]))
-    return 0
+    return print_fields(FIELDS)
 
 
 def cmd_info(args: Any) -> int:

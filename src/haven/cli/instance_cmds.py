@@ -13,8 +13,8 @@ from haven.cli.client import Client
 from haven.cli.common import (
     format_unit,
     parse_fields,
+    print_fields,
     print_listing,
-    render_table,
     submit_and_wait,
 )
 from haven.errors import ConfirmationError, InvalidInput
@@ -87,8 +87,7 @@ def cmd_list(args: Any) -> int:
 
 
 def cmd_list_fields(_args: Any) -> int:
-    print(render_table(["Name", "Title"], [[k, v[0]] for k, v in FIELDS.items()]))
-    return 0
+    return print_fields(FIELDS)
 
 
 def cmd_info(args: Any) -> int:
