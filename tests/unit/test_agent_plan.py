@@ -145,6 +145,28 @@ def test_a_vm_that_went_down_with_its_node_is_restarted_uncounted() -> None:
     assert (c.reason, c.restarts) == ("crashed", 3)
 
 
+def test_a_vm_its_node_fenced_is_restarted_uncounted_and_at_once() -> None:
+    """Found by the fault campaign (seed 3015, round 11): a master partitioned for 3.8 s
+    lost its lease and its fencer killed its VM; the record taken back when the lease
+    returned said "stopped", and that restart was counted as the VM's own failure, the
+    sixth in four minutes of faults: the instance was given up on.  A VM its node
+    stopped is restarted at once, not counted; a start that fails after it is."""
+    from dataclasses import replace
+
+    fenced = replace(obs("stopped", restarts=5), since=1000.0, with_node=True)
+    (a,) = plan(replace(view([inst()], [fenced]), now=1000.5, started=500.0))
+    assert (a.kind, a.reason, a.restarts) == ("start", "went down with its node", 5)
+    failed = replace(obs("stopped", restarts=5), since=1000.0)  # its own start failed
+    (g,) = plan(replace(view([inst()], [failed]), now=1000.5, started=500.0))
+    assert g.kind == "give_up"
+    # The record the daemon takes back says so.
+    from haven.model.instance import Observed
+
+    assert Observed.from_json(fenced.to_json()).with_node
+    assert not Observed.from_json({"name": "vm1", "node": "n", "state": "stopped"}
+                                  ).with_node
+
+
 def test_after_a_failed_start_the_next_waits_longer_each_time() -> None:
     """A storage server out for a few seconds must not use up the five attempts in as
     many agent cycles."""

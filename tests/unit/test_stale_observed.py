@@ -56,6 +56,7 @@ def test_only_this_node_s_running_words_without_a_process_are_taken_back(
         assert ni.retract_stale() == ["gone1"]
         gone = _state(store, "gone1")
         assert gone.state == "stopped" and gone.pid == 0 and "node01" in gone.message
+        assert gone.with_node  # its node stopped it: its next restart is not counted
         assert _state(store, "alive1").state == "running"
         assert _state(store, "other1").state == "running"
         assert _state(store, "down1").state == "stopped"

@@ -125,10 +125,16 @@ def _plan_one(v: AgentView, name: str) -> Action | None:
     # with the VM), not the VM alone.  That restart is not counted against the budget
     # meant for a VM that crashes again and again.
     with_node = crashed and obs is not None and 0 < obs.since < v.started
+    # Or its record was taken back when this node's lease came back (fencing.put_alive):
+    # the node fenced itself, which killed the VM (found by the fault campaign: a
+    # partitioned master's self-fence spent the last of an instance's five restarts).
+    with_node = with_node or (mine and obs is not None and obs.state == "stopped"
+                              and obs.with_node)
     if restarts >= (inst.ha_max_restart or MAX_RESTARTS) and not with_node:
         return Action("give_up", name, f"it failed {restarts} automatic restarts",
                       inst.generation, restarts)
-    if mine and obs is not None and obs.state == "stopped" and restarts and v.now:
+    if mine and obs is not None and obs.state == "stopped" and restarts and v.now \
+            and not with_node:
         wait = RETRY_DELAYS[min(restarts, len(RETRY_DELAYS) - 1)]
         if v.now - obs.since < wait:
             return None  # its last start failed: the next one a little later

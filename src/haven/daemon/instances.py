@@ -406,8 +406,11 @@ class NodeInstances:
             if obs.node != self.d.name or obs.state != "running" or obs.name in local:
                 continue
             now = time.time()
+            # Its node went down or fenced itself: the restart that follows is not the
+            # VM's failure and is not counted against its crash-loop budget.
             new = replace(obs, state="stopped", pid=0, since=now, updated=now,
-                          message=f"not running on {self.d.name} since its daemon returned")
+                          message=f"not running on {self.d.name} since its daemon returned",
+                          with_node=True)
             if store.cas(kv.key, state.dumps(new.to_json()), kv.mod_revision) is not None:
                 done.append(obs.name)
         if done:

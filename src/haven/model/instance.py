@@ -132,7 +132,9 @@ class Observed:
 
     ``state``: ``running``, ``stopped`` (not running), ``user_down`` (the guest powered
     off), ``failed`` (gave up after ``MAX_RESTARTS``).  ``restarts`` counts automatic
-    restarts since the administrator last started it.
+    restarts since the administrator last started it.  ``with_node``: stopped because
+    its node went down or fenced itself (lease lost), not by itself: its next restart
+    is not counted.
     """
 
     name: str
@@ -145,6 +147,7 @@ class Observed:
     updated: float = 0.0
     message: str = ""
     accel: str = ""
+    with_node: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
