@@ -28,6 +28,7 @@ from pathlib import Path
 from haven.daemon import procs
 from haven.daemon.localstate import etcd_crl_file, etcd_tls_files
 from haven.errors import NodeSetupError
+from haven.logtail import tail_lines
 from haven.store.tls import TlsFiles, client_context
 
 log = logging.getLogger(__name__)
@@ -187,13 +188,7 @@ class EtcdMember:
     def exit_reason(self) -> str:
         """What etcd said last before it exited: the message and error of the last
         fatal or error line of its log (JSON lines, zap), or ``""``."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
-                lines = f.read().decode(errors="replace").splitlines()
-        except OSError:
-            return ""
-        for line in reversed(lines):
+        for line in reversed(tail_lines(self.log_path, 65536, window=65536)):
             try:
                 entry = json.loads(line)
             except ValueError:

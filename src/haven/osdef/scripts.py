@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
 from haven.errors import OpExecError
+from haven.logtail import tail_lines
 
 if TYPE_CHECKING:
     from haven.osdef.api import OsDefinition
@@ -176,16 +177,6 @@ def os_environment(
     return env
 
 
-def _tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return []
-    return [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
-
-
 def run_os_script(
     os_def: OsDefinition,
     script: OsScript,
@@ -241,6 +232,6 @@ def run_os_script(
         cause = f"was killed by signal {-rc}"
     else:
         cause = f"failed with exit code {rc}"
-    tail = _tail(log_path)
+    tail = tail_lines(log_path, TAIL_LINES)
     last = "; last lines: " + " | ".join(tail) if tail else "; the log is empty"
     raise OpExecError(f"{what} {cause} (full log in {log_path}){last}")
